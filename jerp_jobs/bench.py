@@ -1,0 +1,306 @@
+"""The Frappe ``bench`` CLI as data: argv builders and parsers of what bench prints.
+
+Pure functions only, no I/O. Every builder validates the site name first and returns a list
+of strings (never a shell string). Global options come before the command, as bench wants:
+``bench --site SITE [--force] COMMAND ...``. Secrets that bench must receive on its command
+line (the DB root password, the admin password) appear only in the returned argv, which the
+log redactor masks (``jerp_jobs.log``); they are never stored or logged.
+
+The facts these follow are in docs/bench-contract.md (printed lines, flags, exit codes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from jerp_jobs.errors import InvalidInput, OutputParseError
+from jerp_jobs.sites import validate_site_name
+
+#: Options whose next argv item is a secret (also the ``--opt=value`` form).
+SECRET_OPTIONS = frozenset(
+    {"--db-root-password", "--mariadb-root-password", "--admin-password", "--encryption-key", "--root-password"}
+)
+
+SCHEDULER_ACTIONS = ("pause", "resume", "enable", "disable", "status")
+
+
+def _site(bench: str, site: str, *command: str, force: bool = False) -> list[str]:
+    argv = [bench, "--site", validate_site_name(site)]
+    if force:
+        argv.append("--force")
+    argv.extend(command)
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+
+def new_site(
+    site: str,
+    *,
+    db_root_password: str,
+    admin_password: str,
+    db_name: str,
+    install_apps: Sequence[str] = (),
+    login_scope: str = "%",
+    db_root_username: str = "root",
+    bench: str = "bench",
+) -> list[str]:
+    argv = [
+        bench, "new-site", validate_site_name(site),
+        "--db-root-username", db_root_username,
+        "--db-root-password", db_root_password,
+        "--admin-password", admin_password,
+        "--db-name", _db_name(db_name),
+        f"--mariadb-user-host-login-scope={login_scope}",
+    ]
+    for app in install_apps:
+        argv += ["--install-app", _app(app)]
+    return argv
+
+
+def drop_site(site: str, *, db_root_password: str, db_root_username: str = "root", bench: str = "bench") -> list[str]:
+    return [
+        bench, "drop-site", validate_site_name(site),
+        "--db-root-username", db_root_username,
+        "--db-root-password", db_root_password,
+        "--no-backup", "--force",
+    ]
+
+
+def install_app(site: str, app: str, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "install-app", _app(app))
+
+
+def list_apps(site: str, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "list-apps", "-f", "json")
+
+
+def backup(
+    site: str, *, with_files: bool = True, compress: bool = False, backup_path: str | None = None, bench: str = "bench"
+) -> list[str]:
+    argv = _site(bench, site, "backup")
+    if with_files:
+        argv.append("--with-files")
+    if compress:
+        argv.append("--compress")
+    if backup_path is not None:
+        argv += ["--backup-path", backup_path]
+    return argv
+
+
+def restore(
+    site: str,
+    sql_path: str,
+    *,
+    db_root_password: str,
+    public_files: str | None = None,
+    private_files: str | None = None,
+    admin_password: str | None = None,
+    bench: str = "bench",
+) -> list[str]:
+    argv = _site(bench, site, "restore", _path(sql_path), "--db-root-password", db_root_password, force=True)
+    if admin_password is not None:
+        argv += ["--admin-password", admin_password]
+    if public_files is not None:
+        argv += ["--with-public-files", _path(public_files)]
+    if private_files is not None:
+        argv += ["--with-private-files", _path(private_files)]
+    return argv
+
+
+def migrate(site: str, *, skip_failing: bool = False, bench: str = "bench") -> list[str]:
+    argv = _site(bench, site, "migrate")
+    if skip_failing:
+        argv.append("--skip-failing")
+    return argv
+
+
+def clear_cache(site: str, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "clear-cache")
+
+
+def clear_website_cache(site: str, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "clear-website-cache")
+
+
+def set_maintenance_mode(site: str, on: bool, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "set-maintenance-mode", "on" if on else "off")
+
+
+def scheduler(site: str, action: str, *, bench: str = "bench") -> list[str]:
+    if action not in SCHEDULER_ACTIONS:
+        raise InvalidInput(f"scheduler action must be one of {', '.join(SCHEDULER_ACTIONS)}, not {action!r}")
+    return _site(bench, site, "scheduler", action)
+
+
+def ready_for_migration(site: str, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "ready-for-migration")
+
+
+def ping(site: str, *, bench: str = "bench") -> list[str]:
+    return _site(bench, site, "execute", "frappe.ping")
+
+
+def build(
+    *, apps: Sequence[str] = (), production: bool = False, force: bool = False, bench: str = "bench"
+) -> list[str]:
+    argv = [bench, "build"]
+    if len(apps) == 1:
+        argv += ["--app", _app(apps[0])]
+    elif apps:
+        argv += ["--apps", ",".join(_app(a) for a in apps)]
+    if production:
+        argv.append("--production")
+    if force:
+        argv.append("--force")
+    return argv
+
+
+_APP = re.compile(r"[a-z][a-z0-9_-]{0,79}")
+_DB_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _app(app: str) -> str:
+    if not isinstance(app, str) or not _APP.fullmatch(app):
+        raise InvalidInput(f"invalid app name {app!r}: lowercase letters, digits, '_' and '-', starting with a letter")
+    return app
+
+
+def _db_name(name: str) -> str:
+    if not _DB_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid database name {name!r}: 1-64 letters, digits or '_'")
+    return name
+
+
+def _path(path: str) -> str:
+    if not path or path.startswith("-") or "\x00" in path:
+        raise InvalidInput(f"invalid path {path!r}: empty, starting with '-', or containing NUL")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers
+
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4, "PiB": 1024**5}
+_SUMMARY_HEAD = re.compile(r"^Backup Summary for (?P<site>\S+) at (?P<at>.+?)\s*$")
+_SUMMARY_LINE = re.compile(
+    r"^(?P<kind>Config|Database|Public|Private)\s*:\s*(?P<path>\S+)\s+(?P<size>[0-9.]+\s*(?:[KMGTP]i)?B)\s*$"
+)
+_KIND = {"Config": "config", "Database": "database", "Public": "public_files", "Private": "private_files"}
+
+
+@dataclass(frozen=True)
+class BackupArtifact:
+    kind: str  # config | database | public_files | private_files
+    path: str  # as printed: relative to the bench's sites/ folder
+    size_text: str
+    approx_bytes: int
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    site: str
+    taken_at: datetime | None
+    artifacts: tuple[BackupArtifact, ...] = field(default_factory=tuple)
+
+    def artifact(self, kind: str) -> BackupArtifact | None:
+        return next((a for a in self.artifacts if a.kind == kind), None)
+
+    @property
+    def with_files(self) -> bool:
+        return self.artifact("public_files") is not None
+
+    @property
+    def timestamp(self) -> str:
+        """The ``YYYYMMDD_HHMMSS`` prefix bench gives every file of this backup."""
+        database = self.artifact("database")
+        assert database is not None
+        return database.path.rsplit("/", 1)[-1].split("-", 1)[0]
+
+
+def parse_size(text: str) -> int:
+    """``1.2MiB`` -> bytes (approximate: bench rounds to one decimal)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*((?:[KMGTP]i)?B)\s*", text)
+    if not match:
+        raise OutputParseError(f"not a size: {text!r}")
+    return round(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_backup_summary(output: str, site: str) -> BackupSummary:
+    """Read the block bench prints after a successful backup.
+
+    The block may be preceded or followed by other lines (warnings, the deletion of old
+    backups). It must name ``site`` and list at least the database dump.
+    """
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if _SUMMARY_HEAD.match(line.strip())), None)
+    if start is None:
+        raise OutputParseError(f"no 'Backup Summary' in the output of the backup of {site}")
+    head = _SUMMARY_HEAD.match(lines[start].strip())
+    assert head is not None
+    if head["site"] != site:
+        raise OutputParseError(f"backup summary is for {head['site']!r}, expected {site!r}")
+    artifacts = []
+    for line in lines[start + 1 :]:
+        match = _SUMMARY_LINE.match(line.strip())
+        if not match:
+            break
+        artifacts.append(
+            BackupArtifact(
+                kind=_KIND[match["kind"]],
+                path=match["path"],
+                size_text=match["size"].replace(" ", ""),
+                approx_bytes=parse_size(match["size"]),
+            )
+        )
+    if not any(a.kind == "database" for a in artifacts):
+        raise OutputParseError(f"backup summary of {site} lists no database dump")
+    return BackupSummary(site=site, taken_at=_parse_time(head["at"]), artifacts=tuple(artifacts))
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+
+
+def parse_list_apps(output: str, site: str) -> list[str]:
+    """Read ``list-apps -f json``: ``{"<site>": ["frappe", ...]}`` (other lines may precede it)."""
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OutputParseError(f"list-apps printed malformed JSON for {site}: {exc}") from exc
+        apps = data.get(site) if isinstance(data, dict) else None
+        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+            raise OutputParseError(f"list-apps JSON has no app list for {site}")
+        return apps
+    raise OutputParseError(f"list-apps printed no JSON for {site}")
+
+
+def parse_apps_txt(text: str) -> list[str]:
+    """``sites/apps.txt``: the apps present in the bench, one per line."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def argv_secrets(argv: Sequence[str]) -> list[str]:
+    """The secret values inside an argv (after SECRET_OPTIONS, or as ``--opt=value``)."""
+    found = []
+    for i, item in enumerate(argv):
+        if item in SECRET_OPTIONS and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif "=" in item:
+            option, _, value = item.partition("=")
+            if option in SECRET_OPTIONS and value:
+                found.append(value)
+    return found

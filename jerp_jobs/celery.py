@@ -1,0 +1,104 @@
+"""The Celery application: ``celery -A jerp_jobs worker`` and ``celery -A jerp_jobs beat``.
+
+Settings follow docs/celery.md (Celery on Redis for long operations work):
+
+- Two queues. ``jerp.site`` carries long site and bench work (backup, migrate, restore...);
+  ``jerp.control`` carries quick control tasks (fan-out bookkeeping, the resumer, the reaper).
+  A worker started with no ``-Q`` consumes both. In production, run one worker per queue so
+  quick tasks never wait behind hours of migrate.
+- Late acks with prefetch 1: a step whose worker dies is delivered again; steps are safe to
+  deliver twice because they take a heartbeat lock and consult the job record first.
+- One visibility timeout (``JERP_VISIBILITY_TIMEOUT``) set in all three places; the hard time
+  limit (``JERP_TASK_TIME_LIMIT``) below it and the soft limit below that.
+- UTC everywhere, task events on, STARTED state tracked, results kept one day.
+
+Settings are read when the app is configured (``on_configure``), i.e. when a worker, Beat
+or a client first uses the app — never at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+SITE_QUEUE = "jerp.site"
+CONTROL_QUEUE = "jerp.control"
+
+
+class _App(Celery):
+    def on_configure(self) -> None:  # called once, lazily, before the first use
+        from jerp_jobs.settings import get_settings
+
+        self.conf.update(celery_config(get_settings()))
+
+
+def celery_config(settings: Any) -> dict[str, Any]:
+    visibility = settings.visibility_timeout
+    hard = min(settings.task_time_limit, visibility - 60)
+    transport = {"visibility_timeout": visibility}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.backend_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "visibility_timeout": visibility,
+        "broker_connection_retry_on_startup": True,
+        "task_queues": (
+            Queue(SITE_QUEUE, Exchange(SITE_QUEUE), routing_key=SITE_QUEUE),
+            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
+        ),
+        "task_default_queue": CONTROL_QUEUE,
+        "task_routes": {"jerp.step": {"queue": SITE_QUEUE}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_deduplicate_successful_tasks": True,
+        "task_time_limit": hard,
+        "task_soft_time_limit": max(hard - 300, hard // 2),
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "result_expires": 86400,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "beat_cron_starting_deadline": 3600,
+    }
+
+
+app = _App("jerp_jobs", include=["jerp_jobs.tasks"])
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    from jerp_jobs import log
+    from jerp_jobs.settings import get_settings
+
+    log.configure(secrets=get_settings().secret_values())
+
+
+@signals.task_prerun.connect
+def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any = (), kwargs: Any = None, **_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    context = {"task_id": task_id, "task": getattr(task, "name", None)}
+    kwargs = kwargs or {}
+    for name in ("job_id", "step", "site"):
+        if name in kwargs:
+            context[name] = kwargs[name]
+    structlog.contextvars.bind_contextvars(**context)
+
+
+@signals.task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()

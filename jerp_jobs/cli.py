@@ -1,0 +1,228 @@
+"""``jerpctl``: enqueue jobs and read them.
+
+Exit codes: 0 success; 1 the job failed (or ended recovered/cancelled); 2 bad usage or invalid
+input — nothing enqueued; 3 the broker cannot be reached.
+
+Startup stays light: Celery, boto3 and docker are imported only inside the commands that
+need them, so ``--help`` and input errors answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
+
+
+class Ctx:
+    """Built once per invocation; the runtime (Redis, settings) only when a command needs it."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._rt: Any = None
+
+    @property
+    def rt(self) -> Any:
+        if self._rt is None:
+            from jerp_jobs.runtime import get_runtime
+            from jerp_jobs.settings import get_settings
+
+            settings = get_settings()
+            from jerp_jobs import log
+
+            log.configure(secrets=settings.secret_values())
+            self._rt = get_runtime()
+            _check_broker(self._rt)
+        return self._rt
+
+
+def _check_broker(rt: Any) -> None:
+    import redis
+
+    try:
+        rt.redis.ping()
+    except redis.RedisError as exc:
+        raise BrokerDown(rt.settings.broker_url, exc) from exc
+
+
+class BrokerDown(click.ClickException):
+    exit_code = EXIT_BROKER
+
+    def __init__(self, url: str, exc: Exception) -> None:
+        super().__init__(f"cannot reach the broker at {mask_url(url)}: {exc}")
+
+
+def mask_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn project errors into ``Error: <message>`` and the right exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from jerp_jobs.errors import ConfigError, InvalidInput, JerpError, JobNotFound
+
+        try:
+            return fn(*args, **kwargs)
+        except (InvalidInput, ConfigError, JobNotFound) as exc:
+            raise click.UsageError(str(exc)) from exc
+        except JerpError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool) -> None:
+    """Drive and watch jerp-jobs, the job orchestrator of the ERPNext platform."""
+    ctx.obj = Ctx(as_json)
+
+
+@cli.group()
+def enqueue() -> None:
+    """Start a job; prints its id (with --wait, follows it to the end)."""
+
+
+def _site_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from jerp_jobs.errors import InvalidSiteName
+    from jerp_jobs.sites import validate_site_name
+
+    try:
+        return validate_site_name(value)
+    except InvalidSiteName as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+SITE = click.argument("site", callback=_site_arg)
+WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends; exit with its outcome.")
+
+
+@enqueue.command("backup")
+@SITE
+@click.option("--files/--no-files", default=True, show_default=True, help="Include public and private files.")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_backup(obj: Ctx, site: str, files: bool, wait: bool) -> None:
+    """Back up SITE (database, and files unless --no-files)."""
+    _submit(obj, "backup", site=site, params={"with_files": files}, wait=wait)
+
+
+@enqueue.command("clear-cache")
+@SITE
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_clear_cache(obj: Ctx, site: str, wait: bool) -> None:
+    """Clear the caches of SITE."""
+    _submit(obj, "clear-cache", site=site, wait=wait)
+
+
+@enqueue.command("build-assets")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_build_assets(obj: Ctx, wait: bool) -> None:
+    """Build the bench's assets (bench-wide, one build at a time)."""
+    _submit(obj, "build-assets", wait=wait)
+
+
+def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None, wait: bool) -> None:
+    from jerp_jobs.enqueue import submit
+
+    job = submit(obj.rt, kind, site=site, params=params)
+    if obj.as_json and not wait:
+        click.echo(json.dumps({"job_id": job.id, "kind": kind, "site": site, "state": job.state}))
+    elif not obj.as_json:
+        click.echo(job.id)
+    if wait:
+        final = _follow(obj, job.id)
+        if obj.as_json:
+            click.echo(json.dumps(final.to_dict(), sort_keys=True))
+        sys.exit(_exit_for(final.state))
+
+
+def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
+    seen: dict[str, str] = {}
+    while True:
+        job = obj.rt.store.get(job_id)
+        if not obj.as_json:
+            for step in job.steps:
+                if seen.get(step.name) != step.state:
+                    seen[step.name] = step.state
+                    if step.state != "pending":
+                        click.echo(f"  {step.name:<24} {step.state}" + _duration(step), err=True)
+        if job.finished:
+            if not obj.as_json:
+                click.echo(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""), err=True)
+            return job
+        time.sleep(poll)
+
+
+def _duration(step: Any) -> str:
+    return f" ({step.duration_s:.1f}s)" if step.duration_s is not None else ""
+
+
+def _exit_for(state: str) -> int:
+    return EXIT_OK if state == "succeeded" else EXIT_JOB_FAILED
+
+
+@cli.command()
+@click.option("--site", default=None, help="Only jobs of this site.")
+@click.option("--state", default=None, help="Only jobs in this state.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.pass_obj
+@_guard
+def jobs(obj: Ctx, site: str | None, state: str | None, limit: int) -> None:
+    """Recent jobs, newest first."""
+    found = obj.rt.store.list(site=site, state=state, limit=limit)
+    if obj.as_json:
+        click.echo(json.dumps([j.to_dict() for j in found], sort_keys=True))
+        return
+    for job in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(job.created_at))
+        click.echo(f"{job.id}  {when}Z  {job.kind:<14} {job.site or '-':<32} {job.state}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_obj
+@_guard
+def status(obj: Ctx, job_id: str) -> None:
+    """A job with its steps; the output tail of a failed step."""
+    job = obj.rt.store.get(job_id)
+    if obj.as_json:
+        click.echo(json.dumps(job.to_dict(), sort_keys=True))
+        return
+    click.echo(f"job {job.id}: {job.kind} {job.site or ''} — {job.state}")
+    if job.error:
+        click.echo(f"error: {job.error}")
+    for note, text in job.notes.items():
+        click.echo(f"{note}: {text}")
+    for step in job.steps:
+        click.echo(f"  {step.name:<24} {step.state:<8}{_duration(step)}" + (f" exit {step.exit_code}" if step.exit_code else ""))
+        if step.state == "failed" and step.output:
+            for line in step.output.splitlines()[-20:]:
+                click.echo(f"      | {line}")
+    sys.exit(EXIT_OK if job.state in ("succeeded", "queued", "running") else EXIT_JOB_FAILED)
+
+
+def main() -> None:
+    cli(prog_name="jerpctl")

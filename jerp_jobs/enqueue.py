@@ -1,0 +1,40 @@
+"""Creating a job and sending its first step: the one way entry points start work.
+
+The job record is written first, with every step planned; then the first step's message is
+published. If publishing fails the job is marked failed at once, so no record waits forever
+for a message that was never sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jerp_jobs.errors import InvalidInput, JerpError
+from jerp_jobs.jobs import Job
+from jerp_jobs.runtime import Runtime
+from jerp_jobs.sites import validate_site_name
+from jerp_jobs.workflow import get_workflow
+
+
+def create_job(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None) -> Job:
+    workflow = get_workflow(kind)
+    if workflow.needs_site:
+        site = validate_site_name(site)
+    elif site is not None:
+        raise InvalidInput(f"{kind} works on the whole bench; it takes no site")
+    params = dict(params or {})
+    return rt.store.create(kind, workflow.plan(params), site=site, params=params)
+
+
+def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None) -> Job:
+    from jerp_jobs import runner
+    from jerp_jobs.tasks import enqueue_step
+
+    job = create_job(rt, kind, site=site, params=params)
+    try:
+        enqueue_step(job.id, runner.first_step(rt, job.id))
+    except Exception as exc:
+        runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the job: {exc}")
+        raise JerpError(f"could not enqueue job {job.id}: {exc}", job_id=job.id) from exc
+    return rt.store.get(job.id)

@@ -1,0 +1,123 @@
+"""The error tree of jerp-jobs.
+
+Every error carries a human message (``str(exc)``) and the fields an operator or a caller
+needs. Parts translate what they catch into one of these with ``raise ... from exc``; entry
+points (the CLI, the webhook service, Celery tasks) turn them into an exit code, an HTTP
+status or a failed step, never into a traceback for an operator to read.
+
+    JerpError
+    ├── ConfigError            a setting is missing or malformed (names the variable)
+    ├── InvalidInput           bad input from a caller: a site name, a path, an option
+    │   └── InvalidSiteName
+    ├── ExecutorError          the command could not be run where it should run
+    │   ├── ContainerNotFound
+    │   ├── ContainerNotRunning
+    │   ├── ExecutorUnavailable   (Docker API / bench folder unreachable)
+    │   └── CommandTimeout        the command ran past its timeout and was killed
+    ├── CommandFailed          the command ran and exited non-zero
+    ├── OutputParseError       bench printed something the parser does not recognise
+    ├── StoreError             the job store (Redis) misbehaved
+    │   ├── JobNotFound
+    │   └── BrokerUnavailable
+    └── LockError
+        ├── LockBusy           someone else holds it (names the holder's job)
+        └── LockLost           our lock expired or was taken while we worked
+"""
+
+from __future__ import annotations
+
+
+class JerpError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    def __init__(self, message: str, **fields: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(JerpError):
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable} {problem}", variable=variable)
+        self.variable = variable
+
+
+class InvalidInput(JerpError):
+    pass
+
+
+class InvalidSiteName(InvalidInput):
+    def __init__(self, name: str, rule: str) -> None:
+        super().__init__(f"invalid site name {name!r}: {rule}", name=name, rule=rule)
+        self.name = name
+        self.rule = rule
+
+
+class ExecutorError(JerpError):
+    pass
+
+
+class ContainerNotFound(ExecutorError):
+    pass
+
+
+class ContainerNotRunning(ExecutorError):
+    pass
+
+
+class ExecutorUnavailable(ExecutorError):
+    pass
+
+
+class CommandTimeout(ExecutorError):
+    def __init__(self, message: str, *, timeout: float, output_tail: str = "") -> None:
+        super().__init__(message, timeout=timeout)
+        self.timeout = timeout
+        self.output_tail = output_tail
+
+
+class CommandFailed(JerpError):
+    def __init__(self, message: str, *, exit_code: int, output_tail: str = "") -> None:
+        super().__init__(message, exit_code=exit_code)
+        self.exit_code = exit_code
+        self.output_tail = output_tail
+
+
+class OutputParseError(JerpError):
+    pass
+
+
+class StoreError(JerpError):
+    pass
+
+
+class JobNotFound(StoreError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (unknown id, or expired)", job_id=job_id)
+        self.job_id = job_id
+
+
+class BrokerUnavailable(StoreError):
+    pass
+
+
+class LockError(JerpError):
+    pass
+
+
+class LockBusy(LockError):
+    def __init__(self, name: str, holder: dict[str, str] | None) -> None:
+        holder = holder or {}
+        who = holder.get("job_id") or "an unknown holder"
+        what = holder.get("step")
+        detail = f"job {who}" + (f" (step {what})" if what else "")
+        super().__init__(f"{name} is busy: held by {detail}", lock=name, holder=holder)
+        self.name = name
+        self.holder = holder
+
+
+class LockLost(LockError):
+    pass

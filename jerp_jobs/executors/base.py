@@ -1,0 +1,76 @@
+"""The executor interface: run one argv where the bench lives, and report what happened.
+
+An executor knows nothing of Frappe. It runs an argv list (never a shell string) with a
+timeout, no TTY and stdin closed, streams the output to ``on_output`` line by line as it
+comes, and returns a :class:`CommandResult` with the exit code, the duration and the last
+lines of output. A command that outlives its timeout is killed (its whole process tree) and
+reported as :class:`~jerp_jobs.errors.CommandTimeout`; a place that cannot run commands at all
+(container missing, stopped, restarting) is an :class:`~jerp_jobs.errors.ExecutorError`.
+A non-zero exit is *not* an exception here: callers decide what it means.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+OutputCallback = Callable[[str], None]
+
+#: How many lines of output a result keeps.
+TAIL_LINES = 200
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    exit_code: int
+    duration_s: float
+    output: str  # the last TAIL_LINES lines, stdout and stderr interleaved as they came
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Executor(Protocol):
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        on_output: OutputCallback | None = None,
+    ) -> CommandResult: ...
+
+
+class OutputTail:
+    """Collects output chunks into lines: hands each full line to a callback, keeps the tail."""
+
+    def __init__(self, on_output: OutputCallback | None, max_lines: int = TAIL_LINES) -> None:
+        self._on_output = on_output
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
+        self._partial = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, chunk: bytes | str) -> None:
+        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
+        text = self._partial + text.replace("\r\n", "\n")
+        *complete, self._partial = text.split("\n")
+        for line in complete:
+            self._emit(line)
+
+    def close(self) -> None:
+        self._partial += self._decoder.decode(b"", final=True)
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
+
+    def text(self) -> str:
+        return "\n".join(self._lines)
+
+    def _emit(self, line: str) -> None:
+        self._lines.append(line)
+        if self._on_output is not None:
+            self._on_output(line)

@@ -1,0 +1,474 @@
+"""Run commands inside a compose service's container through the Docker Engine API.
+
+The container is found by its compose labels (``com.docker.compose.project`` and
+``com.docker.compose.service``; for a Portainer stack the project is the stack name) every
+time a command runs, so a redeployed stack is picked up. The command runs through ``docker
+exec`` with no TTY and stdin not attached, as ``user`` in ``workdir``.
+
+Timeouts. An exec cannot be killed through the Docker API, and abandoning the stream leaves
+the command running. So each argv is wrapped as::
+
+    /bin/sh -c 'exec "$@" 2>&1' sh timeout --kill-after=<grace>s --signal=TERM <timeout>s ARGV...
+
+(the shell only merges stderr into stdout, keeping the order of the lines, and replaces
+itself with ``timeout``; ARGV stays a list, never shell text).
+
+coreutils ``timeout`` puts itself and the command in a process group of their own and
+signals that group: SIGTERM at the timeout, SIGKILL ``kill_grace`` seconds later. It exits
+124 after a timeout (137 when the KILL was needed). **The container must therefore have
+coreutils ``timeout``** (frappe's images, Debian based, do; busybox ``timeout`` is not enough).
+On top of that, the stream is read in a background thread against a client-side deadline of
+``timeout + kill_grace + api_margin`` seconds, so an API that stops answering cannot block the
+caller forever.
+
+The Docker API calls used: containers list, exec create, exec start, exec inspect, and
+container inspect after a failed command. A socket proxy that allows these is enough.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from jerp_jobs.errors import (
+    CommandTimeout,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ExecutorError,
+    ExecutorUnavailable,
+)
+from jerp_jobs.executors._argv import check_argv, check_timeout, describe_argv, format_seconds
+from jerp_jobs.executors.base import CommandResult, OutputCallback, OutputTail
+
+if TYPE_CHECKING:
+    import docker
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+
+#: Exit codes of coreutils ``timeout`` when it had to stop the command.
+TIMEOUT_EXIT_CODES = (124, 128 + 9)
+
+#: Without a TTY, Docker reads stdout and stderr from two pipes and their order is lost; so
+#: stderr is sent into stdout inside the container. argv goes as positional parameters, never
+#: into the script text.
+_MERGE_STDERR = ("/bin/sh", "-c", 'exec "$@" 2>&1', "sh")
+
+_WRAPPER_FAILED = re.compile(r"^timeout: (failed to run command|invalid|unrecognized option)")
+_RUNTIME_FAILED = re.compile(r"OCI runtime exec failed|unable to find user|no matching entries")
+_NO_TIMEOUT = re.compile(r"exec: timeout: not found|\"timeout\": executable file not found")
+_EXIT_POLL_S = 0.05
+_EXIT_WAIT_S = 5.0
+_STOP_SETTLE_S = 1.0
+
+
+def _default_client() -> docker.DockerClient:
+    import docker
+
+    return docker.from_env()
+
+
+def _api_errors() -> tuple[type[BaseException], ...]:
+    import docker.errors
+    import requests.exceptions
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class DockerExecutor:
+    """Execs argv lists in the running container of ``service`` in compose ``project``.
+
+    ``client_factory`` builds the ``docker.DockerClient`` (default: ``docker.from_env()``,
+    which honours ``DOCKER_HOST``); it is called on first use and the client is kept. ``env``
+    holds variables set for every command. ``kill_grace`` is the time between SIGTERM and
+    SIGKILL after a timeout; ``api_margin`` is how much longer than that the caller waits for
+    the Docker API to report the end of the command before giving up on it.
+    """
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        service: str = "backend",
+        user: str = "frappe",
+        workdir: str = "/home/frappe/frappe-bench",
+        client_factory: Callable[[], docker.DockerClient] | None = None,
+        env: Mapping[str, str] | None = None,
+        kill_grace: float = 5.0,
+        api_margin: float = 10.0,
+    ) -> None:
+        if not project:
+            raise ValueError("project must be a non-empty compose project name")
+        if not service:
+            raise ValueError("service must be a non-empty compose service name")
+        self.project = project
+        self.service = service
+        self.user = user
+        self.workdir = workdir
+        self.env = dict(env) if env is not None else {}
+        self.kill_grace = check_timeout(kill_grace)
+        self.api_margin = check_timeout(api_margin)
+        self._client_factory = client_factory or _default_client
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DockerExecutor(project={self.project!r}, service={self.service!r})"
+
+    @property
+    def _where(self) -> str:
+        return f"service {self.service!r} of compose project {self.project!r}"
+
+    # -- the Docker client -------------------------------------------------------------
+
+    def _api(self) -> Any:
+        """The low-level API client, created on first use."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = self._client_factory()
+                except _api_errors() as exc:
+                    raise ExecutorUnavailable(
+                        f"cannot reach the Docker API: {_reason(exc)}", service=self.service
+                    ) from exc
+            return getattr(self._client, "api", self._client)
+
+    def _unavailable(self, exc: BaseException, doing: str) -> ExecutorUnavailable:
+        base_url = getattr(getattr(self._client, "api", self._client), "base_url", "?")
+        return ExecutorUnavailable(
+            f"Docker API at {base_url} failed while {doing}: {_reason(exc)}",
+            project=self.project,
+            service=self.service,
+        )
+
+    # -- finding the container ---------------------------------------------------------
+
+    def find_container(self) -> dict[str, Any]:
+        """The running container of the service, as the containers list reports it.
+
+        Raises ContainerNotFound when the service has no container at all, and
+        ContainerNotRunning when none runs (naming the status; a restarting one means a crash
+        loop). With several running (a scaled service), the lowest container number wins.
+        """
+        api = self._api()
+        filters = {"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
+        try:
+            containers = api.containers(all=True, filters=filters)
+        except _api_errors() as exc:
+            raise self._unavailable(exc, f"listing the containers of {self._where}") from exc
+        if not containers:
+            raise ContainerNotFound(
+                f"no container for service {self.service!r} of compose project "
+                f"{self.project!r} — is the stack up?",
+                project=self.project,
+                service=self.service,
+            )
+        containers.sort(key=_container_order)
+        running = [c for c in containers if c.get("State") == "running"]
+        if running:
+            return running[0]
+        restarting = [c for c in containers if c.get("State") == "restarting"]
+        raise self._not_running(restarting[0] if restarting else containers[0])
+
+    def _not_running(self, container: Mapping[str, Any], *, during: str = "") -> ContainerNotRunning:
+        name = _name(container)
+        state = container.get("State") or "unknown"
+        status = container.get("Status") or state
+        if state == "restarting":
+            message = (
+                f"the container {name} of {self._where} is restarting: it keeps exiting and "
+                f"Docker keeps restarting it (crash loop?); see `docker logs {name}`"
+            )
+        else:
+            message = f"the container {name} of {self._where} is {state} ({status}), not running"
+        if during:
+            message = f"{message} — it stopped {during}"
+        return ContainerNotRunning(
+            message, project=self.project, service=self.service, container=name, status=state
+        )
+
+    def _current_state(self, container: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Inspect the container again: its list-style summary, or None when it is gone."""
+        import docker.errors
+
+        api = self._api()
+        try:
+            info = api.inspect_container(container["Id"])
+        except docker.errors.NotFound:
+            return None
+        except _api_errors() as exc:
+            raise self._unavailable(exc, f"inspecting the container {_name(container)}") from exc
+        state = info.get("State") or {}
+        return {
+            "Id": info.get("Id"),
+            "Names": [info.get("Name", "")],
+            "State": state.get("Status"),
+            "Status": f"{state.get('Status')}, exit code {state.get('ExitCode')}",
+        }
+
+    def _gone_or_stopped(
+        self, container: Mapping[str, Any], doing: str, *, settle: float = 0.0
+    ) -> ExecutorError | None:
+        """An error if the container is no longer running, else None.
+
+        ``settle`` is how long to keep looking while it still shows as running: the exec of a
+        container being stopped can end before Docker records the container's own exit.
+        """
+        current = self._current_state(container)
+        give_up = time.monotonic() + settle
+        while current is not None and current.get("State") == "running":
+            if time.monotonic() >= give_up:
+                return None
+            time.sleep(_EXIT_POLL_S)
+            current = self._current_state(container)
+        if current is None:
+            return ContainerNotRunning(
+                f"the container {_name(container)} of {self._where} disappeared {doing}",
+                project=self.project,
+                service=self.service,
+                container=_name(container),
+                status="removed",
+            )
+        if current.get("State") != "running":
+            return self._not_running(current, during=doing)
+        return None
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        on_output: OutputCallback | None = None,
+    ) -> CommandResult:
+        import docker.errors
+
+        args = check_argv(argv)
+        timeout = check_timeout(timeout)
+        container = self.find_container()
+        api = self._api()
+        name = _name(container)
+        shown = describe_argv(args)
+        wrapped = [
+            *_MERGE_STDERR,
+            "timeout",
+            f"--kill-after={_duration(self.kill_grace)}",
+            "--signal=TERM",
+            _duration(timeout),
+            *args,
+        ]
+
+        try:
+            exec_id = api.exec_create(
+                container["Id"],
+                cmd=wrapped,
+                user=self.user,
+                workdir=self.workdir,
+                stdin=False,
+                tty=False,
+                environment=self.env or None,
+            )["Id"]
+        except docker.errors.APIError as exc:
+            stopped = self._gone_or_stopped(container, f"before {shown} could start")
+            if stopped is not None:
+                raise stopped from exc
+            raise self._unavailable(exc, f"creating an exec in {name}") from exc
+        except _api_errors() as exc:
+            raise self._unavailable(exc, f"creating an exec in {name}") from exc
+
+        started = time.monotonic()
+        deadline = started + timeout + self.kill_grace + self.api_margin
+        tail = OutputTail(on_output)
+        reader = _ExecStream(api, exec_id)
+        try:
+            for chunk in reader.chunks(deadline):
+                tail.feed(chunk)
+        except _Deadline:
+            tail.close()
+            raise CommandTimeout(
+                f"{shown} ran past its timeout of {format_seconds(timeout)} in {name}, and the "
+                f"Docker API did not report its end within a further "
+                f"{format_seconds(self.kill_grace + self.api_margin)}; `timeout` in the "
+                f"container was set to kill it",
+                timeout=timeout,
+                output_tail=tail.text(),
+            ) from None
+        except _api_errors() as exc:
+            tail.close()
+            stopped = self._gone_or_stopped(
+                container, f"while running {shown}", settle=_STOP_SETTLE_S
+            )
+            if stopped is not None:
+                raise stopped from exc
+            raise self._unavailable(exc, f"running {shown} in {name}") from exc
+        finally:
+            reader.cancel()
+        tail.close()
+
+        exit_code = self._exit_code(api, exec_id, container, shown, deadline)
+        duration = time.monotonic() - started
+        if exit_code != 0:
+            settle = _STOP_SETTLE_S if exit_code >= 128 else 0.0
+            stopped = self._gone_or_stopped(container, f"while running {shown}", settle=settle)
+            if stopped is not None:
+                raise stopped
+        if exit_code in TIMEOUT_EXIT_CODES and duration >= timeout:
+            raise CommandTimeout(
+                f"{shown} ran past its timeout of {format_seconds(timeout)} in {name} and was killed",
+                timeout=timeout,
+                output_tail=tail.text(),
+            )
+        if exit_code in (125, 126, 127):
+            self._check_started(tail.text(), args, name)
+        return CommandResult(argv=args, exit_code=exit_code, duration_s=duration, output=tail.text())
+
+    def _exit_code(
+        self, api: Any, exec_id: str, container: Mapping[str, Any], shown: str, deadline: float
+    ) -> int:
+        """The exit code of a finished exec (it can lag the end of the stream a little)."""
+        import docker.errors
+
+        give_up = min(deadline, time.monotonic() + _EXIT_WAIT_S)
+        while True:
+            try:
+                info = api.exec_inspect(exec_id)
+            except docker.errors.NotFound as exc:
+                stopped = self._gone_or_stopped(container, f"while running {shown}")
+                raise (stopped or self._unavailable(exc, "reading the exit code")) from exc
+            except _api_errors() as exc:
+                raise self._unavailable(exc, f"reading the exit code of {shown}") from exc
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            if time.monotonic() >= give_up:
+                stopped = self._gone_or_stopped(container, f"while running {shown}")
+                if stopped is not None:
+                    raise stopped
+                raise ExecutorUnavailable(
+                    f"the output of {shown} ended but Docker still reports it running "
+                    f"(exec {exec_id[:12]} in {_name(container)})",
+                    project=self.project,
+                    service=self.service,
+                )
+            time.sleep(_EXIT_POLL_S)
+
+    def _check_started(self, output: str, args: tuple[str, ...], name: str) -> None:
+        """Raise ExecutorUnavailable when the command never started (not when it failed)."""
+        lines = output.splitlines()[-5:]
+        for line in lines:
+            if _NO_TIMEOUT.search(line):
+                raise ExecutorUnavailable(
+                    f"cannot run commands in {name}: the container needs coreutils `timeout` "
+                    f"on its PATH: {line.strip()}",
+                    program="timeout",
+                    container=name,
+                )
+            if _RUNTIME_FAILED.search(line):
+                raise ExecutorUnavailable(
+                    f"Docker could not start {args[0]!r} in {name}: {line.strip()}",
+                    program=args[0],
+                    container=name,
+                )
+            if _WRAPPER_FAILED.match(line):
+                raise ExecutorUnavailable(
+                    f"cannot run {args[0]!r} in {name}: {line.strip()}",
+                    program=args[0],
+                    container=name,
+                )
+
+
+class _Deadline(Exception):
+    pass
+
+
+class _ExecStream:
+    """Starts an exec and reads its stream in a daemon thread; the caller waits with a deadline."""
+
+    _END = object()
+
+    def __init__(self, api: Any, exec_id: str) -> None:
+        self._api = api
+        self._exec_id = exec_id
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stream: Any = None
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._read, name=f"docker-exec-{exec_id[:12]}", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            stream = self._api.exec_start(self._exec_id, stream=True, tty=False)
+            with self._lock:
+                self._stream = stream
+                cancelled = self._cancelled
+            if cancelled:
+                _close(stream)
+                return
+            for chunk in stream:
+                self._queue.put(chunk)
+            self._queue.put(self._END)
+        except BaseException as exc:  # handed to the waiting caller
+            self._queue.put(exc)
+
+    def chunks(self, deadline: float) -> Iterator[bytes]:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Deadline
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                raise _Deadline from None
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            stream = self._stream
+        if stream is not None:
+            _close(stream)
+
+
+def _close(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:
+        pass
+
+
+def _container_order(container: Mapping[str, Any]) -> tuple[int, str]:
+    labels = container.get("Labels") or {}
+    try:
+        number = int(labels.get(NUMBER_LABEL, ""))
+    except ValueError:
+        number = 1 << 30
+    return number, _name(container)
+
+
+def _name(container: Mapping[str, Any]) -> str:
+    names = container.get("Names") or []
+    if names:
+        return str(names[0]).lstrip("/")
+    return str(container.get("Id", "?"))[:12]
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(seconds, 0.001):.3f}s"
+
+
+def _reason(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    text = str(explanation or exc).strip()
+    return text or type(exc).__name__

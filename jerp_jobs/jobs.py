@@ -1,0 +1,371 @@
+"""Job records: what an operator reads, and the source of truth of what is done.
+
+A job is created with its steps planned up front, all ``pending``. Each step then goes
+``pending -> running -> success | failed | skipped`` and records its start, end, duration,
+exit code and output tail (redacted before it is stored). The job's own state follows:
+``queued -> running -> succeeded | failed | recovered | cancelled``.
+
+Storage (Redis, every key under ``jerp:``):
+
+- ``jerp:job:<id>`` — a hash: the job's fields, and one field ``step:<name>`` per step holding
+  that step's JSON. Writing a step touches one field, so steps never overwrite each other.
+  The hash expires ``JERP_JOB_TTL_DAYS`` after its last update.
+- ``jerp:jobs`` / ``jerp:jobs:site:<site>`` / ``jerp:jobs:state:<state>`` — sorted sets of job
+  ids scored by creation time, for listing newest first. Entries of expired jobs are dropped
+  as they are met.
+
+Job records carry no secret: parameters are checked for secret-looking keys on creation, and
+output passes through the log redactor.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from jerp_jobs.errors import InvalidInput, JobNotFound, StoreError
+from jerp_jobs.log import redactor
+
+PREFIX = "jerp:"
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "recovered", "cancelled")
+FINAL_JOB_STATES = frozenset({"succeeded", "failed", "recovered", "cancelled"})
+STEP_STATES = ("pending", "running", "success", "failed", "skipped")
+FINAL_STEP_STATES = frozenset({"success", "failed", "skipped"})
+
+_SECRET_WORDS = ("password", "secret", "token", "passwd", "key")
+
+# Moves a job between state indexes atomically. KEYS: job hash, all-index prefix.
+_SET_STATE = """
+local old = redis.call('hget', KEYS[1], 'state')
+if not old then return nil end
+local created = redis.call('hget', KEYS[1], 'created_at')
+redis.call('zrem', ARGV[4] .. old, ARGV[1])
+redis.call('zadd', ARGV[4] .. ARGV[2], created, ARGV[1])
+redis.call('hset', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
+redis.call('expire', KEYS[1], ARGV[5])
+return old
+"""
+
+
+@dataclass
+class Step:
+    name: str
+    state: str = "pending"
+    started_at: float | None = None
+    ended_at: float | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    output: str = ""
+    error: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STEP_STATES
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    site: str | None
+    state: str
+    created_at: float
+    updated_at: float
+    params: dict[str, Any] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    started_at: float | None = None
+    ended_at: float | None = None
+    parent: str | None = None
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"job {self.id} has no step {name!r}")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_JOB_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, ttl_days: int = 30) -> None:
+        self._r = client
+        self.ttl = ttl_days * 86400
+        self._set_state = client.register_script(_SET_STATE)
+
+    # -- creation and reading ----------------------------------------------------------------
+
+    def create(
+        self,
+        kind: str,
+        steps: Sequence[str],
+        *,
+        site: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        params = dict(params or {})
+        _refuse_secrets(params)
+        if len(set(steps)) != len(steps):
+            raise InvalidInput(f"step names of a {kind} job must be unique: {list(steps)}")
+        now = time.time()
+        job = Job(
+            id=job_id or new_job_id(),
+            kind=kind,
+            site=site,
+            state="queued",
+            created_at=now,
+            updated_at=now,
+            params=params,
+            steps=[Step(name) for name in steps],
+            parent=parent,
+        )
+        key = self._key(job.id)
+        mapping = {
+            "id": job.id,
+            "kind": kind,
+            "site": site or "",
+            "state": job.state,
+            "created_at": repr(now),
+            "updated_at": repr(now),
+            "params": json.dumps(params, sort_keys=True),
+            "plan": json.dumps(list(steps)),
+            "parent": parent or "",
+            "cancel_requested": "0",
+        }
+        mapping.update({f"step:{s.name}": json.dumps(asdict(s)) for s in job.steps})
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hsetnx(key, "id", job.id)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, self.ttl)
+        for index in self._indexes(job.site, job.state):
+            pipe.zadd(index, {job.id: now})
+            pipe.zremrangebyscore(index, "-inf", now - self.ttl)
+        try:
+            created, *_ = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"could not record the job: {exc}") from exc
+        if not created:
+            raise StoreError(f"job id {job.id} already exists")
+        return job
+
+    def get(self, job_id: str) -> Job:
+        raw = self._r.hgetall(self._key(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        return _decode_job(raw)
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self._r.exists(self._key(job_id)))
+
+    def list(self, *, site: str | None = None, state: str | None = None, limit: int = 20) -> list[Job]:
+        """Jobs newest first, filtered by site and/or state."""
+        if state is not None and state not in JOB_STATES:
+            raise InvalidInput(f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
+        index = self._index_site(site) if site else self._index_state(state) if state else PREFIX + "jobs"
+        jobs: list[Job] = []
+        start = 0
+        batch = max(limit * 2, 20)
+        while len(jobs) < limit:
+            ids = self._r.zrevrange(index, start, start + batch - 1)
+            if not ids:
+                break
+            start += batch
+            pipe = self._r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self._key(_s(job_id)))
+            for job_id, raw in zip(ids, pipe.execute()):
+                if not raw:
+                    self._r.zrem(index, job_id)
+                    continue
+                job = _decode_job(raw)
+                if state is not None and job.state != state:
+                    continue
+                jobs.append(job)
+                if len(jobs) == limit:
+                    break
+        return jobs
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def set_state(self, job_id: str, state: str, *, error: str | None = None, **fields: Any) -> str:
+        """Move the job to ``state``; returns the previous state."""
+        if state not in JOB_STATES:
+            raise InvalidInput(f"unknown job state {state!r}")
+        now = time.time()
+        key = self._key(job_id)
+        extra: dict[str, str] = {}
+        if error is not None:
+            extra["error"] = redactor.text(error)
+        if state == "running" and not self._r.hexists(key, "started_at"):
+            extra["started_at"] = repr(now)
+        if state in FINAL_JOB_STATES:
+            extra["ended_at"] = repr(now)
+        for name, value in fields.items():
+            extra[name] = json.dumps(redactor.value(value), sort_keys=True)
+        if extra:
+            self._r.hset(key, mapping=extra)
+        old = self._set_state(keys=[key], args=[job_id, state, repr(now), PREFIX + "jobs:state:", self.ttl])
+        if old is None:
+            raise JobNotFound(job_id)
+        return _s(old)
+
+    def set_result(self, job_id: str, **values: Any) -> None:
+        """Merge values into the job's result (e.g. a backup manifest). Redacted on the way in."""
+        key = self._key(job_id)
+        raw = self._r.hget(key, "result")
+        result = json.loads(raw) if raw else {}
+        result.update(redactor.value(values))
+        self._r.hset(key, mapping={"result": json.dumps(result, sort_keys=True), "updated_at": repr(time.time())})
+
+    def update_step(self, job_id: str, step: Step) -> None:
+        step.output = redactor.text(step.output)
+        if step.error:
+            step.error = redactor.text(step.error)
+        key = self._key(job_id)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hexists(key, f"step:{step.name}")
+        pipe.hset(key, mapping={f"step:{step.name}": json.dumps(asdict(step)), "updated_at": repr(time.time())})
+        pipe.expire(key, self.ttl)
+        existed, *_ = pipe.execute()
+        if not existed:
+            self._r.hdel(key, f"step:{step.name}")
+            raise StoreError(f"job {job_id} has no planned step {step.name!r}")
+
+    def start_step(self, job_id: str, name: str, *, worker: str) -> Step:
+        step = self.get(job_id).step(name)
+        step.state = "running"
+        step.started_at = time.time()
+        step.ended_at = step.duration_s = step.exit_code = step.error = None
+        step.output = ""
+        step.attempts += 1
+        step.worker = worker
+        self.update_step(job_id, step)
+        self._r.hdel(self._key(job_id), "note:waiting_for")
+        return step
+
+    def finish_step(
+        self,
+        job_id: str,
+        step: Step,
+        state: str,
+        *,
+        exit_code: int | None = None,
+        output: str = "",
+        error: str | None = None,
+    ) -> Step:
+        if state not in FINAL_STEP_STATES:
+            raise InvalidInput(f"a step ends success, failed or skipped, not {state!r}")
+        step.state = state
+        step.ended_at = time.time()
+        if step.started_at is not None:
+            step.duration_s = round(step.ended_at - step.started_at, 3)
+        step.exit_code = exit_code
+        step.output = output
+        step.error = error
+        self.update_step(job_id, step)
+        return step
+
+    def skip_pending(self, job_id: str, *, reason: str) -> list[str]:
+        """Mark every step still pending as skipped; returns their names."""
+        skipped = []
+        for step in self.get(job_id).steps:
+            if step.state == "pending":
+                step.state = "skipped"
+                step.error = reason
+                self.update_step(job_id, step)
+                skipped.append(step.name)
+        return skipped
+
+    def note(self, job_id: str, **values: str) -> None:
+        """Short operator-facing notes on the job (e.g. what it is waiting for)."""
+        self._r.hset(
+            self._key(job_id),
+            mapping={f"note:{k}": redactor.text(v) for k, v in values.items()} | {"updated_at": repr(time.time())},
+        )
+
+    def claim_advance(self, job_id: str, step: str) -> bool:
+        """True for the one caller that moves the job on after ``step`` (the guard against
+        a second delivery of a finished step advancing the job twice)."""
+        return bool(self._r.hsetnx(self._key(job_id), f"advanced:{step}", repr(time.time())))
+
+    def request_cancel(self, job_id: str) -> Job:
+        if not self.exists(job_id):
+            raise JobNotFound(job_id)
+        self._r.hset(self._key(job_id), "cancel_requested", "1")
+        return self.get(job_id)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    @staticmethod
+    def _index_site(site: str) -> str:
+        return f"{PREFIX}jobs:site:{site}"
+
+    @staticmethod
+    def _index_state(state: str) -> str:
+        return f"{PREFIX}jobs:state:{state}"
+
+    def _indexes(self, site: str | None, state: str) -> Iterable[str]:
+        yield PREFIX + "jobs"
+        yield self._index_state(state)
+        if site:
+            yield self._index_site(site)
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _refuse_secrets(params: Mapping[str, Any]) -> None:
+    for name in params:
+        if any(word in name.lower() for word in _SECRET_WORDS):
+            raise InvalidInput(f"job parameter {name!r} looks like a secret; secrets stay in the worker's environment")
+
+
+def _decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
+    data = {_s(k): _s(v) for k, v in raw.items()}
+    plan = json.loads(data.get("plan", "[]"))
+    steps = [Step(**json.loads(data[f"step:{name}"])) for name in plan if f"step:{name}" in data]
+    return Job(
+        id=data["id"],
+        kind=data.get("kind", ""),
+        site=data.get("site") or None,
+        state=data.get("state", "queued"),
+        created_at=float(data.get("created_at", 0)),
+        updated_at=float(data.get("updated_at", 0)),
+        params=json.loads(data.get("params", "{}")),
+        steps=steps,
+        started_at=float(data["started_at"]) if data.get("started_at") else None,
+        ended_at=float(data["ended_at"]) if data.get("ended_at") else None,
+        parent=data.get("parent") or None,
+        error=data.get("error"),
+        result=json.loads(data.get("result", "{}")),
+        cancel_requested=data.get("cancel_requested") == "1",
+        notes={k[5:]: v for k, v in data.items() if k.startswith("note:")},
+    )

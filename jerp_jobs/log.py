@@ -1,0 +1,124 @@
+"""Logging: structlog, configured once per process, with secrets redacted everywhere.
+
+- JSON lines when stderr is not a terminal (workers, containers); a readable console on a TTY.
+- Task context (job id, site, step, task id) is bound with contextvars by the Celery signal
+  handlers in ``jerp_jobs.celery`` and shows on every line logged while a task runs.
+- :class:`Redactor` masks every known secret value wherever it appears — in the event, in any
+  field, inside lists such as a logged argv — and the value following a secret option
+  (``--db-root-password PW``, ``--admin-password=PW``) even when the value is not known.
+  The same redactor cleans output tails before they reach a job record.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from jerp_jobs.bench import SECRET_OPTIONS
+
+MASK = "***"
+
+_OPTION_VALUE = re.compile(
+    r"(?P<opt>(?:" + "|".join(re.escape(o) for o in sorted(SECRET_OPTIONS)) + r"))(?P<sep>[= ]+)(?P<val>\S+)"
+)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?P<at>@)")
+
+
+class Redactor:
+    """Replaces secret values with ``***`` in strings and nested containers."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is masked whole. Very short values
+        # would mask innocent text and are not secrets worth the name; they are still masked
+        # when they follow a secret option.
+        merged = set(self._secrets) | {s for s in secrets if s and len(s) >= 4}
+        self._secrets = sorted(merged, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        value = _OPTION_VALUE.sub(lambda m: f"{m['opt']}{m['sep']}{MASK}", value)
+        return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", value)
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        hide_next = False
+        for item in argv:
+            if hide_next:
+                out.append(MASK)
+                hide_next = False
+                continue
+            option, eq, _ = item.partition("=")
+            if option in SECRET_OPTIONS:
+                if eq:
+                    out.append(f"{option}={MASK}")
+                    continue
+                hide_next = True
+            out.append(self.text(item))
+        return out
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, (list, tuple)):
+            if all(isinstance(v, str) for v in value):
+                return self.argv(value)
+            return [self.value(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, BaseException):
+            return self.text(f"{type(value).__name__}: {value}")
+        return value
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        """structlog processor."""
+        return {k: self.value(v) for k, v in event_dict.items()}
+
+
+#: The process-wide redactor, filled with the settings' secrets by :func:`configure`.
+redactor = Redactor()
+
+
+def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: int = logging.INFO) -> None:
+    """Configure structlog and the stdlib root logger (Celery's own lines) once, at start."""
+    redactor.add(secrets)
+    if json is None:
+        json = not sys.stderr.isatty()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redactor,
+    ]
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared[:-1], redactor],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,7 @@
+"""The runbook's operations as workflows of named steps.
+
+Each module registers its workflows with :func:`jerp_jobs.workflow.register`; step functions
+are plain Python that take a :class:`~jerp_jobs.workflow.StepContext` and never import Celery.
+"""
+
+from jerp_jobs.operations import backup, maintenance  # noqa: F401

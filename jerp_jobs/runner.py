@@ -1,0 +1,191 @@
+"""Running one step of a job, safely under redelivery, and deciding what comes next.
+
+``run_step`` is what every step task does (``jerp_jobs.tasks`` only carries it):
+
+1. Read the job. A finished job, or a step already recorded as done, runs nothing again.
+2. A cancelled job ends here, before its next step starts.
+3. Claim the job's site (one job per site at a time; a second job waits its turn) and take
+   the execution lock of the step's scope (the site, or the bench for bench-wide steps).
+   A second delivery of a step whose first delivery is still alive finds the lock held by
+   its own job and steps aside.
+4. Mark the step running, call its function, record success / skipped / failed with the
+   exit code and the output tail, release the lock.
+5. Advance exactly once (a guard in the job record): the next pending step, the recovery
+   step the workflow names on failure, or the job's final state.
+
+The job record, not Celery's result backend, says what is done.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Literal
+
+from jerp_jobs.errors import InvalidInput, JerpError, LockBusy
+from jerp_jobs.executors.base import TAIL_LINES
+from jerp_jobs.jobs import Job
+from jerp_jobs.locks import bench_lock_name, site_lock_name
+from jerp_jobs.log import get_logger
+from jerp_jobs.runtime import Runtime
+from jerp_jobs.workflow import StepContext, Workflow, get_workflow
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StepRun:
+    outcome: Literal["advanced", "finished", "ignored"]
+    next_step: str | None = None
+    detail: str = ""
+
+
+def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
+    job = rt.store.get(job_id)
+    if job.finished:
+        return StepRun("ignored", detail=f"job already {job.state}")
+    workflow = get_workflow(job.kind)
+    spec = workflow.resolve(step)
+    record = job.step(step)
+
+    if job.cancel_requested and record.state == "pending":
+        finish_job(rt, job.id, "cancelled", error="cancelled by an operator before step " + step)
+        return StepRun("finished", detail="cancelled")
+
+    if job.site is not None:
+        attention = rt.sites.attention(job.site)
+        if attention and attention.get("job_id") != job.id:
+            finish_job(
+                rt,
+                job.id,
+                "failed",
+                error=f"site {job.site} needs attention (job {attention.get('job_id')}: {attention.get('reason')}); "
+                "no automated workflow touches it until an operator clears the mark",
+            )
+            return StepRun("finished", detail="site needs attention")
+        owner = rt.sites.claim(job.site, job.id)
+        if owner != job.id:
+            raise LockBusy(f"site {job.site}", {"job_id": owner})
+
+    lock_name = site_lock_name(job.site) if spec.scope == "site" and job.site else bench_lock_name(
+        rt.settings.compose_project
+    )
+    held = rt.locks.try_acquire(lock_name, job_id=job.id, step=step)
+    if held is None:
+        holder = rt.locks.holder(lock_name) or {}
+        if holder.get("job_id") == job.id and holder.get("step") == step:
+            return StepRun("ignored", detail="another delivery of this step is running")
+        raise LockBusy(lock_name, {k: str(v) for k, v in holder.items()})
+
+    try:
+        job = rt.store.get(job_id)  # re-read under the lock: the truth now
+        record = job.step(step)
+        if record.state == "failed":
+            failed = True
+        elif record.done:
+            failed = False
+        else:
+            failed = _execute(rt, job, step, workflow, worker=worker)
+    finally:
+        held.release()
+    return _advance(rt, workflow, job_id, step, failed=failed)
+
+
+def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str) -> bool:
+    """Run the step's function and record the outcome; returns True when the step failed."""
+    if job.state == "queued":
+        rt.store.set_state(job.id, "running")
+    record = rt.store.start_step(job.id, step, worker=worker)
+    ctx = StepContext(runtime=rt, job=rt.store.get(job.id), step=step)
+    log.info("step.start", job_id=job.id, step=step, site=job.site, attempt=record.attempts)
+    try:
+        state = workflow.resolve(step).fn(ctx) or "success"
+    except JerpError as exc:
+        output = getattr(exc, "output_tail", "") or _tail(ctx.output)
+        rt.store.finish_step(
+            job.id, record, "failed", exit_code=getattr(exc, "exit_code", ctx.exit_code), output=output, error=str(exc)
+        )
+        log.warning("step.failed", job_id=job.id, step=step, error=str(exc))
+        return True
+    except Exception as exc:  # a bug, not an operations failure: record it all the same
+        rt.store.finish_step(
+            job.id,
+            record,
+            "failed",
+            exit_code=ctx.exit_code,
+            output=_tail(ctx.output) + "\n" + traceback.format_exc(limit=8),
+            error=f"unexpected error: {type(exc).__name__}: {exc}",
+        )
+        log.exception("step.crashed", job_id=job.id, step=step)
+        return True
+    rt.store.finish_step(job.id, record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
+    log.info("step.end", job_id=job.id, step=step, state=state, duration_s=record.duration_s)
+    return False
+
+
+def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed: bool) -> StepRun:
+    if not rt.store.claim_advance(job_id, step):
+        return StepRun("ignored", detail=f"the job already moved past {step}")
+    job = rt.store.get(job_id)
+    if failed:
+        target = workflow.on_failure(job, step)
+        if target is not None:
+            return StepRun("advanced", next_step=target)
+        final = workflow.final_state(job)
+        finish_job(rt, job_id, final, error=_failure_summary(job))
+        return StepRun("finished", detail=final)
+    following = next_pending(workflow, job, after=step)
+    if following is not None and not job.cancel_requested:
+        return StepRun("advanced", next_step=following)
+    if job.cancel_requested and following is not None:
+        finish_job(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
+        return StepRun("finished", detail="cancelled")
+    final = workflow.final_state(job)
+    finish_job(rt, job_id, final, error=_failure_summary(job) if final != "succeeded" else None)
+    return StepRun("finished", detail=final)
+
+
+def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | None:
+    """The next pending step on the same path (normal or recovery) after ``after``."""
+    names = [s.name for s in job.steps]
+    start = names.index(after) + 1 if after is not None else 0
+    on_recovery = after is not None and workflow.is_recovery(after)
+    for record in job.steps[start:]:
+        if record.state == "pending" and workflow.is_recovery(record.name) == on_recovery:
+            return record.name
+    return None
+
+
+def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None) -> None:
+    rt.store.skip_pending(job_id, reason=f"job ended {state}")
+    rt.store.set_state(job_id, state, error=error)
+    job = rt.store.get(job_id)
+    if job.site is not None:
+        rt.sites.release(job.site, job_id)
+    log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)
+
+
+def first_step(rt: Runtime, job_id: str) -> str:
+    job = rt.store.get(job_id)
+    workflow = get_workflow(job.kind)
+    name = next_pending(workflow, job, after=None)
+    if name is None:
+        raise InvalidInput(f"job {job_id} has no step to run")
+    return name
+
+
+def _failure_summary(job: Job) -> str:
+    failed = [s for s in job.steps if s.state == "failed"]
+    if not failed:
+        return "failed"
+    return "; ".join(f"step {s.name} failed: {s.error or 'exit ' + str(s.exit_code)}" for s in failed)
+
+
+def _tail(chunks: list[str]) -> str:
+    lines = "\n".join(c for c in chunks if c).splitlines()
+    return "\n".join(lines[-TAIL_LINES:])
+
+
+def waited_too_long(job: Job, *, limit_s: float) -> bool:
+    return time.time() - job.created_at > limit_s

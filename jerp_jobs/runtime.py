@@ -1,0 +1,62 @@
+"""The parts a process works with, built once from the settings.
+
+``Runtime`` gathers the Redis client, the job store, the lock manager and the executor. Tests
+build one with their own parts (a fakeredis client, a FakeExecutor); processes call
+:func:`get_runtime`, which builds it from :func:`jerp_jobs.settings.get_settings` on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import redis
+
+from jerp_jobs.executors.base import Executor
+from jerp_jobs.jobs import JobStore
+from jerp_jobs.locks import LockManager
+from jerp_jobs.settings import Settings, get_settings
+from jerp_jobs.sitestate import SiteState
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    locks: LockManager
+    sites: SiteState
+    _executor: Executor | None = field(default=None, repr=False)
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = make_executor(self.settings)
+        return self._executor
+
+
+def make_executor(settings: Settings) -> Executor:
+    if settings.executor == "local":
+        from jerp_jobs.executors.local import LocalExecutor
+
+        return LocalExecutor(settings.require_bench_dir())
+    from jerp_jobs.executors.docker import DockerExecutor
+
+    return DockerExecutor(project=settings.compose_project, service=settings.backend_service)
+
+
+def build_runtime(settings: Settings, *, client: redis.Redis | None = None, executor: Executor | None = None) -> Runtime:
+    client = client or redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
+    return Runtime(
+        settings=settings,
+        redis=client,
+        store=JobStore(client, ttl_days=settings.job_ttl_days),
+        locks=LockManager(client, ttl=settings.lock_ttl),
+        sites=SiteState(client, ttl_s=settings.job_ttl_days * 86400),
+        _executor=executor,
+    )
+
+
+@functools.cache
+def get_runtime() -> Runtime:
+    return build_runtime(get_settings())

@@ -1,0 +1,123 @@
+"""Settings: one typed object, read from the environment once, at process start.
+
+Every name below is part of the public contract and is listed, with a placeholder, in
+``.env.example``. Secrets are :class:`~pydantic.SecretStr`: they print as ``**********``, and
+:meth:`Settings.secret` is the one way to read one — it raises :class:`ConfigError` naming the
+variable when an operation needs a secret that is not set.
+
+Nothing here is read at import time: entry points call :func:`get_settings` when they start.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from jerp_jobs.errors import ConfigError
+
+#: Secret fields and the environment variable each is read from.
+SECRET_VARIABLES: dict[str, str] = {
+    "mariadb_root_password": "MARIADB_ROOT_PASSWORD",
+    "frappe_admin_password": "FRAPPE_ADMIN_PASSWORD",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "npm_secret": "NPM_SECRET",
+    "webhook_secret": "JERP_WEBHOOK_SECRET",
+    "smoke_password": "JERP_SMOKE_PASSWORD",
+}
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JERP_", extra="ignore", frozen=True)
+
+    # Broker and job store
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str | None = None
+    visibility_timeout: int = Field(21600, ge=60)
+    task_time_limit: int = Field(18000, ge=30)
+    job_ttl_days: int = Field(30, ge=1)
+    lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
+
+    # Where bench runs
+    executor: Literal["docker", "local"] = "docker"
+    compose_project: str = "jerp"
+    backend_service: str = "backend"
+    bench_dir: Path | None = None
+    bench_bin: str = "bench"
+    command_timeout: int = Field(7200, ge=1, description="default timeout of one bench command")
+
+    # Site work
+    install_apps: Annotated[list[str], NoDecode] = ["erpnext", "nfse-pr"]
+    fanout_concurrency: int = Field(4, ge=1)
+
+    # Secrets: read from their conventional names, never passed through the broker.
+    mariadb_root_password: SecretStr | None = Field(None, validation_alias=_env("MARIADB_ROOT_PASSWORD"))
+    frappe_admin_password: SecretStr | None = Field(None, validation_alias=_env("FRAPPE_ADMIN_PASSWORD"))
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias=_env("AWS_SECRET_ACCESS_KEY"))
+    npm_secret: SecretStr | None = Field(None, validation_alias=_env("NPM_SECRET"))
+    webhook_secret: SecretStr | None = None
+    smoke_password: SecretStr | None = None
+
+    @field_validator("install_apps", mode="before")
+    @classmethod
+    def _split_apps(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [app.strip() for app in value.split(",") if app.strip()]
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    def secret(self, field: str) -> str:
+        """The plain value of a secret setting, or ConfigError naming its variable."""
+        variable = SECRET_VARIABLES[field]
+        value: SecretStr | None = getattr(self, field)
+        if value is None or not value.get_secret_value():
+            raise ConfigError(variable, "is not set; this operation needs it (set it in the worker's environment)")
+        return value.get_secret_value()
+
+    def secret_values(self) -> list[str]:
+        """Every secret value that is set: what the log redactor must never let through."""
+        values = []
+        for field in SECRET_VARIABLES:
+            value: SecretStr | None = getattr(self, field)
+            if value is not None and value.get_secret_value():
+                values.append(value.get_secret_value())
+        return values
+
+    def require_bench_dir(self) -> Path:
+        if self.bench_dir is None:
+            raise ConfigError("JERP_BENCH_DIR", "is not set; the local executor needs the bench folder")
+        return self.bench_dir
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a malformed variable becomes a ConfigError naming it."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        variable = SECRET_VARIABLES.get(field, f"JERP_{field.upper()}")
+        raise ConfigError(variable, f"is invalid: {first['msg']}") from exc
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read on first use (at process start for every entry point)."""
+    return load_settings()

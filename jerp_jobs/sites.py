@@ -1,0 +1,76 @@
+"""Site names: validated as lowercase DNS names before anything is built from them.
+
+A site name ends up in argv lists, folder paths, database names and Redis keys, so the rule
+is strict: lowercase letters, digits and hyphens in dot-separated labels of 1-63 characters,
+no label starting or ending with a hyphen, at most 253 characters in all. A few names that are
+valid DNS names mean something else to bench or to its sites folder (``all`` selects every
+site) and are refused too. Each refusal names the rule that was broken.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jerp_jobs.errors import InvalidSiteName
+
+MAX_NAME = 253
+MAX_LABEL = 63
+
+#: Valid DNS names that bench or its sites folder give another meaning.
+RESERVED = frozenset({"all", "assets", "apps.txt", "apps.json", "currentsite.txt", "locks", "logs", "archived"})
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+
+
+def validate_site_name(name: object) -> str:
+    """Return ``name`` if it is an acceptable site name, else raise InvalidSiteName."""
+    if not isinstance(name, str):
+        raise InvalidSiteName(repr(name), "a site name must be a string")
+    if not name:
+        raise InvalidSiteName(name, "a site name may not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidSiteName(name, f"a DNS name has at most {MAX_NAME} characters")
+    if name != name.lower():
+        raise InvalidSiteName(name, "a site name must be lowercase")
+    for label in name.split("."):
+        _check_label(name, label)
+    if name in RESERVED:
+        raise InvalidSiteName(name, f"{name!r} is reserved by bench (it is not a customer site)")
+    return name
+
+
+def _check_label(name: str, label: str) -> None:
+    if not label:
+        raise InvalidSiteName(name, "empty label: no leading, trailing or doubled dots")
+    if len(label) > MAX_LABEL:
+        raise InvalidSiteName(name, f"each dot-separated label has at most {MAX_LABEL} characters")
+    bad = sorted({ch for ch in label if not (ch.isascii() and (ch.isalnum() or ch == "-"))})
+    if bad:
+        shown = "".join(bad)
+        raise InvalidSiteName(name, f"only letters a-z, digits and '-' are allowed (found {shown!r})")
+    if label.startswith("-") or label.endswith("-"):
+        raise InvalidSiteName(name, "a label may not start or end with '-'")
+    if not _LABEL.fullmatch(label):  # pragma: no cover - the checks above cover every case
+        raise InvalidSiteName(name, "not a DNS label")
+
+
+def is_valid_site_name(name: object) -> bool:
+    try:
+        validate_site_name(name)
+    except InvalidSiteName:
+        return False
+    return True
+
+
+def db_name_for(site: str) -> str:
+    """The database name jerp-jobs gives a new site: readable, unique per site, <= 64 chars.
+
+    MariaDB names allow letters, digits and ``_``; the site's dots and hyphens become ``_``,
+    and a short hash of the full name keeps two sites that map to the same text apart.
+    """
+    import hashlib
+
+    site = validate_site_name(site)
+    digest = hashlib.sha256(site.encode()).hexdigest()[:8]
+    stem = re.sub(r"[^a-z0-9]", "_", site)[:48]
+    return f"_{stem}_{digest}"

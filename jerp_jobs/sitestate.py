@@ -1,0 +1,63 @@
+"""Per-site state that outlives one step: which job owns the site, and attention marks.
+
+- Ownership (``jerp:site-owner:<site>`` = job id): a job claims its site when its first step
+  starts and releases it when it ends, so two jobs never interleave their steps on one site
+  (a migrate's maintenance-on of one job and a restore of another, say). The execution lock
+  (``jerp_jobs.locks``) is finer: it guards each running step against a second delivery.
+  An owner key carries the job TTL as a backstop; the reaper releases claims of jobs that
+  ended or vanished.
+- Attention (``jerp:attention:<site>``): set when an automatic recovery failed; no automated
+  workflow touches the site until an operator clears it (``jerpctl site clear-attention``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+OWNER = "jerp:site-owner:"
+ATTENTION = "jerp:attention:"
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class SiteState:
+    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+        self._r = client
+        self._ttl = ttl_s
+        self._release = client.register_script(_RELEASE)
+
+    def claim(self, site: str, job_id: str) -> str:
+        """Claim the site for a job; returns the owner (``job_id`` when the claim succeeded)."""
+        key = OWNER + site
+        if self._r.set(key, job_id, nx=True, ex=self._ttl):
+            return job_id
+        owner = self._r.get(key)
+        return _s(owner) if owner is not None else self.claim(site, job_id)
+
+    def owner(self, site: str) -> str | None:
+        owner = self._r.get(OWNER + site)
+        return _s(owner) if owner is not None else None
+
+    def release(self, site: str, job_id: str) -> bool:
+        return bool(self._release(keys=[OWNER + site], args=[job_id]))
+
+    def mark_attention(self, site: str, *, job_id: str, reason: str) -> None:
+        self._r.set(ATTENTION + site, json.dumps({"job_id": job_id, "reason": reason, "since": time.time()}))
+
+    def attention(self, site: str) -> dict[str, Any] | None:
+        raw = self._r.get(ATTENTION + site)
+        return json.loads(raw) if raw else None
+
+    def clear_attention(self, site: str) -> bool:
+        return bool(self._r.delete(ATTENTION + site))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

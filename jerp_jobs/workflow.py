@@ -1,0 +1,135 @@
+"""Workflows as data: the named steps of a job kind, and what runs each step.
+
+A :class:`Workflow` plans a job's steps up front (``plan``) and maps each step name to a
+:class:`StepSpec`: the plain function that does the work, and the lock it needs (the site's,
+or the bench's for bench-wide work such as ``build``). Steps marked ``recovery`` run only
+when the workflow's ``on_failure`` sends the job to them; on the normal path they end
+``skipped``. Nothing here imports Celery: the runner (``jerp_jobs.runner``) executes steps and
+the Celery tasks (``jerp_jobs.tasks``) only carry them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from jerp_jobs.errors import CommandFailed, InvalidInput
+from jerp_jobs.log import get_logger, redactor
+
+if TYPE_CHECKING:
+    from jerp_jobs.executors.base import CommandResult
+    from jerp_jobs.jobs import Job
+    from jerp_jobs.runtime import Runtime
+
+log = get_logger(__name__)
+
+
+@dataclass
+class StepContext:
+    """What a step function gets: the job, the parts, and helpers that record as they go."""
+
+    runtime: Runtime
+    job: Job
+    step: str
+    output: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+
+    @property
+    def site(self) -> str:
+        if self.job.site is None:
+            raise InvalidInput(f"step {self.step} needs a site")
+        return self.job.site
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.job.params
+
+    @property
+    def settings(self) -> Any:
+        return self.runtime.settings
+
+    @property
+    def bench(self) -> str:
+        return self.runtime.settings.bench_bin
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> CommandResult:
+        """Run argv through the executor; output streams to the log and into the step record."""
+        timeout = timeout or self.runtime.settings.command_timeout
+        shown = redactor.argv(argv)
+        log.info("command.start", argv=shown, timeout=timeout)
+
+        def _line(line: str) -> None:
+            log.info("command.output", line=line)
+
+        result = self.runtime.executor.run(list(argv), timeout=timeout, on_output=_line)
+        self.exit_code = result.exit_code
+        self.output.append(result.output)
+        log.info("command.end", argv=shown, exit_code=result.exit_code, duration_s=round(result.duration_s, 3))
+        if check and not result.ok:
+            raise CommandFailed(
+                f"{' '.join(shown)} exited {result.exit_code}",
+                exit_code=result.exit_code,
+                output_tail=result.output,
+            )
+        return result
+
+    def record(self, **values: Any) -> None:
+        """Merge values into the job's result (shown by ``jerpctl status``)."""
+        self.runtime.store.set_result(self.job.id, **values)
+
+
+StepFn = Callable[[StepContext], str | None]  # returns None/"success", or "skipped"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    fn: StepFn
+    scope: Literal["site", "bench"] = "site"
+    recovery: bool = False
+
+
+@dataclass(frozen=True)
+class Workflow:
+    kind: str
+    needs_site: bool
+    plan: Callable[[Mapping[str, Any]], list[str]]
+    resolve: Callable[[str], StepSpec]
+    on_failure: Callable[[Job, str], str | None] = lambda job, step: None
+    final_state: Callable[[Job], str] = lambda job: (
+        "failed" if any(s.state == "failed" for s in job.steps) else "succeeded"
+    )
+
+    def is_recovery(self, step: str) -> bool:
+        return self.resolve(step).recovery
+
+
+_REGISTRY: dict[str, Workflow] = {}
+
+
+def register(workflow: Workflow) -> Workflow:
+    _REGISTRY[workflow.kind] = workflow
+    return workflow
+
+
+def get_workflow(kind: str) -> Workflow:
+    import jerp_jobs.operations  # noqa: F401  (registers the built-in workflows)
+
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise InvalidInput(f"unknown job kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def simple(kind: str, steps: Sequence[tuple[str, StepSpec]], *, needs_site: bool = True) -> Workflow:
+    """A workflow whose plan is a fixed list of steps."""
+    table = dict(steps)
+    names = [name for name, _ in steps]
+
+    def resolve(name: str) -> StepSpec:
+        try:
+            return table[name]
+        except KeyError:
+            raise InvalidInput(f"{kind} has no step {name!r}") from None
+
+    return register(Workflow(kind=kind, needs_site=needs_site, plan=lambda params: list(names), resolve=resolve))

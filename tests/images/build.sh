@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Build the container images the test suite uses. The Docker Engine on the test machines has no
+# images and cannot pull, so the base image is a Debian root file system made by debootstrap and
+# imported; project images are built FROM it (BASE_IMAGE build argument).
+#
+#   jerp-test/debian-base:bookworm     built once; kept while it exists (FORCE_BASE=1 rebuilds it)
+#   jerp-test/standin-backend:latest   rebuilt on every run (layer cache keeps it cheap)
+#
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), JERP_IMAGES_WORKDIR (scratch
+# folder for the root file system, default /var/tmp), JERP_STANDIN_BENCH (the stand-in bench
+# script to put in the image, default tests/standin/bench).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+base_image=jerp-test/debian-base:bookworm
+backend_image=jerp-test/standin-backend:latest
+suite=bookworm
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+scratch_parent=${JERP_IMAGES_WORKDIR:-/var/tmp}
+packages=python3,mariadb-client,gzip,tar,procps,coreutils,ca-certificates
+
+scratch=""
+
+log() { printf '[images] %s\n' "$*"; }
+
+elapsed() { echo "$((SECONDS - $1))s"; }
+
+cleanup() {
+    if [ -n "$scratch" ] && [ -d "$scratch" ]; then
+        # debootstrap mounts proc/sys inside the target; never delete through a mount.
+        local m
+        if command -v findmnt >/dev/null 2>&1; then
+            for m in $(findmnt -rn -o TARGET | { grep -F "$scratch/" || true; } | sort -r); do
+                umount -l "$m" 2>/dev/null || true
+            done
+        fi
+        rm -rf --one-file-system "$scratch"
+    fi
+}
+trap cleanup EXIT
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || { echo "error: $1 not found ($2)" >&2; exit 1; }
+}
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+build_base() {
+    if image_exists "$base_image" && [ "${FORCE_BASE:-0}" != 1 ]; then
+        log "$base_image exists; skipping debootstrap"
+        return 0
+    fi
+    need debootstrap "apt-get install debootstrap"
+    [ "$(id -u)" = 0 ] || { echo "error: debootstrap needs root" >&2; exit 1; }
+    local t0=$SECONDS
+    mkdir -p "$scratch_parent"
+    scratch=$(mktemp -d "$scratch_parent/jerp-rootfs.XXXXXX")
+    local rootfs=$scratch/rootfs
+    log "debootstrap $suite ($packages) into $rootfs"
+    if ! debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" \
+        >"$scratch/debootstrap.log" 2>&1; then
+        tail -n 40 "$scratch/debootstrap.log" >&2
+        [ -f "$rootfs/debootstrap/debootstrap.log" ] && tail -n 40 "$rootfs/debootstrap/debootstrap.log" >&2
+        echo "error: debootstrap failed" >&2
+        exit 1
+    fi
+    log "debootstrap done in $(elapsed "$t0")"
+
+    rm -rf "${rootfs:?}"/var/cache/apt/archives/*.deb "${rootfs:?}"/var/lib/apt/lists/* \
+        "${rootfs:?}"/tmp/* "${rootfs:?}"/var/tmp/* "${rootfs:?}"/var/log/*.log
+    rm -rf "${rootfs:?}"/usr/share/doc/* "${rootfs:?}"/usr/share/man/* "${rootfs:?}"/usr/share/info/* \
+        "${rootfs:?}"/usr/share/locale/*
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-exclude /usr/share/man/*' \
+        'path-exclude /usr/share/info/*' 'path-exclude /usr/share/locale/*' \
+        >"$rootfs/etc/dpkg/dpkg.cfg.d/01-jerp-nodoc"
+    echo "deb $mirror $suite main" >"$rootfs/etc/apt/sources.list"
+
+    local t1=$SECONDS
+    log "importing $base_image"
+    tar -C "$rootfs" --numeric-owner --one-file-system \
+        --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' -c . |
+        docker import \
+            -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            -c 'ENV LANG=C.UTF-8' \
+            -c 'CMD ["/bin/bash"]' \
+            -m "debootstrap --variant=minbase $suite" \
+            - "$base_image" >/dev/null
+    log "import done in $(elapsed "$t1")"
+    cleanup
+    scratch=""
+}
+
+build_backend() {
+    local t0=$SECONDS
+    local bench_script=${JERP_STANDIN_BENCH:-$repo/tests/standin/bench}
+    [ -f "$bench_script" ] || { echo "error: $bench_script is missing" >&2; exit 1; }
+    # A minimal build context: only what the Containerfile copies (the repo holds a venv and
+    # the test services' data, which the daemon must not be sent).
+    local ctx
+    ctx=$(mktemp -d "${TMPDIR:-/tmp}/jerp-ctx.XXXXXX")
+    mkdir -p "$ctx/tests/standin"
+    cp -p "$bench_script" "$ctx/tests/standin/bench"
+    chmod 0755 "$ctx/tests/standin/bench"
+    log "building $backend_image"
+    if ! DOCKER_BUILDKIT=0 docker build -q \
+        --build-arg BASE_IMAGE="$base_image" \
+        -f "$here/standin-backend.Containerfile" \
+        -t "$backend_image" "$ctx" >"$ctx.log" 2>&1; then
+        cat "$ctx.log" >&2
+        rm -rf "$ctx" "$ctx.log"
+        echo "error: docker build of $backend_image failed" >&2
+        exit 1
+    fi
+    rm -rf "$ctx" "$ctx.log"
+    log "$backend_image built in $(elapsed "$t0")"
+}
+
+need docker "the Docker Engine and CLI"
+docker info >/dev/null 2>&1 || { echo "error: the Docker Engine is not reachable (docker info)" >&2; exit 1; }
+
+start=$SECONDS
+build_base
+build_backend
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^jerp-test/' | sed 's/^/[images] /'
+log "all images ready in $(elapsed "$start")"
