@@ -12,7 +12,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-test: services ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
+test: services images ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
 	$(PYTEST) $(PYTEST_ARGS)
 
 services: ## Start the private Redis and MariaDB the tests use (tests/services/up.sh)

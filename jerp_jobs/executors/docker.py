@@ -313,12 +313,13 @@ class DockerExecutor:
 
         exit_code = self._exit_code(api, exec_id, container, shown, deadline)
         duration = time.monotonic() - started
+        timed_out = exit_code in TIMEOUT_EXIT_CODES and duration >= timeout
         if exit_code != 0:
-            settle = _STOP_SETTLE_S if exit_code >= 128 else 0.0
+            settle = _STOP_SETTLE_S if exit_code >= 128 and not timed_out else 0.0
             stopped = self._gone_or_stopped(container, f"while running {shown}", settle=settle)
             if stopped is not None:
                 raise stopped
-        if exit_code in TIMEOUT_EXIT_CODES and duration >= timeout:
+        if timed_out:
             raise CommandTimeout(
                 f"{shown} ran past its timeout of {format_seconds(timeout)} in {name} and was killed",
                 timeout=timeout,

@@ -1,0 +1,81 @@
+"""Shared fixtures: the real services started by tests/services/up.sh, and fast fakes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+from jerp_jobs.executors.fake import FakeExecutor
+from jerp_jobs.runtime import Runtime, build_runtime
+from jerp_jobs.settings import Settings, load_settings
+
+pytest_plugins = ["tests.docker_backend"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / "tests" / ".run"
+REDIS_PORT = int(os.environ.get("JERP_TEST_REDIS_PORT", "16379"))
+MARIADB_PORT = int(os.environ.get("JERP_TEST_MARIADB_PORT", "13306"))
+#: Redis database for tests that need the real server (workers, locks); flushed per test.
+REDIS_DB = 5
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real Redis server (tests/services/up.sh); fails, never skips, when it is down."""
+    url = f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"the test Redis at {url} is not running ({exc}): run tests/services/up.sh")
+    return url
+
+
+@pytest.fixture
+def real_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the real Redis, on a database emptied before and after the test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_root_password() -> str:
+    path = RUN_DIR / "mariadb-root-password"
+    if not path.exists():
+        pytest.fail("the test MariaDB is not set up: run tests/services/up.sh")
+    return path.read_text().strip()
+
+
+@pytest.fixture
+def fake_redis() -> redis.Redis:
+    """fakeredis with Lua, for fast unit tests of store and lock logic."""
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings(
+        _env_file=None,
+        broker_url="redis://127.0.0.1:1/0",
+        executor="local",
+        bench_dir=Path("/nonexistent-bench"),
+        lock_ttl=5,
+    )
+
+
+@pytest.fixture
+def fake_executor() -> FakeExecutor:
+    return FakeExecutor()
+
+
+@pytest.fixture
+def fake_runtime(settings: Settings, fake_redis: redis.Redis, fake_executor: FakeExecutor) -> Runtime:
+    """A runtime on fakeredis with a scripted executor."""
+    return build_runtime(settings, client=fake_redis, executor=fake_executor)

@@ -1,0 +1,203 @@
+"""The bench layer: argv builders and the parsers of what bench prints (bench-contract.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jerp_jobs import bench
+from jerp_jobs.errors import InvalidInput, InvalidSiteName, OutputParseError
+
+SITE = "acme.example.com"
+
+SUMMARY_WITH_FILES = """\
+Backup Summary for acme.example.com at 2026-11-29 03:00:07.123456
+Config  : ./acme.example.com/private/backups/20261129_030001-acme_example_com-site_config_backup.json 944.0B
+Database: ./acme.example.com/private/backups/20261129_030001-acme_example_com-database.sql.gz         1.2MiB
+Public  : ./acme.example.com/private/backups/20261129_030001-acme_example_com-files.tar                10.0KiB
+Private : ./acme.example.com/private/backups/20261129_030001-acme_example_com-private-files.tar        10.0KiB
+Backup for Site acme.example.com has been successfully completed with files
+"""
+
+SUMMARY_DB_ONLY = """\
+Deleting old backups of acme.example.com
+Backup Summary for acme.example.com at 2026-11-29 03:00:07.123456
+Config  : ./acme.example.com/private/backups/20261129_030001-acme_example_com-site_config_backup.json 944.0B
+Database: ./acme.example.com/private/backups/20261129_030001-acme_example_com-database.sql.gz         2.5GiB
+Backup for Site acme.example.com has been successfully completed
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(
+            bench.backup(SITE), ["bench", "--site", SITE, "backup", "--with-files"], id="backup-with-files"
+        ),
+        pytest.param(bench.backup(SITE, with_files=False), ["bench", "--site", SITE, "backup"], id="backup-db-only"),
+        pytest.param(
+            bench.backup(SITE, compress=True, backup_path="/b", bench="/opt/bench"),
+            ["/opt/bench", "--site", SITE, "backup", "--with-files", "--compress", "--backup-path", "/b"],
+            id="backup-options",
+        ),
+        pytest.param(bench.migrate(SITE), ["bench", "--site", SITE, "migrate"], id="migrate"),
+        pytest.param(
+            bench.migrate(SITE, skip_failing=True), ["bench", "--site", SITE, "migrate", "--skip-failing"], id="migrate-skip"
+        ),
+        pytest.param(bench.clear_cache(SITE), ["bench", "--site", SITE, "clear-cache"], id="clear-cache"),
+        pytest.param(
+            bench.clear_website_cache(SITE), ["bench", "--site", SITE, "clear-website-cache"], id="clear-website-cache"
+        ),
+        pytest.param(
+            bench.set_maintenance_mode(SITE, True), ["bench", "--site", SITE, "set-maintenance-mode", "on"], id="maint-on"
+        ),
+        pytest.param(
+            bench.set_maintenance_mode(SITE, False),
+            ["bench", "--site", SITE, "set-maintenance-mode", "off"],
+            id="maint-off",
+        ),
+        pytest.param(bench.scheduler(SITE, "pause"), ["bench", "--site", SITE, "scheduler", "pause"], id="sched-pause"),
+        pytest.param(bench.scheduler(SITE, "resume"), ["bench", "--site", SITE, "scheduler", "resume"], id="sched-resume"),
+        pytest.param(
+            bench.ready_for_migration(SITE), ["bench", "--site", SITE, "ready-for-migration"], id="ready-for-migration"
+        ),
+        pytest.param(bench.install_app(SITE, "erpnext"), ["bench", "--site", SITE, "install-app", "erpnext"], id="install"),
+        pytest.param(bench.list_apps(SITE), ["bench", "--site", SITE, "list-apps", "-f", "json"], id="list-apps"),
+        pytest.param(bench.ping(SITE), ["bench", "--site", SITE, "execute", "frappe.ping"], id="ping"),
+        pytest.param(bench.build(), ["bench", "build"], id="build"),
+        pytest.param(bench.build(apps=["erpnext"]), ["bench", "build", "--app", "erpnext"], id="build-app"),
+        pytest.param(
+            bench.build(apps=["frappe", "erpnext"], production=True, force=True),
+            ["bench", "build", "--apps", "frappe,erpnext", "--production", "--force"],
+            id="build-apps",
+        ),
+    ],
+)
+def test_builder_produces_the_argv_bench_expects(argv: list[str], expected: list[str]) -> None:
+    assert argv == expected
+
+
+def test_new_site_passes_every_flag_that_keeps_bench_from_prompting() -> None:
+    argv = bench.new_site(
+        SITE, db_root_password="rootpw", admin_password="adminpw", db_name="_acme_1", install_apps=["erpnext"]
+    )
+    assert argv[:3] == ["bench", "new-site", SITE]
+    assert argv[argv.index("--db-root-password") + 1] == "rootpw"
+    assert argv[argv.index("--admin-password") + 1] == "adminpw"
+    assert argv[argv.index("--db-name") + 1] == "_acme_1"
+    assert "--mariadb-user-host-login-scope=%" in argv
+    assert argv[-2:] == ["--install-app", "erpnext"]
+
+
+def test_restore_forces_and_passes_root_password_and_file_tars() -> None:
+    argv = bench.restore(
+        SITE, "acme.example.com/private/backups/x-database.sql.gz", db_root_password="pw",
+        public_files="p.tar", private_files="q.tar",
+    )
+    assert argv[:5] == ["bench", "--site", SITE, "--force", "restore"]
+    assert argv[argv.index("--db-root-password") + 1] == "pw"
+    assert argv[argv.index("--with-public-files") + 1] == "p.tar"
+    assert argv[argv.index("--with-private-files") + 1] == "q.tar"
+
+
+def test_drop_site_never_prompts_and_skips_its_own_backup() -> None:
+    argv = bench.drop_site(SITE, db_root_password="pw")
+    assert argv[:3] == ["bench", "drop-site", SITE]
+    assert {"--no-backup", "--force", "--db-root-password"} <= set(argv)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda: bench.migrate("Acme.com"), id="uppercase"),
+        pytest.param(lambda: bench.backup("all"), id="all-sites"),
+        pytest.param(lambda: bench.backup("--help"), id="option-like"),
+        pytest.param(lambda: bench.new_site("a b.com", db_root_password="x", admin_password="y", db_name="d"), id="space"),
+        pytest.param(lambda: bench.restore("../etc", "x.sql.gz", db_root_password="x"), id="dotdot"),
+    ],
+)
+def test_builders_refuse_bad_site_names_before_building(call) -> None:
+    with pytest.raises(InvalidSiteName):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda: bench.install_app(SITE, "--force"), id="app-option"),
+        pytest.param(lambda: bench.install_app(SITE, "Erp Next"), id="app-space"),
+        pytest.param(lambda: bench.scheduler(SITE, "explode"), id="scheduler-action"),
+        pytest.param(lambda: bench.restore(SITE, "-x.sql.gz", db_root_password="x"), id="path-option"),
+        pytest.param(
+            lambda: bench.new_site(SITE, db_root_password="x", admin_password="y", db_name="a;drop"), id="db-name"
+        ),
+    ],
+)
+def test_builders_refuse_bad_arguments(call) -> None:
+    with pytest.raises(InvalidInput):
+        call()
+
+
+def test_backup_summary_with_files_gives_every_artifact() -> None:
+    summary = bench.parse_backup_summary(SUMMARY_WITH_FILES, SITE)
+    assert [a.kind for a in summary.artifacts] == ["config", "database", "public_files", "private_files"]
+    database = summary.artifact("database")
+    assert database is not None
+    assert database.path == "./acme.example.com/private/backups/20261129_030001-acme_example_com-database.sql.gz"
+    assert database.size_text == "1.2MiB"
+    assert database.approx_bytes == round(1.2 * 1024 * 1024)
+    assert summary.with_files
+    assert summary.timestamp == "20261129_030001"
+    assert summary.taken_at is not None and summary.taken_at.year == 2026
+
+
+def test_backup_summary_without_files_after_other_lines() -> None:
+    summary = bench.parse_backup_summary(SUMMARY_DB_ONLY, SITE)
+    assert [a.kind for a in summary.artifacts] == ["config", "database"]
+    assert not summary.with_files
+    assert summary.artifact("database").approx_bytes == round(2.5 * 1024**3)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        pytest.param("Backup failed for Site acme.example.com. Database or site_config.json may be corrupted",
+                     "no 'Backup Summary'", id="failed"),
+        pytest.param(SUMMARY_WITH_FILES.replace("acme.example.com at", "other.example.com at"), "expected", id="other-site"),
+        pytest.param("\n".join(SUMMARY_WITH_FILES.splitlines()[:2]), "no database", id="no-database"),
+    ],
+)
+def test_backup_summary_parser_rejects_what_is_not_a_summary(output: str, message: str) -> None:
+    with pytest.raises(OutputParseError, match=message):
+        bench.parse_backup_summary(output, SITE)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("944.0B", 944), ("10.0KiB", 10240), ("1.5 MiB", 1572864), ("2.0GiB", 2 * 1024**3), ("1.0TiB", 1024**4)],
+)
+def test_human_sizes(text: str, expected: int) -> None:
+    assert bench.parse_size(text) == expected
+
+
+def test_list_apps_json_after_warnings() -> None:
+    output = 'WARN: something\n{"acme.example.com": ["frappe", "erpnext"]}\n'
+    assert bench.parse_list_apps(output, SITE) == ["frappe", "erpnext"]
+
+
+@pytest.mark.parametrize(
+    "output",
+    [pytest.param("frappe\nerpnext", id="plain"), pytest.param('{"other.com": []}', id="other-site"),
+     pytest.param("{broken", id="malformed")],
+)
+def test_list_apps_rejects_other_shapes(output: str) -> None:
+    with pytest.raises(OutputParseError):
+        bench.parse_list_apps(output, SITE)
+
+
+def test_apps_txt() -> None:
+    assert bench.parse_apps_txt("frappe\nerpnext\n\n nfse-pr \n") == ["frappe", "erpnext", "nfse-pr"]
+
+
+def test_argv_secrets_finds_both_option_forms() -> None:
+    argv = ["bench", "new-site", SITE, "--db-root-password", "r00t!", "--admin-password=adm1n"]
+    assert bench.argv_secrets(argv) == ["r00t!", "adm1n"]

@@ -1,0 +1,104 @@
+"""Job records: planned steps, transitions, listing, expiry, and nothing secret inside."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from jerp_jobs.errors import InvalidInput, JobNotFound, StoreError
+from jerp_jobs.jobs import JobStore
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def store(request: pytest.FixtureRequest) -> JobStore:
+    """The store on fakeredis and on the real Redis: the same behaviour on both."""
+    client: redis.Redis = request.getfixturevalue("fake_redis" if request.param == "fakeredis" else "real_redis")
+    return JobStore(client, ttl_days=30)
+
+
+def test_job_is_created_with_every_step_pending(store: JobStore) -> None:
+    job = store.create("migrate", ["backup", "migrate", "clear-cache"], site="a.example.com", params={"canary": True})
+    read = store.get(job.id)
+    assert read.state == "queued" and read.site == "a.example.com" and read.params == {"canary": True}
+    assert [(s.name, s.state) for s in read.steps] == [("backup", "pending"), ("migrate", "pending"), ("clear-cache", "pending")]
+
+
+def test_step_goes_pending_running_success_with_timings(store: JobStore) -> None:
+    job = store.create("backup", ["backup"], site="a.example.com")
+    step = store.start_step(job.id, "backup", worker="w1")
+    assert store.get(job.id).step("backup").state == "running"
+    time.sleep(0.01)
+    store.finish_step(job.id, step, "success", exit_code=0, output="done")
+    read = store.get(job.id).step("backup")
+    assert read.state == "success" and read.exit_code == 0 and read.output == "done"
+    assert read.started_at is not None and read.ended_at is not None and read.duration_s is not None
+    assert read.duration_s >= 0.01 and read.attempts == 1 and read.worker == "w1"
+
+
+def test_job_state_moves_between_indexes(store: JobStore) -> None:
+    a = store.create("backup", ["backup"], site="a.example.com")
+    b = store.create("backup", ["backup"], site="b.example.com")
+    store.set_state(a.id, "running")
+    store.set_state(a.id, "failed", error="boom")
+    assert [j.id for j in store.list(state="failed")] == [a.id]
+    assert [j.id for j in store.list(state="queued")] == [b.id]
+    assert store.get(a.id).error == "boom" and store.get(a.id).ended_at is not None
+
+
+def test_listing_is_newest_first_and_filters_by_site(store: JobStore) -> None:
+    ids = [store.create("backup", ["backup"], site="a.example.com").id for _ in range(3)]
+    other = store.create("backup", ["backup"], site="b.example.com").id
+    assert [j.id for j in store.list(site="a.example.com")] == list(reversed(ids))
+    assert [j.id for j in store.list(limit=2)] == [other, ids[-1]]
+
+
+def test_records_expire_after_the_ttl(fake_redis: redis.Redis) -> None:
+    store = JobStore(fake_redis, ttl_days=30)
+    job = store.create("backup", ["backup"], site="a.example.com")
+    ttl = fake_redis.ttl(f"jerp:job:{job.id}")
+    assert 30 * 86400 - 5 <= ttl <= 30 * 86400
+    fake_redis.delete(f"jerp:job:{job.id}")  # what expiry does
+    assert store.list(site="a.example.com") == []
+    assert fake_redis.zcard("jerp:jobs:site:a.example.com") == 0  # the stale index entry was dropped
+
+
+def test_secret_looking_parameters_are_refused(store: JobStore) -> None:
+    with pytest.raises(InvalidInput, match="db_root_password"):
+        store.create("provision", ["new-site"], site="a.example.com", params={"db_root_password": "x"})
+
+
+def test_output_and_errors_are_redacted_before_storage(store: JobStore) -> None:
+    job = store.create("restore", ["restore"], site="a.example.com")
+    step = store.start_step(job.id, "restore", worker="w")
+    store.finish_step(job.id, step, "failed", output="bench restore --db-root-password hunter2pw", error="x")
+    assert "hunter2pw" not in store.get(job.id).step("restore").output
+
+
+def test_unknown_job_and_unplanned_step(store: JobStore) -> None:
+    with pytest.raises(JobNotFound, match="nosuch"):
+        store.get("nosuch")
+    job = store.create("backup", ["backup"], site="a.example.com")
+    with pytest.raises(KeyError):
+        store.start_step(job.id, "migrate", worker="w")
+    from jerp_jobs.jobs import Step
+
+    with pytest.raises(StoreError, match="no planned step"):
+        store.update_step(job.id, Step("migrate"))
+
+
+def test_advance_guard_admits_one_caller(store: JobStore) -> None:
+    job = store.create("backup", ["backup"], site="a.example.com")
+    assert store.claim_advance(job.id, "backup") is True
+    assert store.claim_advance(job.id, "backup") is False
+
+
+def test_skip_pending_and_cancel_request(store: JobStore) -> None:
+    job = store.create("migrate", ["a", "b", "c"], site="a.example.com")
+    step = store.start_step(job.id, "a", worker="w")
+    store.finish_step(job.id, step, "success")
+    store.request_cancel(job.id)
+    assert store.skip_pending(job.id, reason="cancelled") == ["b", "c"]
+    read = store.get(job.id)
+    assert read.cancel_requested and [s.state for s in read.steps] == ["success", "skipped", "skipped"]

@@ -1,0 +1,151 @@
+"""The step runner on fakeredis with a scripted executor: records, redelivery, locks, cancel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from structlog.testing import capture_logs
+
+from jerp_jobs import runner
+from jerp_jobs.enqueue import create_job
+from jerp_jobs.errors import LockBusy
+from jerp_jobs.locks import site_lock_name
+from jerp_jobs.runtime import Runtime
+
+SITE = "acme.example.com"
+DB = "sites/acme.example.com/private/backups/20261129_030001-acme_example_com-database.sql.gz"
+CONF = "sites/acme.example.com/private/backups/20261129_030001-acme_example_com-site_config_backup.json"
+SUMMARY = f"""Backup Summary for {SITE} at 2026-11-29 03:00:07.123456
+Config  : ./{CONF[6:]} 944.0B
+Database: ./{DB[6:]}         1.2MiB
+Backup for Site {SITE} has been successfully completed"""
+
+
+def _script_backup(rt: Runtime, *, gzip_ok: bool = True) -> None:
+    fake = rt.executor
+    fake.on(["bench", "--site", SITE, "backup"], output=SUMMARY)
+    fake.on(["stat"], output=[f"944 {CONF}", f"1258291 {DB}"])
+    fake.on(["sha256sum"], output=[f"{'a' * 64}  {CONF}", f"{'b' * 64}  {DB}"])
+    fake.on(["gzip", "-t"], exit_code=0 if gzip_ok else 1, output=[] if gzip_ok else ["gzip: unexpected end of file"])
+
+
+def test_backup_job_records_its_step_and_a_verified_manifest(fake_runtime: Runtime) -> None:
+    _script_backup(fake_runtime)
+    job = create_job(fake_runtime, "backup", site=SITE, params={"with_files": False})
+    result = runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    assert result.outcome == "finished" and result.detail == "succeeded"
+    done = fake_runtime.store.get(job.id)
+    assert done.state == "succeeded" and done.step("backup").state == "success"
+    manifest = done.result["backup"]
+    assert manifest["timestamp"] == "20261129_030001"
+    assert [(a["kind"], a["size"], a["sha256"][:1]) for a in manifest["artifacts"]] == [
+        ("config", 944, "a"),
+        ("database", 1258291, "b"),
+    ]
+    stored = fake_runtime.redis.zrange(f"jerp:backups:{SITE}", 0, -1)
+    assert json.loads(stored[0])["job_id"] == job.id
+    assert fake_runtime.sites.owner(SITE) is None  # the claim ended with the job
+
+
+def test_truncated_dump_fails_the_backup(fake_runtime: Runtime) -> None:
+    _script_backup(fake_runtime, gzip_ok=False)
+    job = create_job(fake_runtime, "backup", site=SITE)
+    runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    done = fake_runtime.store.get(job.id)
+    assert done.state == "failed"
+    assert "not a complete gzip stream" in done.step("backup").error
+    assert "unexpected end of file" in done.step("backup").output
+
+
+def test_failed_command_records_exit_code_and_output_tail(fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(["bench"], exit_code=1, output=["Traceback ...", "Backup failed for Site acme.example.com"])
+    job = create_job(fake_runtime, "backup", site=SITE)
+    runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    step = fake_runtime.store.get(job.id).step("backup")
+    assert (step.state, step.exit_code) == ("failed", 1)
+    assert step.output.endswith("Backup failed for Site acme.example.com")
+    assert "exited 1" in fake_runtime.store.get(job.id).error
+
+
+def test_second_delivery_of_a_finished_step_runs_nothing(fake_runtime: Runtime) -> None:
+    _script_backup(fake_runtime)
+    job = create_job(fake_runtime, "backup", site=SITE)
+    runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    calls = len(fake_runtime.executor.calls)
+    again = runner.run_step(fake_runtime, job.id, "backup", worker="w2")
+    assert again.outcome == "ignored"
+    assert len(fake_runtime.executor.calls) == calls
+    assert fake_runtime.store.get(job.id).step("backup").attempts == 1
+
+
+def test_delivery_while_the_same_step_runs_elsewhere_steps_aside(fake_runtime: Runtime) -> None:
+    job = create_job(fake_runtime, "backup", site=SITE)
+    held = fake_runtime.locks.try_acquire(site_lock_name(SITE), job_id=job.id, step="backup")
+    assert held is not None
+    result = runner.run_step(fake_runtime, job.id, "backup", worker="w2")
+    assert result.outcome == "ignored" and fake_runtime.executor.calls == []
+    held.release()
+
+
+def test_second_job_on_a_busy_site_waits_naming_the_first(fake_runtime: Runtime) -> None:
+    first = create_job(fake_runtime, "backup", site=SITE)
+    fake_runtime.sites.claim(SITE, first.id)
+    second = create_job(fake_runtime, "clear-cache", site=SITE)
+    with pytest.raises(LockBusy, match=first.id):
+        runner.run_step(fake_runtime, second.id, "clear-cache", worker="w1")
+    assert fake_runtime.executor.calls == []
+    assert fake_runtime.store.get(second.id).state == "queued"
+
+
+def test_step_whose_worker_died_is_run_again_when_its_lock_is_free(fake_runtime: Runtime) -> None:
+    _script_backup(fake_runtime)
+    job = create_job(fake_runtime, "backup", site=SITE)
+    fake_runtime.sites.claim(SITE, job.id)
+    fake_runtime.store.start_step(job.id, "backup", worker="dead-worker")  # then SIGKILL; its lock expired
+    runner.run_step(fake_runtime, job.id, "backup", worker="w2")
+    step = fake_runtime.store.get(job.id).step("backup")
+    assert (step.state, step.attempts, step.worker) == ("success", 2, "w2")
+
+
+def test_cancel_requested_before_a_step_ends_the_job_cancelled(fake_runtime: Runtime) -> None:
+    job = create_job(fake_runtime, "backup", site=SITE)
+    fake_runtime.store.request_cancel(job.id)
+    result = runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    done = fake_runtime.store.get(job.id)
+    assert result.detail == "cancelled" and done.state == "cancelled"
+    assert done.step("backup").state == "skipped" and fake_runtime.executor.calls == []
+
+
+def test_site_needing_attention_is_not_touched(fake_runtime: Runtime) -> None:
+    fake_runtime.sites.mark_attention(SITE, job_id="earlier", reason="restore after failed migrate failed")
+    job = create_job(fake_runtime, "backup", site=SITE)
+    runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    done = fake_runtime.store.get(job.id)
+    assert done.state == "failed" and "needs attention" in done.error
+    assert fake_runtime.executor.calls == []
+
+
+def test_bench_wide_step_takes_the_bench_lock_not_a_site_lock(fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(["bench", "build"], output=["done"])
+    held = fake_runtime.locks.try_acquire("bench:jerp", job_id="other-build", step="build-assets")
+    job = create_job(fake_runtime, "build-assets")
+    with pytest.raises(LockBusy, match="other-build"):
+        runner.run_step(fake_runtime, job.id, "build-assets", worker="w1")
+    held.release()
+    assert runner.run_step(fake_runtime, job.id, "build-assets", worker="w1").detail == "succeeded"
+
+
+def test_commands_are_logged_with_context_and_without_secrets(fake_runtime: Runtime) -> None:
+    from jerp_jobs.log import redactor
+    from jerp_jobs.workflow import StepContext
+
+    redactor.add(["T0p-Secret-Root"])
+    fake_runtime.executor.on(["bench"], output=["ok"])
+    job = create_job(fake_runtime, "backup", site=SITE)
+    ctx = StepContext(runtime=fake_runtime, job=job, step="backup")
+    with capture_logs() as logs:
+        ctx.run(["bench", "new-site", SITE, "--db-root-password", "T0p-Secret-Root"])
+    assert "T0p-Secret-Root" not in json.dumps(logs)
+    assert [e["event"] for e in logs] == ["command.start", "command.output", "command.end"]
+    assert logs[0]["argv"][-1] == "***"
