@@ -60,7 +60,7 @@ def new_site(
         f"--mariadb-user-host-login-scope={login_scope}",
     ]
     for app in install_apps:
-        argv += ["--install-app", _app(app)]
+        argv += ["--install-app", validate_app_name(app)]
     return argv
 
 
@@ -74,7 +74,7 @@ def drop_site(site: str, *, db_root_password: str, db_root_username: str = "root
 
 
 def install_app(site: str, app: str, *, bench: str = "bench") -> list[str]:
-    return _site(bench, site, "install-app", _app(app))
+    return _site(bench, site, "install-app", validate_app_name(app))
 
 
 def list_apps(site: str, *, bench: str = "bench") -> list[str]:
@@ -152,9 +152,9 @@ def build(
 ) -> list[str]:
     argv = [bench, "build"]
     if len(apps) == 1:
-        argv += ["--app", _app(apps[0])]
+        argv += ["--app", validate_app_name(apps[0])]
     elif apps:
-        argv += ["--apps", ",".join(_app(a) for a in apps)]
+        argv += ["--apps", ",".join(validate_app_name(a) for a in apps)]
     if production:
         argv.append("--production")
     if force:
@@ -166,7 +166,7 @@ _APP = re.compile(r"[a-z][a-z0-9_-]{0,79}")
 _DB_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
-def _app(app: str) -> str:
+def validate_app_name(app: str) -> str:
     if not isinstance(app, str) or not _APP.fullmatch(app):
         raise InvalidInput(f"invalid app name {app!r}: lowercase letters, digits, '_' and '-', starting with a letter")
     return app
@@ -272,15 +272,18 @@ def _parse_time(text: str) -> datetime | None:
 
 
 def parse_list_apps(output: str, site: str) -> list[str]:
-    """Read ``list-apps -f json``: ``{"<site>": ["frappe", ...]}`` (other lines may precede it)."""
-    for line in reversed(output.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
+    """Read ``list-apps -f json``: ``{"<site>": ["frappe", ...]}``, printed indented over several
+    lines, possibly after other lines (warnings)."""
+    decoder = json.JSONDecoder()
+    lines = output.splitlines(keepends=True)
+    offsets = [sum(len(line) for line in lines[:i]) for i in range(len(lines))]
+    for offset, line in reversed(list(zip(offsets, lines))):
+        if not line.lstrip().startswith("{"):
             continue
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise OutputParseError(f"list-apps printed malformed JSON for {site}: {exc}") from exc
+            data, _ = decoder.raw_decode(output[offset:].lstrip())
+        except json.JSONDecodeError:
+            continue
         apps = data.get(site) if isinstance(data, dict) else None
         if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
             raise OutputParseError(f"list-apps JSON has no app list for {site}")

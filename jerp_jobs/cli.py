@@ -125,6 +125,67 @@ def enqueue_backup(obj: Ctx, site: str, files: bool, wait: bool) -> None:
     _submit(obj, "backup", site=site, params={"with_files": files}, wait=wait)
 
 
+@enqueue.command("backup-all")
+@click.option("--files/--no-files", default=True, show_default=True, help="Include public and private files.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_backup_all(obj: Ctx, files: bool, concurrency: int | None, wait: bool) -> None:
+    """Back up every site of the bench."""
+    _submit(obj, "backup-all", params={"with_files": files, "concurrency": concurrency}, wait=wait)
+
+
+@enqueue.command("provision")
+@SITE
+@click.option("--app", "apps", multiple=True, help="App to install (repeatable; default JERP_INSTALL_APPS).")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_provision(obj: Ctx, site: str, apps: tuple[str, ...], wait: bool) -> None:
+    """Create the customer site SITE with its apps, scheduler, first backup and proxy host."""
+    _submit(obj, "provision", site=site, params={"apps": list(apps)} if apps else {}, wait=wait)
+
+
+@enqueue.command("migrate")
+@SITE
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_migrate(obj: Ctx, site: str, wait: bool) -> None:
+    """Migrate SITE (maintenance, backup, migrate, caches, assets; automatic restore on failure)."""
+    _submit(obj, "migrate", site=site, wait=wait)
+
+
+@enqueue.command("migrate-all")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
+@click.option("--canary", default=None, callback=lambda c, p, v: _site_arg(c, p, v) if v else None,
+              help="Site migrated first, alone (default: the first site).")
+@click.option("--budget", type=click.IntRange(0, None), default=1, show_default=True,
+              help="Failed sites tolerated before no new site is started.")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, budget: int, wait: bool) -> None:
+    """Migrate every site: a canary first, then the rest in parallel; assets built once."""
+    _submit(obj, "migrate-all", params={"concurrency": concurrency, "canary": canary, "budget": budget}, wait=wait)
+
+
+@enqueue.command("restore")
+@SITE
+@click.option("--db", required=True, help="Database dump (.sql.gz) in the site's backup folder.")
+@click.option("--files", "public_files", default=None, help="Public files tar in the site's backup folder.")
+@click.option("--private-files", default=None, help="Private files tar in the site's backup folder.")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_restore(obj: Ctx, site: str, db: str, public_files: str | None, private_files: str | None,
+                    wait: bool) -> None:
+    """Restore SITE from backup files (checked first; a safety backup is taken before)."""
+    params = {"db": db, "public_files": public_files, "private_files": private_files}
+    _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
+
+
 @enqueue.command("clear-cache")
 @SITE
 @WAIT

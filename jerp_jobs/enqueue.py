@@ -17,23 +17,30 @@ from jerp_jobs.sites import validate_site_name
 from jerp_jobs.workflow import get_workflow
 
 
-def create_job(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None) -> Job:
+def create_job(
+    rt: Runtime,
+    kind: str,
+    *,
+    site: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+) -> Job:
+    """Validate the request and write the job with its planned steps; nothing is sent yet."""
     workflow = get_workflow(kind)
     if workflow.needs_site:
         site = validate_site_name(site)
     elif site is not None:
         raise InvalidInput(f"{kind} works on the whole bench; it takes no site")
-    params = dict(params or {})
-    return rt.store.create(kind, workflow.plan(params), site=site, params=params)
+    params = workflow.validate(site, dict(params or {}), rt.settings)
+    return rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent)
 
 
 def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None) -> Job:
     from jerp_jobs import runner
-    from jerp_jobs.tasks import enqueue_step
 
     job = create_job(rt, kind, site=site, params=params)
     try:
-        enqueue_step(job.id, runner.first_step(rt, job.id))
+        rt.dispatch(job.id, runner.first_step(rt, job.id))
     except Exception as exc:
         runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the job: {exc}")
         raise JerpError(f"could not enqueue job {job.id}: {exc}", job_id=job.id) from exc

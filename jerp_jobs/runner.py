@@ -29,16 +29,18 @@ from jerp_jobs.jobs import Job
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
-from jerp_jobs.workflow import StepContext, Workflow, get_workflow
+from jerp_jobs.workflow import WAITING, StepContext, Workflow, get_workflow
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class StepRun:
-    outcome: Literal["advanced", "finished", "ignored"]
+    outcome: Literal["advanced", "finished", "ignored", "waiting"]
     next_step: str | None = None
     detail: str = ""
+    #: the parent job (a fan-out) to tell, when this run finished a child job
+    notify_parent: str | None = None
 
 
 def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
@@ -50,20 +52,18 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
     record = job.step(step)
 
     if job.cancel_requested and record.state == "pending":
-        finish_job(rt, job.id, "cancelled", error="cancelled by an operator before step " + step)
-        return StepRun("finished", detail="cancelled")
+        return _finished(rt, job.id, "cancelled", error="cancelled by an operator before step " + step)
 
     if job.site is not None:
         attention = rt.sites.attention(job.site)
         if attention and attention.get("job_id") != job.id:
-            finish_job(
+            return _finished(
                 rt,
                 job.id,
                 "failed",
                 error=f"site {job.site} needs attention (job {attention.get('job_id')}: {attention.get('reason')}); "
                 "no automated workflow touches it until an operator clears the mark",
             )
-            return StepRun("finished", detail="site needs attention")
         owner = rt.sites.claim(job.site, job.id)
         if owner != job.id:
             raise LockBusy(f"site {job.site}", {"job_id": owner})
@@ -82,18 +82,29 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
         job = rt.store.get(job_id)  # re-read under the lock: the truth now
         record = job.step(step)
         if record.state == "failed":
-            failed = True
+            outcome = "failed"
         elif record.done:
-            failed = False
+            outcome = "done"
         else:
-            failed = _execute(rt, job, step, workflow, worker=worker)
+            outcome = _execute(rt, job, step, workflow, worker=worker)
     finally:
         held.release()
-    return _advance(rt, workflow, job_id, step, failed=failed)
+    if outcome == WAITING:
+        return StepRun("waiting", detail=f"{step} goes on outside the worker")
+    return _advance(rt, workflow, job_id, step, failed=outcome == "failed")
 
 
-def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str) -> bool:
-    """Run the step's function and record the outcome; returns True when the step failed."""
+def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, error: str | None = None) -> StepRun:
+    """End a step that returned WAITING (e.g. a fan-out whose children all ended), then advance."""
+    record = rt.store.get(job_id).step(step)
+    if record.done:
+        return StepRun("ignored", detail=f"{step} already ended")
+    rt.store.finish_step(job_id, record, state, error=error)
+    return _advance(rt, get_workflow(rt.store.get(job_id).kind), job_id, step, failed=state == "failed")
+
+
+def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str) -> str:
+    """Run the step's function and record the outcome: "done", "failed" or WAITING."""
     if job.state == "queued":
         rt.store.set_state(job.id, "running")
     record = rt.store.start_step(job.id, step, worker=worker)
@@ -107,7 +118,7 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
             job.id, record, "failed", exit_code=getattr(exc, "exit_code", ctx.exit_code), output=output, error=str(exc)
         )
         log.warning("step.failed", job_id=job.id, step=step, error=str(exc))
-        return True
+        return "failed"
     except Exception as exc:  # a bug, not an operations failure: record it all the same
         rt.store.finish_step(
             job.id,
@@ -118,10 +129,13 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
             error=f"unexpected error: {type(exc).__name__}: {exc}",
         )
         log.exception("step.crashed", job_id=job.id, step=step)
-        return True
+        return "failed"
+    if state == WAITING:
+        log.info("step.waiting", job_id=job.id, step=step)
+        return WAITING
     rt.store.finish_step(job.id, record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
     log.info("step.end", job_id=job.id, step=step, state=state, duration_s=record.duration_s)
-    return False
+    return "done"
 
 
 def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed: bool) -> StepRun:
@@ -132,22 +146,31 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
         target = workflow.on_failure(job, step)
         if target is not None:
             return StepRun("advanced", next_step=target)
-        final = workflow.final_state(job)
-        finish_job(rt, job_id, final, error=_failure_summary(job))
-        return StepRun("finished", detail=final)
+        return _finished(rt, job_id, workflow.final_state(job), error=_failure_summary(job))
     following = next_pending(workflow, job, after=step)
-    if following is not None and not job.cancel_requested:
+    on_recovery = workflow.is_recovery(step)
+    if following is not None and job.cancel_requested and not on_recovery:
+        return _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
+    if following is not None:
         return StepRun("advanced", next_step=following)
-    if job.cancel_requested and following is not None:
-        finish_job(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
-        return StepRun("finished", detail="cancelled")
     final = workflow.final_state(job)
-    finish_job(rt, job_id, final, error=_failure_summary(job) if final != "succeeded" else None)
-    return StepRun("finished", detail=final)
+    return _finished(rt, job_id, final, error=_failure_summary(job) if final != "succeeded" else None)
+
+
+def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
+    parent = finish_job(rt, job_id, state, error=error)
+    return StepRun("finished", detail=state, notify_parent=parent)
 
 
 def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | None:
-    """The next pending step on the same path (normal or recovery) after ``after``."""
+    """The step after ``after``: its explicit successor, or the next pending step on the same
+    path (normal or recovery)."""
+    if after is not None:
+        spec = workflow.resolve(after)
+        if spec.last:
+            return None
+        if spec.then is not None:
+            return spec.then
     names = [s.name for s in job.steps]
     start = names.index(after) + 1 if after is not None else 0
     on_recovery = after is not None and workflow.is_recovery(after)
@@ -157,13 +180,15 @@ def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | No
     return None
 
 
-def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None) -> None:
+def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None) -> str | None:
+    """Give the job its final state and free its site; returns its parent job id, if any."""
     rt.store.skip_pending(job_id, reason=f"job ended {state}")
     rt.store.set_state(job_id, state, error=error)
     job = rt.store.get(job_id)
     if job.site is not None:
         rt.sites.release(job.site, job_id)
     log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)
+    return job.parent
 
 
 def first_step(rt: Runtime, job_id: str) -> str:

@@ -8,6 +8,7 @@ build one with their own parts (a fakeredis client, a FakeExecutor); processes c
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -27,12 +28,20 @@ class Runtime:
     locks: LockManager
     sites: SiteState
     _executor: Executor | None = field(default=None, repr=False)
+    #: publishes one step of a job (Celery in processes; tests may record instead)
+    dispatch: Callable[[str, str], None] = field(default=lambda job_id, step: _celery_dispatch(job_id, step), repr=False)
 
     @property
     def executor(self) -> Executor:
         if self._executor is None:
             self._executor = make_executor(self.settings)
         return self._executor
+
+
+def _celery_dispatch(job_id: str, step: str) -> None:
+    from jerp_jobs.tasks import enqueue_step
+
+    enqueue_step(job_id, step)
 
 
 def make_executor(settings: Settings) -> Executor:

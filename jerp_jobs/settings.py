@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     install_apps: Annotated[list[str], NoDecode] = ["erpnext", "nfse-pr"]
     fanout_concurrency: int = Field(4, ge=1)
 
+    # Nginx Proxy Manager: proxy hosts of new sites are created through its API when set
+    npm_url: str | None = Field(None, validation_alias=_env("NPM_URL"))
+    npm_identity: str | None = Field(None, validation_alias=_env("NPM_IDENTITY"))
+    npm_forward_host: str = "frontend"
+    npm_forward_port: int = 8080
+
     # Secrets: read from their conventional names, never passed through the broker.
     mariadb_root_password: SecretStr | None = Field(None, validation_alias=_env("MARIADB_ROOT_PASSWORD"))
     frappe_admin_password: SecretStr | None = Field(None, validation_alias=_env("FRAPPE_ADMIN_PASSWORD"))

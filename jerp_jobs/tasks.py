@@ -1,8 +1,9 @@
 """Celery tasks: thin carriers of job steps.
 
-A task binds the log context, calls :func:`jerp_jobs.runner.run_step`, and publishes the next
-step the runner names. Messages carry a job id and a step name — never a secret, never a
-parameter that is not already in the job record.
+``jerp.step`` binds the log context, calls :func:`jerp_jobs.runner.run_step`, and publishes
+the next step the runner names. ``jerp.child_done`` tells a fan-out that one of its children
+ended. Messages carry job ids and step names — never a secret, never a parameter that is not
+already in the job record.
 """
 
 from __future__ import annotations
@@ -34,15 +35,37 @@ def step(self: Any, *, job_id: str, step: str) -> str:
     except LockBusy as exc:
         job = rt.store.get(job_id)
         if runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
-            runner.finish_job(rt, job_id, "failed", error=f"gave up waiting: {exc}")
+            _notify(job_id, runner.finish_job(rt, job_id, "failed", error=f"gave up waiting: {exc}"))
             return "finished"
         rt.store.note(job_id, waiting_for=str(exc))
         log.info("step.waiting", reason=str(exc))
-        raise self.retry(countdown=2 + random.random() * 3, exc=exc)
+        raise self.retry(countdown=1 + random.random() * 2, exc=exc)
+    _follow_up(job_id, result)
+    return result.outcome
+
+
+@app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True)
+def child_done(*, parent_id: str, child_id: str) -> str:
+    from jerp_jobs.operations.fanout import on_child_done
+    from jerp_jobs.runtime import get_runtime
+
+    result = on_child_done(get_runtime(), parent_id, child_id)
+    if result is not None:
+        _follow_up(parent_id, result)
+        return result.outcome
+    return "recorded"
+
+
+def _follow_up(job_id: str, result: Any) -> None:
     if result.next_step is not None:
         enqueue_step(job_id, result.next_step)
+    _notify(job_id, result.notify_parent)
     log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
-    return result.outcome
+
+
+def _notify(child_id: str, parent_id: str | None) -> None:
+    if parent_id:
+        child_done.apply_async(kwargs={"parent_id": parent_id, "child_id": child_id}, queue=CONTROL_QUEUE)
 
 
 def enqueue_step(job_id: str, name: str) -> None:

@@ -79,14 +79,27 @@ class StepContext:
         self.runtime.store.set_result(self.job.id, **values)
 
 
-StepFn = Callable[[StepContext], str | None]  # returns None/"success", or "skipped"
+StepFn = Callable[[StepContext], str | None]  # returns None/"success", "skipped", or WAITING
+
+#: A step function returns this when the step goes on outside any worker (a fan-out waiting
+#: for its children): the step stays running until ``runner.complete_waiting_step`` ends it.
+WAITING = "waiting"
 
 
 @dataclass(frozen=True)
 class StepSpec:
+    """How to run one step.
+
+    ``recovery`` steps are off the normal path: they run only when ``on_failure`` names them,
+    and end ``skipped`` otherwise. ``then`` names the step that follows this one (default: the
+    next pending step on the same path); ``last`` ends the path here.
+    """
+
     fn: StepFn
     scope: Literal["site", "bench"] = "site"
     recovery: bool = False
+    then: str | None = None
+    last: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,8 @@ class Workflow:
     final_state: Callable[[Job], str] = lambda job: (
         "failed" if any(s.state == "failed" for s in job.steps) else "succeeded"
     )
+    #: checks and normalises a request's parameters before the job exists (InvalidInput if bad)
+    validate: Callable[[str | None, dict[str, Any], Any], dict[str, Any]] = lambda site, params, settings: params
 
     def is_recovery(self, step: str) -> bool:
         return self.resolve(step).recovery
@@ -121,15 +136,25 @@ def get_workflow(kind: str) -> Workflow:
         raise InvalidInput(f"unknown job kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def simple(kind: str, steps: Sequence[tuple[str, StepSpec]], *, needs_site: bool = True) -> Workflow:
-    """A workflow whose plan is a fixed list of steps."""
-    table = dict(steps)
-    names = [name for name, _ in steps]
-
+def table_resolver(kind: str, table: Mapping[str, StepSpec]) -> Callable[[str], StepSpec]:
     def resolve(name: str) -> StepSpec:
         try:
             return table[name]
         except KeyError:
             raise InvalidInput(f"{kind} has no step {name!r}") from None
 
-    return register(Workflow(kind=kind, needs_site=needs_site, plan=lambda params: list(names), resolve=resolve))
+    return resolve
+
+
+def simple(kind: str, steps: Sequence[tuple[str, StepSpec]], *, needs_site: bool = True, **extra: Any) -> Workflow:
+    """A workflow whose plan is a fixed list of steps."""
+    names = [name for name, _ in steps]
+    return register(
+        Workflow(
+            kind=kind,
+            needs_site=needs_site,
+            plan=lambda params: list(names),
+            resolve=table_resolver(kind, dict(steps)),
+            **extra,
+        )
+    )

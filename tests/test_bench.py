@@ -179,6 +179,11 @@ def test_human_sizes(text: str, expected: int) -> None:
     assert bench.parse_size(text) == expected
 
 
+def test_list_apps_json_indented_over_several_lines() -> None:
+    output = '{\n    "acme.example.com": [\n        "frappe",\n        "erpnext"\n    ]\n}\n'
+    assert bench.parse_list_apps(output, SITE) == ["frappe", "erpnext"]
+
+
 def test_list_apps_json_after_warnings() -> None:
     output = 'WARN: something\n{"acme.example.com": ["frappe", "erpnext"]}\n'
     assert bench.parse_list_apps(output, SITE) == ["frappe", "erpnext"]

@@ -369,3 +369,17 @@ def test_string_argv_is_refused_before_any_docker_call() -> None:
 
     with pytest.raises(TypeError):
         executor.run("bench --site all migrate", timeout=10)  # type: ignore[arg-type]
+
+
+def test_standin_bench_reports_an_unknown_site(
+    backend_container: Callable[..., Container], tmp_path: Path
+) -> None:
+    from tests.standin.layout import create_bench
+
+    bench = create_bench(tmp_path / "frappe-bench", db_host="127.0.0.1", db_port=3306)
+    executor = executor_for(backend_container(bench))
+
+    result = executor.run(["bench", "--site", "nosuch.example.com", "migrate"], timeout=60)
+
+    assert result.exit_code == 1
+    assert "Site nosuch.example.com does not exist!" in result.output

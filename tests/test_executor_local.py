@@ -279,3 +279,19 @@ def test_bad_argv_is_refused(executor: LocalExecutor, argv: object, error: type[
 def test_bad_timeout_is_refused(executor: LocalExecutor, timeout: float) -> None:
     with pytest.raises(ValueError):
         executor.run(["true"], timeout=timeout)
+
+
+def test_standin_bench_reports_an_unknown_site(tmp_path: Path) -> None:
+    from tests.standin.layout import BENCH_SCRIPT, create_bench
+
+    bench = create_bench(tmp_path / "frappe-bench", db_host="127.0.0.1", db_port=3306)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bench").write_text(f'#!/bin/sh\nexec "{PY}" "{BENCH_SCRIPT}" "$@"\n')
+    (bin_dir / "bench").chmod(0o755)
+    executor = LocalExecutor(bench, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+    result = executor.run(["bench", "--site", "nosuch.example.com", "migrate"], timeout=60)
+
+    assert result.exit_code == 1
+    assert "Site nosuch.example.com does not exist!" in result.output

@@ -232,7 +232,8 @@ def test_backup_prints_summary_and_writes_contract_files(bench: Path, maria: Mar
     assert result.returncode == 0, result.stdout + result.stderr
 
     lines = result.stdout.strip().splitlines()
-    assert re.fullmatch(rf"Backup Summary for {re.escape(site)} at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{{6}}", lines[0])
+    stamp_pattern = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}"
+    assert re.fullmatch(rf"Backup Summary for {re.escape(site)} at {stamp_pattern}", lines[0])
     entries = [re.fullmatch(SUMMARY_LINE, line) for line in lines[1:5]]
     assert all(entries), lines
     assert [e["kind"].strip() for e in entries] == ["Config", "Database", "Public", "Private"]
@@ -484,7 +485,8 @@ def test_ready_for_migration_follows_pending_jobs(bench: Path, site: str) -> Non
         0, f"READY for migration: site {site} does not have any background jobs")
     (bench / "sites" / site / "pending_jobs").write_text("4\n")
     busy = run(bench, "--site", site, "ready-for-migration")
-    assert (busy.returncode, busy.stdout.strip()) == (1, f"NOT READY for migration: site {site} has pending background jobs")
+    assert (busy.returncode, busy.stdout.strip()) == (
+        1, f"NOT READY for migration: site {site} has pending background jobs")
 
 
 def test_clear_cache_deletes_only_the_site_keys(bench: Path, site: str, real_redis: redis.Redis) -> None:

@@ -6,66 +6,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import MARIADB_PORT
-from tests.standin.layout import BENCH_SCRIPT, create_bench, write_faults
-from tests.workers import VENV_BIN, WorkerProcess
+from tests.e2e_support import jerpctl
+from tests.standin.layout import write_faults
+from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-def bench_dir(tmp_path: Path) -> Path:
-    return create_bench(tmp_path / "frappe-bench", db_host="127.0.0.1", db_port=MARIADB_PORT)
-
-
-@pytest.fixture
-def site(bench_dir: Path, mariadb_root_password: str) -> Iterator[str]:
-    """A site made by the stand-in bench itself, dropped at the end."""
-    name = f"e2e{uuid.uuid4().hex[:8]}.example.com"
-    _bench(bench_dir, "new-site", name, "--db-root-password", mariadb_root_password, "--admin-password", "admin-e2e")
-    yield name
-    _bench(bench_dir, "drop-site", name, "--db-root-password", mariadb_root_password, "--no-backup", "--force",
-           check=False)
-
-
-def _bench(bench_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BENCH_SCRIPT), *args], cwd=bench_dir, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, check=check, timeout=120)
-
-
-@pytest.fixture
-def env(redis_url: str, real_redis: redis.Redis, bench_dir: Path, mariadb_root_password: str) -> dict[str, str]:
-    return {
-        "JERP_BROKER_URL": redis_url,
-        "JERP_EXECUTOR": "local",
-        "JERP_BENCH_DIR": str(bench_dir),
-        "JERP_BENCH_BIN": str(BENCH_SCRIPT),
-        "MARIADB_ROOT_PASSWORD": mariadb_root_password,
-        "FRAPPE_ADMIN_PASSWORD": "Adm1n-e2e-Secret",
-        "JERP_LOCK_TTL": "10",
-    }
-
-
-@pytest.fixture
-def worker(env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(env, name="e2e", log_path=tmp_path / "worker.log").wait_ready()
-    yield proc
-    proc.stop()
-
-
-def jerpctl(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "jerpctl"), *args], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_backup_through_jerpctl_and_a_real_worker(

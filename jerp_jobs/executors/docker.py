@@ -15,8 +15,10 @@ itself with ``timeout``; ARGV stays a list, never shell text).
 
 coreutils ``timeout`` puts itself and the command in a process group of their own and
 signals that group: SIGTERM at the timeout, SIGKILL ``kill_grace`` seconds later. It exits
-124 after a timeout (137 when the KILL was needed). **The container must therefore have
-coreutils ``timeout``** (frappe's images, Debian based, do; busybox ``timeout`` is not enough).
+124 after a timeout (137 when the KILL was needed); those codes count as a timeout only when
+the command ran at least its timeout, so an OOM kill (also 137) is not taken for one. **The
+container must therefore have ``/bin/sh`` and coreutils ``timeout``** (frappe's images, Debian
+based, do; busybox ``timeout`` is not enough).
 On top of that, the stream is read in a background thread against a client-side deadline of
 ``timeout + kill_grace + api_margin`` seconds, so an API that stops answering cannot block the
 caller forever.

@@ -20,12 +20,26 @@ BACKUP_INDEX = "jerp:backups:"
 
 
 def backup_site(ctx: StepContext) -> None:
-    site = ctx.site
-    result = ctx.run(bench.backup(site, with_files=bool(ctx.params.get("with_files", True)), bench=ctx.bench))
-    summary = bench.parse_backup_summary(result.output, site)
+    take_backup(ctx, with_files=bool(ctx.params.get("with_files", True)))
+
+
+def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup") -> dict[str, Any]:
+    """Run a backup of the job's site; record and index its verified manifest; return it."""
+    result = ctx.run(bench.backup(ctx.site, with_files=with_files, bench=ctx.bench))
+    summary = bench.parse_backup_summary(result.output, ctx.site)
     manifest = build_manifest(ctx, summary)
-    ctx.record(backup=manifest)
+    ctx.record(**{record_as: manifest})
     store_manifest(ctx, manifest)
+    return manifest
+
+
+def find_manifest(ctx: StepContext, site: str, path: str) -> dict[str, Any] | None:
+    """The newest recorded manifest of ``site`` that lists ``path`` (relative to sites/)."""
+    for raw in ctx.runtime.redis.zrevrange(BACKUP_INDEX + site, 0, -1):
+        manifest = json.loads(raw)
+        if any(a["path"] == path for a in manifest["artifacts"]):
+            return manifest
+    return None
 
 
 def build_manifest(ctx: StepContext, summary: bench.BackupSummary) -> dict[str, Any]:

@@ -6,17 +6,8 @@ the bench lock, once per bench, never once per site in parallel.
 
 from __future__ import annotations
 
-from jerp_jobs import bench
-from jerp_jobs.workflow import StepContext, StepSpec, simple
-
-
-def clear_cache(ctx: StepContext) -> None:
-    ctx.run(bench.clear_cache(ctx.site, bench=ctx.bench))
-
-
-def build_assets(ctx: StepContext) -> None:
-    ctx.run(bench.build(bench=ctx.bench))
-
+from jerp_jobs.operations.common import build_assets, clear_cache
+from jerp_jobs.workflow import StepSpec, simple
 
 simple("clear-cache", [("clear-cache", StepSpec(clear_cache))])
 simple("build-assets", [("build-assets", StepSpec(build_assets, scope="bench"))], needs_site=False)

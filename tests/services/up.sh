@@ -76,6 +76,9 @@ FLUSH PRIVILEGES;
 SQL
     fi
     wait_for mariadb maria_up
+    # Anonymous accounts shadow 'user'@'%' logins from 127.0.0.1 (sites use the login scope %).
+    mariadb --protocol=tcp -h 127.0.0.1 -P "$maria_port" -uroot -p"$(cat "$run_dir/mariadb-root-password")" \
+        -e "DELETE FROM mysql.global_priv WHERE User=''; FLUSH PRIVILEGES;"
 }
 
 stop_all() {

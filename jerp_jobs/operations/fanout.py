@@ -1,0 +1,271 @@
+"""Fan-out over every site of the bench: ``migrate-all`` and ``backup-all``.
+
+A parent job discovers the sites (the bench's sites folder) and starts one child job per site
+— a full ``migrate`` or ``backup`` workflow, each tracked on its own — never more than
+``concurrency`` at once. No worker waits for the children: the parent's step returns
+``WAITING``, and each child, when it ends, tells the parent (``on_child_done``), which starts
+the next site or ends its step.
+
+``migrate-all`` first migrates a canary site alone (``canary``, default the first site); if the
+canary does not succeed, no other site is started. Then the rest run, and new sites stop
+being started once more than ``budget`` of them failed (a migrate that was rolled back by
+its automatic recovery counts as failed). ``bench build`` runs once for the bench after the
+sites, not once per site, and the caches of the migrated sites are cleared after it. Sites
+marked as needing attention are left out. The parent's result lists every site with its job
+and outcome; its error names the sites that failed or were not started.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jerp_jobs.errors import InvalidInput, JerpError
+from jerp_jobs.jobs import Job
+from jerp_jobs.locks import site_lock_name
+from jerp_jobs.log import get_logger
+from jerp_jobs.operations.common import build_assets, discover_sites
+from jerp_jobs.runtime import Runtime
+from jerp_jobs.sites import validate_site_name
+from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, register, table_resolver
+
+log = get_logger(__name__)
+
+STATE = "jerp:fanout:"  # hash per parent job: site -> {"state", "job_id"}
+FAILED = frozenset({"failed", "recovered", "cancelled"})
+ENDED = FAILED | {"succeeded", "not-started", "skipped"}
+
+CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup"}
+
+
+# -- state of one fan-out (a Redis hash), changed only under the fan-out's lock ----------------
+
+
+def _entries(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
+    raw = rt.redis.hgetall(STATE + parent_id)
+    entries = {_s(k): json.loads(v) for k, v in raw.items()}
+    order = rt.store.get(parent_id).result.get("order", sorted(entries))
+    return {site: entries[site] for site in order if site in entries}
+
+
+def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> None:
+    rt.redis.hset(STATE + parent_id, site, json.dumps(entry, sort_keys=True))
+    rt.redis.expire(STATE + parent_id, rt.store.ttl)
+
+
+def _publish_summary(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
+    entries = _entries(rt, parent_id)
+    counts: dict[str, int] = {}
+    for entry in entries.values():
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    rt.store.set_result(parent_id, sites=entries, counts=counts)
+    return entries
+
+
+def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
+    return rt.locks.hold(f"fanout:{parent_id}", wait=60, job_id=parent_id, step="fan-out")
+
+
+# -- steps of the parent ------------------------------------------------------------------------
+
+
+def discover(ctx: StepContext) -> None:
+    rt, params = ctx.runtime, ctx.params
+    sites = [validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)]
+    if not sites:
+        raise InvalidInput("the bench has no site")
+    canary = params.get("canary")
+    if ctx.job.kind == "migrate-all":
+        canary = canary or sites[0]
+        if canary not in sites:
+            raise InvalidInput(f"canary {canary} is not a site of the bench")
+        sites = [canary] + [s for s in sites if s != canary]
+    for site in sites:
+        attention = rt.sites.attention(site)
+        if attention:
+            _set(rt, ctx.job.id, site, state="skipped", reason=f"needs attention: {attention.get('reason')}")
+        else:
+            _set(rt, ctx.job.id, site, state="pending")
+    rt.store.set_result(ctx.job.id, order=sites, canary=canary)
+    _publish_summary(rt, ctx.job.id)
+    ctx.output.append(f"{len(sites)} sites" + (f", canary {canary}" if canary else ""))
+
+
+def canary(ctx: StepContext) -> str:
+    rt, parent = ctx.runtime, ctx.job
+    site = parent.result["canary"]
+    with _fanout_lock(rt, parent.id):
+        entry = _entries(rt, parent.id)[site]
+        if entry["state"] == "skipped":
+            raise InvalidInput(f"canary {site} needs attention; choose another canary")
+        if entry["state"] == "pending":
+            _start_child(rt, parent, site)
+    return WAITING
+
+
+def sites(ctx: StepContext) -> str | None:
+    rt, parent = ctx.runtime, ctx.job
+    with _fanout_lock(rt, parent.id):
+        outcome = _top_up(rt, rt.store.get(parent.id))
+    if outcome is None:
+        return WAITING
+    state, error = outcome
+    if state == "failed":
+        raise JerpError(error or "sites failed")
+    return None
+
+
+def clear_caches(ctx: StepContext) -> None:
+    """After the one build: clear the caches of the migrated sites (assets manifest)."""
+    from jerp_jobs import bench
+
+    for site, entry in _entries(ctx.runtime, ctx.job.id).items():
+        if entry["state"] != "succeeded":
+            continue
+        with ctx.runtime.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-caches"):
+            ctx.run(bench.clear_cache(site, bench=ctx.bench))
+
+
+# -- children -----------------------------------------------------------------------------------
+
+
+def _start_child(rt: Runtime, parent: Job, site: str) -> None:
+    from jerp_jobs.enqueue import create_job
+    from jerp_jobs.runner import first_step
+
+    kind = CHILD_KIND[parent.kind]
+    params: dict[str, Any] = {"build_assets": False} if kind == "migrate" else {
+        "with_files": parent.params.get("with_files", True)
+    }
+    child = create_job(rt, kind, site=site, params=params, parent=parent.id)
+    _set(rt, parent.id, site, state="running", job_id=child.id)
+    rt.dispatch(child.id, first_step(rt, child.id))
+    log.info("fanout.child_started", job_id=parent.id, site=site, child=child.id)
+
+
+def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
+    """Start sites up to the concurrency; returns (state, error) when the fan-out is over."""
+    entries = _entries(rt, parent.id)
+    failures = [s for s, e in entries.items() if e["state"] in FAILED]
+    running = [s for s, e in entries.items() if e["state"] == "running"]
+    pending = [s for s, e in entries.items() if e["state"] == "pending"]
+    budget = int(parent.params.get("budget", 1)) if parent.kind == "migrate-all" else None
+    stop = parent.cancel_requested or (budget is not None and len(failures) > budget)
+    if stop:
+        for site in pending:
+            _set(rt, parent.id, site, state="not-started")
+        pending = []
+    concurrency = int(parent.params.get("concurrency") or rt.settings.fanout_concurrency)
+    for site in pending[: max(0, concurrency - len(running))]:
+        _start_child(rt, parent, site)
+        running.append(site)
+    _publish_summary(rt, parent.id)
+    if running:
+        return None
+    return ("failed", _summary(rt, parent.id)) if failures or stop else ("success", None)
+
+
+def _summary(rt: Runtime, parent_id: str) -> str:
+    entries = _entries(rt, parent_id)
+    failed = [f"{s} ({e['state']}, job {e.get('job_id')})" for s, e in entries.items() if e["state"] in FAILED]
+    skipped = [s for s, e in entries.items() if e["state"] in ("not-started", "skipped")]
+    parts = []
+    if failed:
+        parts.append("failed sites: " + ", ".join(failed))
+    if skipped:
+        parts.append("not started: " + ", ".join(skipped))
+    return "; ".join(parts) or "cancelled"
+
+
+def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
+    """A child job ended: record it, start more sites or end the parent's waiting step.
+
+    Returns the runner's StepRun when the parent moved on (its next step must be dispatched),
+    else None. Safe to call twice for one child.
+    """
+    from jerp_jobs.runner import complete_waiting_step
+
+    with _fanout_lock(rt, parent_id):
+        parent = rt.store.get(parent_id)
+        child = rt.store.get(child_id)
+        entry = _entries(rt, parent_id).get(child.site or "")
+        if entry is None or entry.get("job_id") != child.id or entry["state"] in ENDED:
+            return None
+        _set(rt, parent_id, child.site or "", state=child.state, job_id=child.id)
+        waiting = next((s.name for s in parent.steps if s.state == "running"), None)
+        if waiting == "canary":
+            _publish_summary(rt, parent_id)
+            if child.state == "succeeded":
+                return complete_waiting_step(rt, parent_id, "canary", "success")
+            for site, e in _entries(rt, parent_id).items():
+                if e["state"] == "pending":
+                    _set(rt, parent_id, site, state="not-started")
+            _publish_summary(rt, parent_id)
+            return complete_waiting_step(
+                rt, parent_id, "canary", "failed", error=f"canary {child.site} {child.state}: {child.error}; "
+                + _summary(rt, parent_id)
+            )
+        if waiting == "sites":
+            outcome = _top_up(rt, parent)
+            if outcome is not None:
+                state, error = outcome
+                return complete_waiting_step(rt, parent_id, "sites", state, error=error)
+        _publish_summary(rt, parent_id)
+        return None
+
+
+# -- the two workflows --------------------------------------------------------------------------
+
+
+def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    out = dict(params)
+    if out.get("concurrency") is not None and int(out["concurrency"]) < 1:
+        raise InvalidInput("concurrency must be at least 1")
+    if out.get("budget") is not None and int(out["budget"]) < 0:
+        raise InvalidInput("the failure budget cannot be negative")
+    if out.get("canary"):
+        validate_site_name(out["canary"])
+    for s in out.get("sites") or []:
+        validate_site_name(s)
+    return out
+
+
+MIGRATE_ALL: dict[str, StepSpec] = {
+    "discover": StepSpec(discover),
+    "canary": StepSpec(canary),
+    "sites": StepSpec(sites),
+    "build-assets": StepSpec(build_assets, scope="bench"),
+    "clear-caches": StepSpec(clear_caches, scope="bench"),
+}
+BACKUP_ALL: dict[str, StepSpec] = {"discover": StepSpec(discover), "sites": StepSpec(sites)}
+
+
+def _migrate_all_on_failure(job: Job, step: str) -> str | None:
+    if step == "sites" and any(e["state"] == "succeeded" for e in job.result.get("sites", {}).values()):
+        return "build-assets"  # some sites did migrate: their assets still need the build
+    return None
+
+
+register(
+    Workflow(
+        kind="migrate-all",
+        needs_site=False,
+        plan=lambda params: list(MIGRATE_ALL),
+        resolve=table_resolver("migrate-all", MIGRATE_ALL),
+        on_failure=_migrate_all_on_failure,
+        validate=_validate,
+    )
+)
+register(
+    Workflow(
+        kind="backup-all",
+        needs_site=False,
+        plan=lambda params: list(BACKUP_ALL),
+        resolve=table_resolver("backup-all", BACKUP_ALL),
+        validate=_validate,
+    )
+)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
