@@ -31,7 +31,11 @@ class _App(Celery):
     def on_configure(self) -> None:  # called once, lazily, before the first use
         from jerp_jobs.settings import get_settings
 
-        self.conf.update(celery_config(get_settings()))
+        settings = get_settings()
+        self.conf.update(celery_config(settings))
+        from beat_schedule import beat_schedule
+
+        self.conf.beat_schedule = beat_schedule(settings)
 
 
 def celery_config(settings: Any) -> dict[str, Any]:

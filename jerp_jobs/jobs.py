@@ -66,6 +66,8 @@ class Step:
     error: str | None = None
     attempts: int = 0
     worker: str | None = None
+    #: the step goes on outside any worker (a fan-out waiting for its children)
+    waiting: bool = False
 
     @property
     def done(self) -> bool:
@@ -258,6 +260,7 @@ class JobStore:
         step.output = ""
         step.attempts += 1
         step.worker = worker
+        step.waiting = False
         self.update_step(job_id, step)
         self._r.hdel(self._key(job_id), "note:waiting_for")
         return step
@@ -303,9 +306,12 @@ class JobStore:
         )
 
     def claim_advance(self, job_id: str, step: str) -> bool:
-        """True for the one caller that moves the job on after ``step`` (the guard against
-        a second delivery of a finished step advancing the job twice)."""
+        """Mark that the job moved on after ``step`` (the guard against a second delivery of a
+        finished step advancing the job twice); False when it was already marked."""
         return bool(self._r.hsetnx(self._key(job_id), f"advanced:{step}", repr(time.time())))
+
+    def advanced(self, job_id: str, step: str) -> bool:
+        return bool(self._r.hexists(self._key(job_id), f"advanced:{step}"))
 
     def request_cancel(self, job_id: str) -> Job:
         if not self.exists(job_id):

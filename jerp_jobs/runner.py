@@ -39,8 +39,6 @@ class StepRun:
     outcome: Literal["advanced", "finished", "ignored", "waiting"]
     next_step: str | None = None
     detail: str = ""
-    #: the parent job (a fan-out) to tell, when this run finished a child job
-    notify_parent: str | None = None
 
 
 def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
@@ -131,6 +129,8 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
         log.exception("step.crashed", job_id=job.id, step=step)
         return "failed"
     if state == WAITING:
+        record.waiting = True
+        rt.store.update_step(job.id, record)
         log.info("step.waiting", job_id=job.id, step=step)
         return WAITING
     rt.store.finish_step(job.id, record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
@@ -139,27 +139,37 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
 
 
 def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed: bool) -> StepRun:
-    if not rt.store.claim_advance(job_id, step):
+    """Move the job on after ``step``: publish the next step, or give the job its final state.
+
+    The guard field is set *after* the next step is published: a delivery that dies in
+    between leaves the guard unset, and the redelivered step publishes again (a duplicate
+    that the next step's lock and record make harmless) instead of stranding the job.
+    """
+    if rt.store.advanced(job_id, step):
         return StepRun("ignored", detail=f"the job already moved past {step}")
     job = rt.store.get(job_id)
+    following = _next_after(workflow, job, step, failed=failed)
+    if following is not None and job.cancel_requested and not failed and not workflow.is_recovery(step):
+        result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
+    elif following is not None:
+        rt.dispatch(job_id, following)
+        result = StepRun("advanced", next_step=following)
+    else:
+        final = workflow.final_state(job)
+        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != "succeeded" else None)
+    rt.store.claim_advance(job_id, step)
+    return result
+
+
+def _next_after(workflow: Workflow, job: Job, step: str, *, failed: bool) -> str | None:
     if failed:
-        target = workflow.on_failure(job, step)
-        if target is not None:
-            return StepRun("advanced", next_step=target)
-        return _finished(rt, job_id, workflow.final_state(job), error=_failure_summary(job))
-    following = next_pending(workflow, job, after=step)
-    on_recovery = workflow.is_recovery(step)
-    if following is not None and job.cancel_requested and not on_recovery:
-        return _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
-    if following is not None:
-        return StepRun("advanced", next_step=following)
-    final = workflow.final_state(job)
-    return _finished(rt, job_id, final, error=_failure_summary(job) if final != "succeeded" else None)
+        return workflow.on_failure(job, step)
+    return next_pending(workflow, job, after=step)
 
 
 def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
-    parent = finish_job(rt, job_id, state, error=error)
-    return StepRun("finished", detail=state, notify_parent=parent)
+    finish_job(rt, job_id, state, error=error)
+    return StepRun("finished", detail=state)
 
 
 def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | None:
@@ -180,15 +190,16 @@ def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | No
     return None
 
 
-def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None) -> str | None:
-    """Give the job its final state and free its site; returns its parent job id, if any."""
+def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None) -> None:
+    """Give the job its final state, free its site, and tell its parent (a fan-out), if any."""
     rt.store.skip_pending(job_id, reason=f"job ended {state}")
     rt.store.set_state(job_id, state, error=error)
     job = rt.store.get(job_id)
     if job.site is not None:
         rt.sites.release(job.site, job_id)
     log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)
-    return job.parent
+    if job.parent:
+        rt.notify_parent(job.parent, job_id)
 
 
 def first_step(rt: Runtime, job_id: str) -> str:

@@ -30,6 +30,10 @@ class Runtime:
     _executor: Executor | None = field(default=None, repr=False)
     #: publishes one step of a job (Celery in processes; tests may record instead)
     dispatch: Callable[[str, str], None] = field(default=lambda job_id, step: _celery_dispatch(job_id, step), repr=False)
+    #: tells a fan-out parent that one of its children ended
+    notify_parent: Callable[[str, str], None] = field(
+        default=lambda parent_id, child_id: _celery_notify(parent_id, child_id), repr=False
+    )
 
     @property
     def executor(self) -> Executor:
@@ -42,6 +46,12 @@ def _celery_dispatch(job_id: str, step: str) -> None:
     from jerp_jobs.tasks import enqueue_step
 
     enqueue_step(job_id, step)
+
+
+def _celery_notify(parent_id: str, child_id: str) -> None:
+    from jerp_jobs.tasks import notify_parent
+
+    notify_parent(parent_id, child_id)
 
 
 def make_executor(settings: Settings) -> Executor:

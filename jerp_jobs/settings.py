@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(18000, ge=30)
     job_ttl_days: int = Field(30, ge=1)
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
+    resume_interval: int = Field(30, ge=5, description="seconds between two searches for steps that lost their worker")
 
     # Where bench runs
     executor: Literal["docker", "local"] = "docker"

@@ -35,12 +35,12 @@ def step(self: Any, *, job_id: str, step: str) -> str:
     except LockBusy as exc:
         job = rt.store.get(job_id)
         if runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
-            _notify(job_id, runner.finish_job(rt, job_id, "failed", error=f"gave up waiting: {exc}"))
+            runner.finish_job(rt, job_id, "failed", error=f"gave up waiting: {exc}")
             return "finished"
         rt.store.note(job_id, waiting_for=str(exc))
         log.info("step.waiting", reason=str(exc))
         raise self.retry(countdown=1 + random.random() * 2, exc=exc)
-    _follow_up(job_id, result)
+    log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
     return result.outcome
 
 
@@ -50,26 +50,24 @@ def child_done(*, parent_id: str, child_id: str) -> str:
     from jerp_jobs.runtime import get_runtime
 
     result = on_child_done(get_runtime(), parent_id, child_id)
-    if result is not None:
-        _follow_up(parent_id, result)
-        return result.outcome
-    return "recorded"
+    return result.outcome if result is not None else "recorded"
 
 
-def _follow_up(job_id: str, result: Any) -> None:
-    if result.next_step is not None:
-        enqueue_step(job_id, result.next_step)
-    _notify(job_id, result.notify_parent)
-    log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
-
-
-def _notify(child_id: str, parent_id: str | None) -> None:
-    if parent_id:
-        child_done.apply_async(kwargs={"parent_id": parent_id, "child_id": child_id}, queue=CONTROL_QUEUE)
+def notify_parent(parent_id: str, child_id: str) -> None:
+    child_done.apply_async(kwargs={"parent_id": parent_id, "child_id": child_id}, queue=CONTROL_QUEUE)
 
 
 def enqueue_step(job_id: str, name: str) -> None:
     step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE)
+
+
+@app.task(name="jerp.resume", queue=CONTROL_QUEUE)
+def resume() -> int:
+    """Publish again the steps whose worker died (see jerp_jobs.resume)."""
+    from jerp_jobs.resume import resume_stalled
+    from jerp_jobs.runtime import get_runtime
+
+    return len(resume_stalled(get_runtime()))
 
 
 @app.task(name="jerp.ping", queue=CONTROL_QUEUE)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+#: flock's exit code when the fence stayed busy past its wait (EX_TEMPFAIL)
+FENCE_BUSY = 75
+
 
 @dataclass
 class StepContext:
@@ -53,19 +56,43 @@ class StepContext:
     def bench(self) -> str:
         return self.runtime.settings.bench_bin
 
-    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> CommandResult:
-        """Run argv through the executor; output streams to the log and into the step record."""
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        fence: str | None = None,
+    ) -> CommandResult:
+        """Run argv through the executor, fenced; output streams to the log and into the step record.
+
+        The fence is a kernel file lock (``flock``) in the bench's sites folder, one per site
+        (or ``bench`` for bench-wide work), held by the command's own processes for as long as
+        they live. A command left running by a worker that died (SIGKILL, OOM) keeps its fence,
+        so the step's next attempt waits for it to end instead of running beside it: never two
+        bench processes for one site. The fence waits at most ``timeout``; the command then has
+        its own ``timeout``.
+        """
         timeout = timeout or self.runtime.settings.command_timeout
+        fence = fence or self.job.site or "bench"
         shown = redactor.argv(argv)
         log.info("command.start", argv=shown, timeout=timeout)
 
         def _line(line: str) -> None:
             log.info("command.output", line=line)
 
-        result = self.runtime.executor.run(list(argv), timeout=timeout, on_output=_line)
+        fenced = ["flock", "-w", str(int(timeout)), "-E", str(FENCE_BUSY), f"sites/.jerp-fence.{fence}", *argv]
+        result = self.runtime.executor.run(fenced, timeout=2 * timeout, on_output=_line)
         self.exit_code = result.exit_code
         self.output.append(result.output)
         log.info("command.end", argv=shown, exit_code=result.exit_code, duration_s=round(result.duration_s, 3))
+        if result.exit_code == FENCE_BUSY:
+            raise CommandFailed(
+                f"another process still works on {fence} (its fence stayed busy for {int(timeout)}s); "
+                f"not running {' '.join(shown[:4])}",
+                exit_code=result.exit_code,
+                output_tail=result.output,
+            )
         if check and not result.ok:
             raise CommandFailed(
                 f"{' '.join(shown)} exited {result.exit_code}",

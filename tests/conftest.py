@@ -77,5 +77,11 @@ def fake_executor() -> FakeExecutor:
 
 @pytest.fixture
 def fake_runtime(settings: Settings, fake_redis: redis.Redis, fake_executor: FakeExecutor) -> Runtime:
-    """A runtime on fakeredis with a scripted executor."""
-    return build_runtime(settings, client=fake_redis, executor=fake_executor)
+    """A runtime on fakeredis with a scripted executor; published steps and parent
+    notifications are recorded in ``rt.dispatched`` / ``rt.notified`` instead of sent."""
+    rt = build_runtime(settings, client=fake_redis, executor=fake_executor)
+    rt.dispatched = []  # type: ignore[attr-defined]
+    rt.notified = []  # type: ignore[attr-defined]
+    rt.dispatch = lambda job_id, step: rt.dispatched.append((job_id, step))  # type: ignore[attr-defined]
+    rt.notify_parent = lambda parent, child: rt.notified.append((parent, child))  # type: ignore[attr-defined]
+    return rt

@@ -144,14 +144,16 @@ def validate(schema: dict[str, Any], value: Any, path: str = "data") -> list[str
             seen = [json.dumps(item, sort_keys=True) for item in value]
             for j, item in enumerate(seen):
                 if item in seen[:j]:
-                    errors.append(f"{path} must NOT have duplicate items (items ## {seen.index(item)} and {j} are identical)")
+                    first = seen.index(item)
+                    errors.append(f"{path} must NOT have duplicate items (items ## {first} and {j} are identical)")
                     break
         if "items" in schema:
             for i, item in enumerate(value):
                 errors += validate(schema["items"], item, f"{path}/{i}")
     if isinstance(value, dict):
         properties = schema.get("properties", {})
-        errors += [f"{path} must have required property '{name}'" for name in schema.get("required", []) if name not in value]
+        missing = [name for name in schema.get("required", []) if name not in value]
+        errors += [f"{path} must have required property '{name}'" for name in missing]
         if schema.get("additionalProperties") is False:
             errors += [f"{path} must NOT have additional properties" for name in value if name not in properties]
         for name, item in value.items():
@@ -218,7 +220,7 @@ class FakeNpm:
         self._server.daemon_threads = True
         self._server.fake = self  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, name="fake-npm", daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-npm", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -248,8 +250,8 @@ class FakeNpm:
             return 301, None, {"Location": self.redirect_to + path}
         path = urlsplit(path).path
         if path in ("/api", "/api/") and method == "GET":
-            major, minor, revision = self.version
-            return 200, {"status": "OK", "setup": True, "version": {"major": major, "minor": minor, "revision": revision}}, {}
+            version = dict(zip(("major", "minor", "revision"), self.version, strict=True))
+            return 200, {"status": "OK", "setup": True, "version": version}, {}
         if path == "/api/tokens" and method == "POST":
             return (*self._token(body), {})
         match = re.fullmatch(r"/api/nginx/proxy-hosts(?:/(\d+))?", path)
@@ -270,7 +272,8 @@ class FakeNpm:
         if errors:
             return 400, _error(400, ", ".join(errors))
         if body["identity"].strip().lower() != self.identity.lower() or body["secret"] != self.secret:
-            return self.auth_status, _error(self.auth_status, "Invalid email or password", message_i18n="error.invalid-auth")
+            refusal = _error(self.auth_status, "Invalid email or password", message_i18n="error.invalid-auth")
+            return self.auth_status, refusal
         if self.two_factor:
             return 200, {"requires_2fa": True, "challenge_token": "challenge-" + secrets.token_hex(8)}
         token = "tok-" + secrets.token_hex(16)

@@ -22,12 +22,22 @@ Database: ./{DB[6:]}         1.2MiB
 Backup for Site {SITE} has been successfully completed"""
 
 
+def cmd(*prefix: str):
+    """Matches a command run by a step: the fence (``flock ... sites/.jerp-fence.X``) then ``prefix``."""
+
+    def match(argv: tuple[str, ...]) -> bool:
+        return argv[0] == "flock" and argv[6 : 6 + len(prefix)] == prefix
+
+    match.__name__ = "fenced " + " ".join(prefix)
+    return match
+
+
 def _script_backup(rt: Runtime, *, gzip_ok: bool = True) -> None:
     fake = rt.executor
-    fake.on(["bench", "--site", SITE, "backup"], output=SUMMARY)
-    fake.on(["stat"], output=[f"944 {CONF}", f"1258291 {DB}"])
-    fake.on(["sha256sum"], output=[f"{'a' * 64}  {CONF}", f"{'b' * 64}  {DB}"])
-    fake.on(["gzip", "-t"], exit_code=0 if gzip_ok else 1, output=[] if gzip_ok else ["gzip: unexpected end of file"])
+    fake.on(cmd("bench", "--site", SITE, "backup"), output=SUMMARY)
+    fake.on(cmd("stat"), output=[f"944 {CONF}", f"1258291 {DB}"])
+    fake.on(cmd("sha256sum"), output=[f"{'a' * 64}  {CONF}", f"{'b' * 64}  {DB}"])
+    fake.on(cmd("gzip", "-t"), exit_code=0 if gzip_ok else 1, output=[] if gzip_ok else ["gzip: unexpected end of file"])
 
 
 def test_backup_job_records_its_step_and_a_verified_manifest(fake_runtime: Runtime) -> None:
@@ -59,7 +69,7 @@ def test_truncated_dump_fails_the_backup(fake_runtime: Runtime) -> None:
 
 
 def test_failed_command_records_exit_code_and_output_tail(fake_runtime: Runtime) -> None:
-    fake_runtime.executor.on(["bench"], exit_code=1, output=["Traceback ...", "Backup failed for Site acme.example.com"])
+    fake_runtime.executor.on(cmd("bench"), exit_code=1, output=["Traceback ...", "Backup failed for Site acme.example.com"])
     job = create_job(fake_runtime, "backup", site=SITE)
     runner.run_step(fake_runtime, job.id, "backup", worker="w1")
     step = fake_runtime.store.get(job.id).step("backup")
@@ -127,7 +137,7 @@ def test_site_needing_attention_is_not_touched(fake_runtime: Runtime) -> None:
 
 
 def test_bench_wide_step_takes_the_bench_lock_not_a_site_lock(fake_runtime: Runtime) -> None:
-    fake_runtime.executor.on(["bench", "build"], output=["done"])
+    fake_runtime.executor.on(cmd("bench", "build"), output=["done"])
     held = fake_runtime.locks.try_acquire("bench:jerp", job_id="other-build", step="build-assets")
     job = create_job(fake_runtime, "build-assets")
     with pytest.raises(LockBusy, match="other-build"):
@@ -141,7 +151,7 @@ def test_commands_are_logged_with_context_and_without_secrets(fake_runtime: Runt
     from jerp_jobs.workflow import StepContext
 
     redactor.add(["T0p-Secret-Root"])
-    fake_runtime.executor.on(["bench"], output=["ok"])
+    fake_runtime.executor.on(cmd("bench"), output=["ok"])
     job = create_job(fake_runtime, "backup", site=SITE)
     ctx = StepContext(runtime=fake_runtime, job=job, step="backup")
     with capture_logs() as logs:
@@ -149,3 +159,30 @@ def test_commands_are_logged_with_context_and_without_secrets(fake_runtime: Runt
     assert "T0p-Secret-Root" not in json.dumps(logs)
     assert [e["event"] for e in logs] == ["command.start", "command.output", "command.end"]
     assert logs[0]["argv"][-1] == "***"
+
+
+def test_every_command_of_a_site_step_runs_inside_the_site_fence(fake_runtime: Runtime) -> None:
+    _script_backup(fake_runtime)
+    job = create_job(fake_runtime, "backup", site=SITE)
+    runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    fences = {argv[:6] for argv in fake_runtime.executor.argvs}
+    assert fences == {("flock", "-w", "7200", "-E", "75", f"sites/.jerp-fence.{SITE}")}
+    assert {call.timeout for call in fake_runtime.executor.calls} == {2 * 7200}
+
+
+def test_a_busy_fence_fails_the_step_naming_it(fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(cmd("bench"), exit_code=75)
+    job = create_job(fake_runtime, "backup", site=SITE)
+    runner.run_step(fake_runtime, job.id, "backup", worker="w1")
+    assert "another process still works on acme.example.com" in fake_runtime.store.get(job.id).error
+
+
+def test_next_step_is_published_before_the_guard_is_set(fake_runtime: Runtime) -> None:
+    for name in ("set-maintenance-mode", "scheduler"):
+        fake_runtime.executor.on(cmd("bench", "--site", SITE, name))
+    job = create_job(fake_runtime, "migrate", site=SITE)
+    first = runner.run_step(fake_runtime, job.id, "maintenance-on", worker="w1")
+    assert first.next_step == "scheduler-pause" and fake_runtime.dispatched == [(job.id, "scheduler-pause")]
+    assert fake_runtime.store.advanced(job.id, "maintenance-on")
+    again = runner.run_step(fake_runtime, job.id, "maintenance-on", worker="w2")  # a redelivery
+    assert again.outcome == "ignored" and fake_runtime.dispatched == [(job.id, "scheduler-pause")]

@@ -277,7 +277,13 @@ class NpmClient:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, body: dict[str, Any] | None = None, *, auth: bool = True, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        auth: bool = True,
+        timeout: float | None = None,
     ) -> Any:
         target = f"/api{path}"
         data = None if body is None else json.dumps(body).encode()
@@ -298,7 +304,9 @@ class NpmClient:
             return json.loads(raw)
         except ValueError as exc:
             raise IntegrationError(
-                f"NPM at {self.url}: {method} {target} answered something that is not JSON", service="npm", url=self.url
+                f"NPM at {self.url}: {method} {target} answered something that is not JSON",
+                service="npm",
+                url=self.url,
             ) from exc
 
     def _refused(self, method: str, target: str, exc: urllib.error.HTTPError) -> IntegrationError:
@@ -314,17 +322,20 @@ class NpmClient:
         detail = self._scrub(str(detail) if detail else (exc.reason or http.client.responses.get(status, "")))
         message = f"NPM at {self.url}: {method} {target} answered {status}: {detail}"
         hint = self._hint(method, target, status, detail, exc.headers.get("Location") if exc.headers else None)
-        return IntegrationError(message + (f" ({hint})" if hint else ""), service="npm", url=self.url, status=status, detail=detail)
+        if hint:
+            message += f" ({hint})"
+        return IntegrationError(message, service="npm", url=self.url, status=status, detail=detail)
 
     def _unreachable(self, method: str, target: str, exc: BaseException) -> IntegrationError:
         reason = getattr(exc, "reason", None) or exc
         timed_out = isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError)
+        detail = "timed out" if timed_out else self._scrub(str(reason))
         message = f"NPM at {self.url} is unreachable: {method} {target} " + (
-            "timed out" if timed_out else f"failed ({self._scrub(str(reason))})"
+            detail if timed_out else f"failed ({detail})"
         )
         if timed_out and method in ("POST", "PUT"):
             message += "; NPM may still finish it, and running again finds the host instead of duplicating it"
-        return IntegrationError(message, service="npm", url=self.url, detail="timeout" if timed_out else str(reason))
+        return IntegrationError(message, service="npm", url=self.url, detail=detail)
 
     def _hint(self, method: str, target: str, status: int, detail: str, location: str | None) -> str:
         if 300 <= status < 400:

@@ -269,3 +269,12 @@ register(
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def reconcile(rt: Runtime, parent_id: str) -> None:
+    """Deliver the end of every child that ended without its parent hearing of it."""
+    for entry in _entries(rt, parent_id).values():
+        if entry["state"] == "running" and entry.get("job_id"):
+            child = rt.store.get(entry["job_id"])
+            if child.finished:
+                on_child_done(rt, parent_id, child.id)
