@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     install_apps: Annotated[list[str], NoDecode] = ["erpnext", "nfse-pr"]
     fanout_concurrency: int = Field(4, ge=1)
 
+    # Off-site backups (S3 or an S3-compatible store; credentials: the standard AWS_* variables)
+    s3_bucket: str | None = None
+    s3_prefix: str = "jerp-backups"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_sse: Literal["AES256", "aws:kms"] | None = None
+    s3_kms_key_id: str | None = None
+    backup_age_recipients: Annotated[list[str], NoDecode] = []
+    backup_age_identity_file: Path | None = None
+    keep_local: int = Field(1, ge=0, description="local backups kept per site once copied off-site")
+    retention: str = "gfs:7/4/12/10"
+    sites_dir: Path | None = None
+
     # Nginx Proxy Manager: proxy hosts of new sites are created through its API when set
     npm_url: str | None = Field(None, validation_alias=_env("NPM_URL"))
     npm_identity: str | None = Field(None, validation_alias=_env("NPM_IDENTITY"))
@@ -71,6 +84,13 @@ class Settings(BaseSettings):
     npm_secret: SecretStr | None = Field(None, validation_alias=_env("NPM_SECRET"))
     webhook_secret: SecretStr | None = None
     smoke_password: SecretStr | None = None
+
+    @field_validator("backup_age_recipients", mode="before")
+    @classmethod
+    def _split_recipients(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [r.strip() for r in value.replace("\n", ",").split(",") if r.strip()]
+        return value
 
     @field_validator("install_apps", mode="before")
     @classmethod
