@@ -17,10 +17,11 @@ the end, also on Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import argparse
-import bisect
+import contextlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -201,14 +203,15 @@ def wait_for_strays(folder: Path, timeout: float) -> None:
 class Worker:
     """``celery -A jerp_jobs worker -c N`` in its own session; stderr (the JSON log) to a file."""
 
-    def __init__(self, env: dict[str, str], *, name: str, concurrency: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], *, name: str, concurrency: int, log_path: Path,
+                 app: str = "jerp_jobs") -> None:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._ready = threading.Event()
         celery = Path(sys.executable).parent / "celery"
         self.proc = subprocess.Popen(
-            [str(celery), "-A", "jerp_jobs", "worker", "-n", f"{name}@%h", "-c", str(concurrency),
+            [str(celery), "-A", app, "worker", "-n", f"{name}@%h", "-c", str(concurrency),
              "--without-mingle", "--without-gossip"],
             env={**os.environ, **env}, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.PIPE, start_new_session=True,
@@ -282,6 +285,153 @@ class CpuSampler:
         }
 
 
+def _proc_table() -> dict[int, tuple[int, str, list[int]]]:
+    """pid -> (ppid, name, [utime, stime, cutime, cstime] in clock ticks)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        rest = raw[raw.rindex(")") + 2:].split()
+        table[int(entry.name)] = (int(rest[1]), name, [int(x) for x in rest[11:15]])
+    return table
+
+
+def tree_cpu(root_pids: list[int]) -> dict[str, float]:
+    """CPU seconds of worker processes: their own (orchestration) and their reaped children's (commands).
+
+    ``own_main``: the workers' main processes; ``own_pool``: their pool processes;
+    ``commands``: children the pool processes ran and reaped (bench and the other commands).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    table = _proc_table()
+    out = {"own_main": 0.0, "own_pool": 0.0, "commands": 0.0, "pool_processes": 0}
+    for pid, (ppid, _name, t) in table.items():
+        if pid in root_pids:
+            out["own_main"] += (t[0] + t[1]) / tick
+        elif ppid in root_pids:
+            out["own_pool"] += (t[0] + t[1]) / tick
+            out["commands"] += (t[2] + t[3]) / tick
+            out["pool_processes"] += 1
+    return out
+
+
+def background_busy_pct(seconds: float = 3.0) -> float:
+    """Machine-wide CPU use over a short idle moment of the benchmark: what other processes take."""
+    before, t0 = machine_cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return round(100 * (machine_cpu_seconds() - before) / ((time.monotonic() - t0) * (os.cpu_count() or 1)), 1)
+
+
+def pid_cpu(pid: int) -> float | None:
+    tick = os.sysconf("SC_CLK_TCK")
+    entry = _proc_table().get(pid)
+    return None if entry is None else (entry[2][0] + entry[2][1]) / tick
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class RedisMonitor:
+    """Counts the commands one Redis database receives (MONITOR), by command and by client port."""
+
+    _LINE = re.compile(rb'^[0-9.]+ \[(\d+) ([^\]]*)\] "([^"]*)"(?: "([^"]{0,40}))?')
+
+    def __init__(self, url: str) -> None:
+        import redis as redis_lib
+
+        self._url = url
+        self._client = redis_lib.Redis.from_url(url)
+        self.db = int(self._client.connection_pool.connection_kwargs.get("db", 0))
+        self.by_command: Counter = Counter()
+        self.by_port: Counter = Counter()
+        self.lua: Counter = Counter()
+        #: commands by owner of the key they touch: jerp-jobs records and locks, or Celery/kombu
+        self.by_owner: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._conn = self._client.connection_pool.get_connection()
+
+    def _run(self) -> None:
+        conn = self._conn
+        conn.send_command("MONITOR")
+        conn.read_response()
+        tag = str(self.db).encode()
+        while not self._stop.is_set():
+            try:
+                raw = conn.read_response(disable_decoding=True)
+            except Exception:  # noqa: BLE001
+                return
+            m = self._LINE.match(raw) if isinstance(raw, bytes) else None
+            if not m or m.group(1) != tag:
+                continue
+            command = m.group(3).decode(errors="replace").lower()
+            client = m.group(2).decode(errors="replace")
+            if client == "lua":
+                self.lua[command] += 1
+            else:
+                self.by_command[command] += 1
+                self.by_port[client.rsplit(":", 1)[-1]] += 1
+                self.by_owner[_key_owner(command, m.group(4) or b"")] += 1
+
+    def __enter__(self) -> RedisMonitor:
+        self._thread.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        try:
+            self._client.ping()
+        except Exception:  # noqa: BLE001
+            pass
+        self._thread.join(timeout=5)
+        try:
+            self._conn.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _key_owner(command: str, key: bytes) -> str:
+    if command in ("multi", "exec", "ping", "select", "client", "info", "script"):
+        return "transaction/connection"
+    if command in ("evalsha", "eval"):
+        return "jerp-jobs (Lua: locks, state)"
+    if key.startswith(b"jerp:"):
+        return "jerp-jobs (" + key.split(b":")[1].decode(errors="replace") + ")"
+    if command == "publish":
+        return "celery (events, result notices)"
+    if key.startswith(b"celery-task-meta"):
+        return "celery (result backend)"
+    if key.startswith((b"unacked", b"_kombu", b"jerp.", b"celery")):
+        return "kombu (queues, acks)"
+    return "other (" + command + ")"
+
+
+def redis_client_pids(port: int) -> dict[str, int]:
+    """Local port -> pid of every TCP connection to the Redis port (from ``ss``)."""
+    try:
+        out = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or not parts[4].endswith(f":{port}"):
+            continue
+        m = re.search(r"pid=(\d+)", line)
+        if m:
+            found[parts[3].rsplit(":", 1)[-1]] = int(m.group(1))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Setup: bench folders and sites
 
@@ -331,22 +481,41 @@ class LogFacts:
     retries: Counter = field(default_factory=Counter)
     retry_events: list[tuple[str, str, float]] = field(default_factory=list)
     lines: int = 0
-    json_lines: int = 0
+    json_events: int = 0
+    #: lines holding two JSON events (two processes wrote to the shared stderr at once)
+    glued: int = 0
+    #: fragments that were not a complete JSON event
+    broken: int = 0
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _json_events(text: str, facts: LogFacts) -> Any:
+    """JSON objects of a log, also when two processes' lines were glued into one."""
+    for raw in text.splitlines():
+        facts.lines += 1
+        pos = raw.find("{")
+        while pos != -1:
+            try:
+                ev, end = _DECODER.raw_decode(raw, pos)
+            except ValueError:
+                facts.broken += 1
+                pos = raw.find("{", pos + 1)
+                continue
+            if isinstance(ev, dict):
+                facts.json_events += 1
+                yield ev
+            if end < len(raw) and raw[end] == "{":
+                facts.glued += 1
+            pos = raw.find("{", end)
 
 
 def parse_worker_logs(paths: list[Path]) -> LogFacts:
     facts = LogFacts()
     open_cmd: dict[str, tuple[float, list[str]]] = {}
     for path in paths:
-        for raw in path.read_text(errors="replace").splitlines():
-            facts.lines += 1
-            if not raw.startswith("{"):
-                continue
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue
-            facts.json_lines += 1
+        for ev in _json_events(path.read_text(errors="replace"), facts):
             event = ev.get("event", "")
             if "timestamp" not in ev:
                 continue
@@ -398,7 +567,8 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
     cleanup.add("stop the workers", stop_workers)
     per_worker = args.worker_concurrency or args.concurrency
     for k in range(args.workers):
-        workers.append(Worker(env, name=f"bench{k}", concurrency=per_worker, log_path=work / f"worker{k}.log"))
+        workers.append(Worker(env, name=f"bench{k}", concurrency=per_worker, log_path=work / f"worker{k}.log",
+                              app=args.celery_app))
     for w in workers:
         w.wait_ready()
     log(f"{args.workers} worker(s) ready, -c {per_worker}")
@@ -415,8 +585,18 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
         time.sleep(0.5)
         log(f"warm-up: {n} clear-cache jobs done")
 
+    idle_pct = background_busy_pct(2.0)
+    log(f"machine CPU busy before the run (workers idle): {idle_pct}%")
+    worker_pids = [w.proc.pid for w in workers]
+    redis_pid = _read_pid(RUN_DIR / "redis.pid")
+    maria_pid = _read_pid(RUN_DIR / "mariadb.pid")
+    monitor = RedisMonitor(args.redis_url) if args.redis_monitor else contextlib.nullcontext()
+    cpu_before = tree_cpu(worker_pids)
+    machine_before = machine_cpu_seconds()
+    services_before = {name: pid_cpu(pid) if pid else None for name, pid in (("redis", redis_pid), ("mariadb", maria_pid))}
+    self_before = time.process_time()
     t_submit = time.time()
-    with CpuSampler() as cpu:
+    with CpuSampler() as cpu, monitor as mon:
         parent = submit(rt, "migrate-all", params={"concurrency": args.concurrency, "budget": 0, "canary": None})
         log(f"migrate-all job {parent.id} submitted ({len(sites)} sites, concurrency {args.concurrency})")
         deadline = time.monotonic() + args.timeout
@@ -433,7 +613,13 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
                 log(f"  step {running}: {counts}")
                 last_report = time.monotonic()
             time.sleep(0.25)
+        ports = redis_client_pids(urlparse(args.redis_url).port or 6379) if args.redis_monitor else {}
+        pool_pids = {pid for pid, (ppid, _n, _t) in _proc_table().items() if ppid in worker_pids}
     t_seen = time.time()
+    cpu_after = tree_cpu(worker_pids)
+    machine_after = machine_cpu_seconds()
+    services_after = {name: pid_cpu(pid) if pid else None for name, pid in (("redis", redis_pid), ("mariadb", maria_pid))}
+    self_cpu = time.process_time() - self_before
     log(f"migrate-all {job.state} after {job.ended_at - t_submit:.1f}s")
     for w in workers:
         w.stop()
@@ -452,7 +638,56 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
         shutil.copy(bench / "sites" / ".standin-calls.jsonl", dest / "jerp-calls.jsonl")
         (dest / "jobs.json").write_text(json.dumps(
             {"parent": job.to_dict(), "children": {k: v.to_dict() for k, v in children.items()}}, indent=1))
-    return analyse_jerp(args, job, children, calls, facts, t_submit, t_seen, cpu.report())
+    result = analyse_jerp(args, job, children, calls, facts, t_submit, t_seen, cpu.report())
+    steps = result["steps_measured"] + sum(1 for s in job.steps if s.started_at)
+    elapsed = t_seen - t_submit
+    own = {k: cpu_after[k] - cpu_before[k] for k in ("own_main", "own_pool", "commands")}
+    services = {k: (services_after[k] - services_before[k]) if services_after[k] is not None
+                and services_before[k] is not None else None for k in services_after}
+    machine = machine_after - machine_before
+    accounted = own["own_main"] + own["own_pool"] + own["commands"] + self_cpu + sum(v or 0 for v in services.values())
+    profile: dict[str, Any] = {
+        "elapsed_s": round(elapsed, 3),
+        "steps": steps,
+        "cpu_s": {
+            "machine_busy": round(machine, 2),
+            "machine_capacity": round(elapsed * (os.cpu_count() or 1), 2),
+            "worker_main_processes": round(own["own_main"], 2),
+            "worker_pool_processes": round(own["own_pool"], 2),
+            "commands_run_by_the_pool": round(own["commands"], 2),
+            "benchmark_process": round(self_cpu, 2),
+            "redis_server": round(services["redis"], 2) if services["redis"] is not None else None,
+            "mariadb_server": round(services["mariadb"], 2) if services["mariadb"] is not None else None,
+            "everything_else": round(machine - accounted, 2),
+        },
+        "cpu_busy_pct_before_run": idle_pct,
+        "orchestration_cpu_ms_per_step": round(1000 * (own["own_main"] + own["own_pool"]) / max(1, steps), 2),
+    }
+    if args.redis_monitor:
+        roles: Counter = Counter()
+        for port, count in mon.by_port.items():
+            pid = ports.get(port)
+            role = ("worker main process" if pid in worker_pids else "worker pool processes" if pid in pool_pids
+                    else "benchmark (submit, poll)" if pid == os.getpid() else "closed or other connections")
+            roles[role] += count
+        workers_total = roles["worker main process"] + roles["worker pool processes"]
+        profile["redis"] = {
+            "commands_total": sum(mon.by_command.values()),
+            "by_role": dict(roles),
+            "worker_commands_per_step": round(workers_total / max(1, steps), 1),
+            "top_commands": dict(mon.by_command.most_common(20)),
+            "by_owner": dict(mon.by_owner.most_common()),
+            "inside_lua_scripts": sum(mon.lua.values()),
+        }
+    result["profile"] = profile
+    return result
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _site_of(argv: list[str]) -> str | None:
@@ -816,6 +1051,22 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         if j["cpu"]:
             p(f"  CPU: {j['cpu']['mean_busy_pct']}% busy on average, {j['cpu']['seconds_above_95pct']} of "
               f"{j['cpu']['seconds_sampled']} s above 95%")
+        prof = j.get("profile") or {}
+        if prof:
+            c = prof["cpu_s"]
+            p(f"  machine CPU busy just before the run (workers idle, other processes): {prof['cpu_busy_pct_before_run']}%")
+            p(f"  CPU seconds during the run ({prof['elapsed_s']:.0f} s x {m['cores']} cores = "
+              f"{c['machine_capacity']:.0f} available, {c['machine_busy']:.0f} used):")
+            p(f"    worker main process {c['worker_main_processes']}, pool processes {c['worker_pool_processes']} "
+              f"-> {prof['orchestration_cpu_ms_per_step']} ms of orchestration CPU per step")
+            p(f"    commands {c['commands_run_by_the_pool']}, Redis {c['redis_server']}, MariaDB {c['mariadb_server']}, "
+              f"this script {c['benchmark_process']}, everything else {c['everything_else']}")
+            r = prof.get("redis")
+            if r:
+                p(f"  Redis (MONITOR): {r['commands_total']} commands, {r['worker_commands_per_step']} per step from the "
+                  f"workers; by role {r['by_role']}")
+                p("    top: " + ", ".join(f"{k} {v}" for k, v in list(r["top_commands"].items())[:12]))
+                p("    by key: " + ", ".join(f"{k} {v}" for k, v in r["by_owner"].items()))
     if s:
         p()
         label = "serial loop (runbook, one site after another)"
@@ -863,6 +1114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=None, help="seconds the migrate-all may take (default: generous)")
     ap.add_argument("--keep-logs", default=None, metavar="DIR",
                     help="copy worker logs, the stand-in calls log and the job records to DIR")
+    ap.add_argument("--celery-app", default="jerp_jobs",
+                    help="-A of the workers (a module wrapping jerp_jobs' app, e.g. to profile the pool processes)")
+    ap.add_argument("--redis-monitor", action="store_true",
+                    help="count the Redis commands of the run with MONITOR (slows Redis a little; for profiling)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
     args = ap.parse_args(argv)
     if args.serial_sites is None:

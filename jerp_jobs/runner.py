@@ -106,7 +106,8 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
     if job.state == "queued":
         rt.store.set_state(job.id, "running")
     record = rt.store.start_step(job.id, step, worker=worker)
-    ctx = StepContext(runtime=rt, job=rt.store.get(job.id), step=step)
+    scope = workflow.resolve(step).scope
+    ctx = StepContext(runtime=rt, job=rt.store.get(job.id), step=step, fence=job.site if scope == "site" else "bench")
     log.info("step.start", job_id=job.id, step=step, site=job.site, attempt=record.attempts)
     try:
         state = workflow.resolve(step).fn(ctx) or "success"

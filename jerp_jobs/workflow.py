@@ -37,6 +37,8 @@ class StepContext:
     step: str
     output: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    #: the fence commands run in unless told otherwise: the site, or "bench" for bench-wide steps
+    fence: str | None = None
 
     @property
     def site(self) -> str:
@@ -74,7 +76,7 @@ class StepContext:
         its own ``timeout``.
         """
         timeout = timeout or self.runtime.settings.command_timeout
-        fence = fence or self.job.site or "bench"
+        fence = fence or self.fence or self.job.site or "bench"
         shown = redactor.argv(argv)
         log.info("command.start", argv=shown, timeout=timeout)
 

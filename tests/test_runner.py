@@ -186,3 +186,11 @@ def test_next_step_is_published_before_the_guard_is_set(fake_runtime: Runtime) -
     assert fake_runtime.store.advanced(job.id, "maintenance-on")
     again = runner.run_step(fake_runtime, job.id, "maintenance-on", worker="w2")  # a redelivery
     assert again.outcome == "ignored" and fake_runtime.dispatched == [(job.id, "scheduler-pause")]
+
+
+def test_bench_wide_step_of_a_site_job_runs_in_the_bench_fence(fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(cmd("bench", "build"), output=["done"])
+    job = create_job(fake_runtime, "migrate", site=SITE)
+    runner.run_step(fake_runtime, job.id, "build-assets", worker="w1")
+    assert fake_runtime.executor.argvs[0][5] == "sites/.jerp-fence.bench"
+    assert fake_runtime.store.get(job.id).step("build-assets").state == "success"
