@@ -74,6 +74,12 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "beat_cron_starting_deadline": 3600,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_max_loop_interval": 5,
+        "redbeat_redis_url": settings.broker_url,
+        "redbeat_redis_options": {},
+        "redbeat_key_prefix": "jerp:redbeat:",
+        "redbeat_lock_timeout": 30,
     }
 
 

@@ -56,3 +56,25 @@ def _reconcile_fanout(rt: Runtime, parent_id: str) -> None:
     from jerp_jobs.operations.fanout import reconcile
 
     reconcile(rt, parent_id)
+
+
+def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
+    """Fail the jobs still queued or running past their deadline; returns their ids.
+
+    The deadline counts from the job's creation: ``JERP_JOB_DEADLINE_HOURS`` for one site's
+    job, ``JERP_FANOUT_DEADLINE_HOURS`` for migrate-all and backup-all. A reaped job frees its
+    site; a step still running on a live worker is not killed, but nothing after it runs.
+    """
+    from jerp_jobs.runner import finish_job
+
+    now = time.time() if now is None else now
+    reaped = []
+    for state in ("running", "queued"):
+        for job in rt.store.list(state=state, limit=100_000):
+            hours = rt.settings.fanout_deadline_hours if job.kind.endswith("-all") else rt.settings.job_deadline_hours
+            if now - job.created_at <= hours * 3600:
+                continue
+            finish_job(rt, job.id, "failed", error=f"reaped: still {state} {hours:g} h after it was requested")
+            log.error("job.reaped", job_id=job.id, kind=job.kind, site=job.site, state=state)
+            reaped.append(job.id)
+    return reaped

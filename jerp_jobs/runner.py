@@ -149,6 +149,8 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
     if rt.store.advanced(job_id, step):
         return StepRun("ignored", detail=f"the job already moved past {step}")
     job = rt.store.get(job_id)
+    if job.finished:  # reaped (or ended otherwise) while this step ran
+        return StepRun("ignored", detail=f"job already {job.state}")
     following = _next_after(workflow, job, step, failed=failed)
     if following is not None and job.cancel_requested and not failed and not workflow.is_recovery(step):
         result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")

@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     job_ttl_days: int = Field(30, ge=1)
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
     resume_interval: int = Field(30, ge=5, description="seconds between two searches for steps that lost their worker")
+    job_deadline_hours: float = Field(12.0, gt=0, description="a site job still running after this is failed by the reaper")
+    fanout_deadline_hours: float = Field(48.0, gt=0, description="the same for migrate-all and backup-all")
+
+    # Beat (cron expressions, UTC: minute hour day-of-month month day-of-week)
+    nightly_backup_cron: str = "0 3 * * *"
+    nightly_site_limit: int = Field(0, ge=0, description="sites per nightly run, 0 = all")
+    prune_cron: str = "30 5 * * *"
+    drill_cron: str = "0 6 * * 0"
+    drill_runs_per_quarter: int = Field(13, ge=1)
+    backup_max_age_hours: float = Field(26.0, gt=0, description="an off-site copy older than this is flagged")
 
     # Where bench runs
     executor: Literal["docker", "local"] = "docker"

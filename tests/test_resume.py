@@ -46,3 +46,17 @@ def test_lock_held_by_another_job_does_not_hide_a_dead_step(fake_runtime: Runtim
     held = fake_runtime.locks.try_acquire(site_lock_name(SITE), job_id="someone-else", step="backup")
     assert resume_stalled(fake_runtime) == [(job_id, "backup")]
     held.release()
+
+
+def test_jobs_past_their_deadline_are_reaped_and_free_their_site(fake_runtime: Runtime) -> None:
+    from jerp_jobs.resume import reap_stuck
+
+    job_id = _running(fake_runtime)
+    fake_runtime.sites.claim(SITE, job_id)
+    fake_runtime.redis.hset(f"jerp:job:{job_id}", "created_at", repr(time.time() - 13 * 3600))
+    fresh = create_job(fake_runtime, "backup", site="other.example.com")
+    assert reap_stuck(fake_runtime) == [job_id]
+    job = fake_runtime.store.get(job_id)
+    assert job.state == "failed" and "reaped" in job.error
+    assert fake_runtime.sites.owner(SITE) is None
+    assert fake_runtime.store.get(fresh.id).state == "queued"  # younger than its deadline
