@@ -117,12 +117,17 @@ WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends; 
 @enqueue.command("backup")
 @SITE
 @click.option("--files/--no-files", default=True, show_default=True, help="Include public and private files.")
+@click.option("--offsite/--no-offsite", default=None,
+              help="Copy it off-site (default: when JERP_S3_BUCKET is set).")
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_backup(obj: Ctx, site: str, files: bool, wait: bool) -> None:
-    """Back up SITE (database, and files unless --no-files)."""
-    _submit(obj, "backup", site=site, params={"with_files": files}, wait=wait)
+def enqueue_backup(obj: Ctx, site: str, files: bool, offsite: bool | None, wait: bool) -> None:
+    """Back up SITE (database, and files unless --no-files), then copy it off-site."""
+    params: dict[str, Any] = {"with_files": files}
+    if offsite is not None:
+        params["offsite"] = offsite
+    _submit(obj, "backup", site=site, params=params, wait=wait)
 
 
 @enqueue.command("backup-all")
@@ -173,17 +178,41 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
 
 @enqueue.command("restore")
 @SITE
-@click.option("--db", required=True, help="Database dump (.sql.gz) in the site's backup folder.")
+@click.option("--db", default=None, help="Database dump (.sql.gz) in the site's backup folder.")
 @click.option("--files", "public_files", default=None, help="Public files tar in the site's backup folder.")
 @click.option("--private-files", default=None, help="Private files tar in the site's backup folder.")
+@click.option("--from-offsite", is_flag=True, help="Restore the off-site copy (downloaded, verified, decrypted).")
+@click.option("--at", default=None, help="With --from-offsite: the newest copy at or before this time "
+              "(YYYYMMDD_HHMMSS or ISO, UTC); default the latest.")
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_restore(obj: Ctx, site: str, db: str, public_files: str | None, private_files: str | None,
-                    wait: bool) -> None:
-    """Restore SITE from backup files (checked first; a safety backup is taken before)."""
-    params = {"db": db, "public_files": public_files, "private_files": private_files}
+def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | None, private_files: str | None,
+                    from_offsite: bool, at: str | None, wait: bool) -> None:
+    """Restore SITE from backup files or its off-site copy (checked first; a safety backup is taken before)."""
+    params = {"db": db, "public_files": public_files, "private_files": private_files,
+              "from_offsite": from_offsite, "at": at}
     _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
+
+
+@enqueue.command("drill")
+@SITE
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_drill(obj: Ctx, site: str, wait: bool) -> None:
+    """Restore SITE's latest off-site backup into a scratch site, verify it, drop it."""
+    _submit(obj, "drill", site=site, wait=wait)
+
+
+@enqueue.command("prune")
+@SITE
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_prune(obj: Ctx, site: str, wait: bool) -> None:
+    """Apply the retention policy (JERP_RETENTION) to SITE's off-site backups."""
+    _submit(obj, "prune", site=site, wait=wait)
 
 
 @enqueue.command("clear-cache")
@@ -283,6 +312,34 @@ def status(obj: Ctx, job_id: str) -> None:
             for line in step.output.splitlines()[-20:]:
                 click.echo(f"      | {line}")
     sys.exit(EXIT_OK if job.state in ("succeeded", "queued", "running") else EXIT_JOB_FAILED)
+
+
+@cli.command()
+@click.argument("site", required=False, callback=lambda c, p, v: _site_arg(c, p, v) if v else None)
+@click.pass_obj
+@_guard
+def backups(obj: Ctx, site: str | None) -> None:
+    """Off-site freshness of every site, or the local and off-site backups of SITE."""
+    from jerp_jobs.freshness import site_backups, sites_freshness
+
+    rt = obj.rt
+    if site is None:
+        rows = sites_freshness(rt.redis, max_age_hours=rt.settings.backup_max_age_hours)
+        if obj.as_json:
+            click.echo(json.dumps(rows, sort_keys=True))
+        else:
+            for row in rows:
+                age = "never" if row["age_hours"] is None else f"{row['age_hours']:.1f}h"
+                flag = "  STALE" if row["stale"] else ""
+                click.echo(f"{row['site']:<40} last off-site {row['last_timestamp'] or '-':<16} age {age}{flag}")
+        sys.exit(EXIT_JOB_FAILED if any(r["stale"] for r in rows) else EXIT_OK)
+    rows = site_backups(rt.redis, site)
+    if obj.as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    for row in rows:
+        verified = "verified" if row["verified"] else "unverified"
+        click.echo(f"{row['timestamp']}  {row['where']:<8} {row['size']:>14,} B  {verified}")
 
 
 def main() -> None:

@@ -70,6 +70,56 @@ def resume() -> int:
     return len(resume_stalled(get_runtime()))
 
 
+@app.task(name="jerp.reap", queue=CONTROL_QUEUE)
+def reap() -> int:
+    """Fail the jobs stuck past their deadline (see jerp_jobs.resume.reap_stuck)."""
+    from jerp_jobs.resume import reap_stuck
+    from jerp_jobs.runtime import get_runtime
+
+    return len(reap_stuck(get_runtime()))
+
+
+@app.task(name="jerp.nightly_backup", queue=CONTROL_QUEUE)
+def nightly_backup() -> str:
+    """Beat: back up every site with its off-site copy; a failed site is tried once more."""
+    from jerp_jobs.enqueue import submit
+    from jerp_jobs.runtime import get_runtime
+
+    rt = get_runtime()
+    params = {"offsite": True, "with_files": True, "retries": 1, "site_limit": rt.settings.nightly_site_limit}
+    return submit(rt, "backup-all", params=params).id
+
+
+@app.task(name="jerp.prune_all", queue=CONTROL_QUEUE)
+def prune_all() -> list[str]:
+    """Beat: apply the retention policy to the off-site backups of every site in the bucket."""
+    from jerp_jobs.enqueue import submit
+    from jerp_jobs.errors import JerpError
+    from jerp_jobs.offsite.s3 import OffsiteStore
+    from jerp_jobs.operations.offsite import list_offsite_sites
+    from jerp_jobs.runtime import get_runtime
+
+    rt = get_runtime()
+    jobs = []
+    for site in list_offsite_sites(OffsiteStore.from_settings(rt.settings)):
+        try:
+            jobs.append(submit(rt, "prune", site=site).id)
+        except JerpError as exc:
+            log.error("prune.not_started", site=site, error=str(exc))
+    return jobs
+
+
+@app.task(name="jerp.drill_rotation", queue=CONTROL_QUEUE)
+def drill_rotation() -> list[str]:
+    """Beat: drill the sites drilled longest ago, enough for each to be drilled every quarter."""
+    from jerp_jobs.enqueue import submit
+    from jerp_jobs.operations.drill import pick_for_rotation
+    from jerp_jobs.runtime import get_runtime
+
+    rt = get_runtime()
+    return [submit(rt, "drill", site=site).id for site in pick_for_rotation(rt)]
+
+
 @app.task(name="jerp.ping", queue=CONTROL_QUEUE)
 def ping() -> str:
     return "pong"

@@ -14,7 +14,7 @@ from jerp_jobs.executors.fake import FakeExecutor
 from jerp_jobs.runtime import Runtime, build_runtime
 from jerp_jobs.settings import Settings, load_settings
 
-pytest_plugins = ["tests.docker_backend", "tests.e2e_support"]
+pytest_plugins = ["tests.docker_backend", "tests.e2e_support", "tests.s3_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / "tests" / ".run"

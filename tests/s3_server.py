@@ -8,6 +8,7 @@ Clients get dummy credentials explicitly, so tests never depend on (or leak) the
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class S3Server:
 def s3_server() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer
 
+    access_log = logging.getLogger("werkzeug")
+    level = access_log.level
+    access_log.setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -49,6 +53,7 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint_url=f"http://{host}:{port}")
     finally:
         server.stop()
+        access_log.setLevel(level)
 
 
 @pytest.fixture

@@ -23,8 +23,11 @@ single-part object, or for a multipart object the composite ``base64(sha256(d1 |
 of the raw part digests. After the upload ``head_object(ChecksumMode="ENABLED")`` must report the
 size we streamed and exactly the checksum computed locally from the same bytes and part
 boundaries (parts are ``multipart_chunksize`` long, the part size s3transfer uses for a stream of
-unknown size). A store that reports no SHA-256 checksum fails the upload: it cannot be verified.
-Downloads recompute the stored SHA-256 before decrypting and the plain SHA-256 after.
+unknown size), and the part count must match. moto reports the composite value without the
+``-N`` suffix; the part count then comes from the multipart ETag (``"<hex>-N"``). A store that
+reports no SHA-256 checksum fails the upload: it cannot be verified. A failed upload removes
+what it wrote (and aborts its multipart uploads). Downloads recompute the stored SHA-256 before
+decrypting and the plain SHA-256 after.
 
 boto3 is imported lazily; credentials come from the standard AWS_* environment (or an instance
 role) and are never passed around, logged or put into errors.
@@ -215,7 +218,9 @@ class OffsiteStore:
         try:
             size = path.stat().st_size
         except OSError as exc:
-            raise OffsiteError(f"cannot read the local backup file {path}: {exc.strerror}", key=key) from exc
+            raise OffsiteError(
+                f"cannot read the local backup file {path}: {exc.strerror}", bucket=self.bucket, key=key
+            ) from exc
         if size != artifact["size"]:
             raise ChecksumMismatch(
                 f"the local backup file {path} has {size} bytes, its manifest says {artifact['size']}; "
@@ -234,7 +239,7 @@ class OffsiteStore:
                     bucket=self.bucket, key=key, expected=artifact["sha256"], actual=reader.sha256, path=str(path),
                 )
 
-        extra = self._extra_args(metadata={"plain-sha256": artifact["sha256"], "kind": artifact["kind"]})
+        extra = self._extra_args()
         with open(path, "rb") as handle:
             plain = DigestingReader(handle, on_eof=check_plain)
             source: Any = EncryptingStream(plain, [r for _, r in self._recipients]) if self.encrypted else plain
@@ -289,14 +294,12 @@ class OffsiteStore:
         sent.read()
         self._verify_object(key, len(body), sent)
 
-    def _extra_args(self, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    def _extra_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
         if self.sse:
             args["ServerSideEncryption"] = self.sse
         if self.kms_key_id:
             args["SSEKMSKeyId"] = self.kms_key_id
-        if metadata:
-            args["Metadata"] = metadata
         return args
 
     def _transfer_for(self, stored_size: int) -> tuple[Any, int]:
@@ -425,8 +428,13 @@ class OffsiteStore:
         """
         manifest = self.get_manifest(site, timestamp)
         base = self.backup_prefix(site, timestamp)
+        manifest_url = self._url(f"{base}/{MANIFEST_NAME}")
         if manifest.get("verified") is not True:
-            raise OffsiteError(f"{self._url(base + '/' + MANIFEST_NAME)} is not marked verified", bucket=self.bucket)
+            raise OffsiteError(f"{manifest_url} is not marked verified", bucket=self.bucket)
+        artifacts = manifest["artifacts"]
+        for field in ("kind", "name"):
+            if len({a.get(field) for a in artifacts}) != len(artifacts):
+                raise OffsiteError(f"{manifest_url} lists an artifact {field} twice", bucket=self.bucket)
         identities = None
         if manifest.get("encrypted"):
             identity = identity_file or self.identity_file
@@ -439,11 +447,11 @@ class OffsiteStore:
         temporary: list[Path] = []
         ready: dict[str, tuple[Path, Path]] = {}
         try:
-            for artifact in manifest["artifacts"]:
+            for artifact in artifacts:
                 name = _safe_name(artifact["name"])
                 key = artifact["key"]
                 if not key.startswith(base + "/"):
-                    raise OffsiteError(f"the manifest of {site} {timestamp} names a key outside the backup: {key}")
+                    raise OffsiteError(f"{manifest_url} names a key outside the backup: {key}", bucket=self.bucket)
                 stored = dest_dir / f".{name}.{token}.download"
                 temporary.append(stored)
                 self._download_verified(key, stored, artifact)

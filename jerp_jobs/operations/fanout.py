@@ -74,6 +74,13 @@ def discover(ctx: StepContext) -> None:
     sites = [validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)]
     if not sites:
         raise InvalidInput("the bench has no site")
+    limit = int(params.get("site_limit") or 0)
+    deferred: list[str] = []
+    if limit and len(sites) > limit:
+        from jerp_jobs.operations.offsite import last_offsite_time
+
+        ranked = sorted(sites, key=lambda s: (last_offsite_time(rt.redis, s) or 0.0, s))  # oldest copy first
+        sites, deferred = sorted(ranked[:limit]), sorted(ranked[limit:])
     canary = params.get("canary")
     if ctx.job.kind == "migrate-all":
         canary = canary or sites[0]
@@ -86,7 +93,9 @@ def discover(ctx: StepContext) -> None:
             _set(rt, ctx.job.id, site, state="skipped", reason=f"needs attention: {attention.get('reason')}")
         else:
             _set(rt, ctx.job.id, site, state="pending")
-    rt.store.set_result(ctx.job.id, order=sites, canary=canary)
+    for site in deferred:
+        _set(rt, ctx.job.id, site, state="skipped", reason=f"over the per-run limit of {limit} sites")
+    rt.store.set_result(ctx.job.id, order=sites + deferred, canary=canary)
     _publish_summary(rt, ctx.job.id)
     ctx.output.append(f"{len(sites)} sites" + (f", canary {canary}" if canary else ""))
 
@@ -135,10 +144,12 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> None:
 
     kind = CHILD_KIND[parent.kind]
     params: dict[str, Any] = {"build_assets": False} if kind == "migrate" else {
-        "with_files": parent.params.get("with_files", True)
+        "with_files": parent.params.get("with_files", True),
+        **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
     child = create_job(rt, kind, site=site, params=params, parent=parent.id)
-    _set(rt, parent.id, site, state="running", job_id=child.id)
+    attempts = _entries(rt, parent.id).get(site, {}).get("attempts", 0) + 1
+    _set(rt, parent.id, site, state="running", job_id=child.id, attempts=attempts)
     rt.dispatch(child.id, first_step(rt, child.id))
     log.info("fanout.child_started", job_id=parent.id, site=site, child=child.id)
 
@@ -167,7 +178,8 @@ def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
 
 def _summary(rt: Runtime, parent_id: str) -> str:
     entries = _entries(rt, parent_id)
-    failed = [f"{s} ({e['state']}, job {e.get('job_id')})" for s, e in entries.items() if e["state"] in FAILED]
+    failed = [f"{s} ({e['state']}, job {e.get('job_id')}: {e.get('error') or 'see the job'})"
+              for s, e in entries.items() if e["state"] in FAILED]
     skipped = [s for s, e in entries.items() if e["state"] in ("not-started", "skipped")]
     parts = []
     if failed:
@@ -191,7 +203,16 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
         entry = _entries(rt, parent_id).get(child.site or "")
         if entry is None or entry.get("job_id") != child.id or entry["state"] in ENDED:
             return None
-        _set(rt, parent_id, child.site or "", state=child.state, job_id=child.id)
+        site = child.site or ""
+        retries = int(parent.params.get("retries", 0))
+        if child.state in FAILED and parent.kind == "backup-all" and entry.get("attempts", 1) <= retries \
+                and not parent.cancel_requested:
+            log.warning("fanout.retry", job_id=parent_id, site=site, failed_child=child.id, error=child.error)
+            _set(rt, parent_id, site, **{**entry, "state": "pending", "failures": [
+                *entry.get("failures", []), {"job_id": child.id, "error": child.error}]})
+        else:
+            _set(rt, parent_id, site, **{**entry, "state": child.state, "job_id": child.id,
+                                         **({"error": child.error} if child.state in FAILED else {})})
         waiting = next((s.name for s in parent.steps if s.state == "running"), None)
         if waiting == "canary":
             _publish_summary(rt, parent_id)

@@ -65,37 +65,57 @@ def normalise_backup_path(site: str, path: str, *, what: str, suffixes: tuple[st
 
 def validate_restore(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
     assert site is not None
-    if not params.get("db"):
-        raise InvalidInput("a restore needs the database dump (--db)")
     out = dict(params)
+    if params.get("from_offsite"):
+        if any(params.get(name) for name in FILE_PARAMS):
+            raise InvalidInput("--from-offsite takes no backup file: it restores the off-site copy")
+        if params.get("at"):
+            from jerp_jobs.operations.offsite import normalise_at
+
+            out["at"] = normalise_at(params["at"])
+        return out
+    if params.get("at"):
+        raise InvalidInput("--at goes with --from-offsite")
+    if not params.get("db"):
+        raise InvalidInput("a restore needs the database dump (--db), or --from-offsite")
     for name, suffixes in FILE_PARAMS.items():
         if params.get(name):
             out[name] = normalise_backup_path(site, params[name], what=name.replace("_", " "), suffixes=suffixes)
     return out
 
 
-def verify_backup_files(ctx: StepContext, files: dict[str, str]) -> dict[str, Any]:
-    """Check the files before anything is touched; returns what was checked (for the record)."""
+def verify_backup_files(
+    ctx: StepContext, files: dict[str, str], *, expected: dict[str, str] | None = None, fence: str | None = None
+) -> dict[str, Any]:
+    """Check the files before anything is touched; returns what was checked (for the record).
+
+    The SHA-256 of each file is compared with ``expected`` (an off-site manifest's) or else
+    with the manifest recorded when the backup was taken, when there is one.
+    """
     checked: dict[str, Any] = {}
     site = ctx.site
     for name, rel in files.items():
         path = "sites/" + rel
-        if not ctx.run(["test", "-f", path], check=False).ok:
+        if not ctx.run(["test", "-f", path], check=False, fence=fence).ok:
             raise InvalidInput(f"{name}: {rel} does not exist")
-        manifest = find_manifest(ctx, site, rel)
-        entry: dict[str, Any] = {"path": rel, "manifest": manifest["job_id"] if manifest else None}
-        if manifest is not None:
-            expected = next(a for a in manifest["artifacts"] if a["path"] == rel)
-            actual = ctx.run(["sha256sum", "--", path]).output.split()[0]
-            if actual != expected["sha256"]:
+        if expected is not None:
+            want, source = expected.get(name), "off-site manifest"
+        else:
+            manifest = find_manifest(ctx, site, rel)
+            want = next(a["sha256"] for a in manifest["artifacts"] if a["path"] == rel) if manifest else None
+            source = f"manifest of job {manifest['job_id']}" if manifest else None
+        entry: dict[str, Any] = {"path": rel, "manifest": source}
+        if want is not None:
+            actual = ctx.run(["sha256sum", "--", path], fence=fence).output.split()[0]
+            if actual != want:
                 raise CommandFailed(
-                    f"{name}: {rel} does not match its manifest (SHA-256 {actual[:12]}… != {expected['sha256'][:12]}…); "
+                    f"{name}: {rel} does not match its manifest (SHA-256 {actual[:12]}… != {want[:12]}…); "
                     "refusing to restore a file that changed since its backup",
                     exit_code=1,
                 )
             entry["sha256"] = actual
         check = ["gzip", "-t", "--", path] if name == "db" else ["tar", "-tf", path]
-        result = ctx.run(check, check=False)
+        result = ctx.run(check, check=False, fence=fence)
         if not result.ok:
             raise CommandFailed(
                 f"{name}: {rel} is damaged ({'not a complete gzip stream' if name == 'db' else 'not a readable tar'})",
@@ -128,12 +148,25 @@ def manifest_files(manifest: dict[str, Any]) -> dict[str, str]:
 
 
 def _requested(ctx: StepContext) -> dict[str, str]:
+    if ctx.params.get("from_offsite"):
+        return dict(ctx.job.result["fetched"]["files"])
     return {name: ctx.params[name] for name in FILE_PARAMS if ctx.params.get(name)}
+
+
+def fetch(ctx: StepContext) -> str | None:
+    if not ctx.params.get("from_offsite"):
+        return "skipped"
+    from jerp_jobs.operations.offsite import fetch_offsite
+
+    ctx.settings.secret("mariadb_root_password")  # fail before a long download
+    fetch_offsite(ctx, at=ctx.params.get("at"))
+    return None
 
 
 def check_backup(ctx: StepContext) -> None:
     ctx.settings.secret("mariadb_root_password")  # fail now, not after the safety backup
-    ctx.record(checked=verify_backup_files(ctx, _requested(ctx)))
+    expected = ctx.job.result["fetched"]["sha256"] if ctx.params.get("from_offsite") else None
+    ctx.record(checked=verify_backup_files(ctx, _requested(ctx), expected=expected))
 
 
 def safety_backup(ctx: StepContext) -> None:
@@ -158,6 +191,7 @@ def restore_safety_backup(ctx: StepContext) -> None:
 
 
 STEPS: dict[str, StepSpec] = {
+    "fetch-offsite": StepSpec(fetch),
     "check-backup": StepSpec(check_backup),
     "maintenance-on": StepSpec(maintenance_on),
     "safety-backup": StepSpec(safety_backup),
@@ -176,7 +210,7 @@ STEPS: dict[str, StepSpec] = {
 
 
 def _on_failure(job: Job, step: str) -> str | None:
-    if step == "check-backup":
+    if step in ("fetch-offsite", "check-backup"):
         return None  # nothing was touched
     if step in ("maintenance-on", "safety-backup"):
         return "abort-maintenance-off"

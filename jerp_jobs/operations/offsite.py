@@ -1,0 +1,222 @@
+"""Off-site copies: upload after a backup, local clean-up, retention, restore from S3, drills.
+
+Frappe removes local backups after about a day: the off-site copy is the real backup. An
+upload counts only once every object is verified from S3 (``jerp_jobs.offsite``); only then
+is the backup recorded as this site's freshest off-site copy (``jerp:offsite:<site>``) and
+may older local copies be removed (``JERP_KEEP_LOCAL`` newest kept, and only copies that are
+safe off-site). The worker reads and writes backup files through the platform's sites
+folder (``JERP_SITES_DIR``; for the local executor, ``JERP_BENCH_DIR/sites``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jerp_jobs import bench
+from jerp_jobs.dumpstats import dump_stats
+from jerp_jobs.errors import ConfigError, InvalidInput
+from jerp_jobs.freshness import OFFSITE
+from jerp_jobs.log import get_logger
+from jerp_jobs.workflow import StepContext, StepSpec, simple
+
+log = get_logger(__name__)
+
+BACKUP_NAME_PREFIX_LEN = len("YYYYMMDD_HHMMSS")
+
+
+def sites_dir(settings: Any) -> Path:
+    if settings.sites_dir is not None:
+        return Path(settings.sites_dir)
+    if settings.executor == "local" and settings.bench_dir is not None:
+        return Path(settings.bench_dir) / "sites"
+    raise ConfigError(
+        "JERP_SITES_DIR",
+        "is not set; the worker needs the platform's sites volume mounted to copy backups off-site",
+    )
+
+
+def store_for(ctx: StepContext) -> Any:
+    from jerp_jobs.offsite.s3 import OffsiteStore
+
+    return OffsiteStore.from_settings(ctx.settings)
+
+
+def offsite_wanted(ctx: StepContext) -> bool:
+    """``offsite`` param: True (required), False (never), absent (when a bucket is configured)."""
+    wanted = ctx.params.get("offsite")
+    if wanted is None:
+        return bool(ctx.settings.s3_bucket)
+    if wanted and not ctx.settings.s3_bucket:
+        raise ConfigError("JERP_S3_BUCKET", "is not set; an off-site copy was asked for")
+    return bool(wanted)
+
+
+# -- after a backup ---------------------------------------------------------------------------
+
+
+def upload(ctx: StepContext) -> str | None:
+    if not offsite_wanted(ctx):
+        ctx.output.append("off-site copy not asked for / not configured: skipped")
+        return "skipped"
+    manifest = dict(ctx.job.result["backup"])
+    folder = sites_dir(ctx.settings)
+    database = next(a for a in manifest["artifacts"] if a["kind"] == "database")
+    manifest["stats"] = dump_stats(folder / database["path"])
+    manifest["apps"] = bench.parse_list_apps(ctx.run(bench.list_apps(ctx.site, bench=ctx.bench)).output, ctx.site)
+    started = time.monotonic()
+    offsite = store_for(ctx).upload_backup(manifest, folder)
+    offsite["upload_s"] = round(time.monotonic() - started, 3)
+    ctx.record(offsite=offsite)
+    record_offsite(ctx.runtime.redis, offsite)
+    ctx.output.append(f"uploaded and verified {len(offsite['artifacts'])} objects in {offsite['upload_s']}s")
+    return None
+
+
+def record_offsite(client: Any, offsite: dict[str, Any]) -> None:
+    client.zadd(OFFSITE + offsite["site"], {json.dumps(offsite, sort_keys=True): time.time()})
+
+
+def offsite_records(client: Any, site: str) -> list[dict[str, Any]]:
+    """Verified off-site copies recorded for a site, newest upload first."""
+    return [json.loads(raw) for raw in client.zrevrange(OFFSITE + site, 0, -1)]
+
+
+def last_offsite_time(client: Any, site: str) -> float | None:
+    """When the newest verified off-site copy of the site was recorded (epoch seconds)."""
+    newest = client.zrevrange(OFFSITE + site, 0, 0, withscores=True)
+    return float(newest[0][1]) if newest else None
+
+
+def offsite_sites(client: Any) -> list[str]:
+    """Sites with at least one recorded off-site copy."""
+    return sorted(key.decode()[len(OFFSITE):] for key in client.scan_iter(match=OFFSITE + "*", count=1000))
+
+
+def prune_local(ctx: StepContext) -> str | None:
+    """Remove older local backup sets of the site, keeping the newest ``JERP_KEEP_LOCAL``;
+    only sets with a verified off-site copy are ever removed."""
+    if ctx.job.step("upload-offsite").state != "success":
+        return "skipped"
+    keep = ctx.settings.keep_local
+    folder = sites_dir(ctx.settings) / ctx.site / "private" / "backups"
+    sets: dict[str, list[Path]] = {}
+    for path in folder.iterdir() if folder.is_dir() else []:
+        stamp = path.name[:BACKUP_NAME_PREFIX_LEN]
+        if path.is_file() and _is_timestamp(stamp):
+            sets.setdefault(stamp, []).append(path)
+    safe = {r["timestamp"] for r in offsite_records(ctx.runtime.redis, ctx.site) if r.get("verified")}
+    doomed = [stamp for stamp in sorted(sets, reverse=True)[keep:] if stamp in safe]
+    paths = [f"sites/{ctx.site}/private/backups/{p.name}" for stamp in doomed for p in sorted(sets[stamp])]
+    if paths:
+        ctx.run(["rm", "-f", "--", *paths])
+    ctx.record(local_removed=doomed)
+    ctx.output.append(f"kept {min(keep, len(sets))} local backup(s); removed {len(doomed)} copied off-site")
+    return None
+
+
+def _is_timestamp(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y%m%d_%H%M%S")
+    except ValueError:
+        return False
+    return True
+
+
+def backup_time(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def list_offsite_sites(store: Any) -> list[str]:
+    """Every site with a folder under the prefix in the bucket (also sites no longer in the bench)."""
+    prefix = f"{store.prefix}/" if store.prefix else ""
+    sites = []
+    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            sites.append(common["Prefix"][len(prefix):].rstrip("/"))
+    return sorted(sites)
+
+
+def prune_offsite(ctx: StepContext) -> None:
+    from jerp_jobs.retention import Backup, parse_policy, plan_deletions
+
+    policy = parse_policy(ctx.settings.retention)
+    store = store_for(ctx)
+    manifests = store.list_backups(ctx.site)
+    backups = [Backup(backup_time(m["timestamp"]), m["timestamp"], bool(m.get("verified"))) for m in manifests]
+    decision = plan_deletions(backups, policy, now=datetime.now(timezone.utc))
+    deleted = []
+    for backup in decision.delete:
+        store.delete_backup(ctx.site, backup.key)
+        deleted.append(backup.key)
+    gone = set(deleted)
+    client = ctx.runtime.redis
+    for raw in client.zrange(OFFSITE + ctx.site, 0, -1):
+        if json.loads(raw)["timestamp"] in gone:
+            client.zrem(OFFSITE + ctx.site, raw)
+    ctx.record(retention=decision.as_record(), deleted=deleted)
+    ctx.output.append(f"policy {policy}: kept {len(decision.keep)}, deleted {len(deleted)}")
+
+
+def _prune(ctx: StepContext) -> None:
+    prune_offsite(ctx)
+
+
+simple("prune", [("prune-offsite", StepSpec(_prune))])
+
+
+# -- restore from off-site ------------------------------------------------------------------------
+
+
+def choose_backup(store: Any, site: str, at: str | None) -> dict[str, Any]:
+    """The newest verified off-site backup of ``site`` taken at or before ``at`` (latest if None)."""
+    limit = normalise_at(at) if at else None
+    for manifest in store.list_backups(site):
+        if manifest.get("verified") and (limit is None or manifest["timestamp"] <= limit):
+            return manifest
+    when = f" at or before {at}" if at else ""
+    raise InvalidInput(f"no verified off-site backup of {site}{when}")
+
+
+def normalise_at(at: str) -> str:
+    """``YYYYMMDD_HHMMSS`` or an ISO date/time (UTC) -> ``YYYYMMDD_HHMMSS``."""
+    if _is_timestamp(at):
+        return at
+    try:
+        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"--at {at!r}: expected YYYYMMDD_HHMMSS or an ISO date/time") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    if len(at) <= 10:  # a date alone: that whole day
+        when = when.replace(hour=23, minute=59, second=59)
+    return when.strftime("%Y%m%d_%H%M%S")
+
+
+def fetch_offsite(ctx: StepContext, *, into_site: str | None = None, at: str | None = None) -> dict[str, Any]:
+    """Download, verify (stored and plain SHA-256) and decrypt a backup of the job's site into
+    the backup folder of ``into_site`` (default: the same site). Records what was fetched."""
+    store = store_for(ctx)
+    manifest = choose_backup(store, ctx.site, at)
+    target = into_site or ctx.site
+    dest = sites_dir(ctx.settings) / target / "private" / "backups"
+    started = time.monotonic()
+    paths = store.download_backup(ctx.site, manifest["timestamp"], dest)
+    kinds = {"database": "db", "public_files": "public_files", "private_files": "private_files"}
+    files = {kinds[k]: f"{target}/private/backups/{p.name}" for k, p in paths.items() if k in kinds}
+    sha = {kinds[a["kind"]]: a["sha256"] for a in manifest["artifacts"] if a["kind"] in kinds}
+    fetched = {
+        "timestamp": manifest["timestamp"],
+        "files": files,
+        "sha256": sha,
+        "stats": manifest.get("stats"),
+        "download_s": round(time.monotonic() - started, 3),
+    }
+    ctx.record(fetched=fetched)
+    return fetched
