@@ -73,8 +73,8 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "enable_utc": True,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "beat_cron_starting_deadline": 3600,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_cron_starting_deadline": None,  # a run missed during downtime runs once on start
+        "beat_scheduler": "jerp_jobs.beat:Scheduler",
         "beat_max_loop_interval": 5,
         "redbeat_redis_url": settings.broker_url,
         "redbeat_redis_options": {},
