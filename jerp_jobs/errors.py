@@ -19,9 +19,11 @@ status or a failed step, never into a traceback for an operator to read.
     ├── StoreError             the job store (Redis) misbehaved
     │   ├── JobNotFound
     │   └── BrokerUnavailable
-    └── LockError
-        ├── LockBusy           someone else holds it (names the holder's job)
-        └── LockLost           our lock expired or was taken while we worked
+    ├── LockError
+    │   ├── LockBusy           someone else holds it (names the holder's job)
+    │   └── LockLost           our lock expired or was taken while we worked
+    └── TransientError         (a mixin) may succeed when tried again later: a store that is
+                               down, a timeout; steps that declare retries retry these
 """
 
 from __future__ import annotations
@@ -121,3 +123,7 @@ class LockBusy(LockError):
 
 class LockLost(LockError):
     pass
+
+
+class TransientError(JerpError):
+    """The operation may succeed if tried again later (a service down, a timeout)."""

@@ -18,14 +18,15 @@ The job record, not Celery's result backend, says what is done.
 
 from __future__ import annotations
 
+import random
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Literal
 
-from jerp_jobs.errors import InvalidInput, JerpError, LockBusy
+from jerp_jobs.errors import InvalidInput, JerpError, LockBusy, TransientError
 from jerp_jobs.executors.base import TAIL_LINES
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, Step
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
@@ -33,12 +34,17 @@ from jerp_jobs.workflow import WAITING, StepContext, Workflow, get_workflow
 
 log = get_logger(__name__)
 
+#: the longest wait between two attempts of a step that declares retries
+RETRY_CAP_S = 300.0
+
 
 @dataclass(frozen=True)
 class StepRun:
-    outcome: Literal["advanced", "finished", "ignored", "waiting"]
+    outcome: Literal["advanced", "finished", "ignored", "waiting", "retry"]
     next_step: str | None = None
     detail: str = ""
+    #: for "retry": seconds to wait before the step is delivered again
+    countdown: float = 0.0
 
 
 def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
@@ -79,16 +85,19 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
     try:
         job = rt.store.get(job_id)  # re-read under the lock: the truth now
         record = job.step(step)
+        countdown = 0.0
         if record.state == "failed":
             outcome = "failed"
         elif record.done:
             outcome = "done"
         else:
-            outcome = _execute(rt, job, step, workflow, worker=worker)
+            outcome, countdown = _execute(rt, job, step, workflow, worker=worker)
     finally:
         held.release()
     if outcome == WAITING:
         return StepRun("waiting", detail=f"{step} goes on outside the worker")
+    if outcome == "retry":
+        return StepRun("retry", detail=f"{step} will be tried again", countdown=countdown)
     return _advance(rt, workflow, job_id, step, failed=outcome == "failed")
 
 
@@ -101,23 +110,32 @@ def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, er
     return _advance(rt, get_workflow(rt.store.get(job_id).kind), job_id, step, failed=state == "failed")
 
 
-def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str) -> str:
-    """Run the step's function and record the outcome: "done", "failed" or WAITING."""
+def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str) -> tuple[str, float]:
+    """Run the step's function and record the outcome: "done", "failed", "retry" (with the
+    delay before the next attempt) or WAITING."""
     if job.state == "queued":
         rt.store.set_state(job.id, "running")
     record = rt.store.start_step(job.id, step, worker=worker)
     scope = workflow.resolve(step).scope
     ctx = StepContext(runtime=rt, job=rt.store.get(job.id), step=step, fence=job.site if scope == "site" else "bench")
     log.info("step.start", job_id=job.id, step=step, site=job.site, attempt=record.attempts)
+    spec = workflow.resolve(step)
     try:
-        state = workflow.resolve(step).fn(ctx) or "success"
+        state = spec.fn(ctx) or "success"
+    except TransientError as exc:
+        if record.attempts > spec.retries:
+            return _failed(rt, job.id, record, exc, ctx), 0.0
+        delay = min(RETRY_CAP_S, rt.settings.retry_backoff * 2 ** (record.attempts - 1)) * (1 + random.random() / 5)
+        record.state = "pending"
+        record.ended_at = time.time()
+        record.error = f"attempt {record.attempts} of {spec.retries + 1} failed: {exc}; trying again in {delay:.0f}s"
+        record.output = _tail(ctx.output)
+        rt.store.update_step(job.id, record)
+        rt.store.note(job.id, retrying=f"{step}: {record.error}")
+        log.warning("step.retry", job_id=job.id, step=step, attempt=record.attempts, delay_s=round(delay, 1), error=str(exc))
+        return "retry", delay
     except JerpError as exc:
-        output = getattr(exc, "output_tail", "") or _tail(ctx.output)
-        rt.store.finish_step(
-            job.id, record, "failed", exit_code=getattr(exc, "exit_code", ctx.exit_code), output=output, error=str(exc)
-        )
-        log.warning("step.failed", job_id=job.id, step=step, error=str(exc))
-        return "failed"
+        return _failed(rt, job.id, record, exc, ctx), 0.0
     except Exception as exc:  # a bug, not an operations failure: record it all the same
         rt.store.finish_step(
             job.id,
@@ -128,15 +146,24 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
             error=f"unexpected error: {type(exc).__name__}: {exc}",
         )
         log.exception("step.crashed", job_id=job.id, step=step)
-        return "failed"
+        return "failed", 0.0
     if state == WAITING:
         record.waiting = True
         rt.store.update_step(job.id, record)
         log.info("step.waiting", job_id=job.id, step=step)
-        return WAITING
+        return WAITING, 0.0
     rt.store.finish_step(job.id, record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
     log.info("step.end", job_id=job.id, step=step, state=state, duration_s=record.duration_s)
-    return "done"
+    return "done", 0.0
+
+
+def _failed(rt: Runtime, job_id: str, record: Step, exc: JerpError, ctx: StepContext) -> str:
+    output = getattr(exc, "output_tail", "") or _tail(ctx.output)
+    rt.store.finish_step(
+        job_id, record, "failed", exit_code=getattr(exc, "exit_code", ctx.exit_code), output=output, error=str(exc)
+    )
+    log.warning("step.failed", job_id=job_id, step=record.name, error=str(exc))
+    return "failed"
 
 
 def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed: bool) -> StepRun:

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     job_ttl_days: int = Field(30, ge=1)
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
     resume_interval: int = Field(30, ge=5, description="seconds between two searches for steps that lost their worker")
+    retry_backoff: float = Field(10.0, gt=0, description="first wait before a step's retry; doubles each time")
     job_deadline_hours: float = Field(12.0, gt=0, description="a site job still running after this is failed by the reaper")
     fanout_deadline_hours: float = Field(48.0, gt=0, description="the same for migrate-all and backup-all")
 

@@ -40,6 +40,9 @@ def step(self: Any, *, job_id: str, step: str) -> str:
         rt.store.note(job_id, waiting_for=str(exc))
         log.info("step.waiting", reason=str(exc))
         raise self.retry(countdown=1 + random.random() * 2, exc=exc)
+    if result.outcome == "retry":
+        log.info("step.retry_later", countdown_s=round(result.countdown, 1))
+        raise self.retry(countdown=result.countdown)
     log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
     return result.outcome
 

@@ -119,7 +119,9 @@ WAITING = "waiting"
 class StepSpec:
     """How to run one step.
 
-    ``recovery`` steps are off the normal path: they run only when ``on_failure`` names them,
+    ``retries``: a step that raises :class:`~jerp_jobs.errors.TransientError` (a store that
+    is down) is tried again that many times, waiting ``JERP_RETRY_BACKOFF`` s, doubling
+    each time. ``recovery`` steps are off the normal path: they run only when ``on_failure`` names them,
     and end ``skipped`` otherwise. ``then`` names the step that follows this one (default: the
     next pending step on the same path); ``last`` ends the path here.
     """
@@ -129,6 +131,8 @@ class StepSpec:
     recovery: bool = False
     then: str | None = None
     last: bool = False
+    #: attempts after the first when the step raises a TransientError (backoff JERP_RETRY_BACKOFF)
+    retries: int = 0
 
 
 @dataclass(frozen=True)

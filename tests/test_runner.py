@@ -198,3 +198,27 @@ def test_bench_wide_step_of_a_site_job_runs_in_the_bench_fence(fake_runtime: Run
     runner.run_step(fake_runtime, job.id, "build-assets", worker="w1")
     assert fake_runtime.executor.argvs[0][5] == "sites/.jerp-fence.bench"
     assert fake_runtime.store.get(job.id).step("build-assets").state == "success"
+
+
+def test_transient_failure_is_retried_with_backoff_then_fails_when_attempts_run_out(fake_runtime: Runtime) -> None:
+    from jerp_jobs.errors import TransientError
+    from jerp_jobs.workflow import StepSpec, simple
+
+    calls: list[int] = []
+
+    def flaky(ctx) -> None:
+        calls.append(1)
+        raise TransientError("store unreachable")
+
+    simple("test-flaky", [("flaky", StepSpec(flaky, retries=2))], needs_site=False)
+    job = create_job(fake_runtime, "test-flaky")
+    first = runner.run_step(fake_runtime, job.id, "flaky", worker="w1")
+    second = runner.run_step(fake_runtime, job.id, "flaky", worker="w1")
+    assert (first.outcome, second.outcome) == ("retry", "retry")
+    assert 10 <= first.countdown <= 12 and 20 <= second.countdown <= 24  # JERP_RETRY_BACKOFF doubling
+    record = fake_runtime.store.get(job.id)
+    assert record.step("flaky").state == "pending" and "attempt 2 of 3 failed" in record.step("flaky").error
+    assert "store unreachable" in record.notes["retrying"]
+    last = runner.run_step(fake_runtime, job.id, "flaky", worker="w1")
+    assert last.detail == "failed" and len(calls) == 3
+    assert fake_runtime.store.get(job.id).step("flaky").attempts == 3

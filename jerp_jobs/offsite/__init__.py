@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jerp_jobs.errors import JerpError
+from jerp_jobs.errors import JerpError, TransientError
 
 
 class OffsiteError(JerpError):
@@ -28,6 +28,10 @@ class OffsiteError(JerpError):
         super().__init__(message, bucket=bucket, key=key, **fields)
         self.bucket = bucket
         self.key = key
+
+
+class OffsiteUnavailable(OffsiteError, TransientError):
+    """S3 could not be reached or answered with a server error: worth trying again later."""
 
 
 class BackupNotFound(OffsiteError):

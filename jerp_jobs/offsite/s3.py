@@ -49,7 +49,7 @@ from typing import Any
 
 from jerp_jobs.errors import ConfigError, InvalidInput, JerpError
 from jerp_jobs.log import Redactor, get_logger
-from jerp_jobs.offsite import BackupNotFound, ChecksumMismatch, OffsiteError
+from jerp_jobs.offsite import BackupNotFound, ChecksumMismatch, OffsiteError, OffsiteUnavailable
 from jerp_jobs.offsite.crypto import (
     IDENTITY_VARIABLE,
     DigestingReader,
@@ -556,13 +556,36 @@ class OffsiteStore:
                 missing.append(True)
                 return
             detail = _URL_USERINFO.text(str(error.get("Message") or ""))
-            raise OffsiteError(
+            kind = OffsiteUnavailable if _transient(exc) else OffsiteError
+            raise kind(
                 f"S3 {action} of {self._url(key)} failed: {code} {detail}".rstrip(), bucket=self.bucket, key=key
             ) from exc
         except (BotoCoreError, Boto3Error) as exc:
-            raise OffsiteError(
+            kind = OffsiteUnavailable if _transient(exc) else OffsiteError
+            raise kind(
                 f"S3 {action} of {self._url(key)} failed: {_URL_USERINFO.text(str(exc))}", bucket=self.bucket, key=key
             ) from exc
+
+
+_TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"})
+
+
+def _transient(exc: BaseException) -> bool:
+    """True when the error (or one it wraps) says S3 was unreachable, timed out or failed on its side."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, HTTPClientError)):
+            return True
+        if isinstance(current, ClientError):
+            status = current.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or str(current.response.get("Error", {}).get("Code")) in _TRANSIENT_CODES:
+                return True
+        current = current.__cause__ or current.__context__
+    return "Could not connect to the endpoint URL" in str(exc)
 
 
 def _artifact_name(path: str) -> str:

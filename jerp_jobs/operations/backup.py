@@ -121,5 +121,5 @@ def _prune_local(ctx: StepContext) -> str | None:
 
 simple(
     "backup",
-    [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(_upload)), ("prune-local", StepSpec(_prune_local))],
+    [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(_upload, retries=3)), ("prune-local", StepSpec(_prune_local))],
 )

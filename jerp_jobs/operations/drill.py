@@ -137,7 +137,7 @@ def pick_for_rotation(rt: Any) -> list[str]:
 
 STEPS: dict[str, StepSpec] = {
     "make-scratch": StepSpec(make_scratch),
-    "fetch": StepSpec(fetch),
+    "fetch": StepSpec(fetch, retries=3),
     "restore": StepSpec(restore),
     "verify": StepSpec(verify),
     "drop-scratch": StepSpec(drop_scratch),

@@ -191,7 +191,7 @@ def restore_safety_backup(ctx: StepContext) -> None:
 
 
 STEPS: dict[str, StepSpec] = {
-    "fetch-offsite": StepSpec(fetch),
+    "fetch-offsite": StepSpec(fetch, retries=3),
     "check-backup": StepSpec(check_backup),
     "maintenance-on": StepSpec(maintenance_on),
     "safety-backup": StepSpec(safety_backup),
