@@ -3,7 +3,9 @@
 ``run_step`` is what every step task does (``jerp_jobs.tasks`` only carries it):
 
 1. Read the job. A finished job, or a step already recorded as done, runs nothing again.
-2. A cancelled job ends here, before its next step starts.
+2. A cancelled job starts no new step of its normal path: it ends ``cancelled`` here, or —
+   when stopping now would leave the site down or half-made — goes to the step its workflow's
+   ``on_cancel`` names (bring the site back online, drop a half-made site).
 3. Claim the job's site (one job per site at a time; a second job waits its turn) and take
    the execution lock of the step's scope (the site, or the bench for bench-wide steps).
    A second delivery of a step whose first delivery is still alive finds the lock held by
@@ -55,8 +57,13 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
     spec = workflow.resolve(step)
     record = job.step(step)
 
-    if job.cancel_requested and record.state == "pending":
-        return _finished(rt, job.id, "cancelled", error="cancelled by an operator before step " + step)
+    if job.cancel_requested and record.state == "pending" and not workflow.is_recovery(step):
+        target = workflow.on_cancel(job, _last_done(job))
+        if target is None:
+            return _finished(rt, job.id, "cancelled", error="cancelled by an operator before step " + step)
+        if target != step:
+            rt.dispatch(job.id, target)
+            return StepRun("advanced", next_step=target, detail="cancelled: " + target)
 
     if job.site is not None:
         attention = rt.sites.attention(job.site)
@@ -157,6 +164,11 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
     return "done", 0.0
 
 
+def _last_done(job: Job) -> str | None:
+    ended = [s for s in job.steps if s.state in ("success", "skipped") and s.ended_at]
+    return max(ended, key=lambda s: s.ended_at or 0.0).name if ended else None
+
+
 def _failed(rt: Runtime, job_id: str, record: Step, exc: JerpError, ctx: StepContext) -> str:
     output = getattr(exc, "output_tail", "") or _tail(ctx.output)
     rt.store.finish_step(
@@ -180,6 +192,8 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
         return StepRun("ignored", detail=f"job already {job.state}")
     following = _next_after(workflow, job, step, failed=failed)
     if following is not None and job.cancel_requested and not failed and not workflow.is_recovery(step):
+        following = workflow.on_cancel(job, step)
+    if following is None and job.cancel_requested and not failed and not workflow.is_recovery(step):
         result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
     elif following is not None:
         rt.dispatch(job_id, following)
@@ -198,6 +212,11 @@ def _next_after(workflow: Workflow, job: Job, step: str, *, failed: bool) -> str
 
 
 def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
+    job = rt.store.get(job_id)
+    if state == "succeeded" and job.cancel_requested:
+        workflow = get_workflow(job.kind)
+        if any(s.state == "pending" and not workflow.is_recovery(s.name) for s in job.steps):
+            state, error = "cancelled", "cancelled by an operator; the site was left online"
     finish_job(rt, job_id, state, error=error)
     return StepRun("finished", detail=state)
 

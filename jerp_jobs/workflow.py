@@ -145,6 +145,8 @@ class Workflow:
     final_state: Callable[[Job], str] = lambda job: (
         "failed" if any(s.state == "failed" for s in job.steps) else "succeeded"
     )
+    #: where a cancelled job goes after ``step`` (None: it just ends); e.g. back online
+    on_cancel: Callable[[Job, str | None], str | None] = lambda job, step: None
     #: checks and normalises a request's parameters before the job exists (InvalidInput if bad)
     validate: Callable[[str | None, dict[str, Any], Any], dict[str, Any]] = lambda site, params, settings: params
 

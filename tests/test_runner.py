@@ -222,3 +222,29 @@ def test_transient_failure_is_retried_with_backoff_then_fails_when_attempts_run_
     last = runner.run_step(fake_runtime, job.id, "flaky", worker="w1")
     assert last.detail == "failed" and len(calls) == 3
     assert fake_runtime.store.get(job.id).step("flaky").attempts == 3
+
+
+def test_cancel_before_migrate_brings_the_site_back_online(fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(cmd("bench"), output=["ok"])
+    job = create_job(fake_runtime, "migrate", site=SITE)
+    runner.run_step(fake_runtime, job.id, "maintenance-on", worker="w1")
+    fake_runtime.store.request_cancel(job.id)
+    # the queued next step finds the cancel: instead of pausing the scheduler, the abort path
+    result = runner.run_step(fake_runtime, job.id, "scheduler-pause", worker="w1")
+    assert result.next_step == "abort-scheduler-resume"
+    for step in ("abort-scheduler-resume", "abort-maintenance-off"):
+        runner.run_step(fake_runtime, job.id, step, worker="w1")
+    done = fake_runtime.store.get(job.id)
+    assert done.state == "cancelled"
+    assert done.step("migrate").state == "skipped" and done.step("abort-maintenance-off").state == "success"
+    commands = [" ".join(a[6:]) for a in fake_runtime.executor.argvs]
+    assert commands[-1] == f"bench --site {SITE} set-maintenance-mode off"
+    assert not any("migrate" in c for c in commands)
+
+
+def test_cancel_of_a_job_without_a_safe_path_just_ends_it(fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(cmd("bench"), output=["ok"])
+    job = create_job(fake_runtime, "backup-all")
+    fake_runtime.store.request_cancel(job.id)
+    result = runner.run_step(fake_runtime, job.id, "discover", worker="w1")
+    assert result.detail == "cancelled" and fake_runtime.executor.calls == []

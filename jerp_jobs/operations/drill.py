@@ -156,5 +156,6 @@ register(
         plan=lambda params: list(STEPS),
         resolve=table_resolver("drill", STEPS),
         on_failure=_on_failure,
+        on_cancel=lambda job, step: None if step is None else "cleanup",
     )
 )

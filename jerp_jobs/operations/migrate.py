@@ -117,6 +117,16 @@ def _on_failure(job: Job, step: str) -> str | None:
     return "mark-attention"
 
 
+def _on_cancel(job: Job, step: str | None) -> str | None:
+    """Cancelled before migrate: bring the site back online. From migrate on: finish the chain
+    (stopping between migrate and maintenance-off would leave the site down)."""
+    if step in (None,):
+        return None
+    if step in ("maintenance-on", "scheduler-pause", "wait-ready", "backup"):
+        return "abort-scheduler-resume"
+    return next((s.name for s in job.steps if s.state == "pending" and not STEPS[s.name].recovery), None)
+
+
 def _final_state(job: Job) -> str:
     failed = {s.name for s in job.steps if s.state == "failed"}
     if not failed:
@@ -133,6 +143,7 @@ register(
         plan=lambda params: list(STEPS),
         resolve=table_resolver("migrate", STEPS),
         on_failure=_on_failure,
+        on_cancel=_on_cancel,
         final_state=_final_state,
     )
 )

@@ -134,6 +134,7 @@ register(
         plan=_plan,
         resolve=_resolve,
         on_failure=_on_failure,
+        on_cancel=lambda job, step: None if step in (None, "check-new") else "drop-site",
         validate=_validate,
     )
 )

@@ -223,6 +223,15 @@ def _on_failure(job: Job, step: str) -> str | None:
     return "mark-attention"
 
 
+def _on_cancel(job: Job, step: str | None) -> str | None:
+    """Before the database is touched: back online. From the restore on: finish the chain."""
+    if step in (None, "fetch-offsite", "check-backup"):
+        return None
+    if step in ("maintenance-on", "safety-backup"):
+        return "abort-maintenance-off"
+    return next((s.name for s in job.steps if s.state == "pending" and not STEPS[s.name].recovery), None)
+
+
 def _final_state(job: Job) -> str:
     failed = {s.name for s in job.steps if s.state == "failed"}
     if not failed:
@@ -239,6 +248,7 @@ register(
         plan=lambda params: list(STEPS),
         resolve=table_resolver("restore", STEPS),
         on_failure=_on_failure,
+        on_cancel=_on_cancel,
         final_state=_final_state,
         validate=validate_restore,
     )
