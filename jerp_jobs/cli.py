@@ -1,7 +1,10 @@
-"""``jerpctl``: enqueue jobs and read them.
+"""``jerpctl``: the operator's client — enqueue jobs, follow them, read them, cancel them.
 
-Exit codes: 0 success; 1 the job failed (or ended recovered/cancelled); 2 bad usage or invalid
-input — nothing enqueued; 3 the broker cannot be reached.
+Exit codes: 0 success; 1 the job failed (or ended recovered/cancelled: the message says which),
+or a read command found something wrong (stale backups, sites needing attention); 2 bad usage or
+invalid input — nothing enqueued; 3 the broker cannot be reached.
+
+Output: tables for people (colours only on a terminal), ``--json`` for scripts (see README).
 
 Startup stays light: Celery, boto3 and docker are imported only inside the commands that
 need them, so ``--help`` and input errors answer at once.
@@ -21,11 +24,12 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
 
 
 class Ctx:
-    """Built once per invocation; the runtime (Redis, settings) only when a command needs it."""
+    """Built once per invocation; the runtime (Redis, settings) only when a command needs it.
+    Tests pass their own runtime (``CliRunner().invoke(cli, args, obj=Ctx(rt=...))``)."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool = False, *, rt: Any = None) -> None:
         self.as_json = as_json
-        self._rt: Any = None
+        self._rt: Any = rt
 
     @property
     def rt(self) -> Any:
@@ -92,7 +96,10 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def cli(ctx: click.Context, as_json: bool) -> None:
     """Drive and watch jerp-jobs, the job orchestrator of the ERPNext platform."""
-    ctx.obj = Ctx(as_json)
+    if ctx.obj is None:
+        ctx.obj = Ctx(as_json)
+    else:
+        ctx.obj.as_json = as_json
 
 
 @cli.group()
@@ -250,6 +257,7 @@ def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, A
 
 
 def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
+    """Print each step as it changes state until the job ends; returns the final job."""
     seen: dict[str, str] = {}
     while True:
         job = obj.rt.store.get(job_id)
@@ -258,12 +266,25 @@ def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
                 if seen.get(step.name) != step.state:
                     seen[step.name] = step.state
                     if step.state != "pending":
-                        click.echo(f"  {step.name:<24} {step.state}" + _duration(step), err=True)
+                        click.echo(f"  {step.name:<28} {_state(step.state)}{_duration(step)}", err=True)
         if job.finished:
             if not obj.as_json:
-                click.echo(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""), err=True)
+                click.echo(f"job {job.id} {_state(job.state)}" + (f": {job.error}" if job.error else ""), err=True)
             return job
         time.sleep(poll)
+
+
+_COLOURS = {
+    "success": "green", "succeeded": "green", "ok": "green",
+    "failed": "red", "needs attention": "red", "stale": "red",
+    "running": "cyan", "recovered": "yellow", "cancelled": "yellow", "in maintenance": "yellow",
+    "skipped": "bright_black", "pending": "bright_black", "queued": "bright_black",
+}
+
+
+def _state(state: str) -> str:
+    """A state word, coloured for a terminal (click strips colours when output is not a TTY)."""
+    return click.style(state, fg=_COLOURS.get(state))
 
 
 def _duration(step: Any) -> str:
@@ -272,6 +293,10 @@ def _duration(step: Any) -> str:
 
 def _exit_for(state: str) -> int:
     return EXIT_OK if state == "succeeded" else EXIT_JOB_FAILED
+
+
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch)) if epoch else "-"
 
 
 @cli.command()
@@ -286,9 +311,10 @@ def jobs(obj: Ctx, site: str | None, state: str | None, limit: int) -> None:
     if obj.as_json:
         click.echo(json.dumps([j.to_dict() for j in found], sort_keys=True))
         return
+    if not found:
+        click.echo("no jobs", err=True)
     for job in found:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(job.created_at))
-        click.echo(f"{job.id}  {when}Z  {job.kind:<14} {job.site or '-':<32} {job.state}")
+        click.echo(f"{job.id}  {_when(job.created_at)}  {job.kind:<12} {job.site or '-':<36} {_state(job.state)}")
 
 
 @cli.command()
@@ -301,16 +327,22 @@ def status(obj: Ctx, job_id: str) -> None:
     if obj.as_json:
         click.echo(json.dumps(job.to_dict(), sort_keys=True))
         return
-    click.echo(f"job {job.id}: {job.kind} {job.site or ''} — {job.state}")
+    click.echo(f"job {job.id}: {job.kind} {job.site or ''} — {_state(job.state)}")
+    click.echo(f"requested {_when(job.created_at)}, started {_when(job.started_at)}, ended {_when(job.ended_at)}")
     if job.error:
         click.echo(f"error: {job.error}")
     for note, text in job.notes.items():
         click.echo(f"{note}: {text}")
     for step in job.steps:
-        click.echo(f"  {step.name:<24} {step.state:<8}{_duration(step)}" + (f" exit {step.exit_code}" if step.exit_code else ""))
+        code = f" exit {step.exit_code}" if step.exit_code else ""
+        click.echo(f"  {step.name:<28} {_state(step.state)}{_duration(step)}{code}")
         if step.state == "failed" and step.output:
             for line in step.output.splitlines()[-20:]:
                 click.echo(f"      | {line}")
+    sites = job.result.get("sites")
+    if isinstance(sites, dict):
+        for site, entry in sites.items():
+            click.echo(f"  {site:<40} {_state(entry['state'])} {entry.get('job_id') or ''}")
     sys.exit(EXIT_OK if job.state in ("succeeded", "queued", "running") else EXIT_JOB_FAILED)
 
 
@@ -340,6 +372,74 @@ def backups(obj: Ctx, site: str | None) -> None:
     for row in rows:
         verified = "verified" if row["verified"] else "unverified"
         click.echo(f"{row['timestamp']}  {row['where']:<8} {row['size']:>14,} B  {verified}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.05, 60), help="Seconds between reads.")
+@click.pass_obj
+@_guard
+def watch(obj: Ctx, job_id: str, poll: float) -> None:
+    """Follow JOB's steps live until it ends; exit with its outcome."""
+    final = _follow(obj, job_id, poll=poll)
+    if obj.as_json:
+        click.echo(json.dumps(final.to_dict(), sort_keys=True))
+    sys.exit(_exit_for(final.state))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_obj
+@_guard
+def cancel(obj: Ctx, job_id: str) -> None:
+    """Cancel JOB: no new step starts; the running one finishes; the site is left online."""
+    job = obj.rt.store.get(job_id)
+    if job.finished:
+        raise click.ClickException(f"job {job_id} already ended {job.state}")
+    job = obj.rt.store.request_cancel(job_id)
+    if obj.as_json:
+        click.echo(json.dumps({"job_id": job.id, "state": job.state, "cancel_requested": True}))
+    else:
+        click.echo(f"job {job.id}: cancel requested; no new step will start (`jerpctl watch {job.id}` follows it)")
+
+
+@cli.command()
+@click.pass_obj
+@_guard
+def sites(obj: Ctx) -> None:
+    """Sites of the bench: ok / in maintenance / needs attention, and the age of the last backup."""
+    from jerp_jobs.freshness import site_states
+
+    rows = site_states(obj.rt)
+    if obj.as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+    else:
+        for row in rows:
+            age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
+            extra = f"  ({row['attention']['reason']})" if row["attention"] else ""
+            click.echo(f"{row['site']:<40} {_state(row['state']):<16} last backup {age}{extra}")
+    sys.exit(EXIT_JOB_FAILED if any(r["state"] == "needs attention" for r in rows) else EXIT_OK)
+
+
+@cli.group()
+def site() -> None:
+    """Operator actions on one site."""
+
+
+@site.command("clear-attention")
+@SITE
+@click.pass_obj
+@_guard
+def clear_attention(obj: Ctx, site: str) -> None:
+    """Clear SITE's needs-attention mark once it has been repaired by hand."""
+    mark = obj.rt.sites.attention(site)
+    if mark is None:
+        raise click.ClickException(f"{site} is not marked as needing attention")
+    obj.rt.sites.clear_attention(site)
+    if obj.as_json:
+        click.echo(json.dumps({"site": site, "cleared": mark}, sort_keys=True))
+    else:
+        click.echo(f"{site}: attention mark cleared (was: {mark.get('reason')}); automated workflows may touch it again")
 
 
 def main() -> None:

@@ -47,3 +47,39 @@ def site_backups(client: Any, site: str) -> list[dict[str, Any]]:
         rows.append({"timestamp": m["timestamp"], "where": "off-site", "verified": bool(m.get("verified")),
                      "job_id": m.get("job_id"), "size": sum(a.get("stored_size", a["size"]) for a in m["artifacts"])})
     return sorted(rows, key=lambda r: (r["timestamp"], r["where"]), reverse=True)
+
+
+def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Every site of the bench with its state and the age of its last backup (local or off-site).
+
+    The sites and their maintenance flags are read from the bench itself through the executor
+    (one command: every ``site_config.json`` with its ``maintenance_mode``).
+    """
+    import re
+
+    now = time.time() if now is None else now
+    result = rt.executor.run(
+        ["find", "sites", "-mindepth", "2", "-maxdepth", "2", "-name", "site_config.json", "-exec",
+         "grep", "-H", "-c", "-E", '"maintenance_mode": *1', "{}", "+"],
+        timeout=60,
+    )
+    from jerp_jobs.sites import is_valid_site_name
+
+    rows = []
+    for line in result.output.splitlines():
+        match = re.fullmatch(r"sites/([^/]+)/site_config\.json:(\d+)", line.strip())
+        if not match or not is_valid_site_name(match.group(1)):
+            continue
+        site, maintenance = match.group(1), int(match.group(2)) > 0
+        attention = rt.sites.attention(site)
+        latest = [float(score) for prefix in (LOCAL, OFFSITE)
+                  for _, score in client_newest(rt.redis, prefix + site)]
+        age = round((now - max(latest)) / 3600, 2) if latest else None
+        state = "needs attention" if attention else "in maintenance" if maintenance else "ok"
+        rows.append({"site": site, "state": state, "maintenance": maintenance, "attention": attention,
+                     "backup_age_hours": age, "owner_job": rt.sites.owner(site)})
+    return sorted(rows, key=lambda r: r["site"])
+
+
+def client_newest(client: Any, key: str) -> list[tuple[bytes, float]]:
+    return client.zrevrange(key, 0, 0, withscores=True)

@@ -237,3 +237,26 @@ def test_backup_all_backs_up_every_site(
     for key in real_redis.scan_iter(count=1000):
         value = real_redis.dump(key) or b""
         assert mariadb_root_password.encode() not in value and ADMIN_PASSWORD.encode() not in value
+
+
+def test_cancel_during_a_migrate_stops_before_migrate_and_leaves_the_site_online(
+    env: dict[str, str], worker: WorkerProcess, site: str, bench_dir: Path, real_redis: redis.Redis
+) -> None:
+    from jerp_jobs.jobs import JobStore
+    from tests.workers import wait_for
+
+    write_faults(bench_dir, {"delay": {"backup": 3.0}})
+    done = jerpctl(env, "--json", "enqueue", "migrate", site)
+    job_id = json.loads(done.stdout)["job_id"]
+    store = JobStore(real_redis)
+    wait_for(lambda: store.get(job_id).step("backup").state == "running", timeout=60, what="the backup step")
+    cancelled = jerpctl(env, "cancel", job_id)
+    assert cancelled.returncode == 0 and "cancel requested" in cancelled.stdout
+    watched = jerpctl(env, "--json", "watch", job_id)
+    job = json.loads(watched.stdout)
+    assert watched.returncode == 1 and job["state"] == "cancelled"
+    steps = _steps(job)
+    assert steps["backup"] == "success"  # the running step finished
+    assert steps["migrate"] == "skipped" and steps["abort-maintenance-off"] == "success"
+    config = site_config(bench_dir, site)
+    assert not config.get("maintenance_mode") and not config.get("pause_scheduler")

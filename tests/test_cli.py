@@ -1,0 +1,189 @@
+"""jerpctl through click's CliRunner on a fakeredis runtime: every command and exit code."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from jerp_jobs.cli import EXIT_BROKER, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, Ctx, cli
+from jerp_jobs.runtime import Runtime
+
+SITE = "acme.example.com"
+
+
+@pytest.fixture
+def run(fake_runtime: Runtime):
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, list(args), obj=Ctx(rt=fake_runtime), catch_exceptions=False)
+
+    return invoke
+
+
+def _finish(rt: Runtime, job_id: str, state: str, **steps: str) -> None:
+    for name, step_state in steps.items():
+        record = rt.store.start_step(job_id, name, worker="w")
+        rt.store.finish_step(job_id, record, step_state, exit_code=1 if step_state == "failed" else 0,
+                             output="line 1\nTraceback: boom" if step_state == "failed" else "")
+    rt.store.set_state(job_id, state, error="boom" if state != "succeeded" else None)
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "site", "params"),
+    [
+        (["provision", SITE, "--app", "erpnext"], "provision", SITE, {"apps": ["erpnext"]}),
+        (["backup", SITE, "--no-files", "--offsite"], "backup", SITE, {"with_files": False, "offsite": True}),
+        (["backup-all", "--concurrency", "3"], "backup-all", None, {"with_files": True, "concurrency": 3}),
+        (["migrate", SITE], "migrate", SITE, {}),
+        (["migrate-all", "--canary", SITE, "--budget", "2"], "migrate-all", None,
+         {"canary": SITE, "budget": 2, "concurrency": None}),
+        (["restore", SITE, "--db", "20261129_030001-acme_example_com-database.sql.gz"], "restore", SITE,
+         {"db": f"{SITE}/private/backups/20261129_030001-acme_example_com-database.sql.gz"}),
+        (["restore", SITE, "--from-offsite", "--at", "2026-11-28"], "restore", SITE,
+         {"from_offsite": True, "at": "20261128_235959"}),
+        (["drill", SITE], "drill", SITE, {}),
+        (["prune", SITE], "prune", SITE, {}),
+        (["clear-cache", SITE], "clear-cache", SITE, {}),
+        (["build-assets"], "build-assets", None, {}),
+    ],
+)
+def test_enqueue_records_the_job_publishes_its_first_step_and_prints_its_id(
+    run, fake_runtime: Runtime, args: list[str], kind: str, site: str | None, params: dict
+) -> None:
+    result = run("enqueue", *args)
+    assert result.exit_code == EXIT_OK, result.output
+    job = fake_runtime.store.get(result.output.strip())
+    assert (job.kind, job.site, job.state) == (kind, site, "queued")
+    assert params.items() <= job.params.items()
+    assert fake_runtime.dispatched == [(job.id, job.steps[0].name)]
+
+
+def test_enqueue_json_is_stable(run) -> None:
+    result = run("--json", "enqueue", "migrate", SITE)
+    data = json.loads(result.output)
+    assert set(data) == {"job_id", "kind", "site", "state"} and data["kind"] == "migrate"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "backup", "Acme.com"], "must be lowercase"),
+        (["enqueue", "migrate", "acme.com;reboot"], "only letters a-z"),
+        (["enqueue", "restore", SITE, "--db", "../../etc/passwd.sql.gz"], "contains '..'"),
+        (["enqueue", "restore", SITE, "--db", "other.example.com/private/backups/x.sql.gz"], "outside the backup folder"),
+        (["enqueue", "restore", SITE], "needs the database dump"),
+        (["enqueue", "restore", SITE, "--from-offsite", "--at", "soon"], "--at"),
+        (["enqueue", "migrate-all", "--concurrency", "0"], "0"),
+        (["enqueue", "provision", SITE, "--app", "Bad App"], "invalid app name"),
+        (["enqueue", "nonsense"], "No such command"),
+        (["status", "nosuchjob"], "no job 'nosuchjob'"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_problem_and_enqueues_nothing(
+    run, fake_runtime: Runtime, args: list[str], message: str
+) -> None:
+    result = run(*args)
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.output
+    assert fake_runtime.dispatched == [] and fake_runtime.store.list() == []
+
+
+def test_jobs_lists_newest_first_with_filters(run, fake_runtime: Runtime) -> None:
+    first = run("enqueue", "backup", SITE).output.strip()
+    second = run("enqueue", "migrate", "other.example.com").output.strip()
+    _finish(fake_runtime, first, "succeeded", backup="success")
+    table = run("jobs").output
+    assert table.index(second) < table.index(first) and "succeeded" in table
+    assert [j["id"] for j in json.loads(run("--json", "jobs", "--site", SITE).output)] == [first]
+    assert [j["id"] for j in json.loads(run("--json", "jobs", "--state", "queued").output)] == [second]
+    assert run("jobs", "--state", "exploded").exit_code == EXIT_USAGE
+
+
+@pytest.mark.parametrize(("state", "code"), [("succeeded", EXIT_OK), ("failed", EXIT_JOB_FAILED),
+                                             ("recovered", EXIT_JOB_FAILED), ("cancelled", EXIT_JOB_FAILED)])
+def test_status_and_watch_exit_with_the_outcome(run, fake_runtime: Runtime, state: str, code: int) -> None:
+    job_id = run("enqueue", "backup", SITE).output.strip()
+    _finish(fake_runtime, job_id, state, backup="failed" if state != "succeeded" else "success")
+    status = run("status", job_id)
+    assert status.exit_code == code and state in status.output
+    if state != "succeeded":
+        assert "Traceback: boom" in status.output  # the output tail of the failed step
+    watched = run("--json", "watch", job_id)
+    assert watched.exit_code == code and json.loads(watched.output)["state"] == state
+
+
+def test_watch_follows_a_running_job_to_its_end(run, fake_runtime: Runtime) -> None:
+    import threading
+
+    job_id = run("enqueue", "backup", SITE).output.strip()
+    threading.Timer(0.3, _finish, args=(fake_runtime, job_id, "succeeded"), kwargs={"backup": "success"}).start()
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["watch", job_id, "--poll", "0.05"], obj=Ctx(rt=fake_runtime))
+    assert result.exit_code == EXIT_OK and time.monotonic() - started >= 0.25
+    assert "backup" in result.output and "succeeded" in result.output
+
+
+def test_cancel_requests_and_refuses_ended_jobs(run, fake_runtime: Runtime) -> None:
+    job_id = run("enqueue", "migrate", SITE).output.strip()
+    assert run("cancel", job_id).exit_code == EXIT_OK
+    assert fake_runtime.store.get(job_id).cancel_requested
+    _finish(fake_runtime, job_id, "cancelled")
+    again = run("cancel", job_id)
+    assert again.exit_code == EXIT_JOB_FAILED and "already ended cancelled" in again.output
+    assert run("cancel", "nosuch").exit_code == EXIT_USAGE
+
+
+def test_sites_shows_state_and_flags_attention(run, fake_runtime: Runtime) -> None:
+    fake_runtime.executor.on(["find", "sites"], output=[
+        f"sites/{SITE}/site_config.json:0", "sites/b.example.com/site_config.json:1",
+        "sites/c.example.com/site_config.json:0", "sites/Bad_Name/site_config.json:0"])
+    fake_runtime.sites.mark_attention("c.example.com", job_id="j9", reason="restore failed")
+    result = run("--json", "sites")
+    rows = {r["site"]: r["state"] for r in json.loads(result.output)}
+    assert rows == {SITE: "ok", "b.example.com": "in maintenance", "c.example.com": "needs attention"}
+    assert result.exit_code == EXIT_JOB_FAILED
+    assert run("site", "clear-attention", "c.example.com").exit_code == EXIT_OK
+    assert run("sites").exit_code == EXIT_OK
+    assert run("site", "clear-attention", "c.example.com").exit_code == EXIT_JOB_FAILED
+
+
+def test_backups_flags_stale_sites(run, fake_runtime: Runtime) -> None:
+    old = {"site": SITE, "timestamp": "20261101_030000", "verified": True, "artifacts": []}
+    fake_runtime.redis.zadd(f"jerp:offsite:{SITE}", {json.dumps(old): time.time() - 3 * 86400})
+    fresh = {**old, "site": "b.example.com", "timestamp": "20261129_030000"}
+    fake_runtime.redis.zadd("jerp:offsite:b.example.com", {json.dumps(fresh): time.time() - 3600})
+    result = run("--json", "backups")
+    rows = {r["site"]: r for r in json.loads(result.output)}
+    assert rows[SITE]["stale"] and not rows["b.example.com"]["stale"]
+    assert result.exit_code == EXIT_JOB_FAILED
+    assert "STALE" in run("backups").output
+    per_site = json.loads(run("--json", "backups", SITE).output)
+    assert per_site[0]["where"] == "off-site" and per_site[0]["timestamp"] == "20261101_030000"
+
+
+def test_broker_down_exits_3_with_the_password_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jerp_jobs.runtime import get_runtime
+    from jerp_jobs.settings import get_settings
+
+    monkeypatch.setenv("JERP_BROKER_URL", "redis://:S3cret-pw@127.0.0.1:1/0")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["jobs"])
+    finally:
+        get_settings.cache_clear()
+        get_runtime.cache_clear()
+    assert result.exit_code == EXIT_BROKER
+    assert "redis://:***@127.0.0.1:1/0" in result.output and "S3cret-pw" not in result.output
+
+
+def test_help_is_complete() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    for command in ("enqueue", "jobs", "status", "watch", "cancel", "sites", "site", "backups"):
+        assert command in result.output
+    enqueue = CliRunner().invoke(cli, ["enqueue", "--help"]).output
+    for command in ("provision", "backup", "backup-all", "migrate", "migrate-all", "restore", "drill", "prune",
+                    "clear-cache", "build-assets"):
+        assert command in enqueue
