@@ -1,16 +1,21 @@
 # Developer and runbook entry points. `make help` lists the targets.
+# Site names reach jerpctl through the environment, never re-read by the shell, and jerpctl
+# validates them before anything is enqueued.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV ?= .venv
 PYTEST ?= $(VENV)/bin/pytest
 PYTEST_ARGS ?=
+JERPCTL ?= $(if $(wildcard $(VENV)/bin/jerpctl),$(VENV)/bin/jerpctl,jerpctl)
+COMPOSE ?= $(if $(shell docker compose version 2>/dev/null),docker compose,docker-compose)
+STACK ?= -f compose.yml -f compose.jobs.yml
 
-.PHONY: help test services images
+.PHONY: help test services images migrate logs up down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 test: services images ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
 	$(PYTEST) $(PYTEST_ARGS)
@@ -20,3 +25,30 @@ services: ## Start the private Redis and MariaDB the tests use (tests/services/u
 
 images: ## Build the test images (tests/images/build.sh)
 	tests/images/build.sh
+
+site-%: export JERP_MAKE_SITE = $*
+site-%: ## Provision a customer site: make site-cliente.exemplo.com
+	$(JERPCTL) enqueue provision "$$JERP_MAKE_SITE" --wait
+
+backup-%: export JERP_MAKE_SITE = $*
+backup-%: ## Back up a site (and copy it off-site when configured): make backup-cliente.exemplo.com
+	$(JERPCTL) enqueue backup "$$JERP_MAKE_SITE" --wait
+
+restore-%: export JERP_MAKE_SITE = $*
+restore-%: export JERP_MAKE_DB = $(DB_BACKUP)
+restore-%: export JERP_MAKE_FILES = $(FILES_BACKUP)
+restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FILES_BACKUP=...]
+	@if [ -z "$$JERP_MAKE_DB" ]; then echo "DB_BACKUP=<dump in the site's backup folder> is required" >&2; exit 2; fi
+	$(JERPCTL) enqueue restore "$$JERP_MAKE_SITE" --db "$$JERP_MAKE_DB" $${JERP_MAKE_FILES:+--files "$$JERP_MAKE_FILES"} --wait
+
+migrate: ## Migrate every site after a release (canary first, automatic restore on failure)
+	$(JERPCTL) enqueue migrate-all --wait
+
+logs: ## Follow the logs of the stacks
+	$(COMPOSE) $(STACK) logs -f --tail=200
+
+up: ## Start the platform and jobs stacks
+	$(COMPOSE) $(STACK) up -d
+
+down: ## Stop the platform and jobs stacks (volumes are kept)
+	$(COMPOSE) $(STACK) down

@@ -187,3 +187,20 @@ def test_help_is_complete() -> None:
     for command in ("provision", "backup", "backup-all", "migrate", "migrate-all", "restore", "drill", "prune",
                     "clear-cache", "build-assets"):
         assert command in enqueue
+
+
+@pytest.mark.parametrize("args", [["--help"], ["enqueue", "backup", "Bad_Site"], ["enqueue", "--help"]])
+def test_help_and_refused_input_import_nothing_heavy(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom jerp_jobs.cli import main\nsys.argv = ['jerpctl', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "heavy = {'celery', 'kombu', 'boto3', 'botocore', 'docker', 'redis'}\n"
+        "print(code, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    exit_code, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert heavy == "[]", done.stdout
+    assert exit_code == ("2" if "Bad_Site" in args else "0")

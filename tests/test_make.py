@@ -1,0 +1,54 @@
+"""The runbook's make targets are thin wrappers over jerpctl, safe with any site argument."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _make(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run make with a recording jerpctl: it writes the argv it received, one item per line."""
+    recorder = tmp_path / "jerpctl"
+    recorder.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$RECORD"\n')
+    recorder.chmod(0o755)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), f"JERPCTL={recorder}", *args],
+        env={**os.environ, "RECORD": str(tmp_path / "argv"), **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "argv"),
+    [
+        ("site-cliente.exemplo.com", [], ["enqueue", "provision", "cliente.exemplo.com", "--wait"]),
+        ("backup-cliente.exemplo.com", [], ["enqueue", "backup", "cliente.exemplo.com", "--wait"]),
+        ("migrate", [], ["enqueue", "migrate-all", "--wait"]),
+        ("restore-cliente.exemplo.com", ["DB_BACKUP=a.sql.gz", "FILES_BACKUP=f.tar"],
+         ["enqueue", "restore", "cliente.exemplo.com", "--db", "a.sql.gz", "--files", "f.tar", "--wait"]),
+        ("restore-cliente.exemplo.com", ["DB_BACKUP=a.sql.gz"],
+         ["enqueue", "restore", "cliente.exemplo.com", "--db", "a.sql.gz", "--wait"]),
+    ],
+)
+def test_targets_call_jerpctl(tmp_path: Path, target: str, extra: list[str], argv: list[str]) -> None:
+    done = _make(tmp_path, target, *extra)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "argv").read_text().splitlines() == argv
+
+
+def test_a_hostile_site_argument_reaches_jerpctl_as_one_argument(tmp_path: Path) -> None:
+    hostile = "x$(touch PWNED);`touch PWNED2`"
+    done = _make(tmp_path, f"site-{hostile}")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "argv").read_text().splitlines() == ["enqueue", "provision", hostile, "--wait"]
+    assert not (ROOT / "PWNED").exists() and not (ROOT / "PWNED2").exists()
+
+
+def test_restore_without_a_dump_is_refused(tmp_path: Path) -> None:
+    done = _make(tmp_path, "restore-cliente.exemplo.com")
+    assert done.returncode != 0 and "DB_BACKUP" in done.stderr
+    assert not (tmp_path / "argv").exists()
