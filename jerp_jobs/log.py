@@ -23,6 +23,13 @@ from jerp_jobs.bench import SECRET_OPTIONS
 
 MASK = "***"
 
+#: Options whose value is a secret: bench's own, and any option named like a credential.
+_SECRET_OPTION_NAME = re.compile(r"^--?[\w-]*(password|passwd|secret|token|key)[\w-]*$", re.IGNORECASE)
+
+
+def is_secret_option(option: str) -> bool:
+    return option in SECRET_OPTIONS or bool(_SECRET_OPTION_NAME.match(option))
+
 _OPTION_VALUE = re.compile(
     r"(?P<opt>(?:" + "|".join(re.escape(o) for o in sorted(SECRET_OPTIONS)) + r"))(?P<sep>[= ]+)(?P<val>\S+)"
 )
@@ -59,7 +66,7 @@ class Redactor:
                 hide_next = False
                 continue
             option, eq, _ = item.partition("=")
-            if option in SECRET_OPTIONS:
+            if is_secret_option(option):
                 if eq:
                     out.append(f"{option}={MASK}")
                     continue

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from collections.abc import Sequence
 
-_SECRET_OPTION = re.compile(r"^--?[\w-]*(password|passwd|secret|token|key)[\w-]*$", re.IGNORECASE)
-_REDACTED = "***"
 
 
 def check_argv(argv: object) -> tuple[str, ...]:
@@ -40,27 +37,11 @@ def check_timeout(timeout: object) -> float:
 
 
 def describe_argv(argv: Sequence[str]) -> str:
-    """A shell-like rendering of argv for messages, with the values of secret options hidden.
+    """A shell-like rendering of argv for messages, with secret values hidden (the log redactor's
+    rules: ``--db-root-password PW`` and ``--admin-password=PW`` both show ``***``)."""
+    from jerp_jobs.log import redactor
 
-    ``--db-root-password PW`` and ``--admin-password=PW`` both show ``***`` in place of PW.
-    """
-    shown: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            shown.append(_REDACTED)
-            hide_next = False
-            continue
-        name, eq, _value = arg.partition("=")
-        if _SECRET_OPTION.match(name):
-            if eq:
-                shown.append(f"{name}={_REDACTED}")
-            else:
-                shown.append(arg)
-                hide_next = True
-            continue
-        shown.append(arg)
-    return shlex.join(shown)
+    return shlex.join(redactor.argv(list(argv)))
 
 
 def format_seconds(seconds: float) -> str:
