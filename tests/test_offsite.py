@@ -217,10 +217,10 @@ def test_encrypted_download_needs_the_right_identity(
     assert list(dest.iterdir()) == []
 
 
-@pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed (apt-get install age)")
 def test_operator_can_decrypt_with_the_age_cli(
     client: Any, s3_bucket: str, transfer_config: Any, tmp_path: Path, identity: Any, identity_file: Path
 ) -> None:
+    assert shutil.which("age"), "the age CLI is missing (.ci/run installs it: apt-get install age)"
     sites = tmp_path / "sites"
     local = make_backup(sites, big=6 * MiB)
     store = make_store(client, s3_bucket, transfer_config, age_recipients=[str(identity.to_public())])
@@ -514,7 +514,6 @@ print(json.dumps({"before": before, "peak": status("VmHWM")}))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS accounting")
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "age"])
 def test_upload_memory_stays_bounded(
     s3_server: Any, s3_bucket: str, tmp_path: Path, identity: Any, encrypted: bool

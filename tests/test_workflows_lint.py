@@ -73,7 +73,7 @@ def step_index(workflow: dict[str, Any], name: str) -> int:
 def need(*programs: str) -> None:
     missing = [p for p in programs if shutil.which(p) is None]
     if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
+        pytest.fail(f"not installed: {', '.join(missing)} (.ci/run installs them)")
 
 
 def run_script(script: str, env: dict[str, str], tmp_path: Path, path_first: Path | None = None):
