@@ -294,16 +294,3 @@ def parse_list_apps(output: str, site: str) -> list[str]:
 def parse_apps_txt(text: str) -> list[str]:
     """``sites/apps.txt``: the apps present in the bench, one per line."""
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def argv_secrets(argv: Sequence[str]) -> list[str]:
-    """The secret values inside an argv (after SECRET_OPTIONS, or as ``--opt=value``)."""
-    found = []
-    for i, item in enumerate(argv):
-        if item in SECRET_OPTIONS and i + 1 < len(argv):
-            found.append(argv[i + 1])
-        elif "=" in item:
-            option, _, value = item.partition("=")
-            if option in SECRET_OPTIONS and value:
-                found.append(value)
-    return found

@@ -62,6 +62,10 @@ class BrokerDown(click.ClickException):
         super().__init__(f"cannot reach the broker at {mask_url(url)}: {exc}")
 
 
+class _BrokerError(click.ClickException):
+    exit_code = EXIT_BROKER
+
+
 def mask_url(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
@@ -79,12 +83,22 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from jerp_jobs.errors import ConfigError, InvalidInput, JerpError, JobNotFound
+        import redis
+
+        from jerp_jobs.errors import BrokerUnavailable, ConfigError, InvalidInput, JerpError, JobNotFound
 
         try:
             return fn(*args, **kwargs)
         except (InvalidInput, ConfigError, JobNotFound) as exc:
             raise click.UsageError(str(exc)) from exc
+        except BrokerUnavailable as exc:
+            from jerp_jobs.log import redactor
+
+            raise _BrokerError(redactor.text(str(exc))) from exc
+        except redis.RedisError as exc:
+            from jerp_jobs.settings import get_settings
+
+            raise BrokerDown(get_settings().broker_url, exc) from exc
         except JerpError as exc:
             raise click.ClickException(str(exc)) from exc
 

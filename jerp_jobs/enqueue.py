@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jerp_jobs.errors import InvalidInput, JerpError
+from jerp_jobs.errors import BrokerUnavailable, InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
@@ -43,5 +43,5 @@ def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[s
         rt.dispatch(job.id, runner.first_step(rt, job.id))
     except Exception as exc:
         runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the job: {exc}")
-        raise JerpError(f"could not enqueue job {job.id}: {exc}", job_id=job.id) from exc
+        raise BrokerUnavailable(f"could not publish job {job.id} to the broker: {exc}", job_id=job.id) from exc
     return rt.store.get(job.id)

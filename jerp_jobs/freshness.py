@@ -73,13 +73,10 @@ def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
         site, maintenance = match.group(1), int(match.group(2)) > 0
         attention = rt.sites.attention(site)
         latest = [float(score) for prefix in (LOCAL, OFFSITE)
-                  for _, score in client_newest(rt.redis, prefix + site)]
+                  for _, score in rt.redis.zrevrange(prefix + site, 0, 0, withscores=True)]
         age = round((now - max(latest)) / 3600, 2) if latest else None
         state = "needs attention" if attention else "in maintenance" if maintenance else "ok"
         rows.append({"site": site, "state": state, "maintenance": maintenance, "attention": attention,
                      "backup_age_hours": age, "owner_job": rt.sites.owner(site)})
     return sorted(rows, key=lambda r: r["site"])
 
-
-def client_newest(client: Any, key: str) -> list[tuple[bytes, float]]:
-    return client.zrevrange(key, 0, 0, withscores=True)

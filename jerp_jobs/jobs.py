@@ -54,6 +54,17 @@ return old
 """
 
 
+# Writes one step of an existing job. KEYS: job hash. ARGV: field, JSON, now, ttl.
+# Returns 0 when the job is gone, -1 when it has no such step, 1 when written.
+_UPDATE_STEP = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then return -1 end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
+redis.call('expire', KEYS[1], ARGV[4])
+return 1
+"""
+
+
 @dataclass
 class Step:
     name: str
@@ -111,6 +122,7 @@ class JobStore:
         self._r = client
         self.ttl = ttl_days * 86400
         self._set_state = client.register_script(_SET_STATE)
+        self._update_step = client.register_script(_UPDATE_STEP)
 
     # -- creation and reading ----------------------------------------------------------------
 
@@ -122,7 +134,6 @@ class JobStore:
         site: str | None = None,
         params: Mapping[str, Any] | None = None,
         parent: str | None = None,
-        job_id: str | None = None,
     ) -> Job:
         params = dict(params or {})
         _refuse_secrets(params)
@@ -130,7 +141,7 @@ class JobStore:
             raise InvalidInput(f"step names of a {kind} job must be unique: {list(steps)}")
         now = time.time()
         job = Job(
-            id=job_id or new_job_id(),
+            id=new_job_id(),
             kind=kind,
             site=site,
             state="queued",
@@ -155,18 +166,15 @@ class JobStore:
         }
         mapping.update({f"step:{s.name}": json.dumps(asdict(s)) for s in job.steps})
         pipe = self._r.pipeline(transaction=True)
-        pipe.hsetnx(key, "id", job.id)
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, self.ttl)
         for index in self._indexes(job.site, job.state):
             pipe.zadd(index, {job.id: now})
             pipe.zremrangebyscore(index, "-inf", now - self.ttl)
         try:
-            created, *_ = pipe.execute()
+            pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"could not record the job: {exc}") from exc
-        if not created:
-            raise StoreError(f"job id {job.id} already exists")
         return job
 
     def get(self, job_id: str) -> Job:
@@ -243,13 +251,11 @@ class JobStore:
         if step.error:
             step.error = redactor.text(step.error)
         key = self._key(job_id)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hexists(key, f"step:{step.name}")
-        pipe.hset(key, mapping={f"step:{step.name}": json.dumps(asdict(step)), "updated_at": repr(time.time())})
-        pipe.expire(key, self.ttl)
-        existed, *_ = pipe.execute()
-        if not existed:
-            self._r.hdel(key, f"step:{step.name}")
+        written = self._update_step(keys=[key], args=[f"step:{step.name}", json.dumps(asdict(step)),
+                                                      repr(time.time()), self.ttl])
+        if written == 0:
+            raise JobNotFound(job_id)
+        if written == -1:
             raise StoreError(f"job {job_id} has no planned step {step.name!r}")
 
     def start_step(self, job_id: str, name: str, *, worker: str) -> Step:
@@ -262,7 +268,7 @@ class JobStore:
         step.worker = worker
         step.waiting = False
         self.update_step(job_id, step)
-        self._r.hdel(self._key(job_id), "note:waiting_for")
+        self._r.hdel(self._key(job_id), "note:waiting_for", "note:waiting_since")
         return step
 
     def finish_step(
@@ -300,10 +306,13 @@ class JobStore:
 
     def note(self, job_id: str, **values: str) -> None:
         """Short operator-facing notes on the job (e.g. what it is waiting for)."""
-        self._r.hset(
-            self._key(job_id),
-            mapping={f"note:{k}": redactor.text(v) for k, v in values.items()} | {"updated_at": repr(time.time())},
-        )
+        key = self._key(job_id)
+        if not self._r.exists(key):
+            raise JobNotFound(job_id)
+        now = repr(time.time())
+        if "waiting_for" in values:
+            self._r.hsetnx(key, "note:waiting_since", now)
+        self._r.hset(key, mapping={f"note:{k}": redactor.text(v) for k, v in values.items()} | {"updated_at": now})
 
     def claim_advance(self, job_id: str, step: str) -> bool:
         """Mark that the job moved on after ``step`` (the guard against a second delivery of a

@@ -15,7 +15,9 @@ timeout remains the slower backstop.
 from __future__ import annotations
 
 import time
+from typing import Any
 
+from jerp_jobs.jobs import Job
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
@@ -24,32 +26,62 @@ from jerp_jobs.workflow import get_workflow
 log = get_logger(__name__)
 
 
+#: a step whose worker was lost this many times is recorded as failed (it may be what kills it)
+MAX_LOST_ATTEMPTS = 3
+
+#: a running job with no step running and no update for this long is published again
+STRANDED_AFTER_S = 300.0
+
+
 def resume_stalled(rt: Runtime, *, now: float | None = None) -> list[tuple[str, str]]:
-    """Publish again every running step that lost its worker; returns (job id, step) pairs."""
+    """Publish again every running step that lost its worker; returns (job id, step) pairs.
+
+    Also moves on jobs that no step moves (the next step was never published) and reconciles
+    fan-outs. One bad record never stops the pass: it is logged and the next job is looked at.
+    """
     now = time.time() if now is None else now
-    resumed = []
+    resumed: list[tuple[str, str]] = []
     for job in rt.store.list(state="running", limit=100_000):
-        workflow = get_workflow(job.kind)
-        for step in job.steps:
-            if step.state != "running":
-                continue
-            if step.waiting:
-                _reconcile_fanout(rt, job.id)
-                continue
-            scope = workflow.resolve(step.name).scope
-            lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_name(
-                rt.settings.compose_project
-            )
-            holder = rt.locks.holder(lock) or {}
-            if holder.get("job_id") == job.id and holder.get("step") == step.name:
-                continue  # a live worker runs it
-            if step.started_at is not None and now - step.started_at < rt.locks.ttl:
-                continue  # too young to judge
-            rt.store.note(job.id, resumed=f"step {step.name} published again at {time.strftime('%H:%M:%SZ', time.gmtime(now))}: its worker was lost")
-            rt.dispatch(job.id, step.name)
-            log.warning("step.resumed", job_id=job.id, step=step.name, site=job.site, attempts=step.attempts)
-            resumed.append((job.id, step.name))
+        try:
+            resumed.extend(_resume_job(rt, job, now))
+        except Exception:  # noqa: BLE001 - a broken record must not stop the others
+            log.exception("resume.job_failed", job_id=job.id)
     return resumed
+
+
+def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
+    from jerp_jobs.runner import fail_lost_step, readvance
+
+    workflow = get_workflow(job.kind)
+    running = [s for s in job.steps if s.state == "running"]
+    if not running:
+        if now - job.updated_at > STRANDED_AFTER_S:
+            moved = readvance(rt, job.id)
+            if moved is not None and moved.next_step:
+                log.warning("job.readvanced", job_id=job.id, next_step=moved.next_step)
+                return [(job.id, moved.next_step)]
+        return []
+    step = running[0]
+    if step.waiting:
+        _reconcile_fanout(rt, job.id)
+        return []
+    scope = workflow.resolve(step.name).scope
+    lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_name(rt.settings.compose_project)
+    holder = rt.locks.holder(lock) or {}
+    if holder.get("job_id") == job.id and holder.get("step") == step.name:
+        return []  # a live worker runs it
+    if step.started_at is not None and now - step.started_at < rt.locks.ttl:
+        return []  # too young to judge
+    if step.attempts >= MAX_LOST_ATTEMPTS:
+        reason = f"its worker was lost {step.attempts} times; not trying again"
+        fail_lost_step(rt, job.id, step.name, reason=reason)
+        log.error("step.given_up", job_id=job.id, step=step.name, attempts=step.attempts)
+        return []
+    when = time.strftime("%H:%M:%SZ", time.gmtime(now))
+    rt.store.note(job.id, resumed=f"step {step.name} published again at {when}: its worker was lost")
+    rt.dispatch(job.id, step.name)
+    log.warning("step.resumed", job_id=job.id, step=step.name, site=job.site, attempts=step.attempts)
+    return [(job.id, step.name)]
 
 
 def _reconcile_fanout(rt: Runtime, parent_id: str) -> None:
@@ -59,22 +91,51 @@ def _reconcile_fanout(rt: Runtime, parent_id: str) -> None:
 
 
 def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
-    """Fail the jobs still queued or running past their deadline; returns their ids.
+    """Deal with jobs still queued or running past their deadline; returns their ids.
 
     The deadline counts from the job's creation: ``JERP_JOB_DEADLINE_HOURS`` for one site's
-    job, ``JERP_FANOUT_DEADLINE_HOURS`` for migrate-all and backup-all. A reaped job frees its
-    site; a step still running on a live worker is not killed, but nothing after it runs.
+    job, ``JERP_FANOUT_DEADLINE_HOURS`` for migrate-all and backup-all. A job past it is
+    cancelled — so it takes its safe path (back online, restore, drop a half-made site) — and a
+    step it runs whose worker is gone is failed, which starts the failure path. A job still not
+    ended at twice its deadline is failed outright, and its site marked as needing attention:
+    nobody knows what state it is in.
     """
-    from jerp_jobs.runner import finish_job
+    from jerp_jobs.runner import fail_lost_step, finish_job
 
     now = time.time() if now is None else now
     reaped = []
     for state in ("running", "queued"):
         for job in rt.store.list(state=state, limit=100_000):
-            hours = rt.settings.fanout_deadline_hours if job.kind.endswith("-all") else rt.settings.job_deadline_hours
-            if now - job.created_at <= hours * 3600:
-                continue
-            finish_job(rt, job.id, "failed", error=f"reaped: still {state} {hours:g} h after it was requested")
-            log.error("job.reaped", job_id=job.id, kind=job.kind, site=job.site, state=state)
-            reaped.append(job.id)
+            try:
+                if _reap(rt, job, now, fail_lost_step, finish_job):
+                    reaped.append(job.id)
+            except Exception:  # noqa: BLE001 - a broken record must not stop the others
+                log.exception("reap.job_failed", job_id=job.id)
     return reaped
+
+
+def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: Any) -> bool:
+    hours = rt.settings.fanout_deadline_hours if job.kind.endswith("-all") else rt.settings.job_deadline_hours
+    age = now - job.created_at
+    if age <= hours * 3600:
+        return False
+    if age > 2 * hours * 3600 or job.state == "queued":
+        reason = f"reaped: still {job.state} {age / 3600:.1f} h after it was requested"
+        finish_job(rt, job.id, "failed", error=reason)
+        if job.site is not None and job.state == "running":
+            rt.sites.mark_attention(job.site, job_id=job.id, reason=reason)
+        log.error("job.reaped", job_id=job.id, kind=job.kind, site=job.site)
+        return True
+    if not job.cancel_requested:
+        rt.store.request_cancel(job.id)
+        rt.store.note(job.id, deadline=f"past its {hours:g} h deadline: cancelled, taking its safe path")
+    workflow = get_workflow(job.kind)
+    for step in job.steps:
+        if step.state == "running" and not step.waiting:
+            scope = workflow.resolve(step.name).scope
+            lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_name(
+                rt.settings.compose_project)
+            if (rt.locks.holder(lock) or {}).get("job_id") != job.id:
+                fail_lost_step(rt, job.id, step.name, reason="its worker was lost and the job passed its deadline")
+    log.error("job.past_deadline", job_id=job.id, kind=job.kind, site=job.site)
+    return True

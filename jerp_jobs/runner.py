@@ -26,10 +26,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Literal
 
-from jerp_jobs.errors import InvalidInput, JerpError, LockBusy, TransientError
+from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, LockLost, TransientError
 from jerp_jobs.executors.base import TAIL_LINES
 from jerp_jobs.jobs import Job, Step
-from jerp_jobs.locks import bench_lock_name, site_lock_name
+from jerp_jobs.locks import HeldLock, bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.workflow import WAITING, StepContext, Workflow, get_workflow
@@ -76,6 +76,9 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
                 "no automated workflow touches it until an operator clears the mark",
             )
         owner = rt.sites.claim(job.site, job.id)
+        if owner != job.id and _owner_gone(rt, owner):
+            rt.sites.release(job.site, owner)  # left behind by a job that ended or expired
+            owner = rt.sites.claim(job.site, job.id)
         if owner != job.id:
             raise LockBusy(f"site {job.site}", {"job_id": owner})
 
@@ -98,9 +101,11 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
         elif record.done:
             outcome = "done"
         else:
-            outcome, countdown = _execute(rt, job, step, workflow, worker=worker)
+            outcome, countdown = _execute(rt, job, step, workflow, worker=worker, held=held)
     finally:
         held.release()
+    if outcome == "lost":
+        return StepRun("ignored", detail=f"lost the lock of {step} while it ran; its other delivery decides")
     if outcome == WAITING:
         return StepRun("waiting", detail=f"{step} goes on outside the worker")
     if outcome == "retry":
@@ -117,9 +122,12 @@ def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, er
     return _advance(rt, get_workflow(rt.store.get(job_id).kind), job_id, step, failed=state == "failed")
 
 
-def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str) -> tuple[str, float]:
+def _execute(
+    rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str, held: HeldLock
+) -> tuple[str, float]:
     """Run the step's function and record the outcome: "done", "failed", "retry" (with the
-    delay before the next attempt) or WAITING."""
+    delay before the next attempt) or WAITING; "lost" when the lock expired while it ran (the
+    step was published again meanwhile: that delivery records, not this one)."""
     if job.state == "queued":
         rt.store.set_state(job.id, "running")
     record = rt.store.start_step(job.id, step, worker=worker)
@@ -129,6 +137,10 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
     spec = workflow.resolve(step)
     try:
         state = spec.fn(ctx) or "success"
+        held.ensure_held()
+    except LockLost:
+        log.error("step.lock_lost", job_id=job.id, step=step)
+        return "lost", 0.0
     except TransientError as exc:
         if record.attempts > spec.retries:
             return _failed(rt, job.id, record, exc, ctx), 0.0
@@ -142,6 +154,8 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
         log.warning("step.retry", job_id=job.id, step=step, attempt=record.attempts, delay_s=round(delay, 1), error=str(exc))
         return "retry", delay
     except JerpError as exc:
+        if held.lost:
+            return "lost", 0.0
         return _failed(rt, job.id, record, exc, ctx), 0.0
     except Exception as exc:  # a bug, not an operations failure: record it all the same
         rt.store.finish_step(
@@ -155,13 +169,51 @@ def _execute(rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: st
         log.exception("step.crashed", job_id=job.id, step=step)
         return "failed", 0.0
     if state == WAITING:
-        record.waiting = True
-        rt.store.update_step(job.id, record)
+        current = rt.store.get(job.id).step(step)
+        if current.state != "running":  # its children already ended it
+            return WAITING, 0.0
+        current.waiting = True
+        rt.store.update_step(job.id, current)
         log.info("step.waiting", job_id=job.id, step=step)
         return WAITING, 0.0
     rt.store.finish_step(job.id, record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
     log.info("step.end", job_id=job.id, step=step, state=state, duration_s=record.duration_s)
     return "done", 0.0
+
+
+def _owner_gone(rt: Runtime, owner: str) -> bool:
+    try:
+        return rt.store.get(owner).finished
+    except JobNotFound:
+        return True
+
+
+def readvance(rt: Runtime, job_id: str) -> StepRun | None:
+    """Move on a running job that no step is moving: its last step ended but the next was never
+    published (the worker died, or the broker failed, in between). Publishing twice is harmless."""
+    job = rt.store.get(job_id)
+    if job.finished or any(s.state == "running" for s in job.steps):
+        return None
+    ended = [s for s in job.steps if s.done and s.ended_at]
+    if not ended:
+        return None
+    last = max(ended, key=lambda s: s.ended_at or 0.0)
+    workflow = get_workflow(job.kind)
+    if not rt.store.advanced(job_id, last.name):
+        return _advance(rt, workflow, job_id, last.name, failed=last.state == "failed")
+    following = _next_after(workflow, job, last.name, failed=last.state == "failed")
+    if following is not None and job.step(following).state == "pending":
+        rt.dispatch(job_id, following)
+        return StepRun("advanced", next_step=following, detail="published again")
+    return None
+
+
+def fail_lost_step(rt: Runtime, job_id: str, step: str, *, reason: str) -> StepRun:
+    """Record a running step whose worker is gone as failed, and send the job down its failure
+    path (restore, back online, drop a half-made site...)."""
+    record = rt.store.get(job_id).step(step)
+    rt.store.finish_step(job_id, record, "failed", error=reason, output=record.output)
+    return _advance(rt, get_workflow(rt.store.get(job_id).kind), job_id, step, failed=True)
 
 
 def _last_done(job: Job) -> str | None:
@@ -273,4 +325,6 @@ def _tail(chunks: list[str]) -> str:
 
 
 def waited_too_long(job: Job, *, limit_s: float) -> bool:
-    return time.time() - job.created_at > limit_s
+    """A queued job's wait for its site, counted from when it first had to wait."""
+    since = float(job.notes.get("waiting_since", job.created_at))
+    return time.time() - since > limit_s

@@ -4,8 +4,8 @@
   starts and releases it when it ends, so two jobs never interleave their steps on one site
   (a migrate's maintenance-on of one job and a restore of another, say). The execution lock
   (``jerp_jobs.locks``) is finer: it guards each running step against a second delivery.
-  An owner key carries the job TTL as a backstop; the reaper releases claims of jobs that
-  ended or vanished.
+  An owner key carries the job TTL as a backstop, and a claim left by a job that ended or
+  expired (a crash between its end and the release) is taken over by the next job.
 - Attention (``jerp:attention:<site>``): set when an automatic recovery failed; no automated
   workflow touches the site until an operator clears it (``jerpctl site clear-attention``).
 """
@@ -36,10 +36,12 @@ class SiteState:
     def claim(self, site: str, job_id: str) -> str:
         """Claim the site for a job; returns the owner (``job_id`` when the claim succeeded)."""
         key = OWNER + site
-        if self._r.set(key, job_id, nx=True, ex=self._ttl):
-            return job_id
-        owner = self._r.get(key)
-        return _s(owner) if owner is not None else self.claim(site, job_id)
+        while True:
+            if self._r.set(key, job_id, nx=True, ex=self._ttl):
+                return job_id
+            owner = self._r.get(key)
+            if owner is not None:  # else it was released in between: try again
+                return _s(owner)
 
     def owner(self, site: str) -> str | None:
         owner = self._r.get(OWNER + site)

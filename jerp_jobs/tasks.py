@@ -17,7 +17,8 @@ from jerp_jobs.log import get_logger
 
 log = get_logger(__name__)
 
-#: How long a job may wait for its site (another job owns it) before it gives up.
+#: How long a job that has not started may wait for its site (another job owns it) before it
+#: gives up. A job that has started never gives up between steps: it waits for the bench lock.
 WAIT_LIMIT_S = 6 * 3600
 
 
@@ -34,8 +35,8 @@ def step(self: Any, *, job_id: str, step: str) -> str:
         return "ignored"
     except LockBusy as exc:
         job = rt.store.get(job_id)
-        if runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
-            runner.finish_job(rt, job_id, "failed", error=f"gave up waiting: {exc}")
+        if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
+            runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
             return "finished"
         rt.store.note(job_id, waiting_for=str(exc))
         log.info("step.waiting", reason=str(exc))

@@ -201,8 +201,3 @@ def test_list_apps_rejects_other_shapes(output: str) -> None:
 
 def test_apps_txt() -> None:
     assert bench.parse_apps_txt("frappe\nerpnext\n\n nfse-pr \n") == ["frappe", "erpnext", "nfse-pr"]
-
-
-def test_argv_secrets_finds_both_option_forms() -> None:
-    argv = ["bench", "new-site", SITE, "--db-root-password", "r00t!", "--admin-password=adm1n"]
-    assert bench.argv_secrets(argv) == ["r00t!", "adm1n"]

@@ -204,3 +204,21 @@ def test_help_and_refused_input_import_nothing_heavy(args: list[str]) -> None:
     exit_code, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
     assert heavy == "[]", done.stdout
     assert exit_code == ("2" if "Bad_Site" in args else "0")
+
+
+def test_broker_lost_in_the_middle_of_a_command_exits_3(run, fake_runtime: Runtime, fake_redis) -> None:
+    job_id = run("enqueue", "backup", SITE).output.strip()
+    fake_redis.connection_pool.connection_kwargs["server"].connected = False
+    result = run("status", job_id)
+    assert result.exit_code == EXIT_BROKER and "cannot reach the broker" in result.output
+
+
+def test_a_publish_failure_exits_3_and_leaves_the_job_failed(run, fake_runtime: Runtime) -> None:
+    def refuse(job_id: str, step: str) -> None:
+        raise ConnectionError("Error 111 connecting to redis://:pw@broker:6379/0")
+
+    fake_runtime.dispatch = refuse
+    result = run("enqueue", "backup", SITE)
+    assert result.exit_code == EXIT_BROKER and ":pw@" not in result.output
+    [job] = fake_runtime.store.list()
+    assert job.state == "failed" and "could not enqueue" in job.error

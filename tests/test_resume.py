@@ -48,15 +48,69 @@ def test_lock_held_by_another_job_does_not_hide_a_dead_step(fake_runtime: Runtim
     held.release()
 
 
-def test_jobs_past_their_deadline_are_reaped_and_free_their_site(fake_runtime: Runtime) -> None:
+def _age(rt: Runtime, job_id: str, hours: float) -> None:
+    rt.redis.hset(f"jerp:job:{job_id}", "created_at", repr(time.time() - hours * 3600))
+
+
+def test_a_job_past_its_deadline_takes_its_failure_path(fake_runtime: Runtime) -> None:
+    from jerp_jobs.resume import reap_stuck
+
+    job = create_job(fake_runtime, "migrate", site=SITE)
+    fake_runtime.sites.claim(SITE, job.id)
+    fake_runtime.store.set_state(job.id, "running")
+    for name in ("maintenance-on",):
+        record = fake_runtime.store.start_step(job.id, name, worker="w")
+        fake_runtime.store.finish_step(job.id, record, "success")
+    fake_runtime.store.start_step(job.id, "scheduler-pause", worker="dead")  # its worker is gone
+    _age(fake_runtime, job.id, 13)
+    fresh = create_job(fake_runtime, "backup", site="other.example.com")
+    assert reap_stuck(fake_runtime) == [job.id]
+    reaped = fake_runtime.store.get(job.id)
+    assert reaped.cancel_requested and reaped.step("scheduler-pause").state == "failed"
+    assert fake_runtime.dispatched == [(job.id, "abort-scheduler-resume")]  # back online, not just dropped
+    assert fake_runtime.store.get(fresh.id).state == "queued"  # younger than its deadline
+
+
+def test_a_job_still_running_at_twice_its_deadline_is_failed_and_its_site_marked(fake_runtime: Runtime) -> None:
     from jerp_jobs.resume import reap_stuck
 
     job_id = _running(fake_runtime)
     fake_runtime.sites.claim(SITE, job_id)
-    fake_runtime.redis.hset(f"jerp:job:{job_id}", "created_at", repr(time.time() - 13 * 3600))
-    fresh = create_job(fake_runtime, "backup", site="other.example.com")
+    _age(fake_runtime, job_id, 25)
     assert reap_stuck(fake_runtime) == [job_id]
     job = fake_runtime.store.get(job_id)
     assert job.state == "failed" and "reaped" in job.error
     assert fake_runtime.sites.owner(SITE) is None
-    assert fake_runtime.store.get(fresh.id).state == "queued"  # younger than its deadline
+    assert fake_runtime.sites.attention(SITE)["job_id"] == job_id
+
+
+def test_a_job_no_step_moves_is_published_again(fake_runtime: Runtime) -> None:
+    job = create_job(fake_runtime, "migrate", site=SITE)
+    fake_runtime.store.set_state(job.id, "running")
+    record = fake_runtime.store.start_step(job.id, "maintenance-on", worker="w")
+    fake_runtime.store.finish_step(job.id, record, "success")  # ...and the worker died before publishing
+    assert resume_stalled(fake_runtime, now=time.time() + 600) == [(job.id, "scheduler-pause")]
+    assert fake_runtime.store.advanced(job.id, "maintenance-on")
+
+
+def test_a_step_that_keeps_losing_its_worker_is_failed_and_recovered(fake_runtime: Runtime) -> None:
+    job = create_job(fake_runtime, "migrate", site=SITE)
+    fake_runtime.store.set_state(job.id, "running")
+    for _ in range(3):
+        record = fake_runtime.store.start_step(job.id, "migrate", worker="w")
+    record.started_at = time.time() - 600
+    fake_runtime.store.update_step(job.id, record)
+    assert resume_stalled(fake_runtime) == []
+    assert fake_runtime.store.get(job.id).step("migrate").state == "failed"
+    assert fake_runtime.dispatched == [(job.id, "restore-pre-migrate")]
+
+
+def test_one_broken_record_does_not_stop_the_pass(fake_runtime: Runtime) -> None:
+    broken = _running(fake_runtime)
+    fake_runtime.redis.hset(f"jerp:job:{broken}", "kind", "no-such-kind")
+    fine = create_job(fake_runtime, "backup", site="other.example.com")
+    fake_runtime.store.set_state(fine.id, "running")
+    record = fake_runtime.store.start_step(fine.id, "backup", worker="w")
+    record.started_at = time.time() - 600
+    fake_runtime.store.update_step(fine.id, record)
+    assert resume_stalled(fake_runtime) == [(fine.id, "backup")]

@@ -15,9 +15,8 @@ from typing import Any
 from jerp_jobs import bench
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
+from jerp_jobs.operations.offsite import prune_local, upload
 from jerp_jobs.workflow import StepContext, StepSpec, simple
-
-
 
 
 def backup_site(ctx: StepContext) -> None:
@@ -107,19 +106,7 @@ def _require_all(paths: list[str], found: dict[str, Any], what: str) -> None:
         raise OutputParseError(f"could not read the {what} of {', '.join(missing)}")
 
 
-def _upload(ctx: StepContext) -> str | None:
-    from jerp_jobs.operations.offsite import upload
-
-    return upload(ctx)
-
-
-def _prune_local(ctx: StepContext) -> str | None:
-    from jerp_jobs.operations.offsite import prune_local
-
-    return prune_local(ctx)
-
-
 simple(
     "backup",
-    [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(_upload, retries=3)), ("prune-local", StepSpec(_prune_local))],
+    [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(upload, retries=3)), ("prune-local", StepSpec(prune_local))],
 )

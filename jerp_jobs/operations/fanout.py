@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jerp_jobs.errors import InvalidInput, JerpError
+from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import Job
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
@@ -128,11 +128,18 @@ def clear_caches(ctx: StepContext) -> None:
     """After the one build: clear the caches of the migrated sites (assets manifest)."""
     from jerp_jobs import bench
 
+    skipped = []
     for site, entry in _entries(ctx.runtime, ctx.job.id).items():
         if entry["state"] != "succeeded":
             continue
+        owner = ctx.runtime.sites.owner(site)
+        if owner is not None:  # another job works on it now; it clears its own caches
+            skipped.append(f"{site} (job {owner})")
+            continue
         with ctx.runtime.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-caches"):
-            ctx.run(bench.clear_cache(site, bench=ctx.bench))
+            ctx.run(bench.clear_cache(site, bench=ctx.bench), fence=site)
+    if skipped:
+        ctx.output.append("caches not cleared (busy): " + ", ".join(skipped))
 
 
 # -- children -----------------------------------------------------------------------------------
@@ -192,47 +199,77 @@ def _summary(rt: Runtime, parent_id: str) -> str:
 def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
     """A child job ended: record it, start more sites or end the parent's waiting step.
 
-    Returns the runner's StepRun when the parent moved on (its next step must be dispatched),
-    else None. Safe to call twice for one child.
+    Safe to call twice for one child, and after a crash halfway: the parent's waiting step is
+    settled from the recorded entries every time, whether or not this call changed one.
+    Returns the runner's StepRun when the parent's waiting step ended, else None.
     """
-    from jerp_jobs.runner import complete_waiting_step
-
     with _fanout_lock(rt, parent_id):
         parent = rt.store.get(parent_id)
+        if parent.finished:
+            return None  # reaped or cancelled: start nothing more
         child = rt.store.get(child_id)
-        entry = _entries(rt, parent_id).get(child.site or "")
-        if entry is None or entry.get("job_id") != child.id or entry["state"] in ENDED:
-            return None
         site = child.site or ""
-        retries = int(parent.params.get("retries", 0))
-        if child.state in FAILED and parent.kind == "backup-all" and entry.get("attempts", 1) <= retries \
-                and not parent.cancel_requested:
-            log.warning("fanout.retry", job_id=parent_id, site=site, failed_child=child.id, error=child.error)
-            _set(rt, parent_id, site, **{**entry, "state": "pending", "failures": [
-                *entry.get("failures", []), {"job_id": child.id, "error": child.error}]})
-        else:
-            _set(rt, parent_id, site, **{**entry, "state": child.state, "job_id": child.id,
-                                         **({"error": child.error} if child.state in FAILED else {})})
-        waiting = next((s.name for s in parent.steps if s.state == "running"), None)
-        if waiting == "canary":
-            _publish_summary(rt, parent_id)
-            if child.state == "succeeded":
-                return complete_waiting_step(rt, parent_id, "canary", "success")
-            for site, e in _entries(rt, parent_id).items():
+        entry = _entries(rt, parent_id).get(site)
+        if entry is not None and entry.get("job_id") == child.id and entry["state"] == "running" and child.finished:
+            _record_child_end(rt, parent, site, entry, child)
+        return _settle(rt, rt.store.get(parent_id))
+
+
+def _record_child_end(rt: Runtime, parent: Job, site: str, entry: dict[str, Any], child: Job) -> None:
+    retries = int(parent.params.get("retries", 0))
+    if (child.state in FAILED and parent.kind == "backup-all" and entry.get("attempts", 1) <= retries
+            and not parent.cancel_requested):
+        log.warning("fanout.retry", job_id=parent.id, site=site, failed_child=child.id, error=child.error)
+        failures = [*entry.get("failures", []), {"job_id": child.id, "error": child.error}]
+        _set(rt, parent.id, site, **{**entry, "state": "pending", "failures": failures})
+    else:
+        extra = {"error": child.error} if child.state in FAILED else {}
+        _set(rt, parent.id, site, **{**entry, "state": child.state, "job_id": child.id, **extra})
+
+
+def _settle(rt: Runtime, parent: Job) -> Any:
+    """End the parent's waiting step when its children allow it (call under the fan-out lock)."""
+    from jerp_jobs.runner import complete_waiting_step
+
+    waiting = next((s.name for s in parent.steps if s.state == "running"), None)
+    if waiting == "canary":
+        canary_site = parent.result.get("canary")
+        entry = _entries(rt, parent.id).get(canary_site or "", {})
+        if entry.get("state") == "succeeded":
+            _publish_summary(rt, parent.id)
+            return complete_waiting_step(rt, parent.id, "canary", "success")
+        if entry.get("state") in FAILED:
+            for site, e in _entries(rt, parent.id).items():
                 if e["state"] == "pending":
-                    _set(rt, parent_id, site, state="not-started")
-            _publish_summary(rt, parent_id)
+                    _set(rt, parent.id, site, state="not-started")
+            _publish_summary(rt, parent.id)
             return complete_waiting_step(
-                rt, parent_id, "canary", "failed", error=f"canary {child.site} {child.state}: {child.error}; "
-                + _summary(rt, parent_id)
+                rt, parent.id, "canary", "failed",
+                error=f"canary {canary_site} {entry['state']}: {entry.get('error')}; " + _summary(rt, parent.id),
             )
-        if waiting == "sites":
-            outcome = _top_up(rt, parent)
-            if outcome is not None:
-                state, error = outcome
-                return complete_waiting_step(rt, parent_id, "sites", state, error=error)
-        _publish_summary(rt, parent_id)
-        return None
+    elif waiting == "sites":
+        outcome = _top_up(rt, parent)
+        if outcome is not None:
+            state, error = outcome
+            return complete_waiting_step(rt, parent.id, "sites", state, error=error)
+    _publish_summary(rt, parent.id)
+    return None
+
+
+def reconcile(rt: Runtime, parent_id: str) -> None:
+    """Deliver the end of every child that ended without its parent hearing of it, then settle."""
+    for entry in _entries(rt, parent_id).values():
+        if entry["state"] == "running" and entry.get("job_id"):
+            try:
+                child = rt.store.get(entry["job_id"])
+            except JobNotFound:
+                continue
+            if child.finished:
+                on_child_done(rt, parent_id, child.id)
+    with _fanout_lock(rt, parent_id):
+        parent = rt.store.get(parent_id)
+        if not parent.finished:
+            _settle(rt, parent)
 
 
 # -- the two workflows --------------------------------------------------------------------------

@@ -164,11 +164,7 @@ def prune_offsite(ctx: StepContext) -> None:
     ctx.output.append(f"policy {policy}: kept {len(decision.keep)}, deleted {len(deleted)}")
 
 
-def _prune(ctx: StepContext) -> None:
-    prune_offsite(ctx)
-
-
-simple("prune", [("prune-offsite", StepSpec(_prune))])
+simple("prune", [("prune-offsite", StepSpec(prune_offsite))])
 
 
 # -- restore from off-site ------------------------------------------------------------------------

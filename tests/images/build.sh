@@ -4,7 +4,11 @@
 # imported; project images are built FROM it (BASE_IMAGE build argument).
 #
 #   jerp-test/debian-base:bookworm     built once; kept while it exists (FORCE_BASE=1 rebuilds it)
-#   jerp-test/standin-backend:latest   rebuilt on every run (layer cache keeps it cheap)
+#   jerp-test/standin-backend:latest   the rest are rebuilt on every run (the layer cache keeps
+#   jerp-test/python-base:bookworm       that cheap); the Debian packages they add come from
+#   jerp-test/redis:bookworm             the mirror, through apt-get inside the build
+#   jerp-test/mariadb:bookworm
+#   jerp-test/jobs:latest              workers/Containerfile FROM python-base (workers/build.sh)
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), JERP_IMAGES_WORKDIR (scratch
 # folder for the root file system, default /var/tmp), JERP_STANDIN_BENCH (the stand-in bench
@@ -16,6 +20,8 @@ repo=$(cd "$here/../.." && pwd)
 
 base_image=jerp-test/debian-base:bookworm
 backend_image=jerp-test/standin-backend:latest
+python_image=jerp-test/python-base:bookworm
+jobs_image=jerp-test/jobs:latest
 suite=bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 scratch_parent=${JERP_IMAGES_WORKDIR:-/var/tmp}
@@ -92,29 +98,53 @@ build_base() {
     scratch=""
 }
 
-build_backend() {
-    local t0=$SECONDS
-    local bench_script=${JERP_STANDIN_BENCH:-$repo/tests/standin/bench}
-    [ -f "$bench_script" ] || { echo "error: $bench_script is missing" >&2; exit 1; }
-    # A minimal build context: only what the Containerfile copies (the repo holds a venv and
-    # the test services' data, which the daemon must not be sent).
-    local ctx
+# build_image TAG CONTAINERFILE [REPO_FILE...]: docker build with a context of only the listed
+# files of the repository (it holds a venv and the test services' data, which the daemon must
+# not be sent).
+build_image() {
+    local tag=$1 containerfile=$2
+    shift 2
+    local t0=$SECONDS ctx file
     ctx=$(mktemp -d "${TMPDIR:-/tmp}/jerp-ctx.XXXXXX")
-    mkdir -p "$ctx/tests/standin"
-    cp -p "$bench_script" "$ctx/tests/standin/bench"
-    chmod 0755 "$ctx/tests/standin/bench"
-    log "building $backend_image"
-    if ! DOCKER_BUILDKIT=0 docker build -q \
+    for file in "$@"; do
+        [ -f "$repo/$file" ] || { echo "error: $repo/$file is missing" >&2; exit 1; }
+        mkdir -p "$ctx/$(dirname "$file")"
+        cp -p "$repo/$file" "$ctx/$file"
+    done
+    log "building $tag"
+    if ! DOCKER_BUILDKIT=0 docker build -q --force-rm --label jerp-test=1 \
         --build-arg BASE_IMAGE="$base_image" \
-        -f "$here/standin-backend.Containerfile" \
-        -t "$backend_image" "$ctx" >"$ctx.log" 2>&1; then
+        -f "$here/$containerfile" -t "$tag" "$ctx" >"$ctx.log" 2>&1; then
         cat "$ctx.log" >&2
         rm -rf "$ctx" "$ctx.log"
-        echo "error: docker build of $backend_image failed" >&2
+        echo "error: docker build of $tag failed" >&2
         exit 1
     fi
     rm -rf "$ctx" "$ctx.log"
-    log "$backend_image built in $(elapsed "$t0")"
+    log "$tag built in $(elapsed "$t0")"
+}
+
+build_backend() {
+    local bench_script=${JERP_STANDIN_BENCH:-$repo/tests/standin/bench}
+    [ -f "$bench_script" ] || { echo "error: $bench_script is missing" >&2; exit 1; }
+    if [ "$bench_script" != "$repo/tests/standin/bench" ]; then
+        local ctx_repo
+        ctx_repo=$(mktemp -d "${TMPDIR:-/tmp}/jerp-bench.XXXXXX")
+        mkdir -p "$ctx_repo/tests/standin"
+        cp -p "$bench_script" "$ctx_repo/tests/standin/bench"
+        repo=$ctx_repo build_image "$backend_image" standin-backend.Containerfile tests/standin/bench
+        rm -rf "$ctx_repo"
+        return
+    fi
+    build_image "$backend_image" standin-backend.Containerfile tests/standin/bench
+}
+
+build_jobs() {
+    local t0=$SECONDS
+    # Debian's python3 on the host is the python of python-base: the wheels are resolved for it.
+    BASE_IMAGE=$python_image PYTHON=/usr/bin/python3 DOCKER_BUILD_ARGS="--label jerp-test=1" \
+        "$repo/workers/build.sh" "$jobs_image"
+    log "$jobs_image built in $(elapsed "$t0")"
 }
 
 need docker "the Docker Engine and CLI"
@@ -123,5 +153,12 @@ docker info >/dev/null 2>&1 || { echo "error: the Docker Engine is not reachable
 start=$SECONDS
 build_base
 build_backend
+build_image "$python_image" python-base.Containerfile
+build_image jerp-test/redis:bookworm redis.Containerfile
+build_image jerp-test/mariadb:bookworm mariadb.Containerfile \
+    tests/images/mariadb-entrypoint.sh tests/images/mariadb-healthcheck.sh
+build_jobs
+# Earlier builds of these tags, left untagged by the rebuilds.
+docker image prune -f --filter label=jerp-test=1 >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^jerp-test/' | sed 's/^/[images] /'
 log "all images ready in $(elapsed "$start")"

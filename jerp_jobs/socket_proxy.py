@@ -1,0 +1,486 @@
+"""A Docker Engine API proxy that lets through only the calls the Docker executor makes.
+
+In the jobs stack only this process mounts the Docker socket; the workers reach Docker through
+it (``DOCKER_HOST=tcp://docker-proxy:2375``). Access to the socket is root on the host, so the
+proxy answers ``403`` (with a JSON ``message``, which docker-py raises as ``APIError``) to
+everything but, with or without a ``/vX.Y`` version prefix:
+
+    GET|HEAD /_ping, GET /version      client start-up (API version negotiation)
+    GET  /containers/json              find the backend container by its compose labels
+    GET  /containers/{id}/json         the backend's state after a failed command
+    POST /containers/{id}/exec         create an exec (never a privileged one)
+    POST /exec/{id}/start              run it and stream its output (HTTP upgrade, hijacked)
+    GET  /exec/{id}/json               its exit code
+
+With container labels configured (``--container-labels``), inspect and exec are limited to
+containers carrying all of them (the platform's backend): a compromised worker can neither
+exec into another container (the database, this proxy) nor read another one's environment.
+
+One request per connection. The request head is checked, forwarded with ``Connection: close``
+and the response relayed back with ``Connection: close``. An exec start that asks for an
+upgrade and gets ``101`` becomes a byte tunnel both ways until Docker ends it. Whatever a
+client sends after its request is never parsed as another request, so nothing rides past the
+checks. Request bodies need a ``Content-Length`` (Docker's clients send JSON that way).
+
+Run: ``python -m jerp_jobs.socket_proxy --listen 0.0.0.0:2375 --upstream /var/run/docker.sock``
+(or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM`` and ``JERP_PROXY_CONTAINER_LABELS``
+variables). Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger("jerp_jobs.socket_proxy")
+
+MAX_HEAD = 64 * 1024
+MAX_BODY = 1024 * 1024
+MAX_INSPECT = 16 * 1024 * 1024
+HEAD_TIMEOUT = 30.0
+#: After relaying a ``101``, wait this long before the first stream bytes: docker-py reads the
+#: stream from the raw socket under its HTTP parser, so stream bytes that reached the client
+#: in the same read as the response head would be lost.
+UPGRADE_SETTLE = 0.05
+CHUNK = 64 * 1024
+
+_VERSION = r"(?:/v[0-9]{1,2}\.[0-9]{1,3})?"
+_CONTAINER = r"(?P<ref>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
+_EXEC = r"(?P<ref>[A-Za-z0-9]{1,128})"
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+            431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    methods: frozenset[str]
+    pattern: re.Pattern[str]
+
+
+def _rule(name: str, methods: str, path: str) -> Rule:
+    return Rule(name, frozenset(methods.split("|")), re.compile(_VERSION + path))
+
+
+RULES: tuple[Rule, ...] = (
+    _rule("ping", "GET|HEAD", r"/_ping"),
+    _rule("version", "GET", r"/version"),
+    _rule("list-containers", "GET", r"/containers/json"),
+    _rule("inspect-container", "GET", rf"/containers/{_CONTAINER}/json"),
+    _rule("create-exec", "POST", rf"/containers/{_CONTAINER}/exec"),
+    _rule("start-exec", "POST", rf"/exec/{_EXEC}/start"),
+    _rule("inspect-exec", "GET", rf"/exec/{_EXEC}/json"),
+)
+
+
+class HttpError(Exception):
+    """Answer the client with this status and message instead of forwarding."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Head:
+    """A parsed request or response head: its first line and its header fields, in order."""
+
+    start: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return values[-1] if values else None
+
+    def connection_tokens(self) -> set[str]:
+        return {t.strip().lower() for v in self.get_all("connection") for t in v.split(",") if t.strip()}
+
+    def end_to_end(self) -> list[tuple[str, str]]:
+        """The header fields without the hop-by-hop ones (and those Connection names)."""
+        drop = _HOP_BY_HOP | self.connection_tokens()
+        return [(k, v) for k, v in self.headers if k.lower() not in drop]
+
+
+def parse_head(raw: bytes) -> Head:
+    """Parse a head ending in an empty line; strict about line endings and field syntax."""
+    text = raw.decode("latin-1")
+    if not text.endswith("\r\n\r\n"):
+        raise HttpError(400, "incomplete head")
+    lines = text[:-4].split("\r\n")
+    head = Head(lines[0])
+    for line in [lines[0], *lines[1:]]:
+        if "\r" in line or "\n" in line or "\0" in line:
+            raise HttpError(400, "bare CR, LF or NUL in the head")
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            raise HttpError(400, "folded header lines are not accepted")
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise HttpError(400, f"malformed header line {line[:40]!r}")
+        head.headers.append((name, value.strip(" \t")))
+    return head
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    head: Head
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+
+def parse_request(raw: bytes) -> Request:
+    head = parse_head(raw)
+    parts = head.start.split(" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(400, "malformed request line")
+    method, target, _ = parts
+    if not target.startswith("/") or "#" in target:
+        raise HttpError(400, "the request target must be an absolute path")
+    return Request(method, target, head)
+
+
+def match_rule(method: str, path: str, rules: Sequence[Rule] = RULES) -> tuple[Rule, str | None] | None:
+    """The rule allowing ``method path`` and the container or exec it names, or None."""
+    for rule in rules:
+        m = rule.pattern.fullmatch(path)
+        if m and method in rule.methods:
+            return rule, m.groupdict().get("ref")
+    return None
+
+
+def body_length(head: Head) -> int:
+    if head.get_all("transfer-encoding"):
+        raise HttpError(501, "request bodies must have a Content-Length (no Transfer-Encoding)")
+    values = {v.strip() for v in head.get_all("content-length")}
+    if not values:
+        return 0
+    if len(values) > 1 or not all(v.isdigit() for v in values):
+        raise HttpError(400, "invalid Content-Length")
+    length = int(values.pop())
+    if length > MAX_BODY:
+        raise HttpError(413, f"request body over {MAX_BODY} bytes")
+    return length
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``"k=v,k2=v2"`` -> ``{"k": "v", "k2": "v2"}``."""
+    labels = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"container label {item!r} is not KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+async def copy_exactly(reader: asyncio.StreamReader, n: int, write: Write) -> None:
+    while n > 0:
+        data = await reader.read(min(n, CHUNK))
+        if not data:
+            raise ConnectionError("the Docker API closed the connection in the middle of a body")
+        n -= len(data)
+        await write(data)
+
+
+async def copy_to_eof(reader: asyncio.StreamReader, write: Write) -> None:
+    while data := await reader.read(CHUNK):
+        await write(data)
+
+
+async def copy_chunked(reader: asyncio.StreamReader, write: Write) -> None:
+    """Relay a chunked body verbatim, up to and including its trailer section."""
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        await write(line)
+        size_text = line.split(b";", 1)[0].strip()
+        if not size_text or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+            raise ConnectionError("malformed chunk size from the Docker API")
+        size = int(size_text, 16)
+        if size == 0:
+            while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                await write(trailer)
+            await write(b"\r\n")
+            return
+        await copy_exactly(reader, size + 2, write)
+
+
+async def copy_response_body(reader: asyncio.StreamReader, method: str, status: int, head: Head,
+                             write: Write) -> None:
+    """Relay a response body with the framing its head declares (RFC 9112 section 6.3)."""
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return
+    codings = [c.strip().lower() for v in head.get_all("transfer-encoding") for c in v.split(",")]
+    if codings:
+        if codings[-1] == "chunked":
+            await copy_chunked(reader, write)
+        else:
+            await copy_to_eof(reader, write)
+    elif (length := head.get("content-length")) is not None and length.strip().isdigit():
+        await copy_exactly(reader, int(length), write)
+    else:
+        await copy_to_eof(reader, write)
+
+
+def error_response(status: int, message: str) -> bytes:
+    body = json.dumps({"message": f"jerp socket proxy: {message}"}).encode()
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def _render(start: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    return ("\r\n".join([start, *(f"{k}: {v}" for k, v in headers)]) + "\r\n\r\n").encode("latin-1")
+
+
+class SocketProxy:
+    """Serves the allowlisted part of the Docker API on TCP, from the Docker socket ``upstream``."""
+
+    def __init__(self, upstream: str, *, container_labels: Mapping[str, str] | None = None,
+                 rules: Sequence[Rule] = RULES) -> None:
+        self.upstream = upstream
+        self.container_labels = dict(container_labels or {})
+        self.rules = tuple(rules)
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request: Request | None = None
+        try:
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                return
+            except asyncio.LimitOverrunError:
+                raise HttpError(431, f"request head over {MAX_HEAD} bytes") from None
+            request = parse_request(raw)
+            found = match_rule(request.method, request.path, self.rules)
+            if found is None:
+                raise HttpError(403, f"{request.method} {request.path} is not allowed")
+            rule, ref = found
+            length = body_length(request.head)
+            body = await reader.readexactly(length) if length else b""
+            target = await self._authorize(rule, ref, request, body)
+            await self._forward(rule, request, target, body, reader, writer)
+        except HttpError as exc:
+            what = f"{request.method} {request.path}" if request else "request"
+            log.warning("deny %s -> %d (%s)", what, exc.status, exc.message)
+            with contextlib.suppress(ConnectionError):
+                writer.write(error_response(exc.status, exc.message))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            log.info("connection ended early: %s", exc or type(exc).__name__)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _authorize(self, rule: Rule, ref: str | None, request: Request, body: bytes) -> str:
+        """Check what the path alone cannot tell; return the target to forward."""
+        if rule.name == "create-exec":
+            try:
+                config = json.loads(body or b"{}")
+            except ValueError:
+                raise HttpError(400, "the exec configuration is not JSON") from None
+            if not isinstance(config, dict):
+                raise HttpError(400, "the exec configuration is not a JSON object")
+            if config.get("Privileged"):
+                raise HttpError(403, "privileged execs are not allowed")
+        if rule.name in ("create-exec", "inspect-container") and self.container_labels:
+            assert ref is not None
+            full_id = await self._check_container(ref)
+            # Forward by id: a name could be given to another container in the meantime.
+            prefix = request.path[: request.path.index("/containers/")]
+            suffix = "exec" if rule.name == "create-exec" else "json"
+            query = f"?{request.query}" if request.query else ""
+            return f"{prefix}/containers/{full_id}/{suffix}{query}"
+        return request.target
+
+    async def _check_container(self, ref: str) -> str:
+        status, body = await self._get(f"/containers/{ref}/json")
+        if status == 404:
+            raise HttpError(404, f"No such container: {ref}")
+        if status != 200:
+            raise HttpError(502, f"inspecting container {ref} failed with status {status}")
+        info = json.loads(body)
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        missing = {k: v for k, v in self.container_labels.items() if labels.get(k) != v}
+        if missing:
+            raise HttpError(403, f"container {ref} does not carry the labels {missing}")
+        return str(info["Id"])
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(self.upstream, limit=MAX_HEAD)
+        except OSError as exc:
+            raise HttpError(502, f"cannot reach the Docker socket: {exc.strerror or exc}") from None
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        """A GET of our own to the Docker API: its status and whole body."""
+        up_reader, up_writer = await self._open_upstream()
+        try:
+            up_writer.write(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+            await up_writer.drain()
+            head = parse_head(await up_reader.readuntil(b"\r\n\r\n"))
+            status = int(head.start.split(" ")[1])
+            body = bytearray()
+
+            async def collect(data: bytes) -> None:
+                body.extend(data)
+                if len(body) > MAX_INSPECT:
+                    raise HttpError(502, "the Docker API answer is too large")
+
+            await copy_response_body(up_reader, "GET", status, head, collect)
+            if head.get_all("transfer-encoding"):
+                body = bytearray(_dechunk(bytes(body)))
+            return status, bytes(body)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError) as exc:
+            raise HttpError(502, f"bad answer from the Docker API: {exc}") from None
+        finally:
+            up_writer.close()
+
+    async def _forward(self, rule: Rule, request: Request, target: str, body: bytes,
+                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Send the request on; relay the answer. HttpError only before the client got a byte."""
+        upgrade = request.head.get("upgrade") if rule.name == "start-exec" else None
+        headers = request.head.end_to_end()
+        if upgrade:
+            headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+        else:
+            headers.append(("Connection", "close"))
+        up_reader, up_writer = await self._open_upstream()
+        try:
+            try:
+                up_writer.write(_render(f"{request.method} {target} HTTP/1.1", headers) + body)
+                await up_writer.drain()
+                raw = await up_reader.readuntil(b"\r\n\r\n")
+                head = parse_head(raw)
+                status = int(head.start.split(" ")[1])
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError,
+                    IndexError, HttpError) as exc:
+                raise HttpError(502, f"bad answer from the Docker API: {exc or type(exc).__name__}") from None
+            log.info("allow %s %s -> %d", request.method, request.path, status)
+
+            async def to_client(data: bytes) -> None:
+                writer.write(data)
+                await writer.drain()
+
+            if status == 101 and upgrade:
+                await to_client(raw)
+                await asyncio.sleep(UPGRADE_SETTLE)
+                await _tunnel(reader, writer, up_reader, up_writer)
+                return
+            codings = head.get_all("transfer-encoding")
+            await to_client(_render(head.start, [
+                *head.end_to_end(), *(("Transfer-Encoding", v) for v in codings), ("Connection", "close")]))
+            await copy_response_body(up_reader, request.method, status, head, to_client)
+        finally:
+            up_writer.close()
+
+
+async def _tunnel(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                  up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+    """Bytes both ways until Docker closes the stream (the exec ended)."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while data := await src.read(CHUNK):
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
+
+    to_docker = asyncio.create_task(pump(client_reader, up_writer))
+    try:
+        await pump(up_reader, client_writer)
+    finally:
+        to_docker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+            await to_docker
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";", 1)[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += data[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(listen: str, upstream: str, container_labels: Mapping[str, str]) -> None:
+    host, port = _split_listen(listen)
+    server = await SocketProxy(upstream, container_labels=container_labels).start(host, port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.close)
+    log.info("listening on %s:%d for the Docker socket %s; container labels %s", host, port, upstream,
+             container_labels or "(any container)")
+    async with server:
+        with contextlib.suppress(asyncio.CancelledError):
+            await server.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="python -m jerp_jobs.socket_proxy", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", default=env.get("JERP_PROXY_LISTEN", "0.0.0.0:2375"), help="HOST:PORT")
+    parser.add_argument("--upstream", default=env.get("JERP_PROXY_UPSTREAM", "/var/run/docker.sock"),
+                        help="the Docker socket")
+    parser.add_argument("--container-labels", default=env.get("JERP_PROXY_CONTAINER_LABELS", ""),
+                        help="KEY=VALUE,... a container needs for inspect and exec (default: any)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s socket-proxy: %(message)s")
+    try:
+        labels = parse_labels(args.container_labels)
+        _split_listen(args.listen)
+    except ValueError as exc:
+        parser.error(str(exc))
+    asyncio.run(serve(args.listen, args.upstream, labels))
+
+
+if __name__ == "__main__":
+    main()
