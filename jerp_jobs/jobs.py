@@ -258,8 +258,9 @@ class JobStore:
         if written == -1:
             raise StoreError(f"job {job_id} has no planned step {step.name!r}")
 
-    def start_step(self, job_id: str, name: str, *, worker: str) -> Step:
-        step = self.get(job_id).step(name)
+    def start_step(self, job_id: str, name: str, *, worker: str, current: Step | None = None) -> Step:
+        """Mark a step running (``current``: its record, when the caller has just read it)."""
+        step = current if current is not None else self.get(job_id).step(name)
         step.state = "running"
         step.started_at = time.time()
         step.ended_at = step.duration_s = step.exit_code = step.error = None

@@ -139,8 +139,8 @@ class LockManager:
             time.sleep(poll)
 
     @contextmanager
-    def hold(self, name: str, *, wait: float = 0.0, **holder: str) -> Iterator[HeldLock]:
-        held = self.acquire(name, wait=wait, **holder)
+    def hold(self, name: str, *, wait: float = 0.0, poll: float = 0.2, **holder: str) -> Iterator[HeldLock]:
+        held = self.acquire(name, wait=wait, poll=poll, **holder)
         try:
             yield held
         finally:

@@ -112,7 +112,7 @@ def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: i
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),  # one write per event: no glued lines
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -130,11 +130,10 @@ def _execute(
     step was published again meanwhile: that delivery records, not this one)."""
     if job.state == "queued":
         rt.store.set_state(job.id, "running")
-    record = rt.store.start_step(job.id, step, worker=worker)
-    scope = workflow.resolve(step).scope
-    ctx = StepContext(runtime=rt, job=rt.store.get(job.id), step=step, fence=job.site if scope == "site" else "bench")
-    log.info("step.start", job_id=job.id, step=step, site=job.site, attempt=record.attempts)
+    record = rt.store.start_step(job.id, step, worker=worker, current=job.step(step))
     spec = workflow.resolve(step)
+    ctx = StepContext(runtime=rt, job=job, step=step, fence=job.site if spec.scope == "site" else "bench")
+    log.info("step.start", job_id=job.id, step=step, site=job.site, attempt=record.attempts)
     try:
         state = spec.fn(ctx) or "success"
         held.ensure_held()

@@ -61,7 +61,8 @@ _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 )
 _REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
-            431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway"}
+            417: "Expectation Failed", 431: "Request Header Fields Too Large", 501: "Not Implemented",
+            502: "Bad Gateway"}
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ def match_rule(method: str, path: str, rules: Sequence[Rule] = RULES) -> tuple[R
 
 
 def body_length(head: Head) -> int:
+    if head.get_all("expect"):
+        raise HttpError(417, "Expect is not supported; send the body with the request")
     if head.get_all("transfer-encoding"):
         raise HttpError(501, "request bodies must have a Content-Length (no Transfer-Encoding)")
     values = {v.strip() for v in head.get_all("content-length")}
@@ -297,12 +300,14 @@ class SocketProxy:
             await self._forward(rule, request, target, body, reader, writer)
         except HttpError as exc:
             what = f"{request.method} {request.path}" if request else "request"
-            log.warning("deny %s -> %d (%s)", what, exc.status, exc.message)
+            log.warning("refuse %s -> %d (%s)", what, exc.status, exc.message)
             with contextlib.suppress(ConnectionError):
                 writer.write(error_response(exc.status, exc.message))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             log.info("connection ended early: %s", exc or type(exc).__name__)
+        except Exception:
+            log.exception("unexpected error; connection closed")
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -317,7 +322,8 @@ class SocketProxy:
                 raise HttpError(400, "the exec configuration is not JSON") from None
             if not isinstance(config, dict):
                 raise HttpError(400, "the exec configuration is not a JSON object")
-            if config.get("Privileged"):
+            # Docker decodes JSON keys case-insensitively: "privileged" counts too.
+            if any(key.lower() == "privileged" and value for key, value in config.items()):
                 raise HttpError(403, "privileged execs are not allowed")
         if rule.name in ("create-exec", "inspect-container") and self.container_labels:
             assert ref is not None
@@ -335,12 +341,16 @@ class SocketProxy:
             raise HttpError(404, f"No such container: {ref}")
         if status != 200:
             raise HttpError(502, f"inspecting container {ref} failed with status {status}")
-        info = json.loads(body)
-        labels = (info.get("Config") or {}).get("Labels") or {}
+        try:
+            info = json.loads(body)
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            full_id = str(info["Id"])
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise HttpError(502, f"unreadable inspection of container {ref}") from None
         missing = {k: v for k, v in self.container_labels.items() if labels.get(k) != v}
         if missing:
             raise HttpError(403, f"container {ref} does not carry the labels {missing}")
-        return str(info["Id"])
+        return full_id
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -376,7 +386,11 @@ class SocketProxy:
                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Send the request on; relay the answer. HttpError only before the client got a byte."""
         upgrade = request.head.get("upgrade") if rule.name == "start-exec" else None
-        headers = request.head.end_to_end()
+        # The body's length is always ours: a client's Connection header must not be able to
+        # strip it and leave Docker reading the body as a request of its own.
+        headers = [(k, v) for k, v in request.head.end_to_end() if k.lower() != "content-length"]
+        if body or request.method == "POST":
+            headers.append(("Content-Length", str(len(body))))
         if upgrade:
             headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
         else:

@@ -22,7 +22,8 @@ log = get_logger(__name__)
 WAIT_LIMIT_S = 6 * 3600
 
 
-@app.task(bind=True, name="jerp.step", queue=SITE_QUEUE, acks_late=True, max_retries=None)
+# The job record is the source of truth: no result is stored for these tasks.
+@app.task(bind=True, name="jerp.step", queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
 def step(self: Any, *, job_id: str, step: str) -> str:
     from jerp_jobs import runner
     from jerp_jobs.runtime import get_runtime
@@ -48,7 +49,7 @@ def step(self: Any, *, job_id: str, step: str) -> str:
     return result.outcome
 
 
-@app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True)
+@app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
 def child_done(*, parent_id: str, child_id: str) -> str:
     from jerp_jobs.operations.fanout import on_child_done
     from jerp_jobs.runtime import get_runtime

@@ -63,7 +63,7 @@ def _publish_summary(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
 
 
 def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
-    return rt.locks.hold(f"fanout:{parent_id}", wait=60, job_id=parent_id, step="fan-out")
+    return rt.locks.hold(f"fanout:{parent_id}", wait=60, poll=0.01, job_id=parent_id, step="fan-out")
 
 
 # -- steps of the parent ------------------------------------------------------------------------
@@ -125,19 +125,29 @@ def sites(ctx: StepContext) -> str | None:
 
 
 def clear_caches(ctx: StepContext) -> None:
-    """After the one build: clear the caches of the migrated sites (assets manifest)."""
+    """After the one build: clear the caches of the migrated sites (assets manifest), as many
+    at once as the fan-out's concurrency, each under its own site lock and fence."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from jerp_jobs import bench
 
-    skipped = []
-    for site, entry in _entries(ctx.runtime, ctx.job.id).items():
-        if entry["state"] != "succeeded":
-            continue
-        owner = ctx.runtime.sites.owner(site)
+    rt, skipped = ctx.runtime, []
+    sites = []
+    for site, entry in _entries(rt, ctx.job.id).items():
+        owner = rt.sites.owner(site) if entry["state"] == "succeeded" else None
         if owner is not None:  # another job works on it now; it clears its own caches
             skipped.append(f"{site} (job {owner})")
-            continue
-        with ctx.runtime.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-caches"):
+        elif entry["state"] == "succeeded":
+            sites.append(site)
+
+    def clear(site: str) -> None:
+        with rt.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-caches"):
             ctx.run(bench.clear_cache(site, bench=ctx.bench), fence=site)
+
+    concurrency = int(ctx.params.get("concurrency") or rt.settings.fanout_concurrency)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(clear, sites))
+    ctx.output.append(f"cleared the caches of {len(sites)} sites")
     if skipped:
         ctx.output.append("caches not cleared (busy): " + ", ".join(skipped))
 

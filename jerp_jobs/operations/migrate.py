@@ -140,7 +140,7 @@ register(
     Workflow(
         kind="migrate",
         needs_site=True,
-        plan=lambda params: list(STEPS),
+        plan=lambda params: [name for name in STEPS if name != "build-assets" or params.get("build_assets", True)],
         resolve=table_resolver("migrate", STEPS),
         on_failure=_on_failure,
         on_cancel=_on_cancel,
