@@ -192,10 +192,14 @@ def test_migrate_all_with_one_failing_site_restores_it_and_names_it(
     assert job["result"]["canary"] == sites[0] and states[sites[0]] == "succeeded"
     assert states[bad] == "recovered" and bad in job["error"]
     assert [states[s] for s in sites if s != bad] == ["succeeded"] * 3  # one failure is within the budget
-    assert _steps(job)["build-assets"] == "success"
+    assert _steps(job)["clear-canary-cache"] == "success"
     assert fingerprint(mariadb_root_password, db) == before and not site_config(bench_dir, bad).get("maintenance_mode")
-    builds = [c for c in read_calls(bench_dir) if c["command"] == "build"]
+    calls = read_calls(bench_dir)
+    builds = [c for c in calls if c["command"] == "build"]
     assert len(builds) == 1  # once for the bench, not once per site
+    for site in sites:  # every migrated site's caches were cleared after the build
+        if site != bad:
+            assert max(c["start"] for c in calls if c["command"] == "clear-cache" and c["site"] == site) > builds[0]["end"]
     assert read_violations(bench_dir) == []
 
 

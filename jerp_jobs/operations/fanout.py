@@ -6,11 +6,13 @@ A parent job discovers the sites (the bench's sites folder) and starts one child
 ``WAITING``, and each child, when it ends, tells the parent (``on_child_done``), which starts
 the next site or ends its step.
 
-``migrate-all`` first migrates a canary site alone (``canary``, default the first site); if the
-canary does not succeed, no other site is started. Then the rest run, and new sites stop
-being started once more than ``budget`` of them failed (a migrate that was rolled back by
-its automatic recovery counts as failed). ``bench build`` runs once for the bench after the
-sites, not once per site, and the caches of the migrated sites are cleared after it. Sites
+``migrate-all`` first migrates a canary site alone (``canary``, default the first site); its
+chain is the only one that runs ``bench build``: once for the bench, never once per site. If
+the canary does not succeed, no other site is started. Then the rest run — each clearing its
+caches after the build, as Frappe needs — and new sites stop being started once more than
+``budget`` of them failed (a migrate that was rolled back by its automatic recovery counts
+as failed). Last, the canary's caches are cleared again (its own clear-cache ran before the
+build). Sites
 marked as needing attention are left out. The parent's result lists every site with its job
 and outcome; its error names the sites that failed or were not started.
 """
@@ -24,7 +26,7 @@ from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import Job
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
-from jerp_jobs.operations.common import build_assets, discover_sites
+from jerp_jobs.operations.common import discover_sites
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
 from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, register, table_resolver
@@ -124,32 +126,23 @@ def sites(ctx: StepContext) -> str | None:
     return None
 
 
-def clear_caches(ctx: StepContext) -> None:
-    """After the one build: clear the caches of the migrated sites (assets manifest), as many
-    at once as the fan-out's concurrency, each under its own site lock and fence."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def clear_canary_cache(ctx: StepContext) -> str | None:
+    """The canary cleared its caches before its chain built the assets (clear-cache comes
+    before build-assets in a migrate): clear them again now that the new assets exist. Every
+    other site migrated after the build and cleared its own caches then."""
     from jerp_jobs import bench
 
-    rt, skipped = ctx.runtime, []
-    sites = []
-    for site, entry in _entries(rt, ctx.job.id).items():
-        owner = rt.sites.owner(site) if entry["state"] == "succeeded" else None
-        if owner is not None:  # another job works on it now; it clears its own caches
-            skipped.append(f"{site} (job {owner})")
-        elif entry["state"] == "succeeded":
-            sites.append(site)
-
-    def clear(site: str) -> None:
-        with rt.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-caches"):
-            ctx.run(bench.clear_cache(site, bench=ctx.bench), fence=site)
-
-    concurrency = int(ctx.params.get("concurrency") or rt.settings.fanout_concurrency)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(clear, sites))
-    ctx.output.append(f"cleared the caches of {len(sites)} sites")
-    if skipped:
-        ctx.output.append("caches not cleared (busy): " + ", ".join(skipped))
+    rt, site = ctx.runtime, ctx.job.result.get("canary")
+    entry = _entries(rt, ctx.job.id).get(site or "", {})
+    if entry.get("state") != "succeeded":
+        return "skipped"
+    owner = rt.sites.owner(site)
+    if owner is not None:
+        ctx.output.append(f"{site} is busy with job {owner}; it clears its own caches")
+        return "skipped"
+    with rt.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-canary-cache"):
+        ctx.run(bench.clear_cache(site, bench=ctx.bench), fence=site)
+    return None
 
 
 # -- children -----------------------------------------------------------------------------------
@@ -160,7 +153,8 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> None:
     from jerp_jobs.runner import first_step
 
     kind = CHILD_KIND[parent.kind]
-    params: dict[str, Any] = {"build_assets": False} if kind == "migrate" else {
+    canary = parent.result.get("canary")
+    params: dict[str, Any] = {"build_assets": site == canary} if kind == "migrate" else {
         "with_files": parent.params.get("with_files", True),
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
@@ -302,15 +296,14 @@ MIGRATE_ALL: dict[str, StepSpec] = {
     "discover": StepSpec(discover),
     "canary": StepSpec(canary),
     "sites": StepSpec(sites),
-    "build-assets": StepSpec(build_assets, scope="bench"),
-    "clear-caches": StepSpec(clear_caches, scope="bench"),
+    "clear-canary-cache": StepSpec(clear_canary_cache, scope="bench"),
 }
 BACKUP_ALL: dict[str, StepSpec] = {"discover": StepSpec(discover), "sites": StepSpec(sites)}
 
 
 def _migrate_all_on_failure(job: Job, step: str) -> str | None:
-    if step == "sites" and any(e["state"] == "succeeded" for e in job.result.get("sites", {}).values()):
-        return "build-assets"  # some sites did migrate: their assets still need the build
+    if step == "sites":
+        return "clear-canary-cache"  # the canary succeeded: its caches still need clearing
     return None
 
 
