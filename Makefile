@@ -9,7 +9,8 @@ PYTEST ?= $(VENV)/bin/pytest
 PYTEST_ARGS ?=
 JERPCTL ?= $(if $(wildcard $(VENV)/bin/jerpctl),$(VENV)/bin/jerpctl,jerpctl)
 COMPOSE ?= $(if $(shell docker compose version 2>/dev/null),docker compose,docker-compose)
-STACK ?= -f compose.yml -f compose.jobs.yml
+PLATFORM ?= -p jerp -f compose.yml
+JOBS ?= -p jerp-jobs -f compose.jobs.yml
 
 .PHONY: help test services images migrate logs up down
 
@@ -44,11 +45,13 @@ restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FI
 migrate: ## Migrate every site after a release (canary first, automatic restore on failure)
 	$(JERPCTL) enqueue migrate-all --wait
 
-logs: ## Follow the logs of the stacks
-	$(COMPOSE) $(STACK) logs -f --tail=200
+logs: ## Follow the logs of the jobs stack (PLATFORM logs: make logs JOBS="$(PLATFORM)")
+	$(COMPOSE) $(JOBS) logs -f --tail=200
 
-up: ## Start the platform and jobs stacks
-	$(COMPOSE) $(STACK) up -d
+up: ## Start the platform stack, then the jobs stack beside it
+	$(COMPOSE) $(PLATFORM) up -d
+	$(COMPOSE) $(JOBS) up -d
 
-down: ## Stop the platform and jobs stacks (volumes are kept)
-	$(COMPOSE) $(STACK) down
+down: ## Stop the jobs stack, then the platform stack (volumes are kept)
+	$(COMPOSE) $(JOBS) down
+	$(COMPOSE) $(PLATFORM) down

@@ -209,6 +209,17 @@ def test_a_second_request_on_the_connection_is_never_forwarded(proxy, fake_docke
     assert len(fake.requests) == 1 and b"/containers/create" not in fake.requests[0]
 
 
+def test_a_request_hidden_in_a_body_stays_in_the_body(proxy, fake_docker):
+    fake, _ = fake_docker
+    hidden = b"POST /containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+
+    exchange(proxy, raw_request("POST", f"/exec/{'e' * 64}/start", hidden,
+                                headers="Connection: Upgrade, Content-Length\r\nUpgrade: tcp\r\n"), then=b"x")
+
+    [sent] = fake.requests
+    assert f"Content-Length: {len(hidden)}\r\n".encode() in sent and sent.endswith(hidden)
+
+
 @pytest.mark.parametrize("raw, status", [
     (b"GET http://docker/containers/json HTTP/1.1\r\n\r\n", 400),
     (b"GET /_ping HTTP/2.0\r\n\r\n", 400),
@@ -219,6 +230,7 @@ def test_a_second_request_on_the_connection_is_never_forwarded(proxy, fake_docke
     (b"POST /containers/backend/exec HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 501),
     (b"POST /containers/backend/exec HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
     (b"GET /_ping HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    (b"POST /containers/backend/exec HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 417),
 ])
 def test_malformed_or_ambiguous_requests_are_refused(proxy, fake_docker, raw, status):
     fake, _ = fake_docker
@@ -261,7 +273,8 @@ def test_inspect_is_limited_to_the_labelled_containers(proxy, fake_docker):
 
 
 @pytest.mark.parametrize("body, status", [
-    (b'{"Cmd": ["sh"], "Privileged": true}', 403), (b"not json", 400), (b"[1]", 400),
+    (b'{"Cmd": ["sh"], "Privileged": true}', 403), (b'{"privileged": true}', 403),
+    (b'{"PRIVILEGED": 1}', 403), (b"not json", 400), (b"[1]", 400),
 ])
 def test_privileged_or_malformed_exec_configurations_are_refused(loop_thread, fake_docker, body, status):
     fake, upstream = fake_docker

@@ -10,6 +10,9 @@
 #   jerp-test/mariadb:bookworm
 #   jerp-test/jobs:latest              workers/Containerfile FROM python-base (workers/build.sh)
 #
+# The jobs image's wheels are resolved with the host's Debian python3 (the python of
+# python-base; it needs python3-venv) from the package index, and kept under /var/tmp/jerp-wheels.
+#
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), JERP_IMAGES_WORKDIR (scratch
 # folder for the root file system, default /var/tmp), JERP_STANDIN_BENCH (the stand-in bench
 # script to put in the image, default tests/standin/bench).
@@ -98,18 +101,18 @@ build_base() {
     scratch=""
 }
 
-# build_image TAG CONTAINERFILE [REPO_FILE...]: docker build with a context of only the listed
-# files of the repository (it holds a venv and the test services' data, which the daemon must
-# not be sent).
+# build_image TAG CONTAINERFILE [FILE...]: docker build with a context of only the listed files
+# of the repository, or of $source_root (the repository holds a venv and the test services'
+# data, which the daemon must not be sent).
 build_image() {
     local tag=$1 containerfile=$2
     shift 2
-    local t0=$SECONDS ctx file
+    local t0=$SECONDS ctx file root=${source_root:-$repo}
     ctx=$(mktemp -d "${TMPDIR:-/tmp}/jerp-ctx.XXXXXX")
     for file in "$@"; do
-        [ -f "$repo/$file" ] || { echo "error: $repo/$file is missing" >&2; exit 1; }
+        [ -f "$root/$file" ] || { echo "error: $root/$file is missing" >&2; exit 1; }
         mkdir -p "$ctx/$(dirname "$file")"
-        cp -p "$repo/$file" "$ctx/$file"
+        cp -p "$root/$file" "$ctx/$file"
     done
     log "building $tag"
     if ! DOCKER_BUILDKIT=0 docker build -q --force-rm --label jerp-test=1 \
@@ -127,16 +130,14 @@ build_image() {
 build_backend() {
     local bench_script=${JERP_STANDIN_BENCH:-$repo/tests/standin/bench}
     [ -f "$bench_script" ] || { echo "error: $bench_script is missing" >&2; exit 1; }
-    if [ "$bench_script" != "$repo/tests/standin/bench" ]; then
-        local ctx_repo
-        ctx_repo=$(mktemp -d "${TMPDIR:-/tmp}/jerp-bench.XXXXXX")
-        mkdir -p "$ctx_repo/tests/standin"
-        cp -p "$bench_script" "$ctx_repo/tests/standin/bench"
-        repo=$ctx_repo build_image "$backend_image" standin-backend.Containerfile tests/standin/bench
-        rm -rf "$ctx_repo"
-        return
-    fi
-    build_image "$backend_image" standin-backend.Containerfile tests/standin/bench
+    # The context takes files from a copy of the repository's layout holding that script.
+    local staged
+    staged=$(mktemp -d "${TMPDIR:-/tmp}/jerp-bench.XXXXXX")
+    mkdir -p "$staged/tests/standin"
+    cp -p "$bench_script" "$staged/tests/standin/bench"
+    chmod 0755 "$staged/tests/standin/bench"
+    source_root=$staged build_image "$backend_image" standin-backend.Containerfile tests/standin/bench
+    rm -rf "$staged"
 }
 
 build_jobs() {
