@@ -586,6 +586,12 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
         log(f"warm-up: {n} clear-cache jobs done")
 
     idle_pct = background_busy_pct(2.0)
+    waited = 0.0
+    while args.wait_quiet and idle_pct > args.quiet_pct and waited < args.wait_quiet:
+        log(f"machine CPU {idle_pct}% busy with the workers idle; waiting for it to fall below {args.quiet_pct}%")
+        time.sleep(8)
+        waited += 10
+        idle_pct = background_busy_pct(2.0)
     log(f"machine CPU busy before the run (workers idle): {idle_pct}%")
     worker_pids = [w.proc.pid for w in workers]
     redis_pid = _read_pid(RUN_DIR / "redis.pid")
@@ -829,7 +835,11 @@ def analyse_jerp(args: argparse.Namespace, parent: Any, children: dict[str, Any]
     sites_phase_ideal = rest_cmd / C
     calls_internal = sum(c["end"] - c["start"] for c in calls)
     bench_calls = len(calls)
-    all_cmds = sum(len(v) for v in facts.commands.values())
+    measured_ids = set(children) | {parent.id}
+    measured_cmds = [e - s for (job_id, _step), v in facts.commands.items() if job_id in measured_ids for s, e, _ in v]
+    all_cmds = len(measured_cmds)
+    chain_walls = [c.ended_at - c.created_at for c in children.values() if c.ended_at]
+    chain_cmds = [site_cmd[c.site] for c in children.values() if c.ended_at]
 
     out.update({
         "wall_s": round(wall, 3),
@@ -879,8 +889,13 @@ def analyse_jerp(args: argparse.Namespace, parent: Any, children: dict[str, Any]
             "bench_calls_by_command": dict(Counter(c.get("command") for c in calls)),
             "bench_internal_s_total": round(calls_internal, 3),
             "bench_internal_s_median": round(statistics.median([c["end"] - c["start"] for c in calls]), 4) if calls else None,
-            "executor_command_s_median": round(statistics.median(
-                [e - s for v in facts.commands.values() for s, e, _ in v]), 4) if all_cmds else None,
+            "executor_command_s_median": round(statistics.median(measured_cmds), 4) if all_cmds else None,
+        },
+        "site_chain": {
+            "wall_s_median": round(statistics.median(chain_walls), 3) if chain_walls else None,
+            "command_s_median": round(statistics.median(chain_cmds), 3) if chain_cmds else None,
+            "overhead_s_median": round(statistics.median([w - c for w, c in zip(chain_walls, chain_cmds)]), 4)
+            if chain_walls else None,
         },
         "cpu": cpu,
         "log_lines": facts.lines,
@@ -1043,6 +1058,9 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         if e["sites_phase_actual_s"]:
             p(f"  {'sites phase: actual / ideal / efficiency':<44}{e['sites_phase_actual_s']:>10.1f} s / "
               f"{e['sites_phase_ideal_s']:.1f} s / {e['sites_phase_efficiency_pct']:.1f} %")
+        sc = j["site_chain"]
+        p(f"  {'one site (child job), median':<44}{_fmt(sc['wall_s_median']):>10} s wall, {_fmt(sc['command_s_median'])} s "
+          f"in commands, {_fmt(sc['overhead_s_median'])} s overhead")
         c = j["commands"]
         p(f"  commands: {c['executor_commands']} run by the executor (median {_fmt(c['executor_command_s_median'])} s), "
           f"{c['bench_calls']} bench runs (median {_fmt(c['bench_internal_s_median'])} s inside the stand-in)")
@@ -1094,31 +1112,34 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--sites", type=int, default=200, help="sites migrated by migrate-all")
-    ap.add_argument("--concurrency", type=int, default=8, help="migrate-all --concurrency (and JERP_FANOUT_CONCURRENCY)")
-    ap.add_argument("--step-seconds", type=float, default=0.5, help="fixed delay added to every bench command")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sites", type=int, default=200, help="sites migrated by migrate-all (default 200)")
+    ap.add_argument("--concurrency", type=int, default=8, help="migrate-all --concurrency and JERP_FANOUT_CONCURRENCY (default 8)")
+    ap.add_argument("--step-seconds", type=float, default=0.5, help="fixed delay added to every bench command (default 0.5)")
     ap.add_argument("--serial-sites", type=int, default=None,
                     help="sites run by the serial reference loop (default: --sites; 0 skips it)")
-    ap.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    ap.add_argument("--workers", type=int, default=1, help="Celery worker processes (default 1)")
     ap.add_argument("--worker-concurrency", type=int, default=None, help="-c of each worker (default: --concurrency)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
                     help="skip the one short job per pool process before the measured run")
     ap.add_argument("--redis-url", default=f"redis://127.0.0.1:{os.environ.get('JERP_TEST_REDIS_PORT', '16379')}/9",
-                    help="Redis for broker, records and locks (its database is flushed)")
+                    help="Redis for broker, records and locks; its database is flushed (default %(default)s)")
     ap.add_argument("--mariadb-host", default="127.0.0.1")
     ap.add_argument("--mariadb-port", type=int, default=int(os.environ.get("JERP_TEST_MARIADB_PORT", "13306")))
     ap.add_argument("--mariadb-password-file", type=Path, default=RUN_DIR / "mariadb-root-password")
-    ap.add_argument("--setup-threads", type=int, default=4, help="parallel new-site runs during setup")
+    ap.add_argument("--setup-threads", type=int, default=4, help="parallel new-site runs during setup (default 4)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds the migrate-all may take (default: generous)")
     ap.add_argument("--keep-logs", default=None, metavar="DIR",
                     help="copy worker logs, the stand-in calls log and the job records to DIR")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="before the measured run, wait up to this long for other processes to leave the CPU idle")
+    ap.add_argument("--quiet-pct", type=float, default=15, help="machine CPU use counted as quiet, in %% (default 15)")
     ap.add_argument("--celery-app", default="jerp_jobs",
                     help="-A of the workers (a module wrapping jerp_jobs' app, e.g. to profile the pool processes)")
     ap.add_argument("--redis-monitor", action="store_true",
                     help="count the Redis commands of the run with MONITOR (slows Redis a little; for profiling)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
+    ap.add_argument("--json-out", default=None, metavar="FILE", help="also write the figures as JSON to FILE")
     args = ap.parse_args(argv)
     if args.serial_sites is None:
         args.serial_sites = args.sites
@@ -1133,6 +1154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:
         password = args.mariadb_password_file.read_text().strip()
     except OSError:
@@ -1207,6 +1229,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         cleanup.run()
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
