@@ -14,7 +14,6 @@ import secrets
 import shutil
 import subprocess
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tests.deploy_support import (
     write_env_file,
 )
 from tests.standin.layout import create_bench, read_calls, read_violations, site_config, write_faults
+from tests.workers import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -279,14 +279,14 @@ def test_provision_backup_migrate_restore_and_a_worker_stopped_mid_step(deployed
     assert rc == 0, queued
     job_id = queued["job_id"]
     marker = d.bench / "sites" / site / ".standin-active"
-    _wait(lambda: _steps(d.jerpctl("status", job_id, service="jobs-control")[1])["migrate"]["state"] == "running"
+    wait_for(lambda: _steps(d.jerpctl("status", job_id, service="jobs-control")[1])["migrate"]["state"] == "running"
           and marker.exists() and "migrate" in marker.read_text(), timeout=90, what="migrate to run")
     d.jobs.run("stop", "-t", "1", "jobs-worker")
     write_faults(d.bench, {})  # the orphaned run keeps its delay; the next attempt has none
     assert _steps(d.jerpctl("status", job_id, service="jobs-control")[1])["migrate"]["state"] == "running"
     d.jobs.run("start", "jobs-worker")
 
-    job = _wait(lambda: (j := d.jerpctl("status", job_id, service="jobs-control")[1])["state"] not in
+    job = wait_for(lambda: (j := d.jerpctl("status", job_id, service="jobs-control")[1])["state"] not in
                 ("queued", "running") and j, timeout=180, what="the migrate job to end")
     assert job["state"] == "succeeded", (job.get("error"), d.jobs.logs())
     assert [s["name"] for s in job["steps"] if s["state"] == "success"] == NORMAL_MIGRATE
@@ -297,13 +297,3 @@ def test_provision_backup_migrate_restore_and_a_worker_stopped_mid_step(deployed
     assert runs[-2][1] <= runs[-1][0]  # the retry started after the orphan ended
     assert d.notes(database) == before
     d.jobs.wait_healthy(["jobs-worker"])
-
-
-def _wait(predicate, *, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
