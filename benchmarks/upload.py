@@ -14,8 +14,15 @@ same incompressible file from every client in the same run:
   its MD5, stored as metadata) and with ``--s3-disable-checksum``.
 
 Every run is a fresh child process: wall time is the child's whole life (start, imports, upload,
-exit), peak RSS is the child's own high-water mark (``ru_maxrss`` of ``os.wait4`` on it). See
-benchmarks/README.md for the definitions and the targets.
+exit), peak RSS is the child's own high-water mark (``ru_maxrss`` of ``os.wait4`` on it). A run
+during which other processes took a share of the machine's CPU is run again. After each run the
+stored object's SHA-256 is checked (not timed).
+
+The server runs with ``--etag-hash=`` (with MD5 ETags its first HEAD of a multipart object reads
+the whole object). It reports no SHA-256 checksum for a multipart object, which the store
+refuses as unverifiable: the jerp cases run the store as a subclass that accepts only that
+missing checksum. ``--what-if`` switches (profiling only) change how the store hashes. See
+benchmarks/README.md for the definitions, the targets and the figures.
 
     .venv/bin/python benchmarks/upload.py [--size-gib 2 --repeat 2] [--json]
 
