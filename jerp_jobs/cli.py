@@ -255,10 +255,78 @@ def enqueue_build_assets(obj: Ctx, wait: bool) -> None:
     _submit(obj, "build-assets", wait=wait)
 
 
+@enqueue.command("release")
+@click.argument("tag")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_release(obj: Ctx, tag: str, wait: bool) -> None:
+    """Release image TAG: deploy, confirm, migrate every site, smoke-test; roll back on failure."""
+    from jerp_jobs.operations.release import request_release
+
+    _report(obj, request_release(obj.rt, tag, source="operator", dedupe=False).job, wait=wait)
+
+
+@enqueue.command("rollback")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_rollback(obj: Ctx, wait: bool) -> None:
+    """Deploy the previous immutable tag that passed a release, migrate and smoke-test."""
+    from jerp_jobs.operations.release import request_release
+
+    _report(obj, request_release(obj.rt, None, source="operator", dedupe=False, rollback=True).job, wait=wait)
+
+
+@cli.command("releases")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.pass_obj
+@_guard
+def releases(obj: Ctx, limit: int) -> None:
+    """Releases, newest first: tags, outcome and timings."""
+    from jerp_jobs.operations.release import list_releases
+
+    rows = [_release_row(job) for job in list_releases(obj.rt, limit=limit)]
+    if obj.as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no release yet")
+        return
+    click.echo(f"{'JOB':<13} {'TAG':<16} {'FROM':<16} {'STATE':<12} {'REQUESTED':<20} {'TOOK':>8}  DETAIL")
+    for row in rows:
+        took = f"{row['duration_s']:.0f}s" if row["duration_s"] is not None else "-"
+        requested = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created_at"]))
+        click.echo(f"{row['job_id']:<13} {row['tag'] or '?':<16} {row['previous_tag'] or '?':<16} "
+                   f"{_state(row['state']):<12} {requested:<20} {took:>8}  {row['detail'] or ''}")
+
+
+def _release_row(job: Any) -> dict[str, Any]:
+    ended = job.finished
+    return {
+        "job_id": job.id,
+        "tag": job.result.get("tag") or job.params.get("tag"),
+        "previous_tag": job.result.get("previous_tag"),
+        "rollback_to": job.result.get("rollback_to"),
+        "state": job.state,
+        "source": job.params.get("source"),
+        "rollback": bool(job.params.get("rollback")),
+        "created_at": job.created_at,
+        "ended_at": job.updated_at if ended else None,
+        "duration_s": round(job.updated_at - job.created_at, 1) if ended else None,
+        "steps": {step.name: step.state for step in job.steps},
+        "detail": job.error or job.result.get("rollback_reason"),
+    }
+
+
 def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None, wait: bool) -> None:
     from jerp_jobs.enqueue import submit
 
-    job = submit(obj.rt, kind, site=site, params=params)
+    _report(obj, submit(obj.rt, kind, site=site, params=params), wait=wait)
+
+
+def _report(obj: Ctx, job: Any, *, wait: bool) -> None:
+    kind, site = job.kind, job.site
     if obj.as_json and not wait:
         click.echo(json.dumps({"job_id": job.id, "kind": kind, "site": site, "state": job.state}))
     elif not obj.as_json:
@@ -292,6 +360,7 @@ _COLOURS = {
     "success": "green", "succeeded": "green", "ok": "green",
     "failed": "red", "needs attention": "red", "stale": "red",
     "running": "cyan", "recovered": "yellow", "cancelled": "yellow", "in maintenance": "yellow",
+    "rolled-back": "yellow", "superseded": "bright_black",
     "skipped": "bright_black", "pending": "bright_black", "queued": "bright_black",
 }
 

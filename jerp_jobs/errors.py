@@ -16,6 +16,10 @@ status or a failed step, never into a traceback for an operator to read.
     │   └── CommandTimeout        the command ran past its timeout and was killed
     ├── CommandFailed          the command ran and exited non-zero
     ├── OutputParseError       bench printed something the parser does not recognise
+    ├── Unauthorized           a hook's signature or token does not match
+    ├── DeployError            the platform could not be moved to an image tag
+    │   └── RolloutTimeout     the backend did not run the new image within the deadline
+    ├── SmokeFailed            a site failed its smoke checks (names the checks)
     ├── StoreError             the job store (Redis) misbehaved
     │   ├── JobNotFound
     │   └── BrokerUnavailable
@@ -89,6 +93,22 @@ class CommandFailed(JerpError):
 
 
 class OutputParseError(JerpError):
+    pass
+
+
+class Unauthorized(JerpError):
+    """A request's signature or token is missing or does not match (the message says which)."""
+
+
+class DeployError(JerpError):
+    pass
+
+
+class RolloutTimeout(DeployError):
+    pass
+
+
+class SmokeFailed(JerpError):
     pass
 
 

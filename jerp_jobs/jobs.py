@@ -3,7 +3,9 @@
 A job is created with its steps planned up front, all ``pending``. Each step then goes
 ``pending -> running -> success | failed | skipped`` and records its start, end, duration,
 exit code and output tail (redacted before it is stored). The job's own state follows:
-``queued -> running -> succeeded | failed | recovered | cancelled``.
+``queued -> running -> succeeded | failed | recovered | cancelled``; a release can also end
+``rolled-back`` (it failed and the previous tag runs again) or ``superseded`` (a newer release
+replaced it before it started).
 
 Storage (Redis, every key under ``jerp:``):
 
@@ -34,8 +36,8 @@ from jerp_jobs.log import redactor
 
 PREFIX = "jerp:"
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "recovered", "cancelled")
-FINAL_JOB_STATES = frozenset({"succeeded", "failed", "recovered", "cancelled"})
+JOB_STATES = ("queued", "running", "succeeded", "failed", "recovered", "cancelled", "rolled-back", "superseded")
+FINAL_JOB_STATES = frozenset({"succeeded", "failed", "recovered", "cancelled", "rolled-back", "superseded"})
 STEP_STATES = ("pending", "running", "success", "failed", "skipped")
 FINAL_STEP_STATES = frozenset({"success", "failed", "skipped"})
 

@@ -20,6 +20,7 @@ from typing import Any
 from jerp_jobs.jobs import Job
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
+from jerp_jobs.notify import site_attention
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.workflow import get_workflow
 
@@ -85,9 +86,9 @@ def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
 
 
 def _reconcile_fanout(rt: Runtime, parent_id: str) -> None:
-    from jerp_jobs.operations.fanout import reconcile
+    from jerp_jobs.operations import children
 
-    reconcile(rt, parent_id)
+    children.reconcile(rt, parent_id)
 
 
 def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
@@ -115,7 +116,8 @@ def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
 
 
 def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: Any) -> bool:
-    hours = rt.settings.fanout_deadline_hours if job.kind.endswith("-all") else rt.settings.job_deadline_hours
+    long_running = job.kind.endswith("-all") or job.kind == "release"  # these wait for a migrate-all
+    hours = rt.settings.fanout_deadline_hours if long_running else rt.settings.job_deadline_hours
     age = now - job.created_at
     if age <= hours * 3600:
         return False
@@ -124,6 +126,7 @@ def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: An
         finish_job(rt, job.id, "failed", error=reason)
         if job.site is not None and job.state == "running":
             rt.sites.mark_attention(job.site, job_id=job.id, reason=reason)
+            rt.notify(*site_attention(job.site, job_id=job.id, reason=reason))
         log.error("job.reaped", job_id=job.id, kind=job.kind, site=job.site)
         return True
     if not job.cancel_requested:

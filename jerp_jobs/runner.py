@@ -81,6 +81,8 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
             owner = rt.sites.claim(job.site, job.id)
         if owner != job.id:
             raise LockBusy(f"site {job.site}", {"job_id": owner})
+    else:
+        workflow.admit(rt, job)
 
     lock_name = site_lock_name(job.site) if spec.scope == "site" and job.site else bench_lock_name(
         rt.settings.compose_project
@@ -298,6 +300,10 @@ def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None
     if job.site is not None:
         rt.sites.release(job.site, job_id)
     log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)
+    try:
+        get_workflow(job.kind).on_end(rt, job)
+    except Exception:  # noqa: BLE001 - the job has ended; what follows must not undo that
+        log.exception("job.on_end_failed", job_id=job_id, kind=job.kind)
     if job.parent:
         rt.notify_parent(job.parent, job_id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -35,11 +36,25 @@ class Runtime:
         default=lambda parent_id, child_id: _celery_notify(parent_id, child_id), repr=False
     )
 
+    #: tells people (Apprise URLs of JERP_NOTIFY_URLS): event, title, body; never raises
+    notify: Callable[[str, str, str], None] = field(default=lambda event, title, body: None, repr=False)
+
+    _platform: Any = field(default=None, repr=False)
+
     @property
     def executor(self) -> Executor:
         if self._executor is None:
             self._executor = make_executor(self.settings)
         return self._executor
+
+    @property
+    def platform(self) -> Any:
+        """The platform stack a release deploys to (jerp_jobs.operations.release.Platform)."""
+        if self._platform is None:
+            from jerp_jobs.operations.release import DockerPlatform
+
+            self._platform = DockerPlatform(self.settings)
+        return self._platform
 
 
 def _celery_dispatch(job_id: str, step: str) -> None:
@@ -66,8 +81,12 @@ def make_executor(settings: Settings) -> Executor:
 
 def build_runtime(settings: Settings, *, client: redis.Redis | None = None, executor: Executor | None = None) -> Runtime:
     client = client or redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
+    from jerp_jobs.notify import Notifier
+
+    notifier = Notifier.from_settings(settings)
     return Runtime(
         settings=settings,
+        notify=notifier.send,
         redis=client,
         store=JobStore(client, ttl_days=settings.job_ttl_days),
         locks=LockManager(client, ttl=settings.lock_ttl),

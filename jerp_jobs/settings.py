@@ -27,6 +27,9 @@ SECRET_VARIABLES: dict[str, str] = {
     "npm_secret": "NPM_SECRET",
     "webhook_secret": "JERP_WEBHOOK_SECRET",
     "smoke_password": "JERP_SMOKE_PASSWORD",
+    "registry_token": "JERP_REGISTRY_TOKEN",
+    "portainer_webhook_url": "PORTAINER_WEBHOOK_URL",
+    "notify_urls": "JERP_NOTIFY_URLS",
 }
 
 
@@ -88,6 +91,22 @@ class Settings(BaseSettings):
     npm_forward_host: str = "frontend"
     npm_forward_port: int = 8080
 
+    # Releases: the platform image, the hooks that announce a new tag, how it is deployed
+    release_image: str | None = Field(None, description="the platform image without its tag: registry/name")
+    mutable_tags: Annotated[list[str], NoDecode] = ["15-prod", "latest"]
+    github_repository: str | None = Field(None, description="owner/name of the repository whose pipeline builds the image")
+    github_branch: str = "main"
+    registry_repository: str | None = Field(None, description="the image's repository as registry hooks name it")
+    webhook_max_body: int = Field(1024 * 1024, ge=1024, description="largest hook body accepted, bytes")
+    portainer_tag_variable: str = "REGISTRY_IMAGE_TAG"
+    deploy_services: Annotated[list[str], NoDecode] = [
+        "backend", "scheduler", "queue-default", "queue-long", "queue-short", "websocket", "frontend",
+    ]
+    rollout_timeout: int = Field(600, ge=5, description="seconds a deploy may take to run the new image")
+    frontend_url: str = "http://frontend:8080"
+    smoke_user: str | None = None
+    smoke_timeout: float = Field(30.0, gt=0)
+
     # Secrets: read from their conventional names, never passed through the broker.
     mariadb_root_password: SecretStr | None = Field(None, validation_alias=_env("MARIADB_ROOT_PASSWORD"))
     frappe_admin_password: SecretStr | None = Field(None, validation_alias=_env("FRAPPE_ADMIN_PASSWORD"))
@@ -95,6 +114,9 @@ class Settings(BaseSettings):
     npm_secret: SecretStr | None = Field(None, validation_alias=_env("NPM_SECRET"))
     webhook_secret: SecretStr | None = None
     smoke_password: SecretStr | None = None
+    registry_token: SecretStr | None = None
+    portainer_webhook_url: SecretStr | None = Field(None, validation_alias=_env("PORTAINER_WEBHOOK_URL"))
+    notify_urls: SecretStr | None = None
 
     @field_validator("backup_age_recipients", mode="before")
     @classmethod
@@ -103,11 +125,11 @@ class Settings(BaseSettings):
             return [r.strip() for r in value.replace("\n", ",").split(",") if r.strip()]
         return value
 
-    @field_validator("install_apps", mode="before")
+    @field_validator("install_apps", "mutable_tags", "deploy_services", mode="before")
     @classmethod
-    def _split_apps(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return [app.strip() for app in value.split(",") if app.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("broker_url")
@@ -116,6 +138,17 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
+
+    @property
+    def image_repository(self) -> str | None:
+        """The repository registry hooks name: JERP_REGISTRY_REPOSITORY, else the path of
+        JERP_RELEASE_IMAGE without its registry host."""
+        if self.registry_repository:
+            return self.registry_repository
+        if not self.release_image:
+            return None
+        first, _, rest = self.release_image.partition("/")
+        return rest if rest and ("." in first or ":" in first or first == "localhost") else self.release_image
 
     @property
     def backend_url(self) -> str:

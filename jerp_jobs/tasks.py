@@ -51,10 +51,10 @@ def step(self: Any, *, job_id: str, step: str) -> str:
 
 @app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
 def child_done(*, parent_id: str, child_id: str) -> str:
-    from jerp_jobs.operations.fanout import on_child_done
+    from jerp_jobs.operations import children
     from jerp_jobs.runtime import get_runtime
 
-    result = on_child_done(get_runtime(), parent_id, child_id)
+    result = children.child_done(get_runtime(), parent_id, child_id)
     return result.outcome if result is not None else "recorded"
 
 

@@ -147,6 +147,10 @@ class Workflow:
     )
     #: where a cancelled job goes after ``step`` (None: it just ends); e.g. back online
     on_cancel: Callable[[Job, str | None], str | None] = lambda job, step: None
+    #: called before each step of a job that holds no site: LockBusy keeps the job waiting (queued)
+    admit: Callable[[Runtime, Job], None] = lambda rt, job: None
+    #: called once when the job has its final state (frees what the job held, tells people)
+    on_end: Callable[[Runtime, Job], None] = lambda rt, job: None
     #: checks and normalises a request's parameters before the job exists (InvalidInput if bad)
     validate: Callable[[str | None, dict[str, Any], Any], dict[str, Any]] = lambda site, params, settings: params
 

@@ -77,11 +77,14 @@ def fake_executor() -> FakeExecutor:
 
 @pytest.fixture
 def fake_runtime(settings: Settings, fake_redis: redis.Redis, fake_executor: FakeExecutor) -> Runtime:
-    """A runtime on fakeredis with a scripted executor; published steps and parent
-    notifications are recorded in ``rt.dispatched`` / ``rt.notified`` instead of sent."""
+    """A runtime on fakeredis with a scripted executor; published steps, parent
+    notifications and notifications to people are recorded in ``rt.dispatched`` / ``rt.notified``
+    / ``rt.notifications`` instead of sent."""
     rt = build_runtime(settings, client=fake_redis, executor=fake_executor)
     rt.dispatched = []  # type: ignore[attr-defined]
     rt.notified = []  # type: ignore[attr-defined]
     rt.dispatch = lambda job_id, step: rt.dispatched.append((job_id, step))  # type: ignore[attr-defined]
     rt.notify_parent = lambda parent, child: rt.notified.append((parent, child))  # type: ignore[attr-defined]
+    rt.notifications = []  # type: ignore[attr-defined]
+    rt.notify = lambda event, title, body: rt.notifications.append((event, title, body))  # type: ignore[attr-defined]
     return rt

@@ -222,3 +222,44 @@ def test_a_publish_failure_exits_3_and_leaves_the_job_failed(run, fake_runtime: 
     assert result.exit_code == EXIT_BROKER and ":pw@" not in result.output
     [job] = fake_runtime.store.list()
     assert job.state == "failed" and "could not enqueue" in job.error
+
+
+def test_enqueue_release_starts_a_release_of_the_tag(run, fake_runtime: Runtime) -> None:
+    result = run("enqueue", "release", "a1b2c3d")
+    assert result.exit_code == EXIT_OK, result.output
+    job = fake_runtime.store.get(result.output.strip())
+    assert (job.kind, job.params["tag"], job.params["source"]) == ("release", "a1b2c3d", "operator")
+    assert fake_runtime.dispatched == [(job.id, "record")]
+
+
+def test_enqueue_release_refuses_a_bad_tag_and_records_nothing(run, fake_runtime: Runtime) -> None:
+    result = run("enqueue", "release", "a1b;rm")
+    assert result.exit_code == EXIT_USAGE and "invalid image tag" in result.output
+    assert fake_runtime.dispatched == [] and run("releases").output.strip() == "no release yet"
+
+
+def test_enqueue_rollback_starts_a_rollback_release(run, fake_runtime: Runtime) -> None:
+    result = run("enqueue", "rollback")
+    assert result.exit_code == EXIT_OK, result.output
+    job = fake_runtime.store.get(result.output.strip())
+    assert job.kind == "release" and job.params["rollback"] is True and "tag" not in job.params
+
+
+def test_releases_lists_tags_outcome_and_timings(run, fake_runtime: Runtime) -> None:
+    first = run("enqueue", "release", "r1").output.strip()
+    fake_runtime.store.set_result(first, tag="r1", previous_tag="r0", rollback_to="r0",
+                                  rollback_reason="smoke failed: site a: login failed")
+    fake_runtime.store.set_state(first, "rolled-back", error="smoke failed")
+    second = run("enqueue", "release", "r2").output.strip()
+
+    table = run("releases")
+    assert table.exit_code == EXIT_OK
+    lines = table.output.splitlines()
+    assert lines[0].split()[:4] == ["JOB", "TAG", "FROM", "STATE"]
+    assert lines[1].startswith(second) and "r2" in lines[1] and "queued" in lines[1]
+    assert lines[2].startswith(first) and "rolled-back" in lines[2] and "r0" in lines[2]
+
+    rows = json.loads(run("--json", "releases").output)
+    assert [(r["job_id"], r["tag"], r["state"]) for r in rows] == [(second, "r2", "queued"), (first, "r1", "rolled-back")]
+    assert rows[1]["duration_s"] is not None and rows[0]["duration_s"] is None
+    assert rows[1]["previous_tag"] == "r0" and rows[1]["detail"] == "smoke failed"

@@ -4,7 +4,7 @@
 - worker, worker-control: the worker answers a Celery ping addressed to its own node name;
 - beat: Beat runs and the RedBeat lock is held in Redis (one Beat schedules; run one);
 - flower: its /healthcheck page answers OK;
-- webhook: its port accepts connections;
+- webhook: its /healthz answers (the service reaches its Redis);
 - socket-proxy: /_ping through the proxy reaches the Docker Engine.
 
 Exit 0 when healthy, 1 otherwise, with one line saying why.
@@ -83,8 +83,7 @@ def check() -> str:
         return http_ok(f"http://127.0.0.1:{listen.rsplit(':', 1)[1]}/_ping", b"OK")
     if argv[1:2] and argv[1].endswith("uvicorn"):
         port = int(option(argv, "--port") or 8000)
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        return f"webhook listens on {port}"
+        return http_ok(f"http://127.0.0.1:{port}/healthz", b'"ok"')
     for command, checker in (("worker", check_worker), ("beat", check_beat)):
         if command in argv:
             return checker(argv)

@@ -4,4 +4,14 @@ Each module registers its workflows with :func:`jerp_jobs.workflow.register`; st
 are plain Python that take a :class:`~jerp_jobs.workflow.StepContext` and never import Celery.
 """
 
-from jerp_jobs.operations import backup, drill, fanout, maintenance, migrate, offsite, provision, restore  # noqa: F401
+from jerp_jobs.operations import (  # noqa: F401
+    backup,
+    drill,
+    fanout,
+    maintenance,
+    migrate,
+    offsite,
+    provision,
+    release,
+    restore,
+)

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jerp_jobs import bench
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
+from jerp_jobs.notify import backup_failed
 from jerp_jobs.operations.offsite import prune_local, upload
 from jerp_jobs.workflow import StepContext, StepSpec, simple
+
+if TYPE_CHECKING:
+    from jerp_jobs.jobs import Job
+    from jerp_jobs.runtime import Runtime
 
 
 def backup_site(ctx: StepContext) -> None:
@@ -106,7 +111,18 @@ def _require_all(paths: list[str], found: dict[str, Any], what: str) -> None:
         raise OutputParseError(f"could not read the {what} of {', '.join(missing)}")
 
 
+def notify_if_failed(rt: Runtime, job: Job) -> None:
+    """``on_end`` of backup and backup-all: tell people when the job did not succeed.
+
+    A backup started by a backup-all is left to its parent, which may retry it and reports
+    every site that failed in one notification.
+    """
+    if job.state != "succeeded" and not job.parent:
+        rt.notify(*backup_failed(job))
+
+
 simple(
     "backup",
     [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(upload, retries=3)), ("prune-local", StepSpec(prune_local))],
+    on_end=notify_if_failed,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jerp_jobs import bench
 from jerp_jobs.errors import InvalidInput, InvalidSiteName
 from jerp_jobs.log import get_logger
+from jerp_jobs.notify import site_attention
 from jerp_jobs.sites import validate_site_name
 from jerp_jobs.workflow import StepContext
 
@@ -80,3 +81,4 @@ def mark_attention(ctx: StepContext) -> None:
     reason = f"{ctx.job.kind} job {ctx.job.id}: steps {', '.join(failed)} failed and automatic recovery did not finish"
     ctx.runtime.sites.mark_attention(ctx.site, job_id=ctx.job.id, reason=reason)
     ctx.record(needs_attention=reason)
+    ctx.runtime.notify(*site_attention(ctx.site, job_id=ctx.job.id, reason=reason))

@@ -26,6 +26,7 @@ from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import Job
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
+from jerp_jobs.operations.backup import notify_if_failed
 from jerp_jobs.operations.common import discover_sites
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
@@ -324,18 +325,10 @@ register(
         plan=lambda params: list(BACKUP_ALL),
         resolve=table_resolver("backup-all", BACKUP_ALL),
         validate=_validate,
+        on_end=notify_if_failed,
     )
 )
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def reconcile(rt: Runtime, parent_id: str) -> None:
-    """Deliver the end of every child that ended without its parent hearing of it."""
-    for entry in _entries(rt, parent_id).values():
-        if entry["state"] == "running" and entry.get("job_id"):
-            child = rt.store.get(entry["job_id"])
-            if child.finished:
-                on_child_done(rt, parent_id, child.id)

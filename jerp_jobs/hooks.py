@@ -1,0 +1,444 @@
+"""Hook deliveries in, release requests out: pure functions, standard library only.
+
+The webhook service authenticates a delivery, parses its JSON, and hands it here. Every parser
+returns a :class:`ReleaseRequest` (start a release of this tag), an :class:`Ignored` (start
+nothing, and record why), or raises :class:`~jerp_jobs.errors.InvalidInput` naming the field
+whose shape is wrong (the service answers 400). Nothing else escapes, whatever JSON comes in.
+
+Authentication
+    ``verify_signature``: GitHub's ``X-Hub-Signature-256: sha256=<hex>``, an HMAC-SHA256 of the
+    raw body keyed with the webhook secret (also what the image pipeline sends to
+    /hooks/release). ``verify_bearer``: ``Authorization: Bearer <token>`` for registries.
+    Both compare in constant time and raise :class:`~jerp_jobs.errors.Unauthorized`; an empty
+    configured secret refuses every delivery. Messages never carry the secret or the digest.
+
+GitHub (``parse_github``)
+    ``workflow_run``: a release when the run is ``completed``, of ``repository`` (not a fork),
+    of the image workflow (``workflow``: its file path, by default the pipeline's
+    .github/workflows/build-image.yml; ``None`` accepts any workflow), on ``branch``, with
+    conclusion ``success``. The tag is the pipeline's immutable tag: the first 7 characters of
+    ``head_sha``. ``registry_package`` / ``package``: a release when ``published``, the package
+    type is ``container`` (ghcr.io) or ``docker`` (the old docker.pkg.github.com), and the
+    version has a tag (an untagged per-architecture manifest is ignored). The package must be
+    the configured image: its name is the trailing path of ``image_repository`` (``erpnext``
+    matches ``team/erpnext``); when ``repository`` is set, ``repository.full_name`` must match
+    too; when neither is set nothing is accepted. GitHub names compare case-insensitively.
+    ``ping`` and every other event are ignored.
+
+Registries (``parse_registry``, by the shape of the body)
+    CNCF Distribution (``{"events": [...]}``, envelope v1 or v2): a ``push`` of a manifest or an
+    index (Docker v2 manifest or manifest list, OCI manifest or index) with a tag, to
+    ``repository``. Blob pushes, pushes by digest, pulls, deletes, other repositories are
+    skipped. Harbor (``{"type": "PUSH_ARTIFACT", "event_data": ...}``, the Default payload
+    format): the repository (``repo_full_name``, else ``namespace/name``) must be
+    ``repository``; untagged resources are skipped. Either way one request per distinct tag, in
+    order of appearance; a tag seen several times (a multi-arch push) keeps the digest of its
+    index when one is seen, else its first digest.
+
+The pipeline (``parse_release_call``)
+    ``{"image", "tag", "sha"}`` as .github/workflows/build-image.yml sends it: all three
+    required and checked the way the pipeline checks them before sending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from jerp_jobs.errors import InvalidInput, Unauthorized
+
+__all__ = [
+    "BUILD_WORKFLOW",
+    "Ignored",
+    "ReleaseRequest",
+    "parse_github",
+    "parse_registry",
+    "parse_release_call",
+    "validate_tag",
+    "verify_bearer",
+    "verify_signature",
+]
+
+#: The workflow file whose successful runs publish the image (see .github/workflows/build-image.yml).
+BUILD_WORKFLOW = ".github/workflows/build-image.yml"
+
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_IMAGE = re.compile(r"[A-Za-z0-9._:/-]{1,255}")
+_SHORT_SHA = 7  # the pipeline's immutable tag: short_sha=${GITHUB_SHA:0:7}
+
+_INDEX_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+    }
+)
+_MANIFEST_TYPES = _INDEX_TYPES | {
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+}
+_CONTAINER_PACKAGE_TYPES = frozenset({"container", "docker"})
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """Start a release of ``tag``; the rest tells where the request came from."""
+
+    tag: str
+    source: str  # github:workflow_run, github:registry_package, github:package, registry, harbor, pipeline
+    image: str | None = None
+    sha: str | None = None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Start nothing: ``reason`` says why, for the service to record."""
+
+    reason: str
+
+
+# -- authentication -------------------------------------------------------------------------------
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> None:
+    """Check ``X-Hub-Signature-256`` against an HMAC-SHA256 of the raw ``body``; Unauthorized if not."""
+    if not secret:
+        raise Unauthorized("no webhook secret is configured: every delivery is refused", problem="unconfigured")
+    if not header:
+        raise Unauthorized("the X-Hub-Signature-256 header is missing", problem="missing")
+    match = _SIGNATURE.fullmatch(header.strip())
+    if match is None:
+        raise Unauthorized(
+            "the X-Hub-Signature-256 header is malformed: expected sha256= and 64 hexadecimal digits",
+            problem="malformed",
+        )
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), match.group(1).lower().encode()):
+        raise Unauthorized("the X-Hub-Signature-256 signature does not match the body", problem="mismatch")
+
+
+def verify_bearer(expected: str, header: str | None) -> None:
+    """Check ``Authorization: Bearer <token>`` against ``expected`` in constant time; Unauthorized if not."""
+    if not expected:
+        raise Unauthorized("no hook token is configured: every delivery is refused", problem="unconfigured")
+    if not header:
+        raise Unauthorized("the Authorization header is missing", problem="missing")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("the Authorization header is not of the form 'Bearer <token>'", problem="malformed")
+    if not hmac.compare_digest(expected.encode(), token.encode()):
+        raise Unauthorized("the bearer token does not match", problem="mismatch")
+
+
+# -- checks ---------------------------------------------------------------------------------------
+
+
+def validate_tag(tag: object) -> str:
+    """``tag`` when it is a valid image tag; InvalidInput naming it otherwise."""
+    if not isinstance(tag, str) or _TAG.fullmatch(tag) is None:
+        raise InvalidInput(
+            f"invalid image tag {_show(tag)}: a tag is 1 to 128 letters, digits, '_', '.' or '-', "
+            "not starting with '.' or '-'",
+            tag=_show(tag),
+        )
+    return tag
+
+
+# -- GitHub ---------------------------------------------------------------------------------------
+
+
+def parse_github(
+    event: str,
+    payload: Mapping[str, Any],
+    *,
+    repository: str | None,
+    branch: str,
+    image_repository: str | None,
+    workflow: str | None = BUILD_WORKFLOW,
+) -> ReleaseRequest | Ignored:
+    """What a GitHub delivery of ``event`` (the X-GitHub-Event header) asks for."""
+    _require_object(payload)
+    if event == "ping":
+        return Ignored("ping")
+    if event == "workflow_run":
+        return _workflow_run(payload, repository=repository, branch=branch, workflow=workflow)
+    if event in ("registry_package", "package"):
+        return _package(event, payload, repository=repository, image_repository=image_repository)
+    return Ignored(f"GitHub event {_show(event)} does not announce an image")
+
+
+def _workflow_run(
+    payload: Mapping[str, Any], *, repository: str | None, branch: str, workflow: str | None
+) -> ReleaseRequest | Ignored:
+    action = _get(payload, "action", str)
+    if action != "completed":
+        return Ignored(f"workflow_run {action}: only completed runs release")
+    if repository is None:
+        return Ignored("JERP_GITHUB_REPOSITORY is not set")
+    full_name = _get(payload, "repository.full_name", str)
+    if not _same_github_name(full_name, repository):
+        return Ignored(f"repository {full_name} is not {repository}")
+    run = _get(payload, "workflow_run", Mapping)
+    if workflow is not None:
+        path = _get(run, "path", str, required=False, where="workflow_run")
+        path = path or _get(payload, "workflow.path", str, required=False)
+        if path is None:
+            return Ignored(f"the delivery names no workflow file (expected {workflow})")
+        path = path.partition("@")[0]
+        if path != workflow:
+            return Ignored(f"workflow {path} is not {workflow}")
+    head_repository = _get(run, "head_repository.full_name", str, required=False, where="workflow_run")
+    if head_repository is not None and not _same_github_name(head_repository, repository):
+        return Ignored(f"run of {head_repository}, not of {repository}")
+    head_branch = _get(run, "head_branch", str, required=False, where="workflow_run")
+    if head_branch != branch:
+        return Ignored(f"branch {head_branch or '(none)'} is not {branch}")
+    conclusion = _get(run, "conclusion", str, required=False, where="workflow_run")
+    if conclusion != "success":
+        return Ignored(f"workflow_run conclusion {conclusion or '(none)'}")
+    head_sha = _get(run, "head_sha", str, where="workflow_run")
+    if _COMMIT.fullmatch(head_sha) is None:
+        raise InvalidInput(f"workflow_run.head_sha {_show(head_sha)} is not a commit id", field="workflow_run.head_sha")
+    return ReleaseRequest(tag=head_sha[:_SHORT_SHA], source="github:workflow_run", sha=head_sha)
+
+
+def _package(
+    event: str, payload: Mapping[str, Any], *, repository: str | None, image_repository: str | None
+) -> ReleaseRequest | Ignored:
+    action = _get(payload, "action", str)
+    if action != "published":
+        return Ignored(f"{event} {action}: only published versions release")
+    package = _get(payload, event, Mapping)
+    package_type = _get(package, "package_type", str, where=event)
+    if package_type.lower() not in _CONTAINER_PACKAGE_TYPES:
+        return Ignored(f"package type {package_type} is not a container image")
+    name = _get(package, "name", str, where=event)
+    if image_repository is None and repository is None:
+        return Ignored(
+            "neither the image repository (JERP_REGISTRY_REPOSITORY, JERP_RELEASE_IMAGE) "
+            "nor JERP_GITHUB_REPOSITORY is set"
+        )
+    if image_repository is not None and not _is_trailing_path(name, image_repository):
+        return Ignored(f"package {name} is not the image {image_repository}")
+    if repository is not None:
+        full_name = _get(payload, "repository.full_name", str, required=False)
+        if full_name is None or not _same_github_name(full_name, repository):
+            return Ignored(f"package of repository {full_name or '(none)'}, not of {repository}")
+    where = f"{event}.package_version"
+    version = _get(package, "package_version", Mapping, required=False, where=event)
+    if version is None:
+        return Ignored(f"{event} has no package_version")
+    metadata = _get(version, "container_metadata", Mapping, required=False, where=where)
+    if metadata is None:
+        return Ignored(f"package {name}: the version has no container metadata")
+    where += ".container_metadata"
+    tag = _get(metadata, "tag.name", str, required=False, where=where)
+    digest = _get(metadata, "tag.digest", str, required=False, where=where)
+    if not tag:
+        return Ignored(f"package {name}: untagged version {digest or '(no digest)'} (a part of a multi-arch image)")
+    return ReleaseRequest(
+        tag=validate_tag(tag),
+        source=f"github:{event}",
+        image=name,
+        sha=_revision(metadata, where),
+        digest=digest or None,
+    )
+
+
+def _revision(metadata: Mapping[str, Any], where: str) -> str | None:
+    """The commit the image was built from, from its OCI labels, when it looks like one."""
+    labels = _get(metadata, "labels", Mapping, required=False, where=where) or {}
+    where += ".labels"
+    revision = _get(labels, "revision", str, required=False, where=where)
+    if not revision:
+        all_labels = _get(labels, "all_labels", Mapping, required=False, where=where) or {}
+        revision = _get(
+            all_labels, ("org.opencontainers.image.revision",), str, required=False, where=f"{where}.all_labels"
+        )
+    return revision if revision and _COMMIT.fullmatch(revision) else None
+
+
+def _same_github_name(a: str, b: str) -> bool:
+    return a.casefold() == b.casefold()
+
+
+def _is_trailing_path(name: str, image_repository: str) -> bool:
+    name, image_repository = name.casefold(), image_repository.casefold()
+    return bool(name) and (image_repository == name or image_repository.endswith("/" + name))
+
+
+# -- registries -----------------------------------------------------------------------------------
+
+
+def parse_registry(payload: Mapping[str, Any], *, repository: str | None) -> list[ReleaseRequest] | Ignored:
+    """What a registry notification asks for: Distribution's envelope or Harbor's event, by shape."""
+    _require_object(payload)
+    if "events" in payload:
+        return _distribution(payload, repository)
+    if "specversion" in payload:
+        return Ignored("a CloudEvents notification: set the Harbor webhook's payload format to Default")
+    if "type" in payload:
+        return _harbor(payload, repository)
+    raise InvalidInput(
+        'not a registry notification: expected a Distribution envelope {"events": [...]} '
+        'or a Harbor event {"type": ..., "event_data": ...}'
+    )
+
+
+def _distribution(payload: Mapping[str, Any], repository: str | None) -> list[ReleaseRequest] | Ignored:
+    events = _get(payload, "events", list)
+    if repository is None:
+        return Ignored("the image repository is not set (JERP_REGISTRY_REPOSITORY or JERP_RELEASE_IMAGE)")
+    found: dict[str, ReleaseRequest] = {}
+    skipped: dict[str, int] = {}
+    for index, event in enumerate(events):
+        where = f"events[{index}]"
+        if not isinstance(event, Mapping):
+            raise InvalidInput(f"{where} must be an object, not {_json_type(event)}", field=where)
+        action = _get(event, "action", str, where=where)
+        target = _get(event, "target", Mapping, where=where)
+        where += ".target"
+        media_type = _get(target, "mediaType", str, required=False, where=where)
+        tag = _get(target, "tag", str, required=False, where=where)
+        target_repository = _get(target, "repository", str, required=False, where=where)
+        digest = _get(target, "digest", str, required=False, where=where)
+        if action != "push":
+            why = action
+        elif media_type not in _MANIFEST_TYPES:
+            why = "push of a blob or another media type"
+        elif not tag:
+            why = "manifest push without a tag"
+        elif target_repository != repository:
+            why = f"push to {target_repository or '(no repository)'}"
+        else:
+            why = ""
+        if why:
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        request = ReleaseRequest(tag=validate_tag(tag), source="registry", image=target_repository, digest=digest)
+        _add(found, request, is_index=media_type in _INDEX_TYPES)
+    if found:
+        return list(found.values())
+    seen = ", ".join(f"{count} x {why}" for why, count in skipped.items()) or "no events"
+    return Ignored(f"no tagged manifest push to {repository} ({seen})")
+
+
+def _harbor(payload: Mapping[str, Any], repository: str | None) -> list[ReleaseRequest] | Ignored:
+    kind = _get(payload, "type", str)
+    if kind != "PUSH_ARTIFACT":
+        return Ignored(f"Harbor event {kind}: only PUSH_ARTIFACT releases")
+    if repository is None:
+        return Ignored("the image repository is not set (JERP_REGISTRY_REPOSITORY or JERP_RELEASE_IMAGE)")
+    full_name = _get(payload, "event_data.repository.repo_full_name", str, required=False)
+    if not full_name:
+        namespace = _get(payload, "event_data.repository.namespace", str)
+        full_name = f"{namespace}/{_get(payload, 'event_data.repository.name', str)}"
+    if full_name != repository:
+        return Ignored(f"Harbor push to {full_name}, not {repository}")
+    found: dict[str, ReleaseRequest] = {}
+    for index, resource in enumerate(_get(payload, "event_data.resources", list)):
+        where = f"event_data.resources[{index}]"
+        if not isinstance(resource, Mapping):
+            raise InvalidInput(f"{where} must be an object, not {_json_type(resource)}", field=where)
+        tag = _get(resource, "tag", str, required=False, where=where)
+        digest = _get(resource, "digest", str, required=False, where=where)
+        if tag:
+            _add(found, ReleaseRequest(tag=validate_tag(tag), source="harbor", image=full_name, digest=digest))
+    if found:
+        return list(found.values())
+    return Ignored(f"Harbor push to {full_name} without a tag")
+
+
+def _add(found: dict[str, ReleaseRequest], request: ReleaseRequest, *, is_index: bool = False) -> None:
+    """One request per tag, in first-seen order; an index's digest wins over its manifests'."""
+    if request.tag not in found:
+        found[request.tag] = request
+    elif is_index:
+        found[request.tag] = replace(found[request.tag], digest=request.digest)
+
+
+# -- the pipeline's own call ----------------------------------------------------------------------
+
+
+def parse_release_call(payload: Mapping[str, Any]) -> ReleaseRequest:
+    """The pipeline's ``{"image", "tag", "sha"}``; InvalidInput naming a missing or bad field."""
+    _require_object(payload)
+    image = _get(payload, "image", str)
+    if _IMAGE.fullmatch(image) is None:
+        raise InvalidInput(f"invalid image {_show(image)}: expected registry/name", field="image")
+    tag = validate_tag(_get(payload, "tag", str))
+    sha = _get(payload, "sha", str)
+    if _COMMIT.fullmatch(sha) is None:
+        raise InvalidInput(f"invalid sha {_show(sha)}: expected a full commit id (40 or 64 hex digits)", field="sha")
+    return ReleaseRequest(tag=tag, source="pipeline", image=image, sha=sha)
+
+
+# -- reading JSON safely --------------------------------------------------------------------------
+
+
+def _require_object(payload: object) -> None:
+    if not isinstance(payload, Mapping):
+        raise InvalidInput(f"the body must be a JSON object, not {_json_type(payload)}", field="")
+
+
+def _get(
+    node: object,
+    path: str | tuple[str, ...],
+    kind: type,
+    *,
+    required: bool = True,
+    where: str = "",
+) -> Any:
+    """The value at ``path`` (dotted, or a tuple of keys) below ``node``, of type ``kind``.
+
+    A missing or null value is None when not ``required``; otherwise, and for a value (or an
+    object on the way) of the wrong type, InvalidInput names the field, prefixed by ``where``.
+    """
+    keys = tuple(path.split(".")) if isinstance(path, str) else path
+    walked = [where] if where else []
+    for key in keys:
+        if not isinstance(node, Mapping):
+            name = ".".join(walked) or "the body"
+            raise InvalidInput(f"{name} must be an object, not {_json_type(node)}", field=".".join(walked))
+        walked.append(key)
+        node = node.get(key)
+        if node is None:
+            if required:
+                raise InvalidInput(f"{'.'.join(walked)} is missing", field=".".join(walked))
+            return None
+    if not isinstance(node, kind):
+        name = ".".join(walked)
+        raise InvalidInput(f"{name} must be {_KIND_NAMES.get(kind, kind.__name__)}, not {_json_type(node)}", field=name)
+    return node
+
+
+_KIND_NAMES: dict[type, str] = {str: "a string", list: "an array", Mapping: "an object"}
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _show(value: object, limit: int = 80) -> str:
+    """A short repr of untrusted input for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

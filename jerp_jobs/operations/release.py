@@ -1,0 +1,599 @@
+"""Releases: a new image tag deployed, every site migrated and smoke-tested, or rolled back.
+
+A release is a job of kind ``release`` (``params.tag``; a manual rollback has
+``params.rollback`` and finds its tag when it starts). Its steps:
+
+    record -> deploy -> rollout -> migrate -> smoke -> finish
+              (on failure) rollback-deploy -> rollback-rollout -> rollback-migrate
+                           -> rollback-smoke -> rollback-finish
+
+- ``record`` notes the tag the backend runs now and the tag to go back to: that one when it
+  is immutable, else the newest known-good immutable tag (``mutable_tags`` such as ``15-prod``
+  move, so they are no rollback target).
+- ``deploy`` asks Portainer (or the Docker API) for the tag; ``rollout`` then waits, with
+  ``JERP_ROLLOUT_TIMEOUT``, until the backend's containers run it — read from the containers,
+  never from the deploy's answer — and a site answers ``ping``.
+- ``migrate`` is a child ``migrate-all`` job (canary first, failure budget); ``smoke`` runs
+  the smoke checks on every site it migrated.
+- Any failure after ``record`` sends the job down the rollback path, which deploys the
+  previous tag, migrates and smoke-tests again; the release then ends ``rolled-back`` with the
+  reason. If the rollback fails too, the release ends ``failed`` and says so loudly.
+
+One release at a time: a release holds the release slot (``jerp:release:active``) from its
+first step to its end; others wait, queued. A newer request supersedes the releases still
+waiting (they end ``superseded``, naming the newer one). Hook redeliveries and second events
+for one tag answer with the existing job (:func:`request_release`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from jerp_jobs.errors import BrokerUnavailable, DeployError, InvalidInput, JerpError, JobNotFound, LockBusy, SmokeFailed
+from jerp_jobs.jobs import Job
+from jerp_jobs.log import get_logger
+from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, register, table_resolver
+
+if TYPE_CHECKING:
+    from jerp_jobs.runtime import Runtime
+    from jerp_jobs.settings import Settings
+
+log = get_logger(__name__)
+
+KIND = "release"
+ACTIVE = "jerp:release:active"  # the job id of the release that holds the slot
+WAITING_SET = "jerp:release:waiting"  # releases requested and not yet holding the slot
+INDEX = "jerp:releases"  # every release, scored by creation time
+GOOD = "jerp:release:good"  # tags that passed a release, newest first
+BY_TAG = "jerp:release:tag:"
+BY_DELIVERY = "jerp:release:delivery:"
+ADMISSION = "release-admission"
+GOOD_KEPT = 50
+
+TAG_RULE = "letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-'"
+
+
+def validate_tag(tag: object) -> str:
+    import re
+
+    if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+        raise InvalidInput(f"invalid image tag {tag!r}: {TAG_RULE}")
+    return tag
+
+
+# -- the platform as a release sees it ----------------------------------------------------------
+
+
+class SmokeResult(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+    def summary(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class Platform(Protocol):
+    """What a release does to the platform; :class:`DockerPlatform` is the real one."""
+
+    def running_tag(self) -> str | None: ...
+
+    def deploy(self, tag: str) -> str: ...
+
+    def wait_rollout(self, tag: str, *, since: float, deadline_s: float) -> str: ...
+
+    def ping(self, site: str) -> None: ...
+
+    def smoke(self, site: str) -> SmokeResult: ...
+
+
+@dataclass
+class DockerPlatform:
+    """The platform stack on the Docker Engine (through the socket proxy in the jobs stack):
+    Portainer's stack webhook or the Docker API to deploy, the containers to confirm, the
+    frontend to ping and smoke-test."""
+
+    settings: Settings
+    client: Any = None
+
+    def _client(self) -> Any:
+        if self.client is None:
+            import docker
+
+            self.client = docker.from_env(timeout=60)
+        return self.client
+
+    @property
+    def repository(self) -> str:
+        if not self.settings.release_image:
+            from jerp_jobs.errors import ConfigError
+
+            raise ConfigError("JERP_RELEASE_IMAGE", "is not set; releases need the platform image (registry/name)")
+        return self.settings.release_image
+
+    def running_tag(self) -> str | None:
+        from jerp_jobs.deploy import running_tag
+
+        return running_tag(self._client(), self.settings.compose_project, self.settings.backend_service,
+                           self.repository)
+
+    def deploy(self, tag: str) -> str:
+        from jerp_jobs.deploy import deployer_from_settings
+
+        _ = self.repository
+        return deployer_from_settings(self.settings, self._client()).deploy(tag)
+
+    def wait_rollout(self, tag: str, *, since: float, deadline_s: float) -> str:
+        from jerp_jobs.deploy import wait_rollout
+
+        seen = wait_rollout(self._client(), project=self.settings.compose_project,
+                            service=self.settings.backend_service, image_ref=f"{self.repository}:{tag}",
+                            deadline_s=deadline_s, since=since)
+        return f"{self.settings.backend_service} runs {self.repository}:{tag} in {len(seen)} container(s)"
+
+    def ping(self, site: str) -> None:
+        from jerp_jobs.smoke import ping
+
+        ping(site, base_url=self.settings.frontend_url, timeout=min(10.0, self.settings.smoke_timeout))
+
+    def smoke(self, site: str) -> SmokeResult:
+        from jerp_jobs.smoke import smoke_site
+
+        password = self.settings.secret("smoke_password") if self.settings.smoke_password else None
+        return smoke_site(site, base_url=self.settings.frontend_url, user=self.settings.smoke_user,
+                          password=password, timeout=self.settings.smoke_timeout)
+
+
+def _platform(rt: Runtime) -> Platform:
+    return rt.platform  # type: ignore[no-any-return]
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requested:
+    job: Job
+    created: bool  # False: the answer is an existing job (a redelivery, or the same tag again)
+
+
+def request_release(
+    rt: Runtime,
+    tag: str | None,
+    *,
+    source: str,
+    image: str | None = None,
+    sha: str | None = None,
+    digest: str | None = None,
+    delivery: str | None = None,
+    dedupe: bool = True,
+    rollback: bool = False,
+) -> Requested:
+    """Create (or find) the release of ``tag`` and publish its first step.
+
+    ``delivery`` (a hook's delivery id) and, with ``dedupe``, the tag make a request
+    idempotent: the existing job is the answer. A new request supersedes every release still
+    waiting for the slot.
+    """
+    from jerp_jobs import runner
+    from jerp_jobs.enqueue import create_job
+
+    if not rollback:
+        tag = validate_tag(tag)
+    with rt.locks.hold(ADMISSION, wait=5, poll=0.01, step="request"):
+        existing = _existing(rt, delivery=delivery, tag=tag if dedupe else None)
+        if existing is not None:
+            return Requested(existing, created=False)
+        params: dict[str, Any] = {"source": source}
+        params.update({k: v for k, v in {"tag": tag, "image": image, "sha": sha, "digest": digest,
+                                          "delivery": delivery}.items() if v})
+        if rollback:
+            params["rollback"] = True
+        job = create_job(rt, KIND, params=params)
+        for waiting in _waiting(rt):
+            _supersede(rt, waiting, by=job)
+        pipe = rt.redis.pipeline()
+        pipe.sadd(WAITING_SET, job.id)
+        pipe.zadd(INDEX, {job.id: job.created_at})
+        if tag and dedupe:
+            pipe.set(BY_TAG + tag, job.id, ex=rt.store.ttl)
+        if delivery:
+            pipe.set(BY_DELIVERY + delivery, job.id, ex=rt.store.ttl)
+        pipe.execute()
+    try:
+        rt.dispatch(job.id, runner.first_step(rt, job.id))
+    except Exception as exc:
+        runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the release: {exc}")
+        raise BrokerUnavailable(f"could not publish release {job.id} to the broker: {exc}", job_id=job.id) from exc
+    log.info("release.requested", job_id=job.id, tag=tag, source=source, rollback=rollback)
+    return Requested(rt.store.get(job.id), created=True)
+
+
+def remember_delivery(rt: Runtime, delivery: str, answer: str) -> str:
+    """Record what a delivery was answered (a job id or "ignored"); returns the first answer."""
+    key = BY_DELIVERY + delivery
+    if rt.redis.set(key, answer, nx=True, ex=rt.store.ttl):
+        return answer
+    return _s(rt.redis.get(key) or answer)
+
+
+def delivery_answer(rt: Runtime, delivery: str) -> str | None:
+    value = rt.redis.get(BY_DELIVERY + delivery)
+    return _s(value) if value is not None else None
+
+
+def _existing(rt: Runtime, *, delivery: str | None, tag: str | None) -> Job | None:
+    for key in ([BY_DELIVERY + delivery] if delivery else []) + ([BY_TAG + tag] if tag else []):
+        job_id = rt.redis.get(key)
+        if job_id is None or _s(job_id) == "ignored":
+            continue
+        try:
+            return rt.store.get(_s(job_id))
+        except JobNotFound:
+            rt.redis.delete(key)
+    return None
+
+
+def _waiting(rt: Runtime) -> list[str]:
+    return sorted(_s(m) for m in rt.redis.smembers(WAITING_SET))
+
+
+def _supersede(rt: Runtime, job_id: str, *, by: Job) -> None:
+    """End a release that is still waiting for the slot (call under the admission lock)."""
+    from jerp_jobs.runner import finish_job
+
+    if _active(rt) == job_id:
+        return  # it started: it runs to its end
+    try:
+        job = rt.store.get(job_id)
+    except JobNotFound:
+        rt.redis.srem(WAITING_SET, job_id)
+        return
+    if job.finished:
+        rt.redis.srem(WAITING_SET, job_id)
+        return
+    what = f"release {by.id}" + (f" of tag {by.params['tag']}" if by.params.get("tag") else " (rollback)")
+    rt.store.set_result(job_id, superseded_by=by.id)
+    finish_job(rt, job_id, "superseded", error=f"superseded by {what} before it started")
+    log.info("release.superseded", job_id=job_id, by=by.id)
+
+
+def _active(rt: Runtime) -> str | None:
+    value = rt.redis.get(ACTIVE)
+    return _s(value) if value is not None else None
+
+
+def admit(rt: Runtime, job: Job) -> None:
+    """Take the release slot before any step of ``job`` runs; LockBusy keeps it waiting."""
+    active = _active(rt)
+    if active == job.id:
+        return
+    with rt.locks.hold(ADMISSION, wait=5, poll=0.01, job_id=job.id, step="admit"):
+        active = _active(rt)
+        if active is not None and active != job.id:
+            try:
+                holder_done = rt.store.get(active).finished
+            except JobNotFound:
+                holder_done = True
+            if not holder_done:
+                raise LockBusy("the release slot", {"job_id": active})
+        rt.redis.set(ACTIVE, job.id)
+        rt.redis.srem(WAITING_SET, job.id)
+
+
+def on_end(rt: Runtime, job: Job) -> None:
+    """Free the slot and tell people how the release ended."""
+    rt.redis.srem(WAITING_SET, job.id)
+    if _active(rt) == job.id:
+        rt.redis.delete(ACTIVE)  # only this job sets or clears its own id; admission checks liveness
+    tag = job.params.get("tag") or job.result.get("tag") or "?"
+    title = {
+        "succeeded": f"Release {tag} is live",
+        "rolled-back": f"Release {tag} rolled back to {job.result.get('rollback_to')}",
+        "failed": f"Release {tag} FAILED" + (" and its rollback failed" if _rollback_started(job) else ""),
+        "cancelled": f"Release {tag} cancelled",
+    }.get(job.state)
+    if title is None:
+        return  # superseded: nothing ran
+    event = {"succeeded": "release.done", "rolled-back": "release.rolled-back"}.get(job.state, "release.failed")
+    body = f"job {job.id}: {job.error or 'every site migrated and passed its smoke checks'}"
+    rt.notify(event, title, body)
+
+
+def _rollback_started(job: Job) -> bool:
+    return any(s.name.startswith("rollback-") and s.state in ("success", "failed") for s in job.steps)
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def record(ctx: StepContext) -> None:
+    rt, job = ctx.runtime, ctx.job
+    running = _platform(rt).running_tag()
+    mutable = set(rt.settings.mutable_tags)
+    good = [t for t in _good_tags(rt) if t not in mutable]
+    if job.params.get("rollback"):
+        target = next((t for t in good if t != running), None)
+        if target is None:
+            raise InvalidInput(f"no previous immutable tag to roll back to (running: {running or 'unknown'}; "
+                               f"known good: {', '.join(good) or 'none'})")
+        ctx.record(tag=target, previous_tag=running, rollback_to=None)
+        ctx.output.append(f"rolling back from {running or 'an unknown tag'} to {target}")
+        rt.notify("release.started", f"Rollback to {target} started", f"job {job.id}: {running} -> {target}")
+        return
+    tag = job.params["tag"]
+    if running is not None and running not in mutable:
+        rollback_to: str | None = running
+    else:
+        rollback_to = next((t for t in good if t != tag), None)
+    if rollback_to == tag:
+        rollback_to = next((t for t in good if t != tag), None)
+    ctx.record(tag=tag, previous_tag=running, rollback_to=rollback_to)
+    ctx.output.append(f"running {running or 'an unknown tag'}; releasing {tag}; "
+                      f"rollback target {rollback_to or 'none known'}")
+    rt.notify("release.started", f"Release {tag} started",
+              f"job {job.id}: {running or '?'} -> {tag}; rollback target {rollback_to or 'none'}")
+
+
+def _target(ctx: StepContext, *, rollback: bool) -> str:
+    if not rollback:
+        return str(ctx.job.result.get("tag") or ctx.job.params["tag"])
+    target = ctx.job.result.get("rollback_to")
+    if not target:
+        raise DeployError("no previous immutable tag is known: nothing to roll back to; the platform runs "
+                          f"{ctx.job.result.get('tag')} and needs an operator")
+    return str(target)
+
+
+def _deploy(ctx: StepContext, *, rollback: bool) -> None:
+    tag = _target(ctx, rollback=rollback)
+    if rollback:
+        ctx.record(rollback_reason=_failure_reason(ctx.runtime.store.get(ctx.job.id)))
+    since = time.time()
+    ctx.record(**{("rollback_deployed_at" if rollback else "deployed_at"): since})
+    detail = _platform(ctx.runtime).deploy(tag)
+    ctx.output.append(detail)
+
+
+def _rollout(ctx: StepContext, *, rollback: bool) -> None:
+    rt = ctx.runtime
+    tag = _target(ctx, rollback=rollback)
+    job = rt.store.get(ctx.job.id)
+    since = float(job.result.get("rollback_deployed_at" if rollback else "deployed_at") or time.time())
+    started = time.monotonic()
+    deadline = float(rt.settings.rollout_timeout)
+    ctx.output.append(_platform(rt).wait_rollout(tag, since=since, deadline_s=deadline))
+    sites = _sites(ctx)
+    if not sites:
+        ctx.output.append("no site to ping")
+        return
+    last: Exception | None = None
+    while True:
+        try:
+            _platform(rt).ping(sites[0])
+            ctx.output.append(f"{sites[0]} answers ping")
+            return
+        except JerpError as exc:
+            last = exc
+        if time.monotonic() - started > deadline:
+            raise DeployError(f"{tag} runs but {sites[0]} does not answer ping after {deadline:.0f} s: {last}")
+        time.sleep(2.0)
+
+
+def _sites(ctx: StepContext) -> list[str]:
+    from jerp_jobs.operations.common import discover_sites
+
+    return discover_sites(ctx)
+
+
+def _migrate(ctx: StepContext, *, rollback: bool) -> str | None:
+    from jerp_jobs.enqueue import create_job
+    from jerp_jobs.runner import first_step
+
+    rt = ctx.runtime
+    field = "rollback_migrate_job" if rollback else "migrate_job"
+    with rt.locks.hold(f"release-children:{ctx.job.id}", wait=60, poll=0.01, job_id=ctx.job.id, step=ctx.step):
+        child_id = rt.store.get(ctx.job.id).result.get(field)
+        child = _child(rt, child_id)
+        if child is None:
+            child = create_job(rt, "migrate-all", params={}, parent=ctx.job.id)
+            ctx.record(**{field: child.id})
+            rt.dispatch(child.id, first_step(rt, child.id))
+            log.info("release.migrate_started", job_id=ctx.job.id, child=child.id)
+            return WAITING
+    if not child.finished:
+        return WAITING
+    return _child_outcome(child)
+
+
+def _child(rt: Runtime, child_id: str | None) -> Job | None:
+    if not child_id:
+        return None
+    try:
+        return rt.store.get(child_id)
+    except JobNotFound:
+        return None
+
+
+def _child_outcome(child: Job) -> None:
+    if child.state != "succeeded":
+        raise JerpError(f"migrate-all {child.id} {child.state}: {child.error or 'see the job'}")
+    return None
+
+
+def _smoke(ctx: StepContext, *, rollback: bool) -> str | None:
+    rt = ctx.runtime
+    job = rt.store.get(ctx.job.id)
+    child = _child(rt, job.result.get("rollback_migrate_job" if rollback else "migrate_job"))
+    entries: Mapping[str, Mapping[str, Any]] = (child.result.get("sites") if child else None) or {}
+    sites = [site for site, entry in entries.items() if entry.get("state") == "succeeded"]
+    if not sites:
+        ctx.output.append("no migrated site to smoke-test")
+        return "skipped"
+    reports = {}
+    failed = []
+    for site in sites:
+        report = _platform(rt).smoke(site)
+        reports[site] = report.as_dict()
+        ctx.output.append(report.summary())
+        if not report.ok:
+            failed.append(report.summary())
+    ctx.record(**{("rollback_smoke" if rollback else "smoke"): reports})
+    if failed:
+        raise SmokeFailed(f"{len(failed)} of {len(sites)} sites failed their smoke checks: " + "; ".join(failed))
+    return None
+
+
+def finish(ctx: StepContext) -> None:
+    rt = ctx.runtime
+    tag = _target(ctx, rollback=False)
+    _remember_good(rt, tag)
+    ctx.output.append(f"{tag} is live")
+
+
+def rollback_finish(ctx: StepContext) -> None:
+    tag = _target(ctx, rollback=True)
+    _remember_good(ctx.runtime, tag)
+    ctx.output.append(f"{tag} runs again")
+
+
+def _remember_good(rt: Runtime, tag: str) -> None:
+    if tag in rt.settings.mutable_tags:
+        return
+    pipe = rt.redis.pipeline()
+    pipe.lrem(GOOD, 0, tag)
+    pipe.lpush(GOOD, tag)
+    pipe.ltrim(GOOD, 0, GOOD_KEPT - 1)
+    pipe.execute()
+
+
+def _good_tags(rt: Runtime) -> list[str]:
+    return [_s(t) for t in rt.redis.lrange(GOOD, 0, -1)]
+
+
+def _failure_reason(job: Job) -> str:
+    failed = [s for s in job.steps if s.state == "failed" and not s.name.startswith("rollback-")]
+    if not failed:
+        return "cancelled by an operator" if job.cancel_requested else "unknown"
+    return f"{failed[0].name} failed: {failed[0].error or 'see the step'}"
+
+
+def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
+    """The release's migrate-all ended: end the waiting ``migrate`` (or rollback) step."""
+    from jerp_jobs.runner import complete_waiting_step
+
+    with rt.locks.hold(f"release-children:{parent_id}", wait=60, poll=0.01, job_id=parent_id, step="child-done"):
+        parent = rt.store.get(parent_id)
+        if parent.finished:
+            return None
+        for step, field in (("migrate", "migrate_job"), ("rollback-migrate", "rollback_migrate_job")):
+            if parent.result.get(field) != child_id:
+                continue
+            record = parent.step(step)
+            child = rt.store.get(child_id)
+            if record.state != "running" or not child.finished:
+                return None
+            if child.state == "succeeded":
+                return complete_waiting_step(rt, parent_id, step, "success")
+            return complete_waiting_step(rt, parent_id, step, "failed",
+                                         error=f"migrate-all {child.id} {child.state}: {child.error or 'see the job'}")
+    return None
+
+
+def reconcile(rt: Runtime, parent_id: str) -> None:
+    """Deliver the end of a migrate-all child whose notification was lost."""
+    parent = rt.store.get(parent_id)
+    for field in ("migrate_job", "rollback_migrate_job"):
+        child = _child(rt, parent.result.get(field))
+        if child is not None and child.finished:
+            on_child_done(rt, parent_id, child.id)
+
+
+# -- the workflow -------------------------------------------------------------------------------
+
+NORMAL = ("deploy", "rollout", "migrate", "smoke", "finish")
+
+
+def _on_failure(job: Job, step: str) -> str | None:
+    if step in NORMAL and not job.params.get("rollback"):
+        return "rollback-deploy"
+    return None
+
+
+def _on_cancel(job: Job, step: str | None) -> str | None:
+    """Cancelled once the new tag may be deployed: go back to the previous one."""
+    if step in ("deploy", "rollout", "migrate", "smoke") and not job.params.get("rollback"):
+        return "rollback-deploy"
+    return None
+
+
+def _final_state(job: Job) -> str:
+    if job.step("rollback-finish").state == "success":
+        return "rolled-back"
+    return "failed" if any(s.state == "failed" for s in job.steps) else "succeeded"
+
+
+def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    if params.get("rollback"):
+        if params.get("tag"):
+            raise InvalidInput("a rollback finds its tag itself; it takes none")
+        return params
+    validate_tag(params.get("tag"))
+    return params
+
+
+def _bind(fn: Any, *, rollback: bool) -> Any:
+    def step(ctx: StepContext) -> Any:
+        return fn(ctx, rollback=rollback)
+
+    step.__name__ = f"{'rollback_' if rollback else ''}{fn.__name__.lstrip('_')}"
+    return step
+
+
+STEPS: dict[str, StepSpec] = {
+    "record": StepSpec(record, scope="bench"),
+    "deploy": StepSpec(_bind(_deploy, rollback=False), scope="bench", retries=5),
+    "rollout": StepSpec(_bind(_rollout, rollback=False), scope="bench"),
+    "migrate": StepSpec(_bind(_migrate, rollback=False), scope="bench"),
+    "smoke": StepSpec(_bind(_smoke, rollback=False), scope="bench"),
+    "finish": StepSpec(finish, scope="bench", last=True),
+    "rollback-deploy": StepSpec(_bind(_deploy, rollback=True), scope="bench", recovery=True, retries=5),
+    "rollback-rollout": StepSpec(_bind(_rollout, rollback=True), scope="bench", recovery=True),
+    "rollback-migrate": StepSpec(_bind(_migrate, rollback=True), scope="bench", recovery=True),
+    "rollback-smoke": StepSpec(_bind(_smoke, rollback=True), scope="bench", recovery=True),
+    "rollback-finish": StepSpec(rollback_finish, scope="bench", recovery=True, last=True),
+}
+
+register(
+    Workflow(
+        kind=KIND,
+        needs_site=False,
+        plan=lambda params: list(STEPS),
+        resolve=table_resolver(KIND, STEPS),
+        on_failure=_on_failure,
+        on_cancel=_on_cancel,
+        final_state=_final_state,
+        admit=admit,
+        on_end=on_end,
+        validate=_validate,
+    )
+)
+
+
+def list_releases(rt: Runtime, *, limit: int = 20) -> list[Job]:
+    jobs = []
+    for job_id in rt.redis.zrevrange(INDEX, 0, limit * 2):
+        try:
+            jobs.append(rt.store.get(_s(job_id)))
+        except JobNotFound:
+            rt.redis.zrem(INDEX, job_id)
+        if len(jobs) >= limit:
+            break
+    return jobs
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,282 @@
+"""The webhook service: hooks from the image pipeline start releases (``uvicorn jerp_jobs.webhook:app``).
+
+Endpoints (the OpenAPI schema is served at ``/openapi.json``):
+
+- ``POST /hooks/github`` — GitHub deliveries, signed (``X-Hub-Signature-256``, key
+  ``JERP_WEBHOOK_SECRET``): a successful ``workflow_run`` of ``JERP_GITHUB_REPOSITORY`` on
+  ``JERP_GITHUB_BRANCH``, or a published container package with a tag.
+- ``POST /hooks/registry`` — Distribution registry notifications (v1 and v2 envelopes) and
+  Harbor ``PUSH_ARTIFACT``, authenticated by ``Authorization: Bearer <JERP_REGISTRY_TOKEN>``.
+- ``POST /hooks/release`` — the pipeline's own signed ``{image, tag, sha}``.
+- ``GET /healthz`` — answers 200 when the job store answers.
+
+The service only checks, records and enqueues; the release runs in the workers
+(:mod:`jerp_jobs.operations.release`). Answers: 202 a release was started; 200 the delivery was
+already answered (same ``X-GitHub-Delivery``, or the same tag) or the event is not one that
+starts a release (the reason is recorded); 400 malformed JSON or payload; 401 bad or missing
+signature or token; 413 a body over ``JERP_WEBHOOK_MAX_BODY``; 503 the service is not
+configured for this hook, or Redis/the broker is down. Nothing is enqueued unless the answer is
+202. Secrets never reach a log line or an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from jerp_jobs import hooks
+from jerp_jobs.errors import ConfigError, InvalidInput, JerpError, StoreError, Unauthorized
+from jerp_jobs.log import get_logger
+from jerp_jobs.runtime import Runtime
+
+log = get_logger(__name__)
+
+RECENT = "jerp:hooks:recent"  # the last deliveries and what was done with them
+RECENT_KEPT = 500
+_JSON_TYPES = ("application/json", "application/vnd.docker.distribution.events.v1+json",
+               "application/vnd.docker.distribution.events.v2+json")
+
+
+class StartedJob(BaseModel):
+    job_id: str
+    tag: str
+    created: bool
+
+
+class HookAnswer(BaseModel):
+    status: str  # accepted | duplicate | ignored
+    reason: str | None = None
+    jobs: list[StartedJob] = []
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "malformed JSON or payload"},
+    401: {"model": Problem, "description": "bad or missing signature or token"},
+    413: {"model": Problem, "description": "body over JERP_WEBHOOK_MAX_BODY"},
+    503: {"model": Problem, "description": "not configured, or the job store is down"},
+}
+_JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAPI:
+    """The ASGI app; ``runtime`` (or a factory) for tests, else the process's runtime, built
+    from the environment when the service starts."""
+    state: dict[str, Runtime] = {}
+
+    def rt() -> Runtime:
+        if "rt" not in state:
+            if isinstance(runtime, Runtime):
+                state["rt"] = runtime
+            else:
+                from jerp_jobs.runtime import get_runtime
+
+                state["rt"] = (runtime or get_runtime)()
+        return state["rt"]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from jerp_jobs import log as logs
+
+        runtime_ = rt()  # settings are read at start: a bad variable stops the service here, named
+        logs.configure(secrets=runtime_.settings.secret_values())
+        yield
+
+    app = FastAPI(title="jerp-jobs webhooks", version="1", lifespan=lifespan)
+
+    @app.exception_handler(_Refused)
+    async def _refused(_: Request, exc: _Refused) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.get("/healthz", response_model=Health, responses={503: _ERRORS[503]})
+    def healthz() -> Any:
+        try:
+            rt().redis.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is unhealthy
+            return JSONResponse({"detail": f"job store unreachable: {type(exc).__name__}"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.post("/hooks/github", response_model=HookAnswer, status_code=202, responses={200: {"model": HookAnswer},
+              **_ERRORS}, openapi_extra=_JSON_BODY)
+    async def github(request: Request) -> Any:
+        body = await _body(request, rt().settings.webhook_max_body)
+        event = request.headers.get("x-github-event", "")
+        delivery = request.headers.get("x-github-delivery") or None
+        return await run_in_threadpool(_github, rt(), body, request.headers.get("x-hub-signature-256"), event,
+                                       delivery)
+
+    @app.post("/hooks/registry", response_model=HookAnswer, status_code=202,
+              responses={200: {"model": HookAnswer}, **_ERRORS}, openapi_extra=_JSON_BODY)
+    async def registry(request: Request) -> Any:
+        body = await _body(request, rt().settings.webhook_max_body)
+        return await run_in_threadpool(_registry, rt(), body, request.headers.get("authorization"),
+                                       request.headers.get("content-type", ""))
+
+    @app.post("/hooks/release", response_model=HookAnswer, status_code=202,
+              responses={200: {"model": HookAnswer}, **_ERRORS}, openapi_extra=_JSON_BODY)
+    async def release(request: Request) -> Any:
+        body = await _body(request, rt().settings.webhook_max_body)
+        delivery = request.headers.get("x-github-delivery") or None
+        return await run_in_threadpool(_release_call, rt(), body, request.headers.get("x-hub-signature-256"),
+                                       delivery)
+
+    return app
+
+
+# -- the three hooks (run in a thread: they talk to Redis) --------------------------------------
+
+
+def _github(rt: Runtime, body: bytes, signature: str | None, event: str, delivery: str | None) -> Any:
+    _verify_signature(rt, body, signature)
+    payload = _json(body)
+    outcome = _guard(lambda: hooks.parse_github(
+        event, payload, repository=rt.settings.github_repository, branch=rt.settings.github_branch,
+        image_repository=rt.settings.image_repository))
+    return _act(rt, "github", event or "?", delivery, outcome)
+
+
+def _registry(rt: Runtime, body: bytes, authorization: str | None, content_type: str) -> Any:
+    try:
+        token = rt.settings.secret("registry_token")
+    except ConfigError as exc:
+        raise _Refused(503, f"the registry hook is not configured: {exc}") from exc
+    _guard(lambda: hooks.verify_bearer(token, authorization))
+    media = content_type.split(";")[0].strip().lower()
+    if media and media not in _JSON_TYPES:
+        raise _Refused(400, f"unsupported content type {media!r}; expected one of {', '.join(_JSON_TYPES)}")
+    payload = _json(body)
+    outcome = _guard(lambda: hooks.parse_registry(payload, repository=rt.settings.image_repository))
+    return _act(rt, "registry", media or "?", None, outcome)
+
+
+def _release_call(rt: Runtime, body: bytes, signature: str | None, delivery: str | None) -> Any:
+    _verify_signature(rt, body, signature)
+    payload = _json(body)
+    outcome = _guard(lambda: hooks.parse_release_call(payload))
+    return _act(rt, "release", "release", delivery, outcome)
+
+
+def _verify_signature(rt: Runtime, body: bytes, signature: str | None) -> None:
+    try:
+        secret = rt.settings.secret("webhook_secret")
+    except ConfigError as exc:
+        raise _Refused(503, f"signed hooks are not configured: {exc}") from exc
+    _guard(lambda: hooks.verify_signature(secret, body, signature))
+
+
+def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: Any) -> Any:
+    from jerp_jobs.operations.release import delivery_answer, remember_delivery, request_release
+
+    requests = outcome if isinstance(outcome, list) else [outcome]
+    try:
+        if isinstance(outcome, hooks.Ignored):
+            if delivery:
+                remember_delivery(rt, delivery, "ignored")
+            _recent(rt, endpoint, event, delivery, "ignored", reason=outcome.reason)
+            log.info("hook.ignored", endpoint=endpoint, hook_event=event, delivery=delivery, reason=outcome.reason)
+            return JSONResponse(HookAnswer(status="ignored", reason=outcome.reason).model_dump(), status_code=200)
+        if delivery and delivery_answer(rt, delivery) == "ignored":
+            return JSONResponse(HookAnswer(status="ignored", reason="this delivery was ignored before").model_dump(),
+                                status_code=200)
+        started = []
+        for index, request in enumerate(requests):
+            key = delivery if index == 0 else (f"{delivery}#{index}" if delivery else None)
+            answer = request_release(rt, request.tag, source=request.source, image=request.image, sha=request.sha,
+                                     digest=request.digest, delivery=key)
+            started.append(StartedJob(job_id=answer.job.id, tag=request.tag, created=answer.created))
+    except InvalidInput as exc:
+        raise _Refused(400, str(exc)) from exc
+    except (StoreError, JerpError, OSError) as exc:
+        log.error("hook.store_failed", endpoint=endpoint, error=str(exc))
+        raise _Refused(503, f"could not record the release: {exc}") from exc
+    except Exception as exc:  # redis-py's own errors: the store is down
+        log.error("hook.store_failed", endpoint=endpoint, error=type(exc).__name__)
+        raise _Refused(503, f"could not record the release: {type(exc).__name__}") from exc
+    created = any(job.created for job in started)
+    _recent(rt, endpoint, event, delivery, "accepted" if created else "duplicate",
+            jobs=[job.model_dump() for job in started])
+    log.info("hook.accepted" if created else "hook.duplicate", endpoint=endpoint, hook_event=event,
+             delivery=delivery, jobs=[job.job_id for job in started])
+    answer = HookAnswer(status="accepted" if created else "duplicate", jobs=started)
+    return JSONResponse(answer.model_dump(), status_code=202 if created else 200)
+
+
+def _recent(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: str, **extra: Any) -> None:
+    entry = {"at": time.time(), "endpoint": endpoint, "event": event, "delivery": delivery, "outcome": outcome,
+             **extra}
+    try:
+        pipe = rt.redis.pipeline()
+        pipe.lpush(RECENT, json.dumps(entry, sort_keys=True))
+        pipe.ltrim(RECENT, 0, RECENT_KEPT - 1)
+        pipe.execute()
+    except Exception:  # noqa: BLE001 - the record of a delivery must not fail the delivery
+        log.warning("hook.not_recorded", endpoint=endpoint)
+
+
+def recent_deliveries(rt: Runtime, limit: int = 20) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in rt.redis.lrange(RECENT, 0, limit - 1)]
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The raw body as received (signatures are over these bytes); 413 past ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _Refused(413, f"body of {declared} bytes is over the limit of {limit}")
+        except ValueError:
+            raise _Refused(400, "malformed Content-Length") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Refused(400, f"body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _Refused(400, f"body must be a JSON object, not {type(payload).__name__}")
+    return payload
+
+
+def _guard(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Unauthorized as exc:
+        raise _Refused(401, str(exc)) from exc
+    except InvalidInput as exc:
+        raise _Refused(400, str(exc)) from exc
+
+
+app = create_app()
