@@ -424,9 +424,14 @@ class DockerDeployer:
                 try:
                     done.append(self._replace(api, service, item["Id"], image_ref, new_image))
                 except DeployError as exc:
-                    moved = "; ".join(report) or "nothing"
+                    if not report and not done:
+                        raise
+                    moved = "; ".join([*report, *(f"{service}: {d}" for d in done)])
                     raise type(exc)(f"{exc} (already done: {moved})", **exc.fields) from exc
             report.append(f"{service}: " + ", ".join(done))
+        if all(line.endswith("no container, skipped") for line in report):
+            raise DeployError(f"compose project {self.project!r} has no container of {', '.join(self.services)}: "
+                              "is the stack up, and is JERP_COMPOSE_PROJECT its name?", project=self.project)
         return "; ".join(report)
 
     # -- one container -----------------------------------------------------------------
@@ -455,7 +460,8 @@ class DockerDeployer:
         old_id = str(info["Id"])
         config = info.get("Config") or {}
         new_id_of_image = str(new_image.get("Id") or "")
-        if _normalize_ref(str(config.get("Image") or "")) == _normalize_ref(image_ref) and info.get("Image") == new_id_of_image:
+        same_ref = _normalize_ref(str(config.get("Image") or "")) == _normalize_ref(image_ref)
+        if same_ref and info.get("Image") == new_id_of_image:
             return f"{name} already on {image_ref}"
         host_config = info.get("HostConfig") or {}
         if host_config.get("AutoRemove"):
@@ -515,7 +521,7 @@ class DockerDeployer:
         except _api_errors() as exc:
             problems.append(f"putting back the old container failed ({_reason(exc)})")
         if problems:
-            return "and " + "; ".join(problems)
+            return "then " + "; ".join(problems)
         return f"the old container {name} was put back" + (" and started" if was_running else "")
 
 

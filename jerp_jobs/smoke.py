@@ -47,6 +47,7 @@ What real Frappe (version-15) does, and this module relies on:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -54,7 +55,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -97,7 +98,7 @@ class SmokeReport:
         return bool(self.checks) and all(check.ok for check in self.checks)
 
     def summary(self) -> str:
-        """One line, e.g. ``site a.example.com: login failed (HTTP 401 ...), document not run, ...; 1 of 5 checks passed``."""
+        """One line: ``site X: login failed (HTTP 401 ...), document not run, ...; 1 of 5 checks passed``."""
         total = len(self.checks)
         if self.ok:
             return f"site {self.site}: all {total} checks passed"
@@ -127,7 +128,7 @@ def ping(site: str, *, base_url: str, timeout: float = 10.0, transport: httpx.Ba
     with _Frontend(site, base_url=base_url, timeout=timeout, transport=transport) as frontend:
         try:
             _check_ping(frontend, with_version=False)
-        except _Failed as exc:
+        except _CheckError as exc:
             detail = frontend.clean(str(exc))
             raise SmokeFailed(f"site {site}: ping failed: {detail}", site=site, check="ping", detail=detail) from exc
 
@@ -152,11 +153,31 @@ def smoke_site(
     started = time.monotonic()
     log.info("smoke.start", site=site, base_url=base_url, user=user)
     results: list[CheckResult] = []
-    with _Frontend(site, base_url=base_url, timeout=timeout, transport=transport) as frontend:
+    client: _Frontend | None = None
+    try:
+        client = _Frontend(site, base_url=base_url, timeout=timeout, transport=transport)
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed base_url: every check fails, nothing raises
+        problem = f"frontend {base_url!r} unusable: {type(exc).__name__}: {exc}"
+        results = [CheckResult(name=name, ok=False, detail=problem[:_DETAIL_MAX], duration_s=0.0) for name in CHECKS]
+    if client is not None:
+        _run_checks(client, results, user=user, password=password, report=report, poll_interval=poll_interval)
+    smoke = SmokeReport(site=site, checks=tuple(results))
+    (log.info if smoke.ok else log.warning)(
+        "smoke.done",
+        site=site,
+        ok=smoke.ok,
+        summary=smoke.summary(),
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    return smoke
+
+
+def _run_checks(frontend: _Frontend, results: list[CheckResult], *, user: str | None, password: str | None,
+                report: str, poll_interval: float) -> None:
+    with frontend:
         if password:
             frontend.add_secret(password)
-        ping_result = _run(frontend, "ping", lambda: _check_ping(frontend, with_version=True))
-        results.append(ping_result)
+        results.append(_run(frontend, "ping", lambda: _check_ping(frontend, with_version=True)))
         if frontend.unreachable:
             # The same frontend would only time out once more: say why login was not tried.
             results.append(_not_run(frontend, "login", frontend.unreachable))
@@ -175,25 +196,16 @@ def smoke_site(
                 results.append(_not_run(frontend, name, "login failed"))
         if logged_in:
             frontend.logout()
-    smoke = SmokeReport(site=site, checks=tuple(results))
-    (log.info if smoke.ok else log.warning)(
-        "smoke.done",
-        site=site,
-        ok=smoke.ok,
-        summary=smoke.summary(),
-        duration_s=round(time.monotonic() - started, 3),
-    )
-    return smoke
 
 
 # -- the frontend client ------------------------------------------------------------------
 
 
-class _Failed(Exception):
+class _CheckError(Exception):
     """A check failed; the message is its detail."""
 
 
-class _Unreachable(_Failed):
+class _UnreachableError(_CheckError):
     def __init__(self, message: str, *, timed_out: bool) -> None:
         super().__init__(message)
         self.timed_out = timed_out
@@ -218,7 +230,7 @@ class _Frontend:
             follow_redirects=False,
         )
 
-    def __enter__(self) -> _Frontend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -264,7 +276,7 @@ class _Frontend:
             timed_out = isinstance(exc, httpx.TimeoutException)
             if not timed_out or isinstance(exc, httpx.ConnectTimeout):
                 self.unreachable = self.unreachable or self.clean(detail)
-            raise _Unreachable(self.clean(detail), timed_out=timed_out) from exc
+            raise _UnreachableError(self.clean(detail), timed_out=timed_out) from exc
         finally:
             self._client.cookies.clear()
 
@@ -282,10 +294,10 @@ class _Frontend:
     def _desk_csrf_token(self) -> str:
         response = self.request("GET", "/app", headers={"Accept": "text/html"})
         if response.status_code != 200:
-            raise _Failed(f"the session needs a CSRF token, and GET /app answered {_describe(response)}")
+            raise _CheckError(f"the session needs a CSRF token, and GET /app answered {_describe(response)}")
         match = _CSRF_IN_DESK.search(response.text)
         if not match or match.group(1) in ("", "None"):
-            raise _Failed("the session needs a CSRF token, and the desk page (GET /app) shows none")
+            raise _CheckError("the session needs a CSRF token, and the desk page (GET /app) shows none")
         token = match.group(1)
         self.add_secret(token)
         return token
@@ -298,7 +310,7 @@ def _run(frontend: _Frontend, name: str, step: Callable[[], str]) -> CheckResult
     started = time.monotonic()
     try:
         ok, detail = True, step()
-    except _Failed as exc:
+    except _CheckError as exc:
         ok, detail = False, str(exc)
     except Exception as exc:  # noqa: BLE001 - a smoke check reports; it never raises
         ok, detail = False, f"unexpected error: {type(exc).__name__}: {exc}"
@@ -328,41 +340,39 @@ def _check_ping(frontend: _Frontend, *, with_version: bool) -> str:
     response = frontend.request("GET", "/api/method/ping")
     if response.status_code != 200 or _message(response) != "pong":
         hint = f" (is {frontend.site} a site of this bench?)" if response.status_code == 404 else ""
-        raise _Failed(f"GET /api/method/ping: {_describe(response)}{hint}")
+        raise _CheckError(f"GET /api/method/ping: {_describe(response)}{hint}")
     if not with_version:
         return "pong"
     version = None
-    try:  # informative only: which release answers
+    with contextlib.suppress(_CheckError):  # informative only: which release answers
         answer = frontend.request("GET", "/api/method/version")
         version = _message(answer) if answer.status_code == 200 else None
-    except _Failed:
-        pass
     return f"pong (frappe {version})" if isinstance(version, str) and version else "pong"
 
 
 def _check_login(frontend: _Frontend, user: str | None, password: str | None) -> str:
     if not user or not password:
         missing = " and ".join(var for var, value in zip(USER_VARIABLES, (user, password), strict=True) if not value)
-        raise _Failed(
+        raise _CheckError(
             f"no smoke credentials: set JERP_SMOKE_USER and JERP_SMOKE_PASSWORD (a System Manager of the site); "
             f"{missing} not set"
         )
     response = frontend.request("POST", "/api/method/login", data={"usr": user, "pwd": password})
     if response.status_code != 200:
-        raise _Failed(f"POST /api/method/login: {_describe(response)}")
+        raise _CheckError(f"POST /api/method/login: {_describe(response)}")
     message = _message(response)
     if message != "Logged In":
-        raise _Failed(f"POST /api/method/login answered {message!r}, not 'Logged In' (website user, 2FA, reset?)")
+        raise _CheckError(f"POST /api/method/login answered {message!r}, not 'Logged In' (website user, 2FA, reset?)")
     sid = _set_cookie(response, "sid")
     if not sid or sid == "Guest":
-        raise _Failed("POST /api/method/login answered 'Logged In' without a session (no sid cookie)")
+        raise _CheckError("POST /api/method/login answered 'Logged In' without a session (no sid cookie)")
     frontend.start_session(sid)
     response = frontend.request("GET", "/api/method/frappe.auth.get_logged_user")
     if response.status_code != 200:
-        raise _Failed(f"GET /api/method/frappe.auth.get_logged_user: {_describe(response)}")
+        raise _CheckError(f"GET /api/method/frappe.auth.get_logged_user: {_describe(response)}")
     logged_user = _message(response)
     if not isinstance(logged_user, str) or logged_user.casefold() != user.casefold():
-        raise _Failed(f"the new session belongs to {logged_user!r}, not {user!r}")
+        raise _CheckError(f"the new session belongs to {logged_user!r}, not {user!r}")
     return f"logged in as {logged_user}"
 
 
@@ -371,10 +381,10 @@ def _check_document(frontend: _Frontend) -> str:
     new = {"description": f"{marker}: created", "priority": "Low"}
     response = frontend.write("POST", "/api/resource/ToDo", json=new)
     if response.status_code != 200:
-        raise _Failed(f"create ToDo (POST /api/resource/ToDo): {_describe(response)}")
+        raise _CheckError(f"create ToDo (POST /api/resource/ToDo): {_describe(response)}")
     name = _data(response).get("name")
     if not isinstance(name, str) or not name:
-        raise _Failed("create ToDo: the answer names no document")
+        raise _CheckError("create ToDo: the answer names no document")
     try:
         _edit_and_read_back(frontend, name, f"{marker}: edited")
     except BaseException:
@@ -382,7 +392,7 @@ def _check_document(frontend: _Frontend) -> str:
         raise
     problem = _delete(frontend, "ToDo", name)
     if problem:
-        raise _Failed(f"ToDo {name} created, edited and read back, but delete failed: {problem}")
+        raise _CheckError(f"ToDo {name} created, edited and read back, but delete failed: {problem}")
     return f"ToDo {name} created, edited, read back and deleted"
 
 
@@ -390,13 +400,13 @@ def _edit_and_read_back(frontend: _Frontend, name: str, description: str) -> Non
     path = _doc_path("ToDo", name)
     response = frontend.write("PUT", path, json={"description": description, "priority": "Medium"})
     if response.status_code != 200:
-        raise _Failed(f"edit ToDo {name} (PUT): {_describe(response)}")
+        raise _CheckError(f"edit ToDo {name} (PUT): {_describe(response)}")
     response = frontend.request("GET", path)
     if response.status_code != 200:
-        raise _Failed(f"read ToDo {name} (GET): {_describe(response)}")
+        raise _CheckError(f"read ToDo {name} (GET): {_describe(response)}")
     data = _data(response)
     if description not in str(data.get("description") or "") or data.get("priority") != "Medium":
-        raise _Failed(f"read ToDo {name}: the edit was not kept (description {data.get('description')!r})")
+        raise _CheckError(f"read ToDo {name}: the edit was not kept (description {data.get('description')!r})")
 
 
 def _check_realtime(frontend: _Frontend) -> str:
@@ -405,43 +415,45 @@ def _check_realtime(frontend: _Frontend) -> str:
     query = {"EIO": "4", "transport": "polling"}
     response = frontend.request("GET", "/socket.io/", params={**query, "t": _cache_buster()}, headers=headers)
     if response.status_code != 200:
-        raise _Failed(f"engine.io handshake (GET /socket.io/): {_describe(response)}")
+        raise _CheckError(f"engine.io handshake (GET /socket.io/): {_describe(response)}")
     eio_sid = _engineio_sid(response.text)
     if not eio_sid:
-        raise _Failed(f"engine.io handshake: no open packet in {response.text[:80]!r}")
+        raise _CheckError(f"engine.io handshake: no open packet in {response.text[:80]!r}")
     frontend.add_secret(eio_sid)
     session = {**query, "sid": eio_sid}
     send_headers = {**headers, "Content-Type": "text/plain;charset=UTF-8"}
     try:
-        response = frontend.request("POST", "/socket.io/", params=session, content=f"40{namespace},", headers=send_headers)
+        connect = f"40{namespace},"  # engine.io MESSAGE (4) carrying a socket.io CONNECT (0) to the namespace
+        response = frontend.request("POST", "/socket.io/", params=session, content=connect, headers=send_headers)
         if response.status_code != 200:
-            raise _Failed(f"socket.io connect to {namespace}: {_describe(response)}")
+            raise _CheckError(f"socket.io connect to {namespace}: {_describe(response)}")
         deadline = time.monotonic() + frontend.timeout
         while True:
             try:
-                response = frontend.request("GET", "/socket.io/", params={**session, "t": _cache_buster()}, headers=headers)
-            except _Unreachable as exc:
+                poll = {**session, "t": _cache_buster()}
+                response = frontend.request("GET", "/socket.io/", params=poll, headers=headers)
+            except _UnreachableError as exc:
                 if exc.timed_out:
-                    raise _Failed(f"socket.io did not answer the connect to {namespace} within {frontend.timeout:g}s")
+                    raise _CheckError(
+                        f"socket.io did not answer the connect to {namespace} within {frontend.timeout:g}s"
+                    ) from None
                 raise
             if response.status_code != 200:
-                raise _Failed(f"socket.io connect to {namespace}: poll answered {_describe(response)}")
+                raise _CheckError(f"socket.io connect to {namespace}: poll answered {_describe(response)}")
             for packet in response.text.split(_EIO_SEPARATOR):
                 if packet == "2":  # engine.io ping: answer pong, keep waiting
                     frontend.request("POST", "/socket.io/", params=session, content="3", headers=send_headers)
                 elif packet.startswith("1"):
-                    raise _Failed(f"engine.io session closed by the server before {namespace} connected")
+                    raise _CheckError(f"engine.io session closed by the server before {namespace} connected")
                 elif packet.startswith(f"40{namespace},") or packet == f"40{namespace}":
                     return f"socket.io namespace {namespace} connected (engine.io v4 polling)"
                 elif packet.startswith(f"44{namespace},"):
-                    raise _Failed(f"socket.io refused namespace {namespace}: {_connect_error(packet)}")
+                    raise _CheckError(f"socket.io refused namespace {namespace}: {_connect_error(packet)}")
             if time.monotonic() >= deadline:
-                raise _Failed(f"socket.io did not answer the connect to {namespace} within {frontend.timeout:g}s")
+                raise _CheckError(f"socket.io did not answer the connect to {namespace} within {frontend.timeout:g}s")
     finally:
-        try:  # close the engine.io session
+        with contextlib.suppress(_CheckError):  # close the engine.io session
             frontend.request("POST", "/socket.io/", params=session, content="1", headers=send_headers)
-        except _Failed:
-            pass
 
 
 def _check_job(frontend: _Frontend, *, report: str, poll_interval: float) -> str:
@@ -453,27 +465,28 @@ def _check_job(frontend: _Frontend, *, report: str, poll_interval: float) -> str
         data={"report_name": report, "filters": "{}"},
     )
     if response.status_code != 200:
-        raise _Failed(f"enqueue report {report!r} (background_enqueue_run): {_describe(response)}")
+        raise _CheckError(f"enqueue report {report!r} (background_enqueue_run): {_describe(response)}")
     answer = _message(response)
     name = answer.get("name") if isinstance(answer, Mapping) else None
     if not isinstance(name, str) or not name:
-        raise _Failed(f"enqueue report {report!r}: the answer names no Prepared Report")
+        raise _CheckError(f"enqueue report {report!r}: the answer names no Prepared Report")
     started = time.monotonic()
     deadline = started + frontend.timeout
     try:
         while True:
             response = frontend.request("GET", _doc_path("Prepared Report", name))
             if response.status_code != 200:
-                raise _Failed(f"read Prepared Report {name}: {_describe(response)}")
+                raise _CheckError(f"read Prepared Report {name}: {_describe(response)}")
             data = _data(response)
             status = data.get("status")
             if status == "Completed":
                 return f"report {report!r} prepared by a background worker in {time.monotonic() - started:.1f}s"
             if status in _FINISHED_REPORT:
-                raise _Failed(f"Prepared Report {name} of {report!r} ended {status}: {_last_line(data.get('error_message'))}")
+                error = _last_line(data.get("error_message"))
+                raise _CheckError(f"Prepared Report {name} of {report!r} ended {status}: {error}")
             now = time.monotonic()
             if now >= deadline:
-                raise _Failed(
+                raise _CheckError(
                     f"Prepared Report {name} of {report!r} still {status or 'without status'} after "
                     f"{frontend.timeout:g}s: is a worker consuming the 'long' queue?"
                 )
@@ -489,7 +502,7 @@ def _delete(frontend: _Frontend, doctype: str, name: str) -> str | None:
     """Delete a document; the problem, or None."""
     try:
         response = frontend.write("DELETE", _doc_path(doctype, name))
-    except _Failed as exc:
+    except _CheckError as exc:
         return str(exc)
     if response.status_code not in (200, 202):
         return _describe(response)
@@ -499,7 +512,9 @@ def _delete(frontend: _Frontend, doctype: str, name: str) -> str | None:
 def _delete_quietly(frontend: _Frontend, doctype: str, name: str) -> None:
     problem = _delete(frontend, doctype, name)
     if problem:
-        log.warning("smoke.cleanup_failed", site=frontend.site, doctype=doctype, name=name, error=frontend.clean(problem))
+        log.warning(
+            "smoke.cleanup_failed", site=frontend.site, doctype=doctype, name=name, error=frontend.clean(problem)
+        )
 
 
 def _doc_path(doctype: str, name: str) -> str:

@@ -22,9 +22,37 @@ upgrade and gets ``101`` becomes a byte tunnel both ways until Docker ends it. W
 client sends after its request is never parsed as another request, so nothing rides past the
 checks. Request bodies need a ``Content-Length`` (Docker's clients send JSON that way).
 
+Deploying (opt-in: ``--allow-deploy`` or ``JERP_PROXY_ALLOW_DEPLOY=1``). When no Portainer
+deploys the platform, ``jerp_jobs.deploy.DockerDeployer`` recreates the platform's containers
+on a new image; with this option the proxy also lets through exactly the calls it makes, each
+only for containers carrying the deploy labels (``--deploy-labels`` /
+``JERP_PROXY_DEPLOY_LABELS``; default: the ``com.docker.compose.project`` label of
+``--container-labels``, i.e. every container of the platform stack; required):
+
+    GET    /containers/{id}/json     inspect any container of the platform (not only the backend)
+    GET    /images/{name}/json       inspect an image (read-only: tells its defaults)
+    POST   /containers/create        only when the body's Labels carry the deploy labels, and
+                                     nothing in it reaches the host: no Privileged, CapAdd,
+                                     Capabilities, Devices, DeviceRequests, DeviceCgroupRules,
+                                     VolumesFrom, CgroupParent, other Runtime or VolumeDriver; no
+                                     PidMode/IpcMode/NetworkMode/UTSMode/UsernsMode "host" (nor
+                                     "container:..."); SecurityOpt only no-new-privileges; every
+                                     bind or mount source a named volume (no host path, no
+                                     volume driver options: those can bind a host path too);
+                                     MaskedPaths/ReadonlyPaths, when given, keep Docker's own
+    POST   /containers/{id}/start|stop|rename, DELETE /containers/{id}
+                                     labelled containers only, no request body (an old API
+                                     version would read a HostConfig from start's body)
+    POST   /networks/{id}/connect    only when the body's Container is a labelled container
+
+Create bodies are read the way Docker reads them: keys without regard to case (a key given
+twice in two spellings is refused), host settings both under ``HostConfig`` and at the top
+level (older API versions read them there). Containers are forwarded by their full id, as for
+exec.
+
 Run: ``python -m jerp_jobs.socket_proxy --listen 0.0.0.0:2375 --upstream /var/run/docker.sock``
-(or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM`` and ``JERP_PROXY_CONTAINER_LABELS``
-variables). Standard library only.
+(or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM``, ``JERP_PROXY_CONTAINER_LABELS``,
+``JERP_PROXY_ALLOW_DEPLOY`` and ``JERP_PROXY_DEPLOY_LABELS`` variables). Standard library only.
 """
 
 from __future__ import annotations
@@ -85,6 +113,21 @@ RULES: tuple[Rule, ...] = (
     _rule("start-exec", "POST", rf"/exec/{_EXEC}/start"),
     _rule("inspect-exec", "GET", rf"/exec/{_EXEC}/json"),
 )
+
+_IMAGE = r"(?P<ref>[A-Za-z0-9][A-Za-z0-9_.:/-]{0,255})"
+_NETWORK = r"(?P<ref>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
+
+#: What ``--allow-deploy`` adds: what ``jerp_jobs.deploy.DockerDeployer`` calls, nothing more.
+DEPLOY_RULES: tuple[Rule, ...] = (
+    _rule("inspect-image", "GET", rf"/images/{_IMAGE}/json"),
+    _rule("create-container", "POST", r"/containers/create"),
+    _rule("start-container", "POST", rf"/containers/{_CONTAINER}/start"),
+    _rule("stop-container", "POST", rf"/containers/{_CONTAINER}/stop"),
+    _rule("rename-container", "POST", rf"/containers/{_CONTAINER}/rename"),
+    _rule("remove-container", "DELETE", rf"/containers/{_CONTAINER}"),
+    _rule("connect-network", "POST", rf"/networks/{_NETWORK}/connect"),
+)
+_DEPLOY_RULE_NAMES = frozenset(rule.name for rule in DEPLOY_RULES)
 
 
 class HttpError(Exception):
@@ -268,14 +311,160 @@ def _render(start: str, headers: Sequence[tuple[str, str]]) -> bytes:
     return ("\r\n".join([start, *(f"{k}: {v}" for k, v in headers)]) + "\r\n\r\n").encode("latin-1")
 
 
+_PROJECT_LABEL = "com.docker.compose.project"
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAMESPACE_FIELDS = ("PidMode", "IpcMode", "NetworkMode", "UTSMode", "UsernsMode")
+_EMPTY_REQUIRED = ("CapAdd", "Capabilities", "Devices", "DeviceRequests", "DeviceCgroupRules", "VolumesFrom",
+                   "CgroupParent")
+#: Docker's defaults (20.10 onwards): a create body may list more, never fewer.
+_MASKED_PATHS = frozenset({"/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                           "/sys/firmware"})
+_READONLY_PATHS = frozenset({"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"})
+_NO_NEW_PRIVILEGES = re.compile(r"no-new-privileges(?:[=:]true)?", re.IGNORECASE)
+
+
+def default_deploy_labels(container_labels: Mapping[str, str]) -> dict[str, str]:
+    """The compose project label of the container labels (every container of the platform
+    stack), or all of them when there is none."""
+    if _PROJECT_LABEL in container_labels:
+        return {_PROJECT_LABEL: container_labels[_PROJECT_LABEL]}
+    return dict(container_labels)
+
+
+def _fold(key: str) -> str:
+    """A JSON key as Docker's decoder compares it to a field name (Unicode case folding: the
+    long s, U+017F, counts as ``s``, the Kelvin sign, U+212A, as ``k``)."""
+    return key.casefold()
+
+
+class _Object(dict):  # type: ignore[type-arg]
+    """A JSON object that remembers its keys in order, repeated or not."""
+
+    pairs: list[tuple[str, object]]
+
+
+def load_docker_json(body: bytes, what: str) -> _Object:
+    def keep_pairs(pairs: list[tuple[str, object]]) -> _Object:
+        obj = _Object(pairs)
+        obj.pairs = pairs
+        return obj
+
+    try:
+        data = json.loads(body or b"{}", object_pairs_hook=keep_pairs)
+    except (ValueError, RecursionError):
+        raise HttpError(400, f"{what} is not JSON") from None
+    if not isinstance(data, _Object):
+        raise HttpError(400, f"{what} is not a JSON object")
+    return data
+
+
+def _field(obj: object, name: str) -> object:
+    """The value of struct field ``name`` as Docker would decode it; a field given twice (in any
+    spelling) is refused, since which one Docker keeps depends on the order."""
+    if not isinstance(obj, _Object):
+        return None
+    values = [v for k, v in obj.pairs if _fold(k) == _fold(name)]
+    if len(values) > 1:
+        raise HttpError(400, f"the field {name} is given {len(values)} times")
+    return values[0] if values else None
+
+
+def _strings(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise HttpError(400, f"{name} must be a list of strings")
+    return value
+
+
+def _volume_allowed(name: str, project: str | None) -> bool:
+    """A named volume; of the compose project (``<project>_...``) or anonymous (64 hex digits)
+    when the project is known."""
+    if not _VOLUME_NAME.fullmatch(name):
+        return False
+    return project is None or name.startswith(f"{project}_") or bool(re.fullmatch(r"[0-9a-f]{64}", name))
+
+
+def _check_host_settings(settings: object, where: str, project: str | None = None) -> None:
+    """Refuse what would give a container a way out to the host."""
+    if _field(settings, "Privileged"):
+        raise HttpError(403, f"privileged containers are not allowed ({where})")
+    for name in _EMPTY_REQUIRED:
+        if _field(settings, name):
+            raise HttpError(403, f"{name} is not allowed ({where})")
+    for name in _NAMESPACE_FIELDS:
+        mode = _field(settings, name)
+        if isinstance(mode, str) and (mode.lower() == "host" or mode.lower().startswith("container:")):
+            raise HttpError(403, f"{name} {mode!r} is not allowed ({where})")
+    runtime = _field(settings, "Runtime")
+    if runtime not in (None, "", "runc"):
+        raise HttpError(403, f"the runtime {runtime!r} is not allowed ({where})")
+    driver = _field(settings, "VolumeDriver")
+    if driver not in (None, "", "local"):
+        raise HttpError(403, f"the volume driver {driver!r} is not allowed ({where})")
+    for option in _strings(_field(settings, "SecurityOpt"), "SecurityOpt"):
+        if not _NO_NEW_PRIVILEGES.fullmatch(option.strip()):
+            raise HttpError(403, f"the security option {option!r} is not allowed ({where})")
+    for name, required in (("MaskedPaths", _MASKED_PATHS), ("ReadonlyPaths", _READONLY_PATHS)):
+        value = _field(settings, name)
+        if value is not None and not required <= set(_strings(value, name)):
+            raise HttpError(403, f"{name} must keep Docker's defaults ({where})")
+    for bind in _strings(_field(settings, "Binds"), "Binds"):
+        source, sep, _ = bind.partition(":")
+        if sep and not _volume_allowed(source, project):
+            raise HttpError(403, f"the bind {bind!r} is not a named volume of the platform ({where})")
+    mounts = _field(settings, "Mounts")
+    if mounts is not None and not isinstance(mounts, list):
+        raise HttpError(400, "Mounts must be a list")
+    for mount in mounts or []:
+        kind = _field(mount, "Type")
+        if kind == "tmpfs":
+            continue
+        if kind != "volume":
+            raise HttpError(403, f"{kind!r} mounts are not allowed ({where})")
+        source = _field(mount, "Source")
+        if source not in (None, "") and not (isinstance(source, str) and _volume_allowed(source, project)):
+            raise HttpError(403, f"the mount source {source!r} is not a named volume of the platform ({where})")
+        if _field(_field(mount, "VolumeOptions"), "DriverConfig"):
+            raise HttpError(403, f"volume driver options are not allowed ({where})")
+
+
+def check_create_body(body: bytes, labels: Mapping[str, str]) -> None:
+    """Refuse a ``POST /containers/create`` body that does not make a labelled container of the
+    platform, or that would reach the host. With the compose project among the labels, volumes
+    must be the project's own (``<project>_name``) or anonymous ones."""
+    config = load_docker_json(body, "the container configuration")
+    project = labels.get(_PROJECT_LABEL)
+    given = _field(config, "Labels")
+    given = given if isinstance(given, dict) else {}
+    missing = {k: v for k, v in labels.items() if given.get(k) != v}
+    if missing:
+        raise HttpError(403, f"the new container does not carry the labels {missing}")
+    _check_host_settings(config, "top level", project)
+    host_config = _field(config, "HostConfig")
+    if host_config is not None and not isinstance(host_config, _Object):
+        raise HttpError(400, "HostConfig must be an object")
+    _check_host_settings(host_config, "HostConfig", project)
+    networking = _field(config, "NetworkingConfig")
+    endpoints = _field(networking, "EndpointsConfig")
+    if isinstance(endpoints, dict) and any(_fold(name) == "host" for name in endpoints):
+        raise HttpError(403, "the host network is not allowed")
+
+
 class SocketProxy:
     """Serves the allowlisted part of the Docker API on TCP, from the Docker socket ``upstream``."""
 
     def __init__(self, upstream: str, *, container_labels: Mapping[str, str] | None = None,
-                 rules: Sequence[Rule] = RULES) -> None:
+                 rules: Sequence[Rule] = RULES, allow_deploy: bool = False,
+                 deploy_labels: Mapping[str, str] | None = None) -> None:
         self.upstream = upstream
         self.container_labels = dict(container_labels or {})
-        self.rules = tuple(rules)
+        self.allow_deploy = allow_deploy
+        self.deploy_labels = dict(deploy_labels) if deploy_labels else default_deploy_labels(self.container_labels)
+        if allow_deploy and not self.deploy_labels:
+            raise ValueError("deploying needs labels that mark the platform's containers (--deploy-labels)")
+        self.rules = tuple(rules) + (DEPLOY_RULES if allow_deploy else ())
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD)
@@ -296,7 +485,10 @@ class SocketProxy:
             rule, ref = found
             length = body_length(request.head)
             body = await reader.readexactly(length) if length else b""
-            target = await self._authorize(rule, ref, request, body)
+            if rule.name in _DEPLOY_RULE_NAMES:
+                target, body = await self._authorize_deploy(rule, ref, request, body)
+            else:
+                target = await self._authorize(rule, ref, request, body)
             await self._forward(rule, request, target, body, reader, writer)
         except HttpError as exc:
             what = f"{request.method} {request.path}" if request else "request"
@@ -327,7 +519,10 @@ class SocketProxy:
                 raise HttpError(403, "privileged execs are not allowed")
         if rule.name in ("create-exec", "inspect-container") and self.container_labels:
             assert ref is not None
-            full_id = await self._check_container(ref)
+            if rule.name == "inspect-container" and self.allow_deploy:
+                full_id = await self._check_container(ref, self.container_labels, self.deploy_labels)
+            else:
+                full_id = await self._check_container(ref)
             # Forward by id: a name could be given to another container in the meantime.
             prefix = request.path[: request.path.index("/containers/")]
             suffix = "exec" if rule.name == "create-exec" else "json"
@@ -335,7 +530,41 @@ class SocketProxy:
             return f"{prefix}/containers/{full_id}/{suffix}{query}"
         return request.target
 
-    async def _check_container(self, ref: str) -> str:
+    async def _authorize_deploy(self, rule: Rule, ref: str | None, request: Request,
+                                body: bytes) -> tuple[str, bytes]:
+        """The checks of the ``--allow-deploy`` calls; the target and body to forward."""
+        query = f"?{request.query}" if request.query else ""
+        version = re.match(_VERSION + "(?=/)", request.path)
+        prefix = version.group(0) if version else ""
+        if rule.name == "inspect-image":
+            assert ref is not None
+            if any(part in ("", ".", "..") for part in ref.split("/")):
+                raise HttpError(403, f"image name {ref!r} is not allowed")
+            return request.target, body
+        if rule.name == "create-container":
+            check_create_body(body, self.deploy_labels)
+            return request.target, body
+        if rule.name == "connect-network":
+            config = load_docker_json(body, "the network connect body")
+            container = _field(config, "Container")
+            if not isinstance(container, str) or not re.fullmatch(_CONTAINER, container):
+                raise HttpError(400, "the network connect body names no container")
+            full_id = await self._check_container(container, self.deploy_labels)
+            rewritten = {k: v for k, v in config.items() if _fold(k) != "container"}
+            rewritten["Container"] = full_id
+            return request.target, json.dumps(rewritten).encode()
+        assert ref is not None
+        if body:
+            raise HttpError(400, f"{request.method} {request.path} takes no request body")
+        full_id = await self._check_container(ref, self.deploy_labels)
+        action = request.path.rsplit("/", 1)[1] if rule.name != "remove-container" else ""
+        path = f"{prefix}/containers/{full_id}" + (f"/{action}" if action else "")
+        return f"{path}{query}", body
+
+    async def _check_container(self, ref: str, *label_sets: Mapping[str, str]) -> str:
+        """The container's full id when it carries every label of one of ``label_sets``
+        (default: the container labels); HttpError otherwise."""
+        label_sets = label_sets or (self.container_labels,)
         status, body = await self._get(f"/containers/{ref}/json")
         if status == 404:
             raise HttpError(404, f"No such container: {ref}")
@@ -347,10 +576,11 @@ class SocketProxy:
             full_id = str(info["Id"])
         except (ValueError, KeyError, AttributeError, TypeError):
             raise HttpError(502, f"unreadable inspection of container {ref}") from None
-        missing = {k: v for k, v in self.container_labels.items() if labels.get(k) != v}
-        if missing:
-            raise HttpError(403, f"container {ref} does not carry the labels {missing}")
-        return full_id
+        for wanted in label_sets:
+            missing = {k: v for k, v in wanted.items() if labels.get(k) != v}
+            if not missing:
+                return full_id
+        raise HttpError(403, f"container {ref} does not carry the labels {missing}")
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -464,9 +694,14 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve(listen: str, upstream: str, container_labels: Mapping[str, str]) -> None:
+async def serve(listen: str, upstream: str, container_labels: Mapping[str, str], *, allow_deploy: bool = False,
+                deploy_labels: Mapping[str, str] | None = None) -> None:
     host, port = _split_listen(listen)
-    server = await SocketProxy(upstream, container_labels=container_labels).start(host, port)
+    proxy = SocketProxy(upstream, container_labels=container_labels, allow_deploy=allow_deploy,
+                        deploy_labels=deploy_labels)
+    server = await proxy.start(host, port)
+    if allow_deploy:
+        log.info("deploying allowed for containers labelled %s", proxy.deploy_labels)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.close)
@@ -485,15 +720,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the Docker socket")
     parser.add_argument("--container-labels", default=env.get("JERP_PROXY_CONTAINER_LABELS", ""),
                         help="KEY=VALUE,... a container needs for inspect and exec (default: any)")
+    parser.add_argument("--allow-deploy", action="store_true",
+                        default=env.get("JERP_PROXY_ALLOW_DEPLOY", "").strip().lower() in ("1", "true", "yes", "on"),
+                        help="also allow what jerp_jobs.deploy.DockerDeployer calls, for labelled containers")
+    parser.add_argument("--deploy-labels", default=env.get("JERP_PROXY_DEPLOY_LABELS", ""),
+                        help="KEY=VALUE,... a container needs to be deployed (default: the compose project "
+                             "label of --container-labels)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s socket-proxy: %(message)s")
     try:
         labels = parse_labels(args.container_labels)
+        deploy_labels = parse_labels(args.deploy_labels) or default_deploy_labels(labels)
         _split_listen(args.listen)
+        if args.allow_deploy and not deploy_labels:
+            raise ValueError("--allow-deploy needs --deploy-labels (or --container-labels)")
     except ValueError as exc:
         parser.error(str(exc))
-    asyncio.run(serve(args.listen, args.upstream, labels))
+    asyncio.run(serve(args.listen, args.upstream, labels, allow_deploy=args.allow_deploy,
+                      deploy_labels=deploy_labels))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from jerp_jobs import hooks
-from jerp_jobs.errors import ConfigError, InvalidInput, JerpError, StoreError, Unauthorized
+from jerp_jobs.errors import (
+    ConfigError,
+    InvalidInput,
+    JerpError,
+    StoreError,
+    Unauthorized,
+)
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
 
@@ -187,8 +193,14 @@ def _verify_signature(rt: Runtime, body: bytes, signature: str | None) -> None:
 
 
 def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: Any) -> Any:
-    from jerp_jobs.operations.release import delivery_answer, remember_delivery, request_release
+    from jerp_jobs.operations.release import (
+        delivery_answer,
+        remember_delivery,
+        request_release,
+    )
 
+    if not isinstance(outcome, hooks.Ignored):
+        outcome = _immutable_only(rt, outcome if isinstance(outcome, list) else [outcome])
     requests = outcome if isinstance(outcome, list) else [outcome]
     try:
         if isinstance(outcome, hooks.Ignored):
@@ -221,6 +233,17 @@ def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: 
              delivery=delivery, jobs=[job.job_id for job in started])
     answer = HookAnswer(status="accepted" if created else "duplicate", jobs=started)
     return JSONResponse(answer.model_dump(), status_code=202 if created else 200)
+
+
+def _immutable_only(rt: Runtime, requests: list[Any]) -> list[Any] | hooks.Ignored:
+    """Releases deploy immutable tags: the pipeline also pushes the moving production tag
+    (``15-prod``) with the same image, and that push must not start a second release."""
+    moving = set(rt.settings.mutable_tags)
+    kept = [request for request in requests if request.tag not in moving]
+    if kept:
+        return kept
+    tags = ", ".join(sorted({request.tag for request in requests}))
+    return hooks.Ignored(f"only moving tags were pushed ({tags}); releases deploy immutable tags")
 
 
 def _recent(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: str, **extra: Any) -> None:

@@ -961,12 +961,13 @@ def _mutate(data: st.DataObject, document: Any) -> Any:
     parent: Any = None
     key: Any = None
     node = document
-    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+    while isinstance(node, (dict, list)) and node and data.draw(st.integers(0, 4)) > 0:
         key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
         parent, node = node, node[key]
+    value = data.draw(st.none() | WORDS | JSON)
     if parent is None:
-        return data.draw(JSON)
-    parent[key] = data.draw(JSON)
+        return value
+    parent[key] = value
     return document
 
 

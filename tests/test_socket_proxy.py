@@ -333,6 +333,262 @@ def test_container_labels_are_parsed_from_key_value_pairs():
         parse_labels("novalue")
 
 
+# -- deploying (--allow-deploy): what DockerDeployer calls, for the platform's containers only ---
+
+FRONTEND_ID = "f" * 64
+PLATFORM = {"com.docker.compose.project": "jerp"}
+CREATE_BODY = {
+    "Image": "reg.example.com/erp:r2", "Env": ["A=1"],
+    "Labels": {"com.docker.compose.project": "jerp", "com.docker.compose.service": "frontend"},
+    "HostConfig": {
+        "Binds": ["jerp_frappe-sites:/home/frappe/frappe-bench/sites:rw", f"{'a' * 64}:/scratch"],
+        "NetworkMode": "jerp_default", "Privileged": False, "CapAdd": None, "Devices": [], "PidMode": "",
+        "IpcMode": "private", "SecurityOpt": None, "RestartPolicy": {"Name": "unless-stopped"},
+        "Mounts": [{"Type": "tmpfs", "Target": "/tmp"}, {"Type": "volume", "Source": "jerp_logs", "Target": "/l"}],
+        "MaskedPaths": ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+        "ReadonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    },
+    "NetworkingConfig": {"EndpointsConfig": {"jerp_default": {"Aliases": ["frontend"]}}},
+}
+
+
+class DeployingDocker(FakeDocker):
+    """FakeDocker answering the deploy calls too (create 201, start/stop/rename/remove 204)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.containers["frontend"] = {"Id": FRONTEND_ID, "Config": {"Labels": {
+            **PLATFORM, "com.docker.compose.service": "frontend"}}}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = await reader.readexactly(length)
+        self.requests.append(head + body)
+        method, target = head.split(b" ")[:2]
+        path = target.decode().split("?")[0]
+        if path.endswith("/containers/create"):
+            self._json(writer, 201, {"Id": "n" * 64, "Warnings": []})
+        elif method == b"DELETE" or path.rsplit("/", 1)[1] in ("start", "stop", "rename"):
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        elif path.startswith("/containers/") and path.endswith("/json"):
+            ref = path.split("/")[2]
+            info = next((c for name, c in self.containers.items() if ref in (name, c["Id"])), None)
+            self._json(writer, 200 if info else 404, info or {"message": f"No such container: {ref}"})
+        else:
+            self._json(writer, 200, {"Id": "sha256:" + "1" * 64})
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+def deploying_docker(loop_thread: LoopThread, tmp_path: Path) -> Iterator[tuple[DeployingDocker, str]]:
+    fake = DeployingDocker()
+    path = str(tmp_path / "docker-deploying.sock")
+    server = loop_thread.run(asyncio.start_unix_server(fake.handle, path))
+    yield fake, path
+    loop_thread.loop.call_soon_threadsafe(server.close)
+
+
+@pytest.fixture
+def deploy_proxy(loop_thread: LoopThread, deploying_docker: tuple[DeployingDocker, str]) -> Iterator[int]:
+    """The proxy as the jobs stack runs it for deploying: exec limited to the backend, deploy
+    calls to the containers of compose project ``jerp`` (the default deploy labels)."""
+    proxy = SocketProxy(deploying_docker[1], container_labels=BACKEND_LABELS, allow_deploy=True)
+    assert proxy.deploy_labels == PLATFORM
+    server = loop_thread.run(proxy.start("127.0.0.1", 0))
+    yield server.sockets[0].getsockname()[1]
+    loop_thread.loop.call_soon_threadsafe(server.close)
+
+
+def create_request(body: object, target: str = "/v1.41/containers/create?name=jerp_frontend_1_next") -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return raw_request("POST", target, data, headers="Content-Type: application/json\r\n")
+
+
+def with_host(**settings: object) -> dict[str, object]:
+    return {**CREATE_BODY, "HostConfig": {**CREATE_BODY["HostConfig"], **settings}}
+
+
+def test_deploy_calls_stay_refused_without_the_option(proxy, fake_docker):
+    fake, _ = fake_docker
+    for raw in (create_request(CREATE_BODY), raw_request("POST", "/containers/backend/stop"),
+                raw_request("GET", "/v1.41/images/reg.example.com/erp:r2/json"),
+                raw_request("POST", "/networks/jerp_default/connect", b'{"Container": "backend"}')):
+        assert status_of(exchange(proxy, raw)) == 403
+    assert fake.requests == []
+
+
+def test_a_labelled_container_that_stays_off_the_host_is_created(deploy_proxy, deploying_docker):
+    fake, _ = deploying_docker
+    raw = create_request(CREATE_BODY)
+
+    response = exchange(deploy_proxy, raw)
+
+    assert status_of(response) == 201
+    [sent] = fake.requests
+    assert sent.startswith(b"POST /v1.41/containers/create?name=jerp_frontend_1_next HTTP/1.1\r\n")
+    assert sent.endswith(raw.split(b"\r\n\r\n", 1)[1])
+
+
+LONG_S = "\u017f"
+KELVIN = "\u212a"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    pytest.param({**CREATE_BODY, "Labels": {"com.docker.compose.service": "frontend"}}, 403, "labels", id="no-labels"),
+    pytest.param({**CREATE_BODY, "Labels": {"com.docker.compose.project": "other"}}, 403, "labels",
+                 id="other-project"),
+    pytest.param(with_host(Privileged=True), 403, "privileged", id="privileged"),
+    pytest.param({**CREATE_BODY, "Privileged": True}, 403, "top level", id="privileged-at-the-top-level"),
+    pytest.param({**CREATE_BODY, "hostconfig": {"privileged": True}, "HostConfig": None}, 400, "given 2 times",
+                 id="hostconfig-twice"),
+    pytest.param({**CREATE_BODY, "HostConfig": {"privileged": 1}}, 403, "privileged", id="lower-case"),
+    pytest.param(b'{"Labels": {"com.docker.compose.project": "jerp"}, "HostConfig": '
+                 b'{"Privileged": false, "PRIVILEGED": true}}', 400, "given 2 times", id="two-spellings"),
+    pytest.param(with_host(CapAdd=["SYS_ADMIN"]), 403, "CapAdd", id="cap-add"),
+    pytest.param(with_host(Capabilities=["CAP_SYS_ADMIN"]), 403, "Capabilities", id="capabilities"),
+    pytest.param(with_host(Devices=[{"PathOnHost": "/dev/sda"}]), 403, "Devices", id="devices"),
+    pytest.param(with_host(DeviceCgroupRules=["a *:* rwm"]), 403, "DeviceCgroupRules", id="device-rules"),
+    pytest.param(with_host(PidMode="host"), 403, "PidMode", id="pid-host"),
+    pytest.param(with_host(IpcMode="host"), 403, "IpcMode", id="ipc-host"),
+    pytest.param(with_host(NetworkMode="host"), 403, "NetworkMode", id="network-host"),
+    pytest.param(with_host(NetworkMode="container:docker-proxy"), 403, "NetworkMode", id="network-container"),
+    pytest.param(with_host(UsernsMode="host"), 403, "UsernsMode", id="userns-host"),
+    pytest.param(with_host(UTSMode="host"), 403, "UTSMode", id="uts-host"),
+    pytest.param(with_host(SecurityOpt=["seccomp=unconfined"]), 403, "security option", id="seccomp"),
+    pytest.param(with_host(SecurityOpt=["apparmor=unconfined"]), 403, "security option", id="apparmor"),
+    pytest.param(with_host(SecurityOpt=["label=disable"]), 403, "security option", id="selinux"),
+    pytest.param(with_host(Binds=["/:/host"]), 403, "not a named volume", id="bind-root"),
+    pytest.param(with_host(Binds=["/var/run/docker.sock:/var/run/docker.sock"]), 403, "not a named volume",
+                 id="bind-docker-socket"),
+    pytest.param(with_host(Binds=["./here:/x"]), 403, "not a named volume", id="bind-relative"),
+    pytest.param(with_host(Binds=["jobs_redis-data:/x"]), 403, "of the platform", id="another-stacks-volume"),
+    pytest.param({**CREATE_BODY, "Binds": ["/etc:/host-etc"]}, 403, "top level", id="binds-at-the-top-level"),
+    pytest.param({**CREATE_BODY, "HostConfig": {f"Bind{LONG_S}": ["/:/host"]}}, 403, "named volume",
+                 id="binds-spelled-with-long-s"),
+    pytest.param({**CREATE_BODY, "HostConfig": {f"Networ{KELVIN}Mode": "host"}}, 403, "NetworkMode",
+                 id="network-mode-spelled-with-kelvin"),
+    pytest.param(with_host(Mounts=[{"Type": "bind", "Source": "/", "Target": "/host"}]), 403, "mounts",
+                 id="mount-bind"),
+    pytest.param(with_host(Mounts=[{"Type": "volume", "Source": "jerp_x", "Target": "/x", "VolumeOptions": {
+        "DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}}}]), 403,
+        "driver options", id="volume-binding-a-host-path"),
+    pytest.param(with_host(VolumesFrom=["docker-proxy"]), 403, "VolumesFrom", id="volumes-from"),
+    pytest.param(with_host(VolumeDriver="evil"), 403, "volume driver", id="volume-driver"),
+    pytest.param(with_host(Runtime="sysbox"), 403, "runtime", id="runtime"),
+    pytest.param(with_host(CgroupParent="/"), 403, "CgroupParent", id="cgroup-parent"),
+    pytest.param(with_host(MaskedPaths=[]), 403, "MaskedPaths", id="unmasked-proc"),
+    pytest.param(with_host(ReadonlyPaths=["/proc/sys"]), 403, "ReadonlyPaths", id="writable-sysrq-trigger"),
+    pytest.param({**CREATE_BODY, "NetworkingConfig": {"EndpointsConfig": {"host": {}}}}, 403, "host network",
+                 id="endpoint-host"),
+    pytest.param(b"not json", 400, "not JSON", id="not-json"),
+    pytest.param(b"[]", 400, "not a JSON object", id="not-an-object"),
+])
+def test_a_create_that_is_not_the_platforms_or_reaches_the_host_is_refused(deploy_proxy, deploying_docker, body,
+                                                                           status, words):
+    fake, _ = deploying_docker
+
+    response = exchange(deploy_proxy, create_request(body))
+
+    assert status_of(response) == status
+    assert words.lower() in message_of(response).lower()
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("method, target, forwarded", [
+    ("POST", "/v1.41/containers/frontend/stop?t=10", f"POST /v1.41/containers/{FRONTEND_ID}/stop?t=10 "),
+    ("POST", "/containers/frontend/start", f"POST /containers/{FRONTEND_ID}/start "),
+    ("POST", "/v1.41/containers/frontend/rename?name=jerp_frontend_1_old",
+     f"POST /v1.41/containers/{FRONTEND_ID}/rename?name=jerp_frontend_1_old "),
+    ("DELETE", "/v1.41/containers/frontend?v=False&link=False&force=True",
+     f"DELETE /v1.41/containers/{FRONTEND_ID}?v=False&link=False&force=True "),
+    ("GET", "/v1.41/containers/frontend/json", f"GET /v1.41/containers/{FRONTEND_ID}/json "),
+])
+def test_lifecycle_calls_on_a_platform_container_are_forwarded_by_its_full_id(deploy_proxy, deploying_docker,
+                                                                             method, target, forwarded):
+    fake, _ = deploying_docker
+
+    response = exchange(deploy_proxy, raw_request(method, target))
+
+    assert status_of(response) in (200, 204)
+    inspect, sent = fake.requests
+    assert inspect.startswith(b"GET /containers/frontend/json ")
+    assert sent.startswith(forwarded.encode())
+
+
+@pytest.mark.parametrize("method, target", [
+    ("POST", "/v1.41/containers/db/stop"), ("POST", "/containers/db/start"), ("DELETE", f"/containers/{DB_ID}"),
+    ("POST", "/containers/db/rename?name=x"), ("GET", "/v1.41/containers/db/json"),
+])
+def test_lifecycle_calls_on_other_containers_are_refused(deploy_proxy, deploying_docker, method, target):
+    fake, _ = deploying_docker
+
+    response = exchange(deploy_proxy, raw_request(method, target))
+
+    assert status_of(response) == 403 and "labels" in message_of(response)
+    [inspect] = fake.requests  # only the proxy's own look at the labels
+    assert inspect.startswith(b"GET /containers/")
+
+
+def test_exec_stays_limited_to_the_backend_when_deploying(deploy_proxy, deploying_docker):
+    response = exchange(deploy_proxy, raw_request("POST", "/containers/frontend/exec", b'{"Cmd": ["sh"]}'))
+    assert status_of(response) == 403
+
+
+def test_a_start_with_a_body_is_refused(deploy_proxy, deploying_docker):
+    fake, _ = deploying_docker
+    body = json.dumps({"Privileged": True, "Binds": ["/:/host"]}).encode()  # API < 1.24 would read this
+
+    response = exchange(deploy_proxy, raw_request("POST", "/v1.23/containers/frontend/start", body))
+
+    assert status_of(response) == 400 and fake.requests == []
+
+
+def test_a_network_connect_names_the_container_by_its_full_id(deploy_proxy, deploying_docker):
+    fake, _ = deploying_docker
+    body = json.dumps({"Container": "frontend", "EndpointConfig": {"Aliases": ["frontend"]}}).encode()
+
+    assert status_of(exchange(deploy_proxy, raw_request("POST", "/v1.41/networks/proxy/connect", body))) == 200
+
+    inspect, sent = fake.requests
+    assert inspect.startswith(b"GET /containers/frontend/json ")
+    assert sent.startswith(b"POST /v1.41/networks/proxy/connect HTTP/1.1\r\n")
+    assert json.loads(sent.split(b"\r\n\r\n", 1)[1]) == {"EndpointConfig": {"Aliases": ["frontend"]},
+                                                          "Container": FRONTEND_ID}
+    refused = exchange(deploy_proxy, raw_request("POST", "/networks/proxy/connect", b'{"Container": "db"}'))
+    assert status_of(refused) == 403
+
+
+@pytest.mark.parametrize("target, status", [
+    ("/v1.41/images/reg.example.com:5000/team/erp:r2/json", 200),
+    ("/images/sha256:" + "1" * 64 + "/json", 200),
+    ("/images/json", 403),
+    ("/images/a/../../containers/json", 403),
+    ("/images/a/../b/json", 403),
+    ("/images/a//b/json", 403),
+    ("/images/erp:r2/history", 403),
+])
+def test_image_inspection_is_read_only(deploy_proxy, deploying_docker, target, status):
+    assert status_of(exchange(deploy_proxy, raw_request("GET", target))) == status
+
+
+def test_deploying_needs_labels(tmp_path, monkeypatch):
+    from jerp_jobs.socket_proxy import default_deploy_labels, main
+
+    with pytest.raises(ValueError):
+        SocketProxy(str(tmp_path / "docker.sock"), allow_deploy=True)
+    assert default_deploy_labels({"a": "1"}) == {"a": "1"}
+    assert SocketProxy("x", container_labels=BACKEND_LABELS, deploy_labels={"b": "2"}).deploy_labels == {"b": "2"}
+    for name in ("JERP_PROXY_CONTAINER_LABELS", "JERP_PROXY_DEPLOY_LABELS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JERP_PROXY_ALLOW_DEPLOY", "1")
+    with pytest.raises(SystemExit):
+        main([])
+
+
 # -- through the real Docker Engine -------------------------------------------------------
 
 

@@ -211,3 +211,15 @@ def test_a_store_that_is_down_gives_503_not_a_traceback(fake_executor):
     with TestClient(create_app(runtime), raise_server_exceptions=False) as client:
         answer = post_github(client, workflow_run())
         assert answer.status_code == 503 and "could not record" in answer.json()["detail"]
+
+
+def test_a_push_of_the_moving_production_tag_starts_nothing_beside_the_immutable_one(client, rt):
+    events = [distribution_push("15-prod"), distribution_push("c3d4e5f")]
+    body = json.dumps({"events": events}).encode()
+    answer = client.post("/hooks/registry", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert [job["tag"] for job in answer.json()["jobs"]] == ["c3d4e5f"]
+
+    only_moving = json.dumps({"events": [distribution_push("15-prod")]}).encode()
+    answer = client.post("/hooks/registry", content=only_moving, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored" and "15-prod" in answer.json()["reason"]
+    assert len(rt.dispatched) == 1

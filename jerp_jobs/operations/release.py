@@ -32,10 +32,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from jerp_jobs.errors import BrokerUnavailable, DeployError, InvalidInput, JerpError, JobNotFound, LockBusy, SmokeFailed
+from jerp_jobs.errors import (
+    BrokerUnavailable,
+    DeployError,
+    InvalidInput,
+    JerpError,
+    JobNotFound,
+    LockBusy,
+    SmokeFailed,
+)
+from jerp_jobs.hooks import validate_tag
 from jerp_jobs.jobs import Job
 from jerp_jobs.log import get_logger
-from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.workflow import (
+    WAITING,
+    StepContext,
+    StepSpec,
+    Workflow,
+    register,
+    table_resolver,
+)
 
 if TYPE_CHECKING:
     from jerp_jobs.runtime import Runtime
@@ -53,15 +69,6 @@ BY_DELIVERY = "jerp:release:delivery:"
 ADMISSION = "release-admission"
 GOOD_KEPT = 50
 
-TAG_RULE = "letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-'"
-
-
-def validate_tag(tag: object) -> str:
-    import re
-
-    if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
-        raise InvalidInput(f"invalid image tag {tag!r}: {TAG_RULE}")
-    return tag
 
 
 # -- the platform as a release sees it ----------------------------------------------------------
@@ -421,7 +428,6 @@ def _child(rt: Runtime, child_id: str | None) -> Job | None:
 def _child_outcome(child: Job) -> None:
     if child.state != "succeeded":
         raise JerpError(f"migrate-all {child.id} {child.state}: {child.error or 'see the job'}")
-    return None
 
 
 def _smoke(ctx: StepContext, *, rollback: bool) -> str | None:

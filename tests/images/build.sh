@@ -136,7 +136,9 @@ build_backend() {
     mkdir -p "$staged/tests/standin"
     cp -p "$bench_script" "$staged/tests/standin/bench"
     chmod 0755 "$staged/tests/standin/bench"
-    source_root=$staged build_image "$backend_image" standin-backend.Containerfile tests/standin/bench
+    cp -p "$repo/tests/standin/web.py" "$staged/tests/standin/web.py"
+    source_root=$staged build_image "$backend_image" standin-backend.Containerfile tests/standin/bench \
+        tests/standin/web.py
     rm -rf "$staged"
 }
 
