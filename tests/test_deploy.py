@@ -36,7 +36,7 @@ from tests.workers import wait_for
 pytestmark = pytest.mark.docker
 
 PLATFORM_SERVICES = ["db", "backend"]
-JOBS_SERVICES = ["jobs-redis", "docker-proxy", "jobs-worker", "jobs-control", "jobs-beat"]
+JOBS_SERVICES = ["jobs-redis", "docker-proxy", "jobs-worker", "jobs-control", "jobs-beat", "jobs-webhook"]
 NORMAL_MIGRATE = ["maintenance-on", "scheduler-pause", "wait-ready", "backup", "migrate", "clear-cache",
                   "build-assets", "scheduler-resume", "maintenance-off"]
 
@@ -177,6 +177,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         "JERP_SITES_VOLUME": f"{name}_frappe-sites",
         "JERP_COMPOSE_PROJECT": name,
         "PROXY_NETWORK": network,
+        "COMPOSE_PROFILES": "webhook",
     })
     platform = Compose(name, [ROOT / "tests/compose/platform.yml"], variables)
     jobs = Compose(f"{name}-jobs", [ROOT / "compose.jobs.yml", ROOT / "tests/compose/jobs.yml"], variables)
