@@ -318,8 +318,8 @@ def _release_row(job: Any) -> dict[str, Any]:
         "source": job.params.get("source"),
         "rollback": bool(job.params.get("rollback")),
         "created_at": job.created_at,
-        "ended_at": job.updated_at if ended else None,
-        "duration_s": round(job.updated_at - job.created_at, 1) if ended else None,
+        "ended_at": (job.ended_at or job.updated_at) if ended else None,
+        "duration_s": round((job.ended_at or job.updated_at) - job.created_at, 1) if ended else None,
         "steps": {step.name: step.state for step in job.steps},
         "detail": job.error or job.result.get("rollback_reason"),
     }

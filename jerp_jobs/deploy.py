@@ -37,7 +37,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jerp_jobs.errors import ConfigError, DeployError, InvalidInput, RolloutTimeout, TransientError
+from jerp_jobs.errors import (  # noqa: F401  (DeployBusy, DeployUnavailable: raised here, defined there)
+    ConfigError,
+    DeployBusy,
+    DeployError,
+    DeployUnavailable,
+    InvalidInput,
+    RolloutTimeout,
+)
 from jerp_jobs.log import get_logger
 
 if TYPE_CHECKING:
@@ -61,14 +68,6 @@ _TIMESTAMP = re.compile(r"(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d+
 _DEFAULT_STOP_TIMEOUT = 10
 #: Config fields an image supplies defaults for: kept only where the container set its own.
 _IMAGE_DEFAULTS = ("WorkingDir", "User", "StopSignal", "Healthcheck", "Shell", "OnBuild")
-
-
-class DeployBusy(DeployError, TransientError):
-    """Portainer is already deploying the stack (HTTP 409): try again later."""
-
-
-class DeployUnavailable(DeployError, TransientError):
-    """Portainer or the Docker API could not be reached, or failed (5xx): try again later."""
 
 
 # -- reading what runs ------------------------------------------------------------------
@@ -165,6 +164,17 @@ def _list_service(api: Any, project: str, service: str) -> list[dict[str, Any]]:
     listed = api.containers(all=True, filters=filters)
     listed = [c for c in listed if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
     return sorted(listed, key=_container_order)
+
+
+def _names(container: Mapping[str, Any]) -> str:
+    names = container.get("Names") or [container.get("Name") or container.get("Id", "")]
+    return str(names[0]).lstrip("/")
+
+
+def _leftover(container: Mapping[str, Any]) -> bool:
+    """A container a cut-short replacement left behind (see DockerDeployer._replace)."""
+    name = _names(container)
+    return "_jerp_next_" in name or "_jerp_old_" in name
 
 
 def _container_order(container: Mapping[str, Any]) -> tuple[int, str]:
@@ -419,10 +429,15 @@ class DockerDeployer:
                 log.warning("deploy_service_skipped", service=service, project=self.project, reason="no container")
                 report.append(f"{service}: no container, skipped")
                 continue
+            leftovers = [item for item in listed if _leftover(item)]
+            listed = [item for item in listed if not _leftover(item)]
+            if leftovers:  # an earlier deploy was cut short (its worker died): clear up, start what it stopped
+                report.append(f"{service}: " + self._clear_leftovers(api, leftovers))
             done = []
             for item in listed:
                 try:
-                    done.append(self._replace(api, service, item["Id"], image_ref, new_image))
+                    done.append(self._replace(api, service, item["Id"], image_ref, new_image,
+                                              interrupted=bool(leftovers)))
                 except DeployError as exc:
                     if not report and not done:
                         raise
@@ -451,7 +466,22 @@ class DockerDeployer:
             log.warning("deploy_old_image_unreadable", image=image_id, reason=_reason(exc))
             return None
 
-    def _replace(self, api: Any, service: str, container_id: str, image_ref: str, new_image: Mapping[str, Any]) -> str:
+    def _clear_leftovers(self, api: Any, leftovers: Sequence[Mapping[str, Any]]) -> str:
+        """Remove the containers a cut-short replacement left (``*_jerp_next_*`` never took the
+        name; ``*_jerp_old_*`` was set aside); the service's containers are then started below."""
+        removed = []
+        for item in leftovers:
+            name = _names(item)
+            try:
+                api.remove_container(item["Id"], force=True, v=False)
+                removed.append(name)
+            except _api_errors() as exc:
+                log.warning("deploy_leftover_left", container=name, reason=_reason(exc))
+        log.warning("deploy_leftovers_removed", containers=removed)
+        return "removed what an interrupted deploy left: " + (", ".join(removed) or "nothing")
+
+    def _replace(self, api: Any, service: str, container_id: str, image_ref: str, new_image: Mapping[str, Any],
+                 *, interrupted: bool = False) -> str:
         try:
             info = api.inspect_container(container_id)
         except _api_errors() as exc:
@@ -461,14 +491,22 @@ class DockerDeployer:
         config = info.get("Config") or {}
         new_id_of_image = str(new_image.get("Id") or "")
         same_ref = _normalize_ref(str(config.get("Image") or "")) == _normalize_ref(image_ref)
+        running_now = bool((info.get("State") or {}).get("Running"))
         if same_ref and info.get("Image") == new_id_of_image:
+            if interrupted and not running_now:
+                try:
+                    api.start(old_id)
+                except _api_errors() as exc:
+                    raise _docker_failed(exc, f"starting container {name} on {image_ref}") from exc
+                return f"{name} already on {image_ref}, started (an interrupted deploy had left it stopped)"
             return f"{name} already on {image_ref}"
         host_config = info.get("HostConfig") or {}
         if host_config.get("AutoRemove"):
             raise DeployError(f"container {name} is removed when it stops (AutoRemove): it cannot be replaced safely",
                               container=name)
         state = info.get("State") or {}
-        was_running = bool(state.get("Running") or state.get("Restarting"))
+        # after an interrupted deploy the container may be stopped by us, not by its operator
+        was_running = bool(state.get("Running") or state.get("Restarting")) or interrupted
         old_defaults = self._old_image_config(api, str(info.get("Image") or ""))
         body, extra_networks = replacement_config(info, old_defaults, image_ref, new_id_of_image)
         temporary = f"{name}_jerp_next_{secrets.token_hex(3)}"

@@ -18,7 +18,9 @@ status or a failed step, never into a traceback for an operator to read.
     ├── OutputParseError       bench printed something the parser does not recognise
     ├── Unauthorized           a hook's signature or token does not match
     ├── DeployError            the platform could not be moved to an image tag
-    │   └── RolloutTimeout     the backend did not run the new image within the deadline
+    │   ├── RolloutTimeout     the backend did not run the new image within the deadline
+    │   ├── DeployBusy         Portainer is already deploying the stack (409); transient
+    │   └── DeployUnavailable  Portainer or the Docker API unreachable or failing; transient
     ├── SmokeFailed            a site failed its smoke checks (names the checks)
     ├── StoreError             the job store (Redis) misbehaved
     │   ├── JobNotFound
@@ -147,3 +149,11 @@ class LockLost(LockError):
 
 class TransientError(JerpError):
     """The operation may succeed if tried again later (a service down, a timeout)."""
+
+
+class DeployBusy(DeployError, TransientError):
+    """Portainer is already deploying the stack (HTTP 409): try again later."""
+
+
+class DeployUnavailable(DeployError, TransientError):
+    """Portainer or the Docker API could not be reached, or failed (5xx): try again later."""

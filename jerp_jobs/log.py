@@ -125,6 +125,9 @@ def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: i
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request's URL at INFO; a Portainer webhook's URL is its only credential
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -47,7 +47,26 @@ def resume_stalled(rt: Runtime, *, now: float | None = None) -> list[tuple[str, 
             resumed.extend(_resume_job(rt, job, now))
         except Exception:  # noqa: BLE001 - a broken record must not stop the others
             log.exception("resume.job_failed", job_id=job.id)
+    for job in rt.store.list(state="queued", limit=100_000):
+        try:
+            resumed.extend(_resume_queued(rt, job, now))
+        except Exception:  # noqa: BLE001
+            log.exception("resume.job_failed", job_id=job.id)
     return resumed
+
+
+def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
+    """A queued job that nothing touched for a while lost its message (a job waiting for its
+    site or the release slot notes it every few seconds): publish its first step again."""
+    from jerp_jobs.runner import first_step
+
+    if now - job.updated_at <= STRANDED_AFTER_S or any(s.attempts for s in job.steps):
+        return []
+    step = first_step(rt, job.id)
+    rt.store.note(job.id, resumed=f"step {step} published again: the job sat queued with no message")
+    rt.dispatch(job.id, step)
+    log.warning("job.republished", job_id=job.id, step=step)
+    return [(job.id, step)]
 
 
 def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:

@@ -246,7 +246,8 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
     following = _next_after(workflow, job, step, failed=failed)
     if following is not None and job.cancel_requested and not failed and not workflow.is_recovery(step):
         following = workflow.on_cancel(job, step)
-    if following is None and job.cancel_requested and not failed and not workflow.is_recovery(step):
+    ended_path = workflow.resolve(step).last  # a path that ran to its end is not cancelled afterwards
+    if following is None and job.cancel_requested and not failed and not workflow.is_recovery(step) and not ended_path:
         result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
     elif following is not None:
         rt.dispatch(job_id, following)

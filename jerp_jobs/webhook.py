@@ -288,6 +288,8 @@ def _json(body: bytes) -> Any:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Refused(400, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise _Refused(400, "body is not JSON this service accepts: nested too deeply") from None
     if not isinstance(payload, dict):
         raise _Refused(400, f"body must be a JSON object, not {type(payload).__name__}")
     return payload

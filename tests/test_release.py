@@ -12,9 +12,18 @@ from typing import Any
 import pytest
 
 from jerp_jobs import runner
-from jerp_jobs.errors import InvalidInput, LockBusy, RolloutTimeout
+from jerp_jobs.errors import (
+    BrokerUnavailable,
+    DeployBusy,
+    DeployError,
+    DeployUnavailable,
+    InvalidInput,
+    LockBusy,
+    RolloutTimeout,
+    SmokeFailed,
+)
 from jerp_jobs.operations import children
-from jerp_jobs.operations.release import GOOD, list_releases, request_release
+from jerp_jobs.operations.release import BAD, GOOD, list_releases, request_release
 from jerp_jobs.runtime import Runtime
 
 SITES = ("a.example.com", "b.example.com")
@@ -41,12 +50,17 @@ class FakePlatform:
     broken: set[str] = field(default_factory=set)  # tags whose smoke checks fail
     stuck: set[str] = field(default_factory=set)  # tags whose rollout never completes
     deploys: list[str] = field(default_factory=list)
+    deploy_errors: list[Exception] = field(default_factory=list)  # raised by the next deploys, in order
+    down: set[str] = field(default_factory=set)  # sites that do not answer ping
+    pinged: list[str] = field(default_factory=list)
 
     def running_tag(self) -> str | None:
         return self.running
 
     def deploy(self, tag: str) -> str:
         self.deploys.append(tag)
+        if self.deploy_errors:
+            raise self.deploy_errors.pop(0)
         if tag not in self.stuck:
             self.running = tag
         return f"asked for {tag}"
@@ -57,7 +71,9 @@ class FakePlatform:
         return f"backend runs reg/x:{tag}"
 
     def ping(self, site: str) -> None:
-        return None
+        self.pinged.append(site)
+        if site in self.down:
+            raise SmokeFailed(f"site {site}: ping failed: HTTP 503")
 
     def smoke(self, site: str) -> Smoke:
         return Smoke(site, ok=self.running not in self.broken, why="HTTP 500")
@@ -257,3 +273,148 @@ def test_a_bad_tag_is_refused_before_anything_is_recorded(fake_runtime, platform
     with pytest.raises(InvalidInput, match="invalid image tag"):
         request_release(fake_runtime, tag, source="operator")
     assert list_releases(fake_runtime) == [] and fake_runtime.dispatched == []
+
+
+def test_a_release_cancelled_between_two_deploy_attempts_rolls_back(fake_runtime, platform):
+    platform.deploy_errors = [DeployUnavailable("Portainer webhook failed with 502")]
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+    for _ in range(2):  # record, then the deploy attempt that fails and waits for its retry
+        job, step = fake_runtime.dispatched.pop(0)
+        runner.run_step(fake_runtime, job, step, worker="w1")
+    assert states(fake_runtime, job_id)["deploy"] == "pending"
+    fake_runtime.store.request_cancel(job_id)
+    fake_runtime.dispatched.append((job_id, "deploy"))  # the retry comes
+    pump(fake_runtime, platform)
+
+    job = fake_runtime.store.get(job_id)
+    assert job.state == "rolled-back" and platform.deploys[-1] == "r1" and platform.running == "r1"
+
+
+def test_a_cancel_that_lands_while_the_last_step_runs_leaves_the_release_succeeded(fake_runtime, platform,
+                                                                                  monkeypatch):
+    from jerp_jobs.operations import release
+
+    remember = release._remember_good
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+
+    def cancelled_meanwhile(rt, tag):
+        rt.store.request_cancel(job_id)
+        remember(rt, tag)
+
+    monkeypatch.setattr(release, "_remember_good", cancelled_meanwhile)
+    pump(fake_runtime, platform)
+    job = fake_runtime.store.get(job_id)
+    assert job.cancel_requested and job.state == "succeeded" and platform.deploys == ["r2"]
+
+
+def test_a_deploy_refused_before_anything_moved_rolls_back_without_migrating(fake_runtime, platform):
+    platform.deploy_errors = [DeployError("Portainer webhook: unknown webhook (404)")]
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+    pump(fake_runtime, platform)
+
+    job = fake_runtime.store.get(job_id)
+    assert job.state == "rolled-back" and "unknown webhook" in job.result["rollback_reason"]
+    steps = states(fake_runtime, job_id)
+    assert steps["migrate"] == "skipped" and steps["rollback-migrate"] == "skipped"
+    assert set(job.result["rollback_smoke"]) == set(SITES)  # the sites of the bench, smoke-tested
+
+
+def test_a_busy_answer_to_a_repeated_deploy_lets_the_rollout_decide(fake_runtime, platform):
+    platform.deploy_errors = [DeployUnavailable("no answer within 30 s"), DeployBusy("in progress (409)")]
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+    for _ in range(2):
+        job, step = fake_runtime.dispatched.pop(0)
+        runner.run_step(fake_runtime, job, step, worker="w1")
+    platform.running = "r2"  # the first call did deploy, slowly
+    fake_runtime.dispatched.append((job_id, "deploy"))
+    pump(fake_runtime, platform)
+
+    job = fake_runtime.store.get(job_id)
+    assert job.state == "succeeded", job.error
+    assert "the rollout check decides" in job.step("deploy").output
+
+
+def test_a_migrate_all_child_whose_message_was_lost_is_published_again(fake_runtime, platform):
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+    for _ in range(4):  # record, deploy, rollout, migrate
+        job, step = fake_runtime.dispatched.pop(0)
+        runner.run_step(fake_runtime, job, step, worker="w1")
+    child_id = fake_runtime.store.get(job_id).result["migrate_job"]
+    assert fake_runtime.dispatched.pop(0) == (child_id, "discover")  # ... and lost
+    record = fake_runtime.store.get(job_id).step("migrate")
+    record.state = "pending"  # the worker died before the step was recorded as waiting
+    fake_runtime.store.update_step(job_id, record)
+
+    runner.run_step(fake_runtime, job_id, "migrate", worker="w2")
+    assert (child_id, "discover") in fake_runtime.dispatched
+    assert fake_runtime.store.get(job_id).result["migrate_job"] == child_id  # no second migrate-all
+
+
+def test_the_rollout_pings_a_site_that_is_not_marked_and_accepts_any_that_answers(fake_runtime, platform):
+    fake_runtime.sites.mark_attention(SITES[0], job_id="x", reason="restore failed")
+    platform.down = set()
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+    pump(fake_runtime, platform)
+    assert fake_runtime.store.get(job_id).state == "succeeded"
+    assert SITES[0] not in platform.pinged and platform.pinged[0] == SITES[1]
+
+
+def test_a_tag_that_was_rolled_back_from_is_never_a_rollback_target(fake_runtime, platform):
+    fake_runtime.redis.rpush(GOOD, "r0")
+    fake_runtime.redis.sadd(BAD, "r1")  # running, but a release of it once failed
+    platform.broken = {"r2"}
+    job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
+    pump(fake_runtime, platform)
+
+    job = fake_runtime.store.get(job_id)
+    assert job.result["rollback_to"] == "r0" and platform.deploys == ["r2", "r0"]
+    assert fake_runtime.redis.sismember(BAD, "r2")
+
+
+def test_a_manual_rollback_marks_the_tag_it_leaves_as_bad(fake_runtime, platform):
+    fake_runtime.redis.rpush(GOOD, "r2", "r1")
+    platform.running = "r2"
+    request_release(fake_runtime, None, source="operator", rollback=True, dedupe=False)
+    pump(fake_runtime, platform)
+    second = request_release(fake_runtime, None, source="operator", rollback=True, dedupe=False).job.id
+    pump(fake_runtime, platform)
+    assert fake_runtime.store.get(second).state == "failed"  # r2 is not a target any more
+    assert platform.deploys == ["r1"]
+
+
+def test_a_moving_tag_is_refused(fake_runtime, platform):
+    with pytest.raises(InvalidInput, match="moving tag"):
+        request_release(fake_runtime, "15-prod", source="operator")
+
+
+def test_a_superseded_tag_can_be_requested_again(fake_runtime, platform):
+    first = request_release(fake_runtime, "r2", source="pipeline").job.id
+    job, step = fake_runtime.dispatched.pop(0)
+    runner.run_step(fake_runtime, job, step, worker="w1")  # r2 holds the slot
+    waiting = request_release(fake_runtime, "r3", source="pipeline").job.id
+    request_release(fake_runtime, "r4", source="pipeline")
+    assert fake_runtime.store.get(waiting).state == "superseded"
+
+    again = request_release(fake_runtime, "r3", source="registry")
+    assert again.created and again.job.id != waiting and first != again.job.id
+
+
+def test_a_request_whose_publish_failed_can_be_sent_again(fake_runtime, platform):
+    def broken(job_id, step):
+        raise ConnectionError("broker down")
+
+    fake_runtime.dispatch = broken
+    with pytest.raises(BrokerUnavailable):
+        request_release(fake_runtime, "r2", source="registry", delivery="d-1")
+    fake_runtime.dispatch = lambda job_id, step: fake_runtime.dispatched.append((job_id, step))
+    retry = request_release(fake_runtime, "r2", source="registry", delivery="d-1")
+    assert retry.created and fake_runtime.dispatched == [(retry.job.id, "record")]
+
+
+def test_the_end_of_a_release_never_frees_the_slot_a_successor_took(fake_runtime, platform):
+    from jerp_jobs.operations.release import ACTIVE, on_end
+
+    first = request_release(fake_runtime, "r2", source="pipeline").job
+    fake_runtime.redis.set(ACTIVE, "the-successor")
+    on_end(fake_runtime, fake_runtime.store.get(first.id))
+    assert fake_runtime.redis.get(ACTIVE) == b"the-successor"

@@ -716,3 +716,30 @@ def test_docker_deployer_works_through_the_socket_proxy_allowing_deploys(docker_
         client.close()
         loop.loop.call_soon_threadsafe(server.close)
         loop.stop()
+
+
+@pytest.mark.docker
+def test_a_deploy_cut_short_after_the_swap_is_finished_by_the_next_attempt(docker_client: Any, stack: Stack,
+                                                                          releases: Releases) -> None:
+    """The worker died after naming the new container and before starting it: the old one is
+    set aside and stopped, the new one has the name and is stopped. The next attempt starts it
+    and removes what was left."""
+    old = docker_client.containers.get(stack.compose.container("backend"))
+    name = old.name
+    old.stop(timeout=5)
+    old.rename(f"{name}_jerp_old_{old.id[:12]}")
+    labels = dict(old.attrs["Config"]["Labels"])
+    networks = list(old.attrs["NetworkSettings"]["Networks"])
+    new = docker_client.containers.create(f"{REPO}:{releases.r2}", name=name, labels=labels,
+                                          network=networks[0])
+
+    since = time.time()
+    detail = DockerDeployer(docker_client, project=stack.project, services=["backend"],
+                            repository=REPO).deploy(releases.r2)
+    assert "interrupted" in detail and "started" in detail
+    confirmed = confirm(docker_client, stack, releases.r2, since - 60)
+    assert confirmed.id == new.id and confirmed.running
+    import docker
+
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(old.id)

@@ -223,3 +223,12 @@ def test_a_push_of_the_moving_production_tag_starts_nothing_beside_the_immutable
     answer = client.post("/hooks/registry", content=only_moving, headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 200 and answer.json()["status"] == "ignored" and "15-prod" in answer.json()["reason"]
     assert len(rt.dispatched) == 1
+
+
+def test_json_nested_too_deeply_is_400_not_a_server_error(client, rt):
+    body = b"[" * 100_000 + b"]" * 100_000
+    answer = post_github(client, body)
+    assert answer.status_code in (400, 413) and rt.dispatched == []
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    answer = client.post("/hooks/release", content=deep, headers={"X-Hub-Signature-256": sign(deep)})
+    assert answer.status_code == 400 and rt.dispatched == []

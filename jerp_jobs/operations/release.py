@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from jerp_jobs.errors import (
     BrokerUnavailable,
+    DeployBusy,
     DeployError,
     InvalidInput,
     JerpError,
@@ -64,10 +65,15 @@ ACTIVE = "jerp:release:active"  # the job id of the release that holds the slot
 WAITING_SET = "jerp:release:waiting"  # releases requested and not yet holding the slot
 INDEX = "jerp:releases"  # every release, scored by creation time
 GOOD = "jerp:release:good"  # tags that passed a release, newest first
+BAD = "jerp:release:bad"  # tags rolled back from, or whose release failed: never a rollback target
 BY_TAG = "jerp:release:tag:"
 BY_DELIVERY = "jerp:release:delivery:"
 ADMISSION = "release-admission"
 GOOD_KEPT = 50
+#: how long "this delivery was ignored" is remembered: a redelivery after a fixed setting counts
+IGNORED_TTL_S = 3600
+#: compare-and-delete of the release slot
+_FREE_SLOT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 
@@ -190,6 +196,9 @@ def request_release(
 
     if not rollback:
         tag = validate_tag(tag)
+        if tag in rt.settings.mutable_tags:
+            raise InvalidInput(f"{tag} is a moving tag (JERP_MUTABLE_TAGS): release an immutable tag, such as "
+                               "the commit's short sha, so that the release can be confirmed and rolled back")
     with rt.locks.hold(ADMISSION, wait=5, poll=0.01, step="request"):
         existing = _existing(rt, delivery=delivery, tag=tag if dedupe else None)
         if existing is not None:
@@ -213,6 +222,8 @@ def request_release(
     try:
         rt.dispatch(job.id, runner.first_step(rt, job.id))
     except Exception as exc:
+        rt.redis.delete(*[key for key in (BY_TAG + tag if tag and dedupe else None,
+                                          BY_DELIVERY + delivery if delivery else None) if key])
         runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the release: {exc}")
         raise BrokerUnavailable(f"could not publish release {job.id} to the broker: {exc}", job_id=job.id) from exc
     log.info("release.requested", job_id=job.id, tag=tag, source=source, rollback=rollback)
@@ -222,7 +233,8 @@ def request_release(
 def remember_delivery(rt: Runtime, delivery: str, answer: str) -> str:
     """Record what a delivery was answered (a job id or "ignored"); returns the first answer."""
     key = BY_DELIVERY + delivery
-    if rt.redis.set(key, answer, nx=True, ex=rt.store.ttl):
+    ttl = IGNORED_TTL_S if answer == "ignored" else rt.store.ttl
+    if rt.redis.set(key, answer, nx=True, ex=ttl):
         return answer
     return _s(rt.redis.get(key) or answer)
 
@@ -238,10 +250,19 @@ def _existing(rt: Runtime, *, delivery: str | None, tag: str | None) -> Job | No
         if job_id is None or _s(job_id) == "ignored":
             continue
         try:
-            return rt.store.get(_s(job_id))
+            job = rt.store.get(_s(job_id))
         except JobNotFound:
             rt.redis.delete(key)
+            continue
+        if _never_started(job):
+            rt.redis.delete(key)  # superseded, or gave up before it began: a new request may start it
+            continue
+        return job
     return None
+
+
+def _never_started(job: Job) -> bool:
+    return job.finished and all(s.attempts == 0 for s in job.steps)
 
 
 def _waiting(rt: Runtime) -> list[str]:
@@ -294,9 +315,11 @@ def admit(rt: Runtime, job: Job) -> None:
 def on_end(rt: Runtime, job: Job) -> None:
     """Free the slot and tell people how the release ended."""
     rt.redis.srem(WAITING_SET, job.id)
-    if _active(rt) == job.id:
-        rt.redis.delete(ACTIVE)  # only this job sets or clears its own id; admission checks liveness
+    rt.redis.eval(_FREE_SLOT, 1, ACTIVE, job.id)  # only if this job holds it: never a successor's
+    _stop_children(rt, job)
     tag = job.params.get("tag") or job.result.get("tag") or "?"
+    if job.state in ("rolled-back", "failed") and job.result.get("deployed_at") and tag != "?":
+        _remember_bad(rt, tag)
     title = {
         "succeeded": f"Release {tag} is live",
         "rolled-back": f"Release {tag} rolled back to {job.result.get('rollback_to')}",
@@ -310,6 +333,15 @@ def on_end(rt: Runtime, job: Job) -> None:
     rt.notify(event, title, body)
 
 
+def _stop_children(rt: Runtime, job: Job) -> None:
+    """A release that ended (reaped, failed) while its migrate-all still runs: start no more sites."""
+    for field_name in ("migrate_job", "rollback_migrate_job"):
+        child = _child(rt, job.result.get(field_name))
+        if child is not None and not child.finished and not child.cancel_requested:
+            rt.store.request_cancel(child.id)
+            log.warning("release.child_cancelled", job_id=job.id, child=child.id)
+
+
 def _rollback_started(job: Job) -> bool:
     return any(s.name.startswith("rollback-") and s.state in ("success", "failed") for s in job.steps)
 
@@ -321,18 +353,21 @@ def record(ctx: StepContext) -> None:
     rt, job = ctx.runtime, ctx.job
     running = _platform(rt).running_tag()
     mutable = set(rt.settings.mutable_tags)
-    good = [t for t in _good_tags(rt) if t not in mutable]
+    bad = _bad_tags(rt)
+    good = [t for t in _good_tags(rt) if t not in mutable and t not in bad]
     if job.params.get("rollback"):
         target = next((t for t in good if t != running), None)
         if target is None:
             raise InvalidInput(f"no previous immutable tag to roll back to (running: {running or 'unknown'}; "
                                f"known good: {', '.join(good) or 'none'})")
         ctx.record(tag=target, previous_tag=running, rollback_to=None)
+        if running and running not in mutable:
+            _remember_bad(rt, running)  # an operator rolled away from it
         ctx.output.append(f"rolling back from {running or 'an unknown tag'} to {target}")
         rt.notify("release.started", f"Rollback to {target} started", f"job {job.id}: {running} -> {target}")
         return
     tag = job.params["tag"]
-    if running is not None and running not in mutable:
+    if running is not None and running not in mutable and running not in bad:
         rollback_to: str | None = running
     else:
         rollback_to = next((t for t in good if t != tag), None)
@@ -359,9 +394,18 @@ def _deploy(ctx: StepContext, *, rollback: bool) -> None:
     tag = _target(ctx, rollback=rollback)
     if rollback:
         ctx.record(rollback_reason=_failure_reason(ctx.runtime.store.get(ctx.job.id)))
+    field_name = "rollback_deployed_at" if rollback else "deployed_at"
+    earlier = ctx.runtime.store.get(ctx.job.id).result.get(field_name)
     since = time.time()
-    ctx.record(**{("rollback_deployed_at" if rollback else "deployed_at"): since})
-    detail = _platform(ctx.runtime).deploy(tag)
+    ctx.record(**{field_name: earlier or since})
+    try:
+        detail = _platform(ctx.runtime).deploy(tag)
+    except DeployBusy:
+        if not earlier:
+            raise
+        # our own earlier call may be the deployment in progress: the rollout check decides
+        detail = f"a deployment is in progress (possibly the one asked for {time.time() - earlier:.0f} s ago); " \
+                 "the rollout check decides"
     ctx.output.append(detail)
 
 
@@ -373,20 +417,22 @@ def _rollout(ctx: StepContext, *, rollback: bool) -> None:
     started = time.monotonic()
     deadline = float(rt.settings.rollout_timeout)
     ctx.output.append(_platform(rt).wait_rollout(tag, since=since, deadline_s=deadline))
-    sites = _sites(ctx)
+    sites = [site for site in _sites(ctx) if not rt.sites.attention(site)]
     if not sites:
         ctx.output.append("no site to ping")
         return
-    last: Exception | None = None
+    last: dict[str, str] = {}
     while True:
-        try:
-            _platform(rt).ping(sites[0])
-            ctx.output.append(f"{sites[0]} answers ping")
-            return
-        except JerpError as exc:
-            last = exc
+        for site in sites:
+            try:
+                _platform(rt).ping(site)
+                ctx.output.append(f"{site} answers ping")
+                return
+            except JerpError as exc:
+                last[site] = str(exc)
         if time.monotonic() - started > deadline:
-            raise DeployError(f"{tag} runs but {sites[0]} does not answer ping after {deadline:.0f} s: {last}")
+            raise DeployError(f"{tag} runs but no site answers ping after {deadline:.0f} s: "
+                              + "; ".join(last.values()))
         time.sleep(2.0)
 
 
@@ -402,6 +448,9 @@ def _migrate(ctx: StepContext, *, rollback: bool) -> str | None:
 
     rt = ctx.runtime
     field = "rollback_migrate_job" if rollback else "migrate_job"
+    if rollback and not rt.store.get(ctx.job.id).result.get("migrate_job"):
+        ctx.output.append("the release never migrated a site: nothing to migrate back")
+        return "skipped"
     with rt.locks.hold(f"release-children:{ctx.job.id}", wait=60, poll=0.01, job_id=ctx.job.id, step=ctx.step):
         child_id = rt.store.get(ctx.job.id).result.get(field)
         child = _child(rt, child_id)
@@ -411,6 +460,8 @@ def _migrate(ctx: StepContext, *, rollback: bool) -> str | None:
             rt.dispatch(child.id, first_step(rt, child.id))
             log.info("release.migrate_started", job_id=ctx.job.id, child=child.id)
             return WAITING
+    if child.state == "queued" and all(s.attempts == 0 for s in child.steps):
+        rt.dispatch(child.id, first_step(rt, child.id))  # its first message may never have gone out
     if not child.finished:
         return WAITING
     return _child_outcome(child)
@@ -434,8 +485,11 @@ def _smoke(ctx: StepContext, *, rollback: bool) -> str | None:
     rt = ctx.runtime
     job = rt.store.get(ctx.job.id)
     child = _child(rt, job.result.get("rollback_migrate_job" if rollback else "migrate_job"))
-    entries: Mapping[str, Mapping[str, Any]] = (child.result.get("sites") if child else None) or {}
-    sites = [site for site, entry in entries.items() if entry.get("state") == "succeeded"]
+    if child is not None:
+        entries: Mapping[str, Mapping[str, Any]] = child.result.get("sites") or {}
+        sites = [site for site, entry in entries.items() if entry.get("state") == "succeeded"]
+    else:  # nothing was migrated (a rollback before any migration): every site that is not marked
+        sites = [site for site in _sites(ctx) if not rt.sites.attention(site)]
     if not sites:
         ctx.output.append("no migrated site to smoke-test")
         return "skipped"
@@ -470,10 +524,22 @@ def _remember_good(rt: Runtime, tag: str) -> None:
     if tag in rt.settings.mutable_tags:
         return
     pipe = rt.redis.pipeline()
+    pipe.srem(BAD, tag)
     pipe.lrem(GOOD, 0, tag)
     pipe.lpush(GOOD, tag)
     pipe.ltrim(GOOD, 0, GOOD_KEPT - 1)
     pipe.execute()
+
+
+def _remember_bad(rt: Runtime, tag: str) -> None:
+    pipe = rt.redis.pipeline()
+    pipe.sadd(BAD, tag)
+    pipe.lrem(GOOD, 0, tag)
+    pipe.execute()
+
+
+def _bad_tags(rt: Runtime) -> set[str]:
+    return {_s(t) for t in rt.redis.smembers(BAD)}
 
 
 def _good_tags(rt: Runtime) -> list[str]:
@@ -530,8 +596,9 @@ def _on_failure(job: Job, step: str) -> str | None:
 
 
 def _on_cancel(job: Job, step: str | None) -> str | None:
-    """Cancelled once the new tag may be deployed: go back to the previous one."""
-    if step in ("deploy", "rollout", "migrate", "smoke") and not job.params.get("rollback"):
+    """Cancelled once the new tag may have been asked for: go back to the previous one."""
+    deploy = job.step("deploy")
+    if not job.params.get("rollback") and (deploy.attempts > 0 or deploy.state != "pending"):
         return "rollback-deploy"
     return None
 
