@@ -45,6 +45,7 @@ from jerp_jobs.errors import (  # noqa: F401  (DeployBusy, DeployUnavailable: ra
     InvalidInput,
     RolloutTimeout,
 )
+from jerp_jobs.executors.docker import PROJECT_LABEL, SERVICE_LABEL, compose_order
 from jerp_jobs.log import get_logger
 
 if TYPE_CHECKING:
@@ -55,10 +56,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
-NUMBER_LABEL = "com.docker.compose.container-number"
 #: Compose v2 records the image id the container was created from; kept in step when recreating.
 IMAGE_LABEL = "com.docker.compose.image"
 
@@ -163,7 +161,7 @@ def _list_service(api: Any, project: str, service: str) -> list[dict[str, Any]]:
     filters = {"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}
     listed = api.containers(all=True, filters=filters)
     listed = [c for c in listed if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
-    return sorted(listed, key=_container_order)
+    return sorted(listed, key=compose_order)
 
 
 def _names(container: Mapping[str, Any]) -> str:
@@ -175,16 +173,6 @@ def _leftover(container: Mapping[str, Any]) -> bool:
     """A container a cut-short replacement left behind (see DockerDeployer._replace)."""
     name = _names(container)
     return "_jerp_next_" in name or "_jerp_old_" in name
-
-
-def _container_order(container: Mapping[str, Any]) -> tuple[int, str]:
-    labels = container.get("Labels") or {}
-    try:
-        number = int(labels.get(NUMBER_LABEL, ""))
-    except ValueError:
-        number = 1 << 30
-    names = container.get("Names") or [container.get("Id", "")]
-    return number, str(names[0])
 
 
 def service_containers(client: docker.DockerClient, project: str, service: str) -> list[RunningContainer]:

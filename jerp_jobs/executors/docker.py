@@ -170,7 +170,7 @@ class DockerExecutor:
                 project=self.project,
                 service=self.service,
             )
-        containers.sort(key=_container_order)
+        containers.sort(key=compose_order)
         running = [c for c in containers if c.get("State") == "running"]
         if running:
             return running[0]
@@ -451,7 +451,8 @@ def _close(stream: Any) -> None:
         pass
 
 
-def _container_order(container: Mapping[str, Any]) -> tuple[int, str]:
+def compose_order(container: Mapping[str, Any]) -> tuple[int, str]:
+    """Sort key of a compose service's containers (as listed by the Docker API): by number, then name."""
     labels = container.get("Labels") or {}
     try:
         number = int(labels.get(NUMBER_LABEL, ""))
