@@ -33,6 +33,10 @@ MAX_LOST_ATTEMPTS = 3
 #: a running job with no step running and no update for this long is published again
 STRANDED_AFTER_S = 300.0
 
+#: a queued job with no update for this long lost its message (one waiting behind busy workers
+#: is only published twice, which its step's lock and record make harmless)
+QUEUED_STRANDED_AFTER_S = 900.0
+
 
 def resume_stalled(rt: Runtime, *, now: float | None = None) -> list[tuple[str, str]]:
     """Publish again every running step that lost its worker; returns (job id, step) pairs.
@@ -60,7 +64,7 @@ def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
     site or the release slot notes it every few seconds): publish its first step again."""
     from jerp_jobs.runner import first_step
 
-    if now - job.updated_at <= STRANDED_AFTER_S or any(s.attempts for s in job.steps):
+    if now - job.updated_at <= QUEUED_STRANDED_AFTER_S or any(s.attempts for s in job.steps):
         return []
     step = first_step(rt, job.id)
     rt.store.note(job.id, resumed=f"step {step} published again: the job sat queued with no message")

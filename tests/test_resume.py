@@ -118,15 +118,9 @@ def test_one_broken_record_does_not_stop_the_pass(fake_runtime: Runtime) -> None
 
 def test_a_queued_job_nothing_touched_for_minutes_is_published_again(fake_runtime: Runtime) -> None:
     job = create_job(fake_runtime, "backup", site="acme.example.com", params={})
-    assert resume_stalled(fake_runtime, now=time.time() + 60) == []  # its message may still be on its way
+    assert resume_stalled(fake_runtime, now=time.time() + 600) == []  # it may wait behind busy workers
 
-    resumed = resume_stalled(fake_runtime, now=time.time() + 600)
+    resumed = resume_stalled(fake_runtime, now=time.time() + 1000)
     assert resumed == [(job.id, "backup")] and fake_runtime.dispatched == [(job.id, "backup")]
     assert "published again" in fake_runtime.store.get(job.id).notes["resumed"]
 
-
-def test_a_queued_job_waiting_for_its_site_is_not_published_again(fake_runtime: Runtime) -> None:
-    job = create_job(fake_runtime, "backup", site="acme.example.com", params={})
-    later = time.time() + 600
-    fake_runtime.store.note(job.id, waiting_for="site acme.example.com is busy")  # as each retry does
-    assert resume_stalled(fake_runtime, now=later - 590) == []
