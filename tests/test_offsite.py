@@ -539,3 +539,42 @@ def test_upload_memory_stays_bounded(
     store_client = s3_server.client()
     head = store_client.head_object(Bucket=s3_bucket, Key=f"mem/{SITE}/2025/01/02/20250102_000000/manifest.json")
     assert head["ContentLength"] > 0
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _s3_client_as_deployed(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from jerp_jobs.offsite.s3 import make_client
+    from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    return make_client(endpoint_url=s3_server.endpoint_url, region=REGION)
+
+
+def test_each_part_carries_the_stores_own_digest_and_the_body_is_not_hashed_for_signing(
+    s3_server: Any, s3_bucket: str, transfer_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    client = _s3_client_as_deployed(s3_server, monkeypatch)
+    sent: list[tuple[str | None, str | None]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        if "partNumber=" in request.url:
+            sent.append(tuple(_text(request.headers.get(name)) for name in ("x-amz-checksum-sha256",
+                                                                             "X-Amz-Content-SHA256")))
+
+    client.meta.events.register("before-send.s3.UploadPart", record)
+    sites = tmp_path / "sites"
+    local = make_backup(sites, big=12 * MiB + 4321)
+    make_store(client, s3_bucket, transfer_config).upload_backup(local, sites)
+
+    data = (sites / local["artifacts"][1]["path"]).read_bytes()
+    digests = [base64.b64encode(hashlib.sha256(data[i : i + 5 * MiB]).digest()).decode()
+               for i in range(0, len(data), 5 * MiB)]
+    assert sorted(checksum for checksum, _ in sent) == sorted(digests)
+    assert {signed for _, signed in sent} == {"UNSIGNED-PAYLOAD"}
+

@@ -208,6 +208,7 @@ class EncryptingStream:
 
         self._plain = plain
         read_fd, write_fd = os.pipe()
+        _widen(write_fd)
         self._out = os.fdopen(read_fd, "rb")
         self._in = os.fdopen(write_fd, "wb")
         self._error: BaseException | None = None
@@ -291,3 +292,17 @@ def file_sha256(path: Path) -> tuple[int, str]:
             digest.update(block)
             size += len(block)
     return size, digest.hexdigest()
+
+
+#: pipe buffer of the encryption (Linux's default 64 KiB makes the two threads take turns too often)
+PIPE_BUFFER = 1024 * 1024
+
+
+def _widen(fd: int) -> None:
+    """Give the pipe a 1 MiB buffer where the kernel allows it (F_SETPIPE_SZ); else keep its own."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BUFFER)
+    except (ImportError, OSError):
+        pass

@@ -35,6 +35,7 @@ role) and are never passed around, logged or put into errors.
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -73,7 +74,7 @@ _URL_USERINFO = Redactor()
 
 
 def default_transfer_config() -> Any:
-    """8 MiB parts, 4 threads, at most 6 parts in memory: about 56 MiB per upload."""
+    """8 MiB parts, 4 threads, at most 4 parts in memory: about 40 MiB per upload."""
     from boto3.s3.transfer import TransferConfig
 
     config = TransferConfig(
@@ -82,7 +83,7 @@ def default_transfer_config() -> Any:
         max_concurrency=4,
         preferred_transfer_client="classic",
     )
-    config.max_in_memory_upload_chunks = 6  # not a constructor argument of boto3's TransferConfig
+    config.max_in_memory_upload_chunks = 4  # not a constructor argument of boto3's TransferConfig
     return config
 
 
@@ -91,10 +92,12 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
     import boto3
     from botocore.config import Config
 
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
-        s3={"addressing_style": "path"} if endpoint_url else {},
-    )
+    # The body is not hashed again for SigV4: every part carries its signed ChecksumSHA256
+    # (the store's own digest of the bytes it sends), which S3 checks.
+    s3_options: dict[str, Any] = {"payload_signing_enabled": False}
+    if endpoint_url:
+        s3_options["addressing_style"] = "path"
+    config = Config(retries={"mode": "standard", "max_attempts": 5}, s3=s3_options)
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
@@ -127,6 +130,18 @@ class OffsiteStore:
         self._recipients = parse_recipients(age_recipients)
         self.transfer_config = transfer_config if transfer_config is not None else default_transfer_config()
         self.identity_file = identity_file
+        #: the readers of the uploads in progress, by key: their part digests go with UploadPart
+        self._sending: dict[str, DigestingReader] = {}
+        client.meta.events.register("provide-client-params.s3.UploadPart", self._supply_part_digest)
+
+    def _supply_part_digest(self, params: dict[str, Any], **_: Any) -> None:
+        """UploadPart carries the SHA-256 the store computed of the part as it read it (S3
+        checks the bytes against it), so botocore does not hash the part a second time. A part
+        whose digest is not complete yet is left to botocore."""
+        reader = self._sending.get(params.get("Key", ""))
+        number = params.get("PartNumber")
+        if reader is not None and isinstance(number, int) and 0 < number <= len(reader.part_digests):
+            params["ChecksumSHA256"] = base64.b64encode(reader.part_digests[number - 1]).decode()
 
     @classmethod
     def from_settings(cls, settings: Any, *, client: Any = None, transfer_config: Any = None) -> OffsiteStore:
@@ -241,14 +256,20 @@ class OffsiteStore:
 
         extra = self._extra_args()
         with open(path, "rb") as handle:
-            plain = DigestingReader(handle, on_eof=check_plain)
-            source: Any = EncryptingStream(plain, [r for _, r in self._recipients]) if self.encrypted else plain
-            stored = DigestingReader(source, part_size=part_size)
+            source: Any = None
+            if self.encrypted:
+                plain = DigestingReader(handle, on_eof=check_plain)
+                source = EncryptingStream(plain, [r for _, r in self._recipients])
+                stored = DigestingReader(source, part_size=part_size)
+            else:  # the same bytes: one reader hashes them whole and per part
+                stored = plain = DigestingReader(handle, part_size=part_size, on_eof=check_plain)
+            self._sending[key] = stored
             try:
                 with self._translate("upload", key):
                     self.client.upload_fileobj(stored, self.bucket, key, ExtraArgs=extra, Config=config)
             finally:
-                if isinstance(source, EncryptingStream):
+                self._sending.pop(key, None)
+                if source is not None:
                     source.close()
         if not (plain.eof and stored.eof):
             raise OffsiteError(f"the upload of {self._url(key)} ended before its source did", bucket=self.bucket, key=key)
