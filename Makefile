@@ -12,7 +12,7 @@ COMPOSE ?= $(if $(shell docker compose version 2>/dev/null),docker compose,docke
 PLATFORM ?= -p jerp -f compose.yml
 JOBS ?= -p jerp-jobs -f compose.jobs.yml
 
-.PHONY: help test services images migrate logs up down
+.PHONY: help test services images migrate release rollback logs up down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,6 +44,14 @@ restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FI
 
 migrate: ## Migrate every site after a release (canary first, automatic restore on failure)
 	$(JERPCTL) enqueue migrate-all --wait
+
+release: export JERP_MAKE_TAG = $(TAG)
+release: ## Release an image tag to every site (deploy, migrate, smoke-test; rolled back on failure): make release TAG=<short sha>
+	@if [ -z "$$JERP_MAKE_TAG" ]; then echo "TAG=<immutable image tag> is required" >&2; exit 2; fi
+	$(JERPCTL) enqueue release "$$JERP_MAKE_TAG" --wait
+
+rollback: ## Go back to the previous immutable tag that passed a release, migrate and smoke-test
+	$(JERPCTL) enqueue rollback --wait
 
 logs: ## Follow the logs of the jobs stack (PLATFORM logs: make logs JOBS="$(PLATFORM)")
 	$(COMPOSE) $(JOBS) logs -f --tail=200

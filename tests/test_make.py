@@ -28,6 +28,8 @@ def _make(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess
         ("site-cliente.exemplo.com", [], ["enqueue", "provision", "cliente.exemplo.com", "--wait"]),
         ("backup-cliente.exemplo.com", [], ["enqueue", "backup", "cliente.exemplo.com", "--wait"]),
         ("migrate", [], ["enqueue", "migrate-all", "--wait"]),
+        ("release", ["TAG=a1b2c3d"], ["enqueue", "release", "a1b2c3d", "--wait"]),
+        ("rollback", [], ["enqueue", "rollback", "--wait"]),
         ("restore-cliente.exemplo.com", ["DB_BACKUP=a.sql.gz", "FILES_BACKUP=f.tar"],
          ["enqueue", "restore", "cliente.exemplo.com", "--db", "a.sql.gz", "--files", "f.tar", "--wait"]),
         ("restore-cliente.exemplo.com", ["DB_BACKUP=a.sql.gz"],
@@ -51,4 +53,10 @@ def test_a_hostile_site_argument_reaches_jerpctl_as_one_argument(tmp_path: Path)
 def test_restore_without_a_dump_is_refused(tmp_path: Path) -> None:
     done = _make(tmp_path, "restore-cliente.exemplo.com")
     assert done.returncode != 0 and "DB_BACKUP" in done.stderr
+    assert not (tmp_path / "argv").exists()
+
+
+def test_release_without_a_tag_is_refused(tmp_path: Path) -> None:
+    done = _make(tmp_path, "release")
+    assert done.returncode != 0 and "TAG" in done.stderr
     assert not (tmp_path / "argv").exists()
