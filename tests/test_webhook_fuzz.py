@@ -35,7 +35,7 @@ schema = schemathesis.from_asgi("/openapi.json", app=_app())
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_request_makes_the_service_fail(case):
-    response = case.call_asgi()
+    response = case.call()
     assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}"
     assert response.headers["content-type"].startswith("application/json")
 
