@@ -149,6 +149,10 @@ class Workflow:
     on_cancel: Callable[[Job, str | None], str | None] = lambda job, step: None
     #: called before each step of a job that holds no site: LockBusy keeps the job waiting (queued)
     admit: Callable[[Runtime, Job], None] = lambda rt, job: None
+    #: a child job (started by one of this job's steps) ended: settle the waiting step
+    on_child_done: Callable[[Runtime, str, str], Any] = lambda rt, parent_id, child_id: None
+    #: deliver the ends of children whose notification was lost (the resumer calls it)
+    reconcile: Callable[[Runtime, str], None] = lambda rt, parent_id: None
     #: called once when the job has its final state (frees what the job held, tells people)
     on_end: Callable[[Runtime, Job], None] = lambda rt, job: None
     #: checks and normalises a request's parameters before the job exists (InvalidInput if bad)

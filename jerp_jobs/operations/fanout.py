@@ -316,6 +316,8 @@ register(
         resolve=table_resolver("migrate-all", MIGRATE_ALL),
         on_failure=_migrate_all_on_failure,
         validate=_validate,
+        on_child_done=on_child_done,
+        reconcile=reconcile,
     )
 )
 register(
@@ -325,6 +327,8 @@ register(
         plan=lambda params: list(BACKUP_ALL),
         resolve=table_resolver("backup-all", BACKUP_ALL),
         validate=_validate,
+        on_child_done=on_child_done,
+        reconcile=reconcile,
         on_end=notify_if_failed,
     )
 )

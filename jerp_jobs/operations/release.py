@@ -651,6 +651,8 @@ register(
         final_state=_final_state,
         admit=admit,
         on_end=on_end,
+        on_child_done=on_child_done,
+        reconcile=reconcile,
         validate=_validate,
     )
 )
