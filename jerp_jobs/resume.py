@@ -20,7 +20,6 @@ from typing import Any
 from jerp_jobs.jobs import Job
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
-from jerp_jobs.notify import site_attention
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.workflow import get_workflow
 
@@ -148,8 +147,7 @@ def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: An
         reason = f"reaped: still {job.state} {age / 3600:.1f} h after it was requested"
         finish_job(rt, job.id, "failed", error=reason)
         if job.site is not None and job.state == "running":
-            rt.sites.mark_attention(job.site, job_id=job.id, reason=reason)
-            rt.notify(*site_attention(job.site, job_id=job.id, reason=reason))
+            rt.mark_attention(job.site, job_id=job.id, reason=reason)
         log.error("job.reaped", job_id=job.id, kind=job.kind, site=job.site)
         return True
     if not job.cancel_requested:

@@ -47,6 +47,13 @@ class Runtime:
             self._executor = make_executor(self.settings)
         return self._executor
 
+    def mark_attention(self, site: str, *, job_id: str, reason: str) -> None:
+        """Mark ``site`` as needing attention (automation leaves it alone) and tell people."""
+        from jerp_jobs.notify import site_attention
+
+        self.sites.mark_attention(site, job_id=job_id, reason=reason)
+        self.notify(*site_attention(site, job_id=job_id, reason=reason))
+
     @property
     def platform(self) -> Any:
         """The platform stack a release deploys to (jerp_jobs.operations.release.Platform)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from jerp_jobs import bench
 from jerp_jobs.errors import InvalidInput, InvalidSiteName
 from jerp_jobs.log import get_logger
-from jerp_jobs.notify import site_attention
 from jerp_jobs.sites import validate_site_name
 from jerp_jobs.workflow import StepContext
 
@@ -79,6 +78,5 @@ def mark_attention(ctx: StepContext) -> None:
     """Recovery failed: the site stays in maintenance and automation leaves it alone."""
     failed = [s.name for s in ctx.runtime.store.get(ctx.job.id).steps if s.state == "failed"]
     reason = f"{ctx.job.kind} job {ctx.job.id}: steps {', '.join(failed)} failed and automatic recovery did not finish"
-    ctx.runtime.sites.mark_attention(ctx.site, job_id=ctx.job.id, reason=reason)
+    ctx.runtime.mark_attention(ctx.site, job_id=ctx.job.id, reason=reason)
     ctx.record(needs_attention=reason)
-    ctx.runtime.notify(*site_attention(ctx.site, job_id=ctx.job.id, reason=reason))
