@@ -37,15 +37,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jerp_jobs.errors import (  # noqa: F401  (DeployBusy, DeployUnavailable: raised here, defined there)
+from jerp_jobs.errors import (
     ConfigError,
     DeployBusy,
     DeployError,
     DeployUnavailable,
-    InvalidInput,
     RolloutTimeout,
 )
 from jerp_jobs.executors.docker import PROJECT_LABEL, SERVICE_LABEL, compose_order
+from jerp_jobs.hooks import validate_tag
 from jerp_jobs.log import get_logger
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ ONEOFF_LABEL = "com.docker.compose.oneoff"
 #: Compose v2 records the image id the container was created from; kept in step when recreating.
 IMAGE_LABEL = "com.docker.compose.image"
 
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TIMESTAMP = re.compile(r"(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d+)?(?P<tz>Z|[+-]\d\d:\d\d)")
 _DEFAULT_STOP_TIMEOUT = 10
@@ -319,7 +318,7 @@ class PortainerDeployer:
         """Ask Portainer to redeploy the stack on ``tag``; a human line about its answer."""
         import httpx
 
-        _check_tag(tag)
+        validate_tag(tag)
         url = httpx.URL(self._url).copy_merge_params({self.tag_variable: tag})
         where = f"Portainer webhook {self.shown}"
         try:
@@ -364,11 +363,6 @@ class PortainerDeployer:
         return f" ({'; '.join(parts)})" if parts else ""
 
 
-def _check_tag(tag: str) -> None:
-    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-        raise InvalidInput(f"invalid image tag {tag!r}: letters, digits, _ . - only, at most 128", tag=tag)
-
-
 # -- Docker -----------------------------------------------------------------------------
 
 
@@ -403,7 +397,7 @@ class DockerDeployer:
 
     def deploy(self, tag: str) -> str:
         """Move every service to ``repository:tag``; a line per service about what was done."""
-        _check_tag(tag)
+        validate_tag(tag)
         api = _api(self.client)
         image_ref = f"{self.repository}:{tag}"
         new_image = self._inspect_image(api, image_ref)

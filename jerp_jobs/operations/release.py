@@ -393,9 +393,9 @@ def _target(ctx: StepContext, *, rollback: bool) -> str:
 def _deploy(ctx: StepContext, *, rollback: bool) -> None:
     tag = _target(ctx, rollback=rollback)
     if rollback:
-        ctx.record(rollback_reason=_failure_reason(ctx.runtime.store.get(ctx.job.id)))
+        ctx.record(rollback_reason=_failure_reason(ctx.job))
     field_name = "rollback_deployed_at" if rollback else "deployed_at"
-    earlier = ctx.runtime.store.get(ctx.job.id).result.get(field_name)
+    earlier = ctx.job.result.get(field_name)
     since = time.time()
     ctx.record(**{field_name: earlier or since})
     try:
@@ -412,8 +412,7 @@ def _deploy(ctx: StepContext, *, rollback: bool) -> None:
 def _rollout(ctx: StepContext, *, rollback: bool) -> None:
     rt = ctx.runtime
     tag = _target(ctx, rollback=rollback)
-    job = rt.store.get(ctx.job.id)
-    since = float(job.result.get("rollback_deployed_at" if rollback else "deployed_at") or time.time())
+    since = float(ctx.job.result.get("rollback_deployed_at" if rollback else "deployed_at") or time.time())
     started = time.monotonic()
     deadline = float(rt.settings.rollout_timeout)
     ctx.output.append(_platform(rt).wait_rollout(tag, since=since, deadline_s=deadline))
@@ -448,7 +447,7 @@ def _migrate(ctx: StepContext, *, rollback: bool) -> str | None:
 
     rt = ctx.runtime
     field = "rollback_migrate_job" if rollback else "migrate_job"
-    if rollback and not rt.store.get(ctx.job.id).result.get("migrate_job"):
+    if rollback and not ctx.job.result.get("migrate_job"):
         ctx.output.append("the release never migrated a site: nothing to migrate back")
         return "skipped"
     with rt.locks.hold(f"release-children:{ctx.job.id}", wait=60, poll=0.01, job_id=ctx.job.id, step=ctx.step):
@@ -483,8 +482,7 @@ def _child_outcome(child: Job) -> None:
 
 def _smoke(ctx: StepContext, *, rollback: bool) -> str | None:
     rt = ctx.runtime
-    job = rt.store.get(ctx.job.id)
-    child = _child(rt, job.result.get("rollback_migrate_job" if rollback else "migrate_job"))
+    child = _child(rt, ctx.job.result.get("rollback_migrate_job" if rollback else "migrate_job"))
     if child is not None:
         entries: Mapping[str, Mapping[str, Any]] = child.result.get("sites") or {}
         sites = [site for site, entry in entries.items() if entry.get("state") == "succeeded"]
