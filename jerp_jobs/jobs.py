@@ -203,7 +203,7 @@ class JobStore:
             start += batch
             pipe = self._r.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hgetall(self._key(_s(job_id)))
+                pipe.hgetall(self._key(as_text(job_id)))
             for job_id, raw in zip(ids, pipe.execute()):
                 if not raw:
                     self._r.zrem(index, job_id)
@@ -238,7 +238,7 @@ class JobStore:
         old = self._set_state(keys=[key], args=[job_id, state, repr(now), PREFIX + "jobs:state:", self.ttl])
         if old is None:
             raise JobNotFound(job_id)
-        return _s(old)
+        return as_text(old)
 
     def set_result(self, job_id: str, **values: Any) -> None:
         """Merge values into the job's result (e.g. a backup manifest). Redacted on the way in."""
@@ -356,7 +356,8 @@ def new_job_id() -> str:
     return secrets.token_hex(6)
 
 
-def _s(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may or may not decode their replies)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -367,7 +368,7 @@ def _refuse_secrets(params: Mapping[str, Any]) -> None:
 
 
 def _decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
-    data = {_s(k): _s(v) for k, v in raw.items()}
+    data = {as_text(k): as_text(v) for k, v in raw.items()}
     plan = json.loads(data.get("plan", "[]"))
     steps = [Step(**json.loads(data[f"step:{name}"])) for name in plan if f"step:{name}" in data]
     return Job(

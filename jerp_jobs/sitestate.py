@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from jerp_jobs.jobs import as_text
+
 OWNER = "jerp:site-owner:"
 ATTENTION = "jerp:attention:"
 
@@ -41,11 +43,11 @@ class SiteState:
                 return job_id
             owner = self._r.get(key)
             if owner is not None:  # else it was released in between: try again
-                return _s(owner)
+                return as_text(owner)
 
     def owner(self, site: str) -> str | None:
         owner = self._r.get(OWNER + site)
-        return _s(owner) if owner is not None else None
+        return as_text(owner) if owner is not None else None
 
     def release(self, site: str, job_id: str) -> bool:
         return bool(self._release(keys=[OWNER + site], args=[job_id]))
@@ -59,7 +61,3 @@ class SiteState:
 
     def clear_attention(self, site: str) -> bool:
         return bool(self._r.delete(ATTENTION + site))
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

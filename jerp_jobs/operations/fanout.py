@@ -23,7 +23,7 @@ import json
 from typing import Any
 
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, as_text
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.backup import notify_if_failed
@@ -46,7 +46,7 @@ CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup"}
 
 def _entries(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
     raw = rt.redis.hgetall(STATE + parent_id)
-    entries = {_s(k): json.loads(v) for k, v in raw.items()}
+    entries = {as_text(k): json.loads(v) for k, v in raw.items()}
     order = rt.store.get(parent_id).result.get("order", sorted(entries))
     return {site: entries[site] for site in order if site in entries}
 
@@ -332,7 +332,3 @@ register(
         on_end=notify_if_failed,
     )
 )
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -43,7 +43,7 @@ from jerp_jobs.errors import (
     SmokeFailed,
 )
 from jerp_jobs.hooks import validate_tag
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, as_text
 from jerp_jobs.log import get_logger
 from jerp_jobs.workflow import (
     WAITING,
@@ -236,21 +236,21 @@ def remember_delivery(rt: Runtime, delivery: str, answer: str) -> str:
     ttl = IGNORED_TTL_S if answer == "ignored" else rt.store.ttl
     if rt.redis.set(key, answer, nx=True, ex=ttl):
         return answer
-    return _s(rt.redis.get(key) or answer)
+    return as_text(rt.redis.get(key) or answer)
 
 
 def delivery_answer(rt: Runtime, delivery: str) -> str | None:
     value = rt.redis.get(BY_DELIVERY + delivery)
-    return _s(value) if value is not None else None
+    return as_text(value) if value is not None else None
 
 
 def _existing(rt: Runtime, *, delivery: str | None, tag: str | None) -> Job | None:
     for key in ([BY_DELIVERY + delivery] if delivery else []) + ([BY_TAG + tag] if tag else []):
         job_id = rt.redis.get(key)
-        if job_id is None or _s(job_id) == "ignored":
+        if job_id is None or as_text(job_id) == "ignored":
             continue
         try:
-            job = rt.store.get(_s(job_id))
+            job = rt.store.get(as_text(job_id))
         except JobNotFound:
             rt.redis.delete(key)
             continue
@@ -266,7 +266,7 @@ def _never_started(job: Job) -> bool:
 
 
 def _waiting(rt: Runtime) -> list[str]:
-    return sorted(_s(m) for m in rt.redis.smembers(WAITING_SET))
+    return sorted(as_text(m) for m in rt.redis.smembers(WAITING_SET))
 
 
 def _supersede(rt: Runtime, job_id: str, *, by: Job) -> None:
@@ -291,7 +291,7 @@ def _supersede(rt: Runtime, job_id: str, *, by: Job) -> None:
 
 def _active(rt: Runtime) -> str | None:
     value = rt.redis.get(ACTIVE)
-    return _s(value) if value is not None else None
+    return as_text(value) if value is not None else None
 
 
 def admit(rt: Runtime, job: Job) -> None:
@@ -537,11 +537,11 @@ def _remember_bad(rt: Runtime, tag: str) -> None:
 
 
 def _bad_tags(rt: Runtime) -> set[str]:
-    return {_s(t) for t in rt.redis.smembers(BAD)}
+    return {as_text(t) for t in rt.redis.smembers(BAD)}
 
 
 def _good_tags(rt: Runtime) -> list[str]:
-    return [_s(t) for t in rt.redis.lrange(GOOD, 0, -1)]
+    return [as_text(t) for t in rt.redis.lrange(GOOD, 0, -1)]
 
 
 def _failure_reason(job: Job) -> str:
@@ -660,13 +660,9 @@ def list_releases(rt: Runtime, *, limit: int = 20) -> list[Job]:
     jobs = []
     for job_id in rt.redis.zrevrange(INDEX, 0, limit * 2):
         try:
-            jobs.append(rt.store.get(_s(job_id)))
+            jobs.append(rt.store.get(as_text(job_id)))
         except JobNotFound:
             rt.redis.zrem(INDEX, job_id)
         if len(jobs) >= limit:
             break
     return jobs
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
