@@ -85,13 +85,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import redis
 
-        from jerp_jobs.errors import (
-            BrokerUnavailable,
-            ConfigError,
-            InvalidInput,
-            JerpError,
-            JobNotFound,
-        )
+        from jerp_jobs.errors import BrokerUnavailable, ConfigError, InvalidInput, JerpError, JobNotFound
 
         try:
             return fn(*args, **kwargs)

@@ -220,7 +220,7 @@ def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: 
             started.append(StartedJob(job_id=answer.job.id, tag=request.tag, created=answer.created))
     except InvalidInput as exc:
         raise _Refused(400, str(exc)) from exc
-    except (StoreError, JerpError, OSError) as exc:
+    except (JerpError, OSError) as exc:  # StoreError, BrokerUnavailable, LockBusy...
         log.error("hook.store_failed", endpoint=endpoint, error=str(exc))
         raise _Refused(503, f"could not record the release: {exc}") from exc
     except Exception as exc:  # redis-py's own errors: the store is down
