@@ -37,7 +37,6 @@ from jerp_jobs.errors import (
     ConfigError,
     InvalidInput,
     JerpError,
-    StoreError,
     Unauthorized,
 )
 from jerp_jobs.log import get_logger
