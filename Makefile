@@ -1,6 +1,7 @@
 # Developer and runbook entry points. `make help` lists the targets.
-# Site names reach jerpctl through the environment, never re-read by the shell, and jerpctl
-# validates them before anything is enqueued.
+# Site names and the values of TAG, DB_BACKUP and FILES_BACKUP reach jerpctl through the
+# environment, never re-read by the shell nor expanded by make (`$(value ...)`: a value holding
+# `$(shell ...)` stays text), and jerpctl validates them before anything is enqueued.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -11,6 +12,9 @@ JERPCTL ?= $(if $(wildcard $(VENV)/bin/jerpctl),$(VENV)/bin/jerpctl,jerpctl)
 COMPOSE ?= $(if $(shell docker compose version 2>/dev/null),docker compose,docker-compose)
 PLATFORM ?= -p jerp -f compose.yml
 JOBS ?= -p jerp-jobs -f compose.jobs.yml
+
+# Command-line and environment variables are exported to recipes, which would expand them.
+unexport TAG DB_BACKUP FILES_BACKUP
 
 .PHONY: help test services images migrate release rollback logs up down
 
@@ -36,8 +40,8 @@ backup-%: ## Back up a site (and copy it off-site when configured): make backup-
 	$(JERPCTL) enqueue backup "$$JERP_MAKE_SITE" --wait
 
 restore-%: export JERP_MAKE_SITE = $*
-restore-%: export JERP_MAKE_DB = $(DB_BACKUP)
-restore-%: export JERP_MAKE_FILES = $(FILES_BACKUP)
+restore-%: export JERP_MAKE_DB = $(value DB_BACKUP)
+restore-%: export JERP_MAKE_FILES = $(value FILES_BACKUP)
 restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FILES_BACKUP=...]
 	@if [ -z "$$JERP_MAKE_DB" ]; then echo "DB_BACKUP=<dump in the site's backup folder> is required" >&2; exit 2; fi
 	$(JERPCTL) enqueue restore "$$JERP_MAKE_SITE" --db "$$JERP_MAKE_DB" $${JERP_MAKE_FILES:+--files "$$JERP_MAKE_FILES"} --wait
@@ -45,7 +49,7 @@ restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FI
 migrate: ## Migrate every site after a release (canary first, automatic restore on failure)
 	$(JERPCTL) enqueue migrate-all --wait
 
-release: export JERP_MAKE_TAG = $(TAG)
+release: export JERP_MAKE_TAG = $(value TAG)
 release: ## Release an image tag to every site (deploy, migrate, smoke-test; rolled back on failure): make release TAG=<short sha>
 	@if [ -z "$$JERP_MAKE_TAG" ]; then echo "TAG=<immutable image tag> is required" >&2; exit 2; fi
 	$(JERPCTL) enqueue release "$$JERP_MAKE_TAG" --wait

@@ -60,3 +60,33 @@ def test_release_without_a_tag_is_refused(tmp_path: Path) -> None:
     done = _make(tmp_path, "release")
     assert done.returncode != 0 and "TAG" in done.stderr
     assert not (tmp_path / "argv").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "variable", "flag"),
+    [
+        ("release", "TAG", None),
+        ("restore-cliente.exemplo.com", "DB_BACKUP", "--db"),
+        ("restore-cliente.exemplo.com", "FILES_BACKUP", "--files"),
+    ],
+)
+@pytest.mark.parametrize("how", ["command line", "environment"])
+def test_make_functions_in_a_variable_stay_text(
+    tmp_path: Path, target: str, variable: str, flag: str | None, how: str
+) -> None:
+    marker = tmp_path / "PWNED"
+    hostile = f"$(shell touch {marker})"
+    values = {variable: hostile}
+    if variable == "FILES_BACKUP":
+        values["DB_BACKUP"] = "a.sql.gz"
+    if how == "command line":
+        done = _make(tmp_path, target, *(f"{k}={v}" for k, v in values.items()))
+    else:
+        done = _make(tmp_path, target, **values)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "make ran a $(shell ...) found in a variable's value"
+    argv = (tmp_path / "argv").read_text().splitlines()
+    if flag is None:
+        assert argv == ["enqueue", "release", hostile, "--wait"]
+    else:
+        assert argv[argv.index(flag) + 1] == hostile
