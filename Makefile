@@ -16,16 +16,34 @@ JOBS ?= -p jerp-jobs -f compose.jobs.yml
 # Command-line and environment variables are exported to recipes, which would expand them.
 unexport TAG DB_BACKUP FILES_BACKUP
 
-.PHONY: help test services images migrate release rollback logs up down
+.PHONY: help demo demo-down test packages venv services images migrate release rollback logs up down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-test: services images ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
+test: packages venv services images ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
 	$(PYTEST) $(PYTEST_ARGS)
 
-services: ## Start the private Redis and MariaDB the tests use (tests/services/up.sh)
+demo: ## The main job on an embedded default: 8 stand-in sites, a worker and Beat, migrate-all with a recovery, backup-all
+	tests/services/packages.sh demo
+	$(MAKE) --no-print-directory venv
+	$(VENV)/bin/python -m tests.demo up
+
+demo-down: ## Stop what `make demo` started and remove .demo/
+	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m tests.demo down; else rm -rf .demo; fi
+
+packages: ## Install the Debian packages the tests need, when missing (as root)
+	tests/services/packages.sh test
+
+venv: $(VENV)/.installed ## Create the virtualenv (.venv) with the project and its test tools
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+services: ## Start this checkout's private Redis and MariaDB on free ports (tests/services/up.sh)
 	tests/services/up.sh
 
 images: ## Build the test images (tests/images/build.sh)

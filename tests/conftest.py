@@ -17,9 +17,23 @@ from jerp_jobs.settings import Settings, load_settings
 pytest_plugins = ["tests.docker_backend", "tests.e2e_support", "tests.s3_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / "tests" / ".run"
-REDIS_PORT = int(os.environ.get("JERP_TEST_REDIS_PORT", "16379"))
-MARIADB_PORT = int(os.environ.get("JERP_TEST_MARIADB_PORT", "13306"))
+#: State of the services tests/services/up.sh started for this checkout (ports, pids, password).
+RUN_DIR = Path(os.environ.get("JERP_SERVICES_DIR") or ROOT / "tests" / ".run")
+
+
+def _service_port(name: str, variable: str) -> int:
+    """The port of this checkout's service: the variable when set, else the one up.sh recorded
+    (0 when the services were never started: the fixtures then fail with how to start them)."""
+    if os.environ.get(variable):
+        return int(os.environ[variable])
+    try:
+        return int((RUN_DIR / f"{name}.port").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+REDIS_PORT = _service_port("redis", "JERP_TEST_REDIS_PORT")
+MARIADB_PORT = _service_port("mariadb", "JERP_TEST_MARIADB_PORT")
 #: Redis database for tests that need the real server (workers, locks); flushed per test.
 REDIS_DB = 5
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import MARIADB_PORT, RUN_DIR
 
 pytest_plugins = ["tests.docker_backend"]
 
@@ -17,8 +18,6 @@ SITES_PATH = f"{BENCH_PATH}/sites"
 FRAPPE_UID = 1000
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-_RUN_DIR = Path(__file__).resolve().parent / ".run"
-_MARIADB_PORT = int(os.environ.get("JERP_TEST_MARIADB_PORT", "13306"))
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def bench_dir(tmp_path: Path) -> Path:
     sites.mkdir(parents=True)
     (sites / "apps.txt").write_text("frappe\nerpnext\n")
     (sites / "common_site_config.json").write_text(
-        json.dumps({"db_host": "127.0.0.1", "db_port": _MARIADB_PORT})
+        json.dumps({"db_host": "127.0.0.1", "db_port": MARIADB_PORT})
     )
     return sites.parent
 
@@ -111,14 +110,14 @@ def test_env_reaches_exec_processes(backend_container, bench_dir):
 
 @pytest.mark.services
 def test_host_network_reaches_the_test_mariadb(backend_container, bench_dir):
-    password_file = _RUN_DIR / "mariadb-root-password"
+    password_file = RUN_DIR / "mariadb-root-password"
     if not password_file.exists():
         pytest.fail("the test MariaDB is not set up: run tests/services/up.sh", pytrace=False)
     container = backend_container(bench_dir)
 
     code, out = _run(
         container,
-        ["mariadb", "-h", "127.0.0.1", "-P", str(_MARIADB_PORT), "-uroot", "-N", "-e", "SELECT 1"],
+        ["mariadb", "-h", "127.0.0.1", "-P", str(MARIADB_PORT), "-uroot", "-N", "-e", "SELECT 1"],
         environment={"MYSQL_PWD": password_file.read_text().strip()},
     )
 

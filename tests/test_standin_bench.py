@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import MARIADB_PORT
 from tests.standin import (
     BENCH_SCRIPT,
     create_bench,
@@ -37,7 +38,6 @@ from tests.standin import (
 pytestmark = pytest.mark.services
 
 MARIADB_HOST = "127.0.0.1"
-MARIADB_PORT = int(os.environ.get("JERP_TEST_MARIADB_PORT", "13306"))
 ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex[:12]
 PATCH_ONE = "frappe.patches.v15_0.standin_create_note_tag"
 PATCH_TWO = "erpnext.patches.v15_0.standin_add_note_notify_on_login"
