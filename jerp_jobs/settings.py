@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jerp_jobs.envfile import load_env_file
 from jerp_jobs.errors import ConfigError
 
 #: Secret fields and the environment variable each is read from.
@@ -190,5 +191,7 @@ def load_settings(**overrides: object) -> Settings:
 
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings, read on first use (at process start for every entry point)."""
+    """The process's settings, read on first use (at process start for every entry point),
+    after the ``.env`` file (jerp_jobs.envfile: the environment wins over the file)."""
+    load_env_file()
     return load_settings()
