@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -90,3 +91,43 @@ def test_make_functions_in_a_variable_stay_text(
         assert argv == ["enqueue", "release", hostile, "--wait"]
     else:
         assert argv[argv.index(flag) + 1] == hostile
+
+
+def _closed_port_broker() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def test_on_a_deployed_stack_the_targets_run_jerpctl_in_the_jobs_worker(tmp_path: Path) -> None:
+    """No broker reachable from the host (the jobs Redis publishes no port): `make migrate` runs
+    jerpctl through `compose exec -T` in the jobs worker, and says so."""
+    recorder = tmp_path / "compose"
+    recorder.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$RECORD"\n')
+    recorder.chmod(0o755)
+    env = {**os.environ, "RECORD": str(tmp_path / "argv"), "COMPOSE": str(recorder),
+           "JERP_BROKER_URL": _closed_port_broker()}
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "migrate"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "-p", "jerp-jobs", "-f", str(ROOT / "compose.jobs.yml"), "exec", "-T", "jobs-worker",
+        "jerpctl", "enqueue", "migrate-all", "--wait"]
+    assert "no broker reachable from this host; running it in the jobs-worker container" in done.stderr
+
+
+@pytest.mark.services
+def test_with_a_reachable_broker_the_targets_run_jerpctl_on_the_host(tmp_path: Path, redis_url: str) -> None:
+    recorder = tmp_path / "compose"
+    recorder.write_text('#!/bin/sh\ntouch "$RECORD"\n')
+    recorder.chmod(0o755)
+    env = {**os.environ, "RECORD": str(tmp_path / "called"), "COMPOSE": str(recorder), "JERP_BROKER_URL": redis_url}
+    done = subprocess.run([str(ROOT / "workers" / "jerpctl.sh"), "--json", "jobs", "--limit", "1"], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)
+    assert "jerpctl: running on this host" in done.stderr
+    assert not (tmp_path / "called").exists()
