@@ -12,8 +12,8 @@ Settings follow docs/celery.md (Celery on Redis for long operations work):
   limit (``JERP_TASK_TIME_LIMIT``) below it and the soft limit below that.
 - UTC everywhere, task events on, STARTED state tracked, results kept one day.
 
-Settings are read when the app is configured (``on_configure``), i.e. when a worker, Beat
-or a client first uses the app — never at import.
+Settings are read when the app's configuration is first used (a lazy default), i.e. when a
+worker, Beat or a client first uses the app — never at import.
 """
 
 from __future__ import annotations
@@ -27,15 +27,19 @@ SITE_QUEUE = "jerp.site"
 CONTROL_QUEUE = "jerp.control"
 
 
-class _App(Celery):
-    def on_configure(self) -> None:  # called once, lazily, before the first use
-        from jerp_jobs.settings import get_settings
+def _configuration() -> dict[str, Any]:
+    """The app's configuration, built on first use of ``app.conf`` (a lazy default).
 
-        settings = get_settings()
-        self.conf.update(celery_config(settings))
-        from beat_schedule import beat_schedule
+    A promise given to ``add_defaults`` is read while Celery finalizes its configuration, so
+    nothing in it re-enters that step (updating ``conf`` from ``on_configure`` does: the first
+    ``send_task`` of a process ran the router, which read ``conf``, which configured again).
+    """
+    from beat_schedule import beat_schedule
 
-        self.conf.beat_schedule = beat_schedule(settings)
+    from jerp_jobs.settings import get_settings
+
+    settings = get_settings()
+    return {**celery_config(settings), "beat_schedule": beat_schedule(settings)}
 
 
 def celery_config(settings: Any) -> dict[str, Any]:
@@ -83,7 +87,8 @@ def celery_config(settings: Any) -> dict[str, Any]:
     }
 
 
-app = _App("jerp_jobs", include=["jerp_jobs.tasks"])
+app = Celery("jerp_jobs", include=["jerp_jobs.tasks"])
+app.add_defaults(_configuration)
 
 
 @signals.setup_logging.connect
