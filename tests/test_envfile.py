@@ -94,3 +94,10 @@ def test_celery_and_the_webhook_read_settings_through_the_env_file(tmp_path: Pat
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["redis://127.0.0.1:2/7", "4096"]
+
+
+def test_the_shipped_example_is_a_valid_env_file_with_placeholders_only() -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    values = parse_env_file(example)
+    assert values["JERP_EXECUTOR"] == "docker"  # the inline comment is not part of the value
+    assert all(" #" not in value for value in values.values())
