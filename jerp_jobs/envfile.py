@@ -62,19 +62,16 @@ def _unquote(value: str, path: Path, number: int) -> str:
 def load_env_file(environ: MutableMapping[str, str] | None = None, *, cwd: Path | None = None) -> Path | None:
     """Add the ``.env`` file's variables that are not set yet to ``environ`` (``os.environ``).
 
-    Returns the file read, or None when there is none. ``JERP_ENV_FILE`` naming a missing file
-    is an error; a missing ``./.env`` is not.
+    Returns the file read, or None when there is none. A missing file is skipped: compose's
+    ``env_file: ${JERP_ENV_FILE}`` names the file on the Docker host, and inside the containers
+    its variables are already in the environment (with ``JERP_ENV_FILE`` among them when the file
+    sets it, as Portainer's ``stack.env`` does). A relative name is taken from ``cwd``.
     """
     environ = os.environ if environ is None else environ
-    named = environ.get(ENV_FILE_VARIABLE)
-    if named:
-        path = Path(named)
-        if not path.is_file():
-            raise ConfigError(ENV_FILE_VARIABLE, f"names {path}, which is not a file")
-    else:
-        path = (cwd or Path.cwd()) / ".env"
-        if not path.is_file():
-            return None
+    base = cwd or Path.cwd()
+    path = base / (environ.get(ENV_FILE_VARIABLE) or ".env")
+    if not path.is_file():
+        return None
     for name, value in parse_env_file(path).items():
         environ.setdefault(name, value)
     return path

@@ -57,14 +57,22 @@ def test_the_environment_wins_over_the_file(tmp_path: Path) -> None:
     assert environ == {"JERP_BROKER_URL": "redis://from-env:2/0", "JERP_BENCH_BIN": "from-file"}
 
 
-def test_jerp_env_file_names_another_file_and_a_missing_one_is_an_error(tmp_path: Path) -> None:
+def test_jerp_env_file_names_another_file(tmp_path: Path) -> None:
     other = tmp_path / "prod.env"
     other.write_text("JERP_EXECUTOR=local\n")
     environ = {"JERP_ENV_FILE": str(other)}
-    load_env_file(environ, cwd=tmp_path)
+    assert load_env_file(environ, cwd=tmp_path / "elsewhere") == other
     assert environ["JERP_EXECUTOR"] == "local"
-    with pytest.raises(ConfigError, match="JERP_ENV_FILE names .*missing.env, which is not a file"):
-        load_env_file({"JERP_ENV_FILE": str(tmp_path / "missing.env")}, cwd=tmp_path)
+    relative = {"JERP_ENV_FILE": "prod.env"}
+    assert load_env_file(relative, cwd=tmp_path) == other
+
+
+def test_a_missing_file_is_skipped_as_inside_a_container(tmp_path: Path) -> None:
+    """compose's env_file names the host's file (Portainer: stack.env, which sets JERP_ENV_FILE
+    too); in the container the variables are already in the environment and the file is absent."""
+    environ = {"JERP_ENV_FILE": "stack.env", "JERP_EXECUTOR": "docker"}
+    assert load_env_file(environ, cwd=tmp_path) is None
+    assert environ == {"JERP_ENV_FILE": "stack.env", "JERP_EXECUTOR": "docker"}
     assert load_env_file({}, cwd=tmp_path / "nowhere") is None
 
 
