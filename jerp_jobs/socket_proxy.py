@@ -8,13 +8,17 @@ everything but, with or without a ``/vX.Y`` version prefix:
     GET|HEAD /_ping, GET /version      client start-up (API version negotiation)
     GET  /containers/json              find the backend container by its compose labels
     GET  /containers/{id}/json         the backend's state after a failed command
-    POST /containers/{id}/exec         create an exec (never a privileged one)
+    POST /containers/{id}/exec         create an exec (never a privileged one; as the exec user)
     POST /exec/{id}/start              run it and stream its output (HTTP upgrade, hijacked)
     GET  /exec/{id}/json               its exit code
 
 With container labels configured (``--container-labels``), inspect and exec are limited to
 containers carrying all of them (the platform's backend): a compromised worker can neither
 exec into another container (the database, this proxy) nor read another one's environment.
+Exec ids are bound to the container they were created in: only the ids Docker answered to an
+exec create through this proxy can be started or inspected (:class:`ExecRegistry`). An exec
+runs as the exec user (``--exec-user``, default ``frappe``: the bench's) and no other: not
+root, not a uid, not ``user:group``, not the container's default.
 
 One request per connection. The request head is checked, forwarded with ``Connection: close``
 and the response relayed back with ``Connection: close``. An exec start that asks for an
@@ -32,18 +36,18 @@ only for containers carrying the deploy labels (``--deploy-labels`` /
     GET    /containers/{id}/json     inspect any container of the platform (not only the backend)
     GET    /images/{name}/json       inspect an image (read-only: tells its defaults)
     POST   /containers/create        only when the body's Labels carry the deploy labels, and
-                                     nothing in it reaches the host: no Privileged, CapAdd,
-                                     Capabilities, Devices, DeviceRequests, DeviceCgroupRules,
-                                     VolumesFrom, CgroupParent, other Runtime or VolumeDriver; no
-                                     PidMode/IpcMode/NetworkMode/UTSMode/UsernsMode "host" (nor
-                                     "container:..."); SecurityOpt only no-new-privileges; every
-                                     bind or mount source a named volume (no host path, no
-                                     volume driver options: those can bind a host path too);
-                                     MaskedPaths/ReadonlyPaths, when given, keep Docker's own
+                                     it holds only what a recreate of a platform container
+                                     needs (:func:`check_create_body`): Docker's container
+                                     Config at the top level, HostConfig fields from an
+                                     allowlist with their allowed values (no host ports, host
+                                     namespaces or cgroups, devices, capabilities, remote log
+                                     drivers, host paths...), the project's networks
     POST   /containers/{id}/start|stop|rename, DELETE /containers/{id}
                                      labelled containers only, no request body (an old API
                                      version would read a HostConfig from start's body)
-    POST   /networks/{id}/connect    only when the body's Container is a labelled container
+    POST   /networks/{id}/connect    only when the body's Container is a labelled container and
+                                     the network the project's (``<project>_...``) or one of
+                                     ``--deploy-networks``
 
 Create bodies are read the way Docker reads them: keys without regard to case (a key given
 twice in two spellings is refused), host settings both under ``HostConfig`` and at the top
@@ -52,7 +56,8 @@ exec.
 
 Run: ``python -m jerp_jobs.socket_proxy --listen 0.0.0.0:2375 --upstream /var/run/docker.sock``
 (or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM``, ``JERP_PROXY_CONTAINER_LABELS``,
-``JERP_PROXY_ALLOW_DEPLOY`` and ``JERP_PROXY_DEPLOY_LABELS`` variables). Standard library only.
+``JERP_PROXY_EXEC_USER``, ``JERP_PROXY_ALLOW_DEPLOY``, ``JERP_PROXY_DEPLOY_LABELS`` and
+``JERP_PROXY_DEPLOY_NETWORKS`` variables). Standard library only.
 """
 
 from __future__ import annotations

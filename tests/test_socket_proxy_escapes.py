@@ -36,7 +36,8 @@ class Engine:
         self.cgroup_version = "2"
         self.containers = {
             "backend": {"Id": BACKEND_ID, "Config": {"Labels": BACKEND_LABELS}},
-            "frontend": {"Id": FRONTEND_ID, "Config": {"Labels": {**PLATFORM, "com.docker.compose.service": "frontend"}}},
+            "frontend": {"Id": FRONTEND_ID,
+                         "Config": {"Labels": {**PLATFORM, "com.docker.compose.service": "frontend"}}},
             "db": {"Id": DB_ID, "Config": {"Labels": {"com.docker.compose.service": "db"}}},
         }
         self.execs: dict[str, str] = {}
@@ -265,9 +266,11 @@ def test_the_exec_registry_is_bounded_and_forgets_idle_ids():
 
 #: A container of the platform as Docker Engine 20.10 (API 1.41, cgroup v1) reports it.
 HOST_CONFIG_V1 = {
-    "Binds": ["jerp_frappe-sites:/home/frappe/frappe-bench/sites", "jerp_frappe-assets:/home/frappe/frappe-bench/sites/assets"],
+    "Binds": ["jerp_frappe-sites:/home/frappe/frappe-bench/sites",
+              "jerp_frappe-assets:/home/frappe/frappe-bench/sites/assets"],
     "ContainerIDFile": "", "LogConfig": {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}},
-    "NetworkMode": "jerp_default", "PortBindings": {}, "RestartPolicy": {"Name": "unless-stopped", "MaximumRetryCount": 0},
+    "NetworkMode": "jerp_default", "PortBindings": {},
+    "RestartPolicy": {"Name": "unless-stopped", "MaximumRetryCount": 0},
     "AutoRemove": False, "VolumeDriver": "", "VolumesFrom": None, "ConsoleSize": [0, 0], "CapAdd": None,
     "CapDrop": None, "CgroupnsMode": "host", "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": [],
     "GroupAdd": None, "IpcMode": "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "",
@@ -533,7 +536,8 @@ def test_a_deploy_through_the_proxy_on_the_docker_engine(docker_client, engine_n
     project = engine_names
     network = docker_client.networks.create(f"{project}_default")
     image = docker_client.images.get(f"{IMAGE}:latest")
-    old = _run(docker_client, project, "frontend", image.id, network=network.name, restart_policy={"Name": "unless-stopped"},
+    old = _run(docker_client, project, "frontend", image.id, network=network.name,
+               restart_policy={"Name": "unless-stopped"},
                volumes={f"{project}_sites": {"bind": "/home/frappe/frappe-bench/sites", "mode": "rw"}},
                read_only=True, tmpfs={"/tmp": ""}, cap_drop=["ALL"], security_opt=["no-new-privileges:true"])
     labels = {PROJECT_LABEL: project, SERVICE_LABEL: "backend"}
