@@ -8,13 +8,17 @@ everything but, with or without a ``/vX.Y`` version prefix:
     GET|HEAD /_ping, GET /version      client start-up (API version negotiation)
     GET  /containers/json              find the backend container by its compose labels
     GET  /containers/{id}/json         the backend's state after a failed command
-    POST /containers/{id}/exec         create an exec (never a privileged one)
+    POST /containers/{id}/exec         create an exec (never a privileged one; as the exec user)
     POST /exec/{id}/start              run it and stream its output (HTTP upgrade, hijacked)
     GET  /exec/{id}/json               its exit code
 
 With container labels configured (``--container-labels``), inspect and exec are limited to
 containers carrying all of them (the platform's backend): a compromised worker can neither
 exec into another container (the database, this proxy) nor read another one's environment.
+Exec ids are bound to the container they were created in: only the ids Docker answered to an
+exec create through this proxy can be started or inspected (:class:`ExecRegistry`). An exec
+runs as the exec user (``--exec-user``, default ``frappe``: the bench's) and no other: not
+root, not a uid, not ``user:group``, not the container's default.
 
 One request per connection. The request head is checked, forwarded with ``Connection: close``
 and the response relayed back with ``Connection: close``. An exec start that asks for an
@@ -32,18 +36,18 @@ only for containers carrying the deploy labels (``--deploy-labels`` /
     GET    /containers/{id}/json     inspect any container of the platform (not only the backend)
     GET    /images/{name}/json       inspect an image (read-only: tells its defaults)
     POST   /containers/create        only when the body's Labels carry the deploy labels, and
-                                     nothing in it reaches the host: no Privileged, CapAdd,
-                                     Capabilities, Devices, DeviceRequests, DeviceCgroupRules,
-                                     VolumesFrom, CgroupParent, other Runtime or VolumeDriver; no
-                                     PidMode/IpcMode/NetworkMode/UTSMode/UsernsMode "host" (nor
-                                     "container:..."); SecurityOpt only no-new-privileges; every
-                                     bind or mount source a named volume (no host path, no
-                                     volume driver options: those can bind a host path too);
-                                     MaskedPaths/ReadonlyPaths, when given, keep Docker's own
+                                     it holds only what a recreate of a platform container
+                                     needs (:func:`check_create_body`): Docker's container
+                                     Config at the top level, HostConfig fields from an
+                                     allowlist with their allowed values (no host ports, host
+                                     namespaces or cgroups, devices, capabilities, remote log
+                                     drivers, host paths...), the project's networks
     POST   /containers/{id}/start|stop|rename, DELETE /containers/{id}
                                      labelled containers only, no request body (an old API
                                      version would read a HostConfig from start's body)
-    POST   /networks/{id}/connect    only when the body's Container is a labelled container
+    POST   /networks/{id}/connect    only when the body's Container is a labelled container and
+                                     the network the project's (``<project>_...``) or one of
+                                     ``--deploy-networks``
 
 Create bodies are read the way Docker reads them: keys without regard to case (a key given
 twice in two spellings is refused), host settings both under ``HostConfig`` and at the top
@@ -52,13 +56,15 @@ exec.
 
 Run: ``python -m jerp_jobs.socket_proxy --listen 0.0.0.0:2375 --upstream /var/run/docker.sock``
 (or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM``, ``JERP_PROXY_CONTAINER_LABELS``,
-``JERP_PROXY_ALLOW_DEPLOY`` and ``JERP_PROXY_DEPLOY_LABELS`` variables). Standard library only.
+``JERP_PROXY_EXEC_USER``, ``JERP_PROXY_ALLOW_DEPLOY``, ``JERP_PROXY_DEPLOY_LABELS`` and
+``JERP_PROXY_DEPLOY_NETWORKS`` variables). Standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -66,7 +72,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger("jerp_jobs.socket_proxy")
@@ -313,9 +320,6 @@ def _render(start: str, headers: Sequence[tuple[str, str]]) -> bytes:
 
 _PROJECT_LABEL = "com.docker.compose.project"
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_NAMESPACE_FIELDS = ("PidMode", "IpcMode", "NetworkMode", "UTSMode", "UsernsMode")
-_EMPTY_REQUIRED = ("CapAdd", "Capabilities", "Devices", "DeviceRequests", "DeviceCgroupRules", "VolumesFrom",
-                   "CgroupParent")
 #: Docker's defaults (20.10 onwards): a create body may list more, never fewer.
 _MASKED_PATHS = frozenset({"/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -386,70 +390,377 @@ def _volume_allowed(name: str, project: str | None) -> bool:
     return project is None or name.startswith(f"{project}_") or bool(re.fullmatch(r"[0-9a-f]{64}", name))
 
 
-def _check_host_settings(settings: object, where: str, project: str | None = None) -> None:
-    """Refuse what would give a container a way out to the host."""
-    if _field(settings, "Privileged"):
-        raise HttpError(403, f"privileged containers are not allowed ({where})")
-    for name in _EMPTY_REQUIRED:
-        if _field(settings, name):
-            raise HttpError(403, f"{name} is not allowed ({where})")
-    for name in _NAMESPACE_FIELDS:
-        mode = _field(settings, name)
-        if isinstance(mode, str) and (mode.lower() == "host" or mode.lower().startswith("container:")):
-            raise HttpError(403, f"{name} {mode!r} is not allowed ({where})")
-    runtime = _field(settings, "Runtime")
-    if runtime not in (None, "", "runc"):
-        raise HttpError(403, f"the runtime {runtime!r} is not allowed ({where})")
-    driver = _field(settings, "VolumeDriver")
-    if driver not in (None, "", "local"):
-        raise HttpError(403, f"the volume driver {driver!r} is not allowed ({where})")
-    for option in _strings(_field(settings, "SecurityOpt"), "SecurityOpt"):
+@dataclass(frozen=True)
+class DeployPolicy:
+    """What a container created in deploy mode may have: the deploy ``labels``, volumes and
+    networks of the compose project they name (``<project>_...``) plus the extra ``networks``
+    by name, and ``CgroupnsMode: host`` only where it is Docker's own default (cgroup v1:
+    every container there is created with it)."""
+
+    labels: Mapping[str, str]
+    networks: frozenset[str] = frozenset()
+    cgroupns_host: bool = False
+
+    @property
+    def project(self) -> str | None:
+        return self.labels.get(_PROJECT_LABEL)
+
+    def network_allowed(self, name: str) -> bool:
+        if name in self.networks:
+            return True
+        if not _VOLUME_NAME.fullmatch(name) or name in ("host", "bridge", "default", "none"):
+            return False
+        return self.project is None or name.startswith(f"{self.project}_")
+
+
+#: The fields of a create body's top level (Docker's container Config). Host settings there
+#: (which old API versions read) are refused: the project sends them under HostConfig.
+_CONFIG_FIELDS = frozenset(_fold(name) for name in (
+    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty",
+    "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir",
+    "Entrypoint", "NetworkDisabled", "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell",
+    "HostConfig", "NetworkingConfig"))
+#: Local log drivers (nothing leaves the host) and the options each may have.
+_LOG_OPTIONS: dict[str, frozenset[str]] = {
+    "json-file": frozenset({"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex",
+                            "tag"}),
+    "local": frozenset({"max-size", "max-file", "compress"}),
+    "journald": frozenset({"labels", "labels-regex", "env", "env-regex", "tag"}),
+    "none": frozenset(),
+}
+_LOG_VALUES = {"max-size": re.compile(r"[0-9]{1,15}[kmgKMG]?"), "max-file": re.compile(r"[0-9]{1,4}"),
+               "compress": re.compile(r"true|false")}
+_LOG_VALUE_MAX = 256
+#: Network modes that name no network of their own: the default bridge, or no network at all.
+_PLAIN_NETWORK_MODES = frozenset({"", "default", "bridge", "none"})
+
+HostCheck = Callable[[str, object, "_Object", DeployPolicy], None]
+
+
+def _free(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    """Settings that only limit or describe the container itself."""
+
+
+def _empty(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value not in (None, "", 0, False, [], {}):
+        raise HttpError(403, f"{name} {_shown(value)} is not allowed (HostConfig)")
+
+
+def _one_of(*allowed: object) -> HostCheck:
+    def check(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+        if value is not None and value not in allowed:
+            raise HttpError(403, f"{name} {_shown(value)} is not allowed (HostConfig)")
+    return check
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _privileged(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value:
+        raise HttpError(403, "privileged containers are not allowed (HostConfig)")
+
+
+def _port_bindings(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or any(binding not in (None, []) for binding in value.values()):
+        raise HttpError(403, f"PortBindings {_shown(value)} is not allowed: no host port is published (HostConfig)")
+
+
+def _cgroupns_mode(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value in (None, "", "private") or (value == "host" and policy.cgroupns_host):
+        return
+    raise HttpError(403, f"CgroupnsMode {_shown(value)} is not allowed (HostConfig): only private, or host "
+                         "where it is Docker's default (cgroup v1)")
+
+
+def _network_mode(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value is None or value in _PLAIN_NETWORK_MODES:
+        return
+    if not isinstance(value, str) or not policy.network_allowed(value):
+        raise HttpError(403, f"NetworkMode {_shown(value)} is not allowed (HostConfig): only a network of the "
+                             "platform, bridge or none")
+
+
+def _links(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    """Legacy links share the linked container's environment on the default bridge; on a
+    user-defined network they are aliases only."""
+    if not _strings(value, "Links"):
+        return
+    mode = _field(settings, "NetworkMode")
+    if mode is None or mode in _PLAIN_NETWORK_MODES:
+        raise HttpError(403, "Links are allowed only on a network of the platform (HostConfig)")
+
+
+def _log_config(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value is None:
+        return
+    if not isinstance(value, _Object):
+        raise HttpError(400, "LogConfig must be an object")
+    for key, _ in value.pairs:
+        if _fold(key) not in ("type", "config"):
+            raise HttpError(403, f"the LogConfig field {key!r} is not allowed")
+    driver = _field(value, "Type")
+    options = _field(value, "Config")
+    if options is not None and not isinstance(options, dict):
+        raise HttpError(400, "LogConfig.Config must be an object")
+    options = options or {}
+    if driver in (None, ""):
+        # Options without a driver are given to the daemon's default driver, whatever it is.
+        if options:
+            raise HttpError(403, "log options without a log driver are not allowed (LogConfig)")
+        return
+    if driver not in _LOG_OPTIONS:
+        raise HttpError(403, f"the log driver {_shown(driver)} is not allowed (LogConfig): only "
+                             f"{', '.join(sorted(_LOG_OPTIONS))}, which keep the logs on the host")
+    for key, option in options.items():
+        if key not in _LOG_OPTIONS[driver]:
+            raise HttpError(403, f"the log option {key!r} is not allowed for {driver} (LogConfig)")
+        pattern = _LOG_VALUES.get(key)
+        if not isinstance(option, str) or len(option) > _LOG_VALUE_MAX or (pattern and not pattern.fullmatch(option)):
+            raise HttpError(403, f"the log option {key}={_shown(option)} is not allowed (LogConfig)")
+
+
+def _runtime(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value not in (None, "", "runc"):
+        raise HttpError(403, f"the runtime {value!r} is not allowed (HostConfig)")
+
+
+def _volume_driver(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value not in (None, "", "local"):
+        raise HttpError(403, f"the volume driver {value!r} is not allowed (HostConfig)")
+
+
+def _security_opt(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    for option in _strings(value, "SecurityOpt"):
         if not _NO_NEW_PRIVILEGES.fullmatch(option.strip()):
-            raise HttpError(403, f"the security option {option!r} is not allowed ({where})")
-    for name, required in (("MaskedPaths", _MASKED_PATHS), ("ReadonlyPaths", _READONLY_PATHS)):
-        value = _field(settings, name)
+            raise HttpError(403, f"the security option {option!r} is not allowed (HostConfig)")
+
+
+def _default_paths(required: frozenset[str]) -> HostCheck:
+    def check(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
         if value is not None and not required <= set(_strings(value, name)):
-            raise HttpError(403, f"{name} must keep Docker's defaults ({where})")
-    for bind in _strings(_field(settings, "Binds"), "Binds"):
+            raise HttpError(403, f"{name} must keep Docker's defaults (HostConfig)")
+    return check
+
+
+def _oom_score_adj(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000):
+        raise HttpError(403, f"OomScoreAdj {_shown(value)} is not allowed (HostConfig): only 0 to 1000")
+
+
+def _binds(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    for bind in _strings(value, "Binds"):
         source, sep, _ = bind.partition(":")
-        if sep and not _volume_allowed(source, project):
-            raise HttpError(403, f"the bind {bind!r} is not a named volume of the platform ({where})")
-    mounts = _field(settings, "Mounts")
-    if mounts is not None and not isinstance(mounts, list):
+        if sep and not _volume_allowed(source, policy.project):
+            raise HttpError(403, f"the bind {bind!r} is not a named volume of the platform (HostConfig)")
+
+
+def _mounts(name: str, value: object, settings: _Object, policy: DeployPolicy) -> None:
+    if value is not None and not isinstance(value, list):
         raise HttpError(400, "Mounts must be a list")
-    for mount in mounts or []:
+    for mount in value or []:
         kind = _field(mount, "Type")
         if kind == "tmpfs":
             continue
         if kind != "volume":
-            raise HttpError(403, f"{kind!r} mounts are not allowed ({where})")
+            raise HttpError(403, f"{kind!r} mounts are not allowed (HostConfig)")
         source = _field(mount, "Source")
-        if source not in (None, "") and not (isinstance(source, str) and _volume_allowed(source, project)):
-            raise HttpError(403, f"the mount source {source!r} is not a named volume of the platform ({where})")
+        if source not in (None, "") and not (isinstance(source, str) and _volume_allowed(source, policy.project)):
+            raise HttpError(403, f"the mount source {source!r} is not a named volume of the platform (HostConfig)")
         if _field(_field(mount, "VolumeOptions"), "DriverConfig"):
-            raise HttpError(403, f"volume driver options are not allowed ({where})")
+            raise HttpError(403, "volume driver options are not allowed (HostConfig)")
 
 
-def check_create_body(body: bytes, labels: Mapping[str, str]) -> None:
+#: Every HostConfig field Docker reports when inspecting a container (API 1.41 to 1.47), which
+#: is what ``jerp_jobs.deploy.replacement_config`` sends back, each with what it may hold: any
+#: value where it only limits or describes the container, the zero value where anything else
+#: would reach the host. A field not listed is refused.
+_HOST_CONFIG: dict[str, HostCheck] = {
+    # Limits and plain settings of the container itself.
+    **dict.fromkeys((
+        "RestartPolicy", "AutoRemove", "ConsoleSize", "CapDrop", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts",
+        "GroupAdd", "ReadonlyRootfs", "ShmSize", "Tmpfs", "Init", "CpuShares", "Memory", "NanoCpus",
+        "BlkioWeight", "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "MemoryReservation", "MemorySwap",
+        "MemorySwappiness", "PidsLimit", "Ulimits", "CpuCount", "CpuPercent", "IOMaximumIOps",
+        "IOMaximumBandwidth", "KernelMemory", "KernelMemoryTCP"), _free),
+    # The zero value only: anything else reaches the host or another container.
+    **dict.fromkeys((
+        "ContainerIDFile", "CapAdd", "Capabilities", "Devices", "DeviceRequests", "DeviceCgroupRules",
+        "VolumesFrom", "CgroupParent", "Cgroup", "PidMode", "UTSMode", "UsernsMode", "PublishAllPorts",
+        "Sysctls", "StorageOpt", "Annotations", "OomKillDisable", "CpuRealtimePeriod", "CpuRealtimeRuntime",
+        "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps",
+        "BlkioDeviceWriteIOps"), _empty),
+    "Privileged": _privileged,
+    "PortBindings": _port_bindings,
+    "CgroupnsMode": _cgroupns_mode,
+    "IpcMode": _one_of("", "private", "shareable", "none"),
+    "Isolation": _one_of("", "default"),
+    "NetworkMode": _network_mode,
+    "Links": _links,
+    "LogConfig": _log_config,
+    "Runtime": _runtime,
+    "VolumeDriver": _volume_driver,
+    "SecurityOpt": _security_opt,
+    "MaskedPaths": _default_paths(_MASKED_PATHS),
+    "ReadonlyPaths": _default_paths(_READONLY_PATHS),
+    "OomScoreAdj": _oom_score_adj,
+    "Binds": _binds,
+    "Mounts": _mounts,
+}
+_HOST_CONFIG_BY_FOLD = {_fold(name): (name, check) for name, check in _HOST_CONFIG.items()}
+
+
+def _check_known_fields(obj: _Object, known: Callable[[str], bool], where: str) -> None:
+    """Refuse a field given twice (in any spelling) or one ``known`` does not accept."""
+    seen: dict[str, int] = {}
+    for key, _ in obj.pairs:
+        seen[_fold(key)] = seen.get(_fold(key), 0) + 1
+        if seen[_fold(key)] > 1:
+            raise HttpError(400, f"the field {key} is given {seen[_fold(key)]} times")
+    for key, _ in obj.pairs:
+        if not known(_fold(key)):
+            raise HttpError(403, f"the field {key!r} is not allowed {where}: only what a recreate of the "
+                                 "platform's containers sends is")
+
+
+def check_host_config(host_config: object, policy: DeployPolicy) -> None:
+    """Refuse a HostConfig with a field not in the allowlist, or a value that reaches the host."""
+    if host_config is None:
+        return
+    if not isinstance(host_config, _Object):
+        raise HttpError(400, "HostConfig must be an object")
+    _check_known_fields(host_config, lambda key: key in _HOST_CONFIG_BY_FOLD, "in HostConfig")
+    for key, value in host_config.pairs:
+        name, check = _HOST_CONFIG_BY_FOLD[_fold(key)]
+        check(name, value, host_config, policy)
+
+
+def _check_endpoints(endpoints: object, policy: DeployPolicy) -> None:
+    if endpoints is None:
+        return
+    if not isinstance(endpoints, dict):
+        raise HttpError(400, "EndpointsConfig must be an object")
+    for network, endpoint in endpoints.items():
+        _check_network(network, policy)
+        _check_endpoint(endpoint)
+
+
+def _check_network(network: str, policy: DeployPolicy) -> None:
+    if network.casefold() == "host":
+        raise HttpError(403, "the host network is not allowed")
+    if not policy.network_allowed(network):
+        raise HttpError(403, f"the network {network!r} is not a network of the platform")
+
+
+def _check_endpoint(endpoint: object) -> None:
+    if endpoint is not None and not isinstance(endpoint, dict):
+        raise HttpError(400, "an endpoint configuration must be an object")
+    if _field(endpoint, "DriverOpts"):
+        raise HttpError(403, "network driver options are not allowed")
+
+
+def check_create_body(body: bytes, policy: DeployPolicy) -> None:
     """Refuse a ``POST /containers/create`` body that does not make a labelled container of the
-    platform, or that would reach the host. With the compose project among the labels, volumes
-    must be the project's own (``<project>_name``) or anonymous ones."""
+    platform, or that has anything a recreate of one does not need: top-level fields are the
+    container's own (Docker's Config), HostConfig fields are allowlisted with their values
+    (:data:`_HOST_CONFIG`), networks are the platform's. With the compose project among the
+    labels, volumes must be the project's own (``<project>_name``) or anonymous ones."""
     config = load_docker_json(body, "the container configuration")
-    project = labels.get(_PROJECT_LABEL)
     given = _field(config, "Labels")
     given = given if isinstance(given, dict) else {}
-    missing = {k: v for k, v in labels.items() if given.get(k) != v}
+    missing = {k: v for k, v in policy.labels.items() if given.get(k) != v}
     if missing:
         raise HttpError(403, f"the new container does not carry the labels {missing}")
-    _check_host_settings(config, "top level", project)
-    host_config = _field(config, "HostConfig")
-    if host_config is not None and not isinstance(host_config, _Object):
-        raise HttpError(400, "HostConfig must be an object")
-    _check_host_settings(host_config, "HostConfig", project)
+    _check_known_fields(config, lambda key: key in _CONFIG_FIELDS, "at the top level of the container configuration")
+    check_host_config(_field(config, "HostConfig"), policy)
     networking = _field(config, "NetworkingConfig")
-    endpoints = _field(networking, "EndpointsConfig")
-    if isinstance(endpoints, dict) and any(_fold(name) == "host" for name in endpoints):
-        raise HttpError(403, "the host network is not allowed")
+    if networking is not None:
+        if not isinstance(networking, _Object):
+            raise HttpError(400, "NetworkingConfig must be an object")
+        _check_known_fields(networking, lambda key: key == _fold("EndpointsConfig"), "in NetworkingConfig")
+        _check_endpoints(_field(networking, "EndpointsConfig"), policy)
+
+
+def _wants_host_cgroupns(body: bytes) -> bool:
+    """Whether a create body asks for ``CgroupnsMode: host`` (then the daemon's cgroup version
+    decides)."""
+    try:
+        return _field(_field(load_docker_json(body, "the container configuration"), "HostConfig"),
+                      "CgroupnsMode") == "host"
+    except HttpError:
+        return False
+
+
+#: How many execs the proxy remembers, and for how long after their last use (a running exec's
+#: stream counts as use until it ends).
+EXEC_LIMIT = 65536
+EXEC_TTL = 24 * 3600.0
+DEFAULT_EXEC_USER = "frappe"
+
+
+class ExecRegistry:
+    """The execs this proxy created, by id, with the container each was created in.
+
+    Only these may be started or inspected through the proxy: an exec id learnt elsewhere (one
+    created in another container by another client of the Docker socket, or guessed) is refused.
+    Bounded: past ``limit`` ids the least recently used idle one is forgotten; an id unused for
+    ``ttl`` seconds (its stream closed) is forgotten too. Kept in memory: after a restart of the
+    proxy, execs created before it can no longer be started or inspected through it.
+    """
+
+    def __init__(self, *, limit: int = EXEC_LIMIT, ttl: float = EXEC_TTL,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.limit = limit
+        self.ttl = ttl
+        self._clock = clock or time.monotonic
+        self._entries: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        self._open: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, exec_id: str, container_id: str) -> None:
+        self._entries[exec_id] = (container_id, self._clock())
+        self._entries.move_to_end(exec_id)
+        self._prune()
+
+    def container_of(self, exec_id: str) -> str | None:
+        """The container the exec was created in (and the exec counts as used now), or None."""
+        entry = self._entries.get(exec_id)
+        if entry is None:
+            return None
+        if exec_id not in self._open and self._clock() - entry[1] > self.ttl:
+            del self._entries[exec_id]
+            return None
+        self._entries[exec_id] = (entry[0], self._clock())
+        self._entries.move_to_end(exec_id)
+        return entry[0]
+
+    @contextlib.contextmanager
+    def in_use(self, exec_id: str) -> Iterator[None]:
+        """While the exec's stream is open: never forgotten, and used until its end."""
+        self._open[exec_id] = self._open.get(exec_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._open[exec_id] -= 1
+            if not self._open[exec_id]:
+                del self._open[exec_id]
+            if exec_id in self._entries:
+                self._entries[exec_id] = (self._entries[exec_id][0], self._clock())
+                self._entries.move_to_end(exec_id)
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for exec_id, (_, used) in list(self._entries.items()):
+            if len(self._entries) <= self.limit and now - used <= self.ttl:
+                break  # oldest first: the rest are newer
+            if exec_id not in self._open:
+                del self._entries[exec_id]
 
 
 class SocketProxy:
@@ -457,14 +768,21 @@ class SocketProxy:
 
     def __init__(self, upstream: str, *, container_labels: Mapping[str, str] | None = None,
                  rules: Sequence[Rule] = RULES, allow_deploy: bool = False,
-                 deploy_labels: Mapping[str, str] | None = None) -> None:
+                 deploy_labels: Mapping[str, str] | None = None, deploy_networks: Sequence[str] = (),
+                 exec_user: str = DEFAULT_EXEC_USER, execs: ExecRegistry | None = None) -> None:
         self.upstream = upstream
         self.container_labels = dict(container_labels or {})
         self.allow_deploy = allow_deploy
         self.deploy_labels = dict(deploy_labels) if deploy_labels else default_deploy_labels(self.container_labels)
         if allow_deploy and not self.deploy_labels:
             raise ValueError("deploying needs labels that mark the platform's containers (--deploy-labels)")
+        self.deploy_networks = frozenset(n for n in deploy_networks if n)
+        if not exec_user or not exec_user.strip() or exec_user != exec_user.strip():
+            raise ValueError("the exec user must be a user name (--exec-user)")
+        self.exec_user = exec_user
+        self.execs = execs if execs is not None else ExecRegistry()
         self.rules = tuple(rules) + (DEPLOY_RULES if allow_deploy else ())
+        self._cgroup_v1: bool | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD)
@@ -489,7 +807,14 @@ class SocketProxy:
                 target, body = await self._authorize_deploy(rule, ref, request, body)
             else:
                 target = await self._authorize(rule, ref, request, body)
-            await self._forward(rule, request, target, body, reader, writer)
+            if rule.name == "create-exec":
+                await self._forward_create_exec(request, target, body, writer)
+            elif rule.name == "start-exec":
+                assert ref is not None
+                with self.execs.in_use(ref):
+                    await self._forward(rule, request, target, body, reader, writer)
+            else:
+                await self._forward(rule, request, target, body, reader, writer)
         except HttpError as exc:
             what = f"{request.method} {request.path}" if request else "request"
             log.warning("refuse %s -> %d (%s)", what, exc.status, exc.message)
@@ -508,15 +833,10 @@ class SocketProxy:
     async def _authorize(self, rule: Rule, ref: str | None, request: Request, body: bytes) -> str:
         """Check what the path alone cannot tell; return the target to forward."""
         if rule.name == "create-exec":
-            try:
-                config = json.loads(body or b"{}")
-            except ValueError:
-                raise HttpError(400, "the exec configuration is not JSON") from None
-            if not isinstance(config, dict):
-                raise HttpError(400, "the exec configuration is not a JSON object")
-            # Docker decodes JSON keys case-insensitively: "privileged" counts too.
-            if any(key.lower() == "privileged" and value for key, value in config.items()):
-                raise HttpError(403, "privileged execs are not allowed")
+            self._check_exec_config(body)
+        if rule.name in ("start-exec", "inspect-exec"):
+            assert ref is not None
+            self._check_exec_id(ref)
         if rule.name in ("create-exec", "inspect-container") and self.container_labels:
             assert ref is not None
             if rule.name == "inspect-container" and self.allow_deploy:
@@ -530,6 +850,48 @@ class SocketProxy:
             return f"{prefix}/containers/{full_id}/{suffix}{query}"
         return request.target
 
+    def _check_exec_config(self, body: bytes) -> None:
+        """An exec runs unprivileged, as the configured user (the bench's), nobody else.
+
+        Docker decodes JSON keys without regard to case (``privileged``, ``user`` count too);
+        a field given twice is refused. ``User`` must be exactly the exec user: no other name,
+        no uid, no ``user:group``, and not left out (the container's default user)."""
+        config = load_docker_json(body, "the exec configuration")
+        if _field(config, "Privileged"):
+            raise HttpError(403, "privileged execs are not allowed")
+        user = _field(config, "User")
+        if user != self.exec_user:
+            shown = "no user" if user in (None, "") else f"the user {_shown(user)}"
+            raise HttpError(403, f"execs run as {self.exec_user!r} only, not as {shown}")
+
+    def _check_exec_id(self, exec_id: str) -> None:
+        if self.execs.container_of(exec_id) is None:
+            raise HttpError(403, f"exec {exec_id} was not created through this proxy (or is forgotten): only "
+                                 "execs it created in an allowed container may be started or inspected")
+
+    async def _forward_create_exec(self, request: Request, target: str, body: bytes,
+                                   writer: asyncio.StreamWriter) -> None:
+        """Create the exec; remember the id Docker gives it, for the container it is in; relay
+        the answer."""
+        headers = [(k, v) for k, v in request.head.end_to_end() if k.lower() != "content-length"]
+        headers += [("Content-Length", str(len(body))), ("Connection", "close")]
+        head, status, answer = await self._exchange(f"{request.method} {target} HTTP/1.1", headers, body)
+        log.info("allow %s %s -> %d", request.method, request.path, status)
+        if status == 201:
+            container = target.split("/containers/", 1)[1].split("/", 1)[0]
+            try:
+                exec_id = json.loads(answer)["Id"]
+            except (ValueError, KeyError, TypeError):
+                raise HttpError(502, "the Docker API answered an exec create without an id") from None
+            if not isinstance(exec_id, str) or not re.fullmatch(_EXEC, exec_id):
+                raise HttpError(502, "the Docker API answered an exec create with an unusable id")
+            self.execs.remember(exec_id, container)
+        kept = [(k, v) for k, v in head.end_to_end() if k.lower() != "content-length"]
+        with contextlib.suppress(ConnectionError):
+            writer.write(_render(head.start, [*kept, ("Content-Length", str(len(answer))), ("Connection", "close")])
+                         + answer)
+            await writer.drain()
+
     async def _authorize_deploy(self, rule: Rule, ref: str | None, request: Request,
                                 body: bytes) -> tuple[str, bytes]:
         """The checks of the ``--allow-deploy`` calls; the target and body to forward."""
@@ -542,10 +904,14 @@ class SocketProxy:
                 raise HttpError(403, f"image name {ref!r} is not allowed")
             return request.target, body
         if rule.name == "create-container":
-            check_create_body(body, self.deploy_labels)
+            cgroupns_host = await self._cgroup_is_v1() if _wants_host_cgroupns(body) else False
+            check_create_body(body, self._deploy_policy(cgroupns_host=cgroupns_host))
             return request.target, body
         if rule.name == "connect-network":
+            assert ref is not None
+            _check_network(ref, self._deploy_policy())
             config = load_docker_json(body, "the network connect body")
+            _check_endpoint(_field(config, "EndpointConfig"))
             container = _field(config, "Container")
             if not isinstance(container, str) or not re.fullmatch(_CONTAINER, container):
                 raise HttpError(400, "the network connect body names no container")
@@ -560,6 +926,20 @@ class SocketProxy:
         action = request.path.rsplit("/", 1)[1] if rule.name != "remove-container" else ""
         path = f"{prefix}/containers/{full_id}" + (f"/{action}" if action else "")
         return f"{path}{query}", body
+
+    def _deploy_policy(self, *, cgroupns_host: bool = False) -> DeployPolicy:
+        return DeployPolicy(self.deploy_labels, self.deploy_networks, cgroupns_host)
+
+    async def _cgroup_is_v1(self) -> bool:
+        """Whether the daemon runs on cgroup v1 (``GET /info``; asked once)."""
+        if self._cgroup_v1 is None:
+            status, body = await self._get("/info")
+            try:
+                version = json.loads(body).get("CgroupVersion") if status == 200 else None
+            except (ValueError, AttributeError):
+                version = None
+            self._cgroup_v1 = version == "1"
+        return self._cgroup_v1
 
     async def _check_container(self, ref: str, *label_sets: Mapping[str, str]) -> str:
         """The container's full id when it carries every label of one of ``label_sets``
@@ -590,25 +970,33 @@ class SocketProxy:
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         """A GET of our own to the Docker API: its status and whole body."""
+        _, status, body = await self._exchange(f"GET {path} HTTP/1.1", [("Host", "docker"), ("Connection", "close")])
+        return status, body
+
+    async def _exchange(self, start: str, headers: Sequence[tuple[str, str]],
+                        body: bytes = b"") -> tuple[Head, int, bytes]:
+        """One request to the Docker API: the answer's head, status and whole (de-chunked) body."""
+        method = start.split(" ", 1)[0]
         up_reader, up_writer = await self._open_upstream()
         try:
-            up_writer.write(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+            up_writer.write(_render(start, headers) + body)
             await up_writer.drain()
             head = parse_head(await up_reader.readuntil(b"\r\n\r\n"))
             status = int(head.start.split(" ")[1])
-            body = bytearray()
+            answer = bytearray()
 
             async def collect(data: bytes) -> None:
-                body.extend(data)
-                if len(body) > MAX_INSPECT:
+                answer.extend(data)
+                if len(answer) > MAX_INSPECT:
                     raise HttpError(502, "the Docker API answer is too large")
 
-            await copy_response_body(up_reader, "GET", status, head, collect)
+            await copy_response_body(up_reader, method, status, head, collect)
             if head.get_all("transfer-encoding"):
-                body = bytearray(_dechunk(bytes(body)))
-            return status, bytes(body)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError) as exc:
-            raise HttpError(502, f"bad answer from the Docker API: {exc}") from None
+                answer = bytearray(_dechunk(bytes(answer)))
+            return head, status, bytes(answer)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError,
+                IndexError) as exc:
+            raise HttpError(502, f"bad answer from the Docker API: {exc or type(exc).__name__}") from None
         finally:
             up_writer.close()
 
@@ -695,13 +1083,16 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 async def serve(listen: str, upstream: str, container_labels: Mapping[str, str], *, allow_deploy: bool = False,
-                deploy_labels: Mapping[str, str] | None = None) -> None:
+                deploy_labels: Mapping[str, str] | None = None, deploy_networks: Sequence[str] = (),
+                exec_user: str = DEFAULT_EXEC_USER) -> None:
     host, port = _split_listen(listen)
     proxy = SocketProxy(upstream, container_labels=container_labels, allow_deploy=allow_deploy,
-                        deploy_labels=deploy_labels)
+                        deploy_labels=deploy_labels, deploy_networks=deploy_networks, exec_user=exec_user)
     server = await proxy.start(host, port)
     if allow_deploy:
-        log.info("deploying allowed for containers labelled %s", proxy.deploy_labels)
+        log.info("deploying allowed for containers labelled %s; extra networks %s", proxy.deploy_labels,
+                 sorted(proxy.deploy_networks) or "(none)")
+    log.info("execs run as %r only", proxy.exec_user)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.close)
@@ -726,6 +1117,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--deploy-labels", default=env.get("JERP_PROXY_DEPLOY_LABELS", ""),
                         help="KEY=VALUE,... a container needs to be deployed (default: the compose project "
                              "label of --container-labels)")
+    parser.add_argument("--deploy-networks", default=env.get("JERP_PROXY_DEPLOY_NETWORKS", ""),
+                        help="NAME,... networks a deployed container may join besides its compose project's "
+                             "(<project>_...)")
+    parser.add_argument("--exec-user", default=env.get("JERP_PROXY_EXEC_USER", DEFAULT_EXEC_USER),
+                        help="the only user an exec may run as (the bench's; default: frappe)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s socket-proxy: %(message)s")
@@ -735,10 +1131,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         _split_listen(args.listen)
         if args.allow_deploy and not deploy_labels:
             raise ValueError("--allow-deploy needs --deploy-labels (or --container-labels)")
+        deploy_networks = [n.strip() for n in args.deploy_networks.split(",") if n.strip()]
+        exec_user = args.exec_user.strip()
+        if not exec_user:
+            raise ValueError("--exec-user (JERP_PROXY_EXEC_USER) must name the bench's user")
     except ValueError as exc:
         parser.error(str(exc))
     asyncio.run(serve(args.listen, args.upstream, labels, allow_deploy=args.allow_deploy,
-                      deploy_labels=deploy_labels))
+                      deploy_labels=deploy_labels, deploy_networks=deploy_networks, exec_user=exec_user))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,14 @@ def proxy(loop_thread: LoopThread, fake_docker: tuple[FakeDocker, str]) -> Itera
         yield port
 
 
+def created_exec(port: int, container: str = "backend") -> str:
+    """Create an exec through the proxy (as the bench user) and return its id."""
+    body = json.dumps({"Cmd": ["true"], "User": "frappe"}).encode()
+    response = exchange(port, raw_request("POST", f"/v1.41/containers/{container}/exec", body))
+    assert status_of(response) == 201, response
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])["Id"]
+
+
 def exchange(port: int, raw: bytes, *, then: bytes = b"") -> bytes:
     """Send raw bytes, read until the proxy closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -164,7 +172,6 @@ def message_of(response: bytes) -> str:
 @pytest.mark.parametrize("method, target", [
     ("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/version"), ("GET", "/v1.41/version"),
     ("GET", "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%5D%7D"),
-    ("GET", "/v1.44/exec/abc123/json"),
 ])
 def test_allowed_calls_are_forwarded_with_connection_close(proxy, fake_docker, method, target):
     fake, _ = fake_docker
@@ -212,8 +219,10 @@ def test_a_second_request_on_the_connection_is_never_forwarded(proxy, fake_docke
 def test_a_request_hidden_in_a_body_stays_in_the_body(proxy, fake_docker):
     fake, _ = fake_docker
     hidden = b"POST /containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    exec_id = created_exec(proxy)
+    fake.requests.clear()
 
-    exchange(proxy, raw_request("POST", f"/exec/{'e' * 64}/start", hidden,
+    exchange(proxy, raw_request("POST", f"/exec/{exec_id}/start", hidden,
                                 headers="Connection: Upgrade, Content-Length\r\nUpgrade: tcp\r\n"), then=b"x")
 
     [sent] = fake.requests
@@ -259,7 +268,7 @@ def test_exec_in_the_labelled_container_is_forwarded_by_its_full_id(proxy, fake_
 def test_exec_in_another_container_is_refused(proxy, fake_docker, target):
     fake, _ = fake_docker
 
-    response = exchange(proxy, raw_request("POST", target, b'{"Cmd": ["sh"]}'))
+    response = exchange(proxy, raw_request("POST", target, b'{"Cmd": ["sh"], "User": "frappe"}'))
 
     assert status_of(response) == 403 and "labels" in message_of(response)
     assert all(b"/exec" not in r.split(b"\r\n")[0] for r in fake.requests)
@@ -291,13 +300,14 @@ def test_privileged_or_malformed_exec_configurations_are_refused(loop_thread, fa
 def test_exec_start_upgrades_to_a_tunnel_both_ways(loop_thread, fake_docker):
     fake, upstream = fake_docker
     with running_proxy(loop_thread, upstream) as port:
-        response = exchange(port, raw_request("POST", f"/v1.41/exec/{'e' * 64}/start", b'{"Tty": false}',
+        exec_id = created_exec(port)
+        response = exchange(port, raw_request("POST", f"/v1.41/exec/{exec_id}/start", b'{"Tty": false}',
                                           headers="Connection: Upgrade\r\nUpgrade: tcp\r\n"), then=b"stdin!")
 
     head, _, stream = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 ")
     assert stream == b"echo:stdin!"
-    assert b"Connection: Upgrade\r\nUpgrade: tcp\r\n" in fake.requests[0]
+    assert b"Connection: Upgrade\r\nUpgrade: tcp\r\n" in fake.requests[-1]
 
 
 def test_an_upgrade_is_only_asked_for_exec_start(proxy, fake_docker):
@@ -396,7 +406,8 @@ def deploying_docker(loop_thread: LoopThread, tmp_path: Path) -> Iterator[tuple[
 def deploy_proxy(loop_thread: LoopThread, deploying_docker: tuple[DeployingDocker, str]) -> Iterator[int]:
     """The proxy as the jobs stack runs it for deploying: exec limited to the backend, deploy
     calls to the containers of compose project ``jerp`` (the default deploy labels)."""
-    proxy = SocketProxy(deploying_docker[1], container_labels=BACKEND_LABELS, allow_deploy=True)
+    proxy = SocketProxy(deploying_docker[1], container_labels=BACKEND_LABELS, allow_deploy=True,
+                        deploy_networks=["proxy"])
     assert proxy.deploy_labels == PLATFORM
     server = loop_thread.run(proxy.start("127.0.0.1", 0))
     yield server.sockets[0].getsockname()[1]
