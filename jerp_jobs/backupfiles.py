@@ -253,7 +253,6 @@ class StagedFile:
 
 def stage(opened: OpenedFile, job_id: str) -> StagedFile:
     """Copy the opened file's bytes, from its descriptor, into a new staging file beside it."""
-    remove_staged(opened.folder_fd, job_id)
     name = f"{STAGE_PREFIX}{job_id}-{secrets.token_hex(4)}-{opened.name}"[:255]
     folder_fd = os.dup(opened.folder_fd)
     try:
@@ -294,15 +293,20 @@ def _readable_by_bench(fd: int, folder: os.stat_result) -> None:
         os.fchmod(fd, 0o644)
 
 
-def remove_staged(folder_fd: int, job_id: str) -> list[str]:
-    """Remove the staging files an earlier attempt of this job left behind."""
+def remove_staged(root: Path, site: str, job_id: str) -> list[str]:
+    """Remove the staging files (and what bench unpacked from them) an earlier attempt of this
+    job left behind."""
     removed = []
     prefix = f"{STAGE_PREFIX}{job_id}-"
-    for name in os.listdir(folder_fd):
-        if name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=folder_fd)
-                removed.append(name)
+    folder_fd = open_dir(root, (site, *BACKUPS), what=f"restore of {site}")
+    try:
+        for name in os.listdir(folder_fd):
+            if name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=folder_fd)
+                    removed.append(name)
+    finally:
+        os.close(folder_fd)
     return removed
 
 

@@ -24,6 +24,7 @@ from jerp_jobs.backupfiles import (
     check_backup_path,
     digest,
     open_backup_file,
+    remove_staged,
     require_sites_root,
     sites_root,
     stage,
@@ -147,6 +148,9 @@ def restore_verified(
     root = require_sites_root(ctx.settings, "restores read the backup files through it")
     recorded = ctx.job.result.get("checked") or {}
     staged: dict[str, StagedFile] = {}
+    left = remove_staged(root, ctx.site, ctx.job.id)
+    if left:
+        ctx.output.append(f"removed the staging copies of an earlier attempt: {', '.join(left)}")
     try:
         for name, rel in files.items():
             with open_backup_file(root, rel, sites=(ctx.site,), what=name) as opened:
