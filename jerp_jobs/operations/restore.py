@@ -2,10 +2,14 @@
 
 Backup files are named as paths inside the site's backup folder (``sites/<site>/private/backups``);
 anything else — another folder, another site's backups, a path with ``..`` — is refused when
-the job is requested, before anything runs. Before the database is touched, the files are
-checked: the SHA-256 against the manifest recorded when the backup was taken (when there is
-one), the dump as a complete gzip stream, the tars as readable archives. A tampered or
-truncated dump never reaches ``bench restore``.
+the job is requested, before anything runs; where the sites folder is visible (jerpctl in the
+worker), a symlink or hard link is refused then too. The worker reads the files itself, through
+``JERP_SITES_DIR`` (``jerp_jobs.backupfiles``): each is opened once, without following links,
+and judged, hashed and checked by that descriptor — the SHA-256 against a manifest that does
+not rest on Redis alone (``jerp_jobs.manifests``), the dump as a complete gzip stream, the tars
+as readable archives — in check-backup, and again right before use, when its bytes are copied
+into a staging file of the job that bench restores from. A file no manifest vouches for is
+restored only on request (``unverified``), its integrity alone checked.
 
 The restore workflow takes a safety backup of the current state first; if the restore or the
 migrate after it fails, that safety backup is restored, and if that fails too the site is
