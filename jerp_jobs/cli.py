@@ -205,14 +205,16 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
 @click.option("--from-offsite", is_flag=True, help="Restore the off-site copy (downloaded, verified, decrypted).")
 @click.option("--at", default=None, help="With --from-offsite: the newest copy at or before this time "
               "(YYYYMMDD_HHMMSS or ISO, UTC); default the latest.")
+@click.option("--unverified", is_flag=True, help="Restore files no manifest vouches for (a dump from elsewhere): "
+              "only their gzip/tar integrity is checked.")
 @WAIT
 @click.pass_obj
 @_guard
 def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | None, private_files: str | None,
-                    from_offsite: bool, at: str | None, wait: bool) -> None:
+                    from_offsite: bool, at: str | None, unverified: bool, wait: bool) -> None:
     """Restore SITE from backup files or its off-site copy (checked first; a safety backup is taken before)."""
     params = {"db": db, "public_files": public_files, "private_files": private_files,
-              "from_offsite": from_offsite, "at": at}
+              "from_offsite": from_offsite, "at": at, "unverified": unverified}
     _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
 
 

@@ -31,6 +31,7 @@ SECRET_VARIABLES: dict[str, str] = {
     "registry_token": "JERP_REGISTRY_TOKEN",
     "portainer_webhook_url": "PORTAINER_WEBHOOK_URL",
     "notify_urls": "JERP_NOTIFY_URLS",
+    "manifest_key": "JERP_MANIFEST_KEY",
 }
 
 
@@ -118,6 +119,7 @@ class Settings(BaseSettings):
     registry_token: SecretStr | None = None
     portainer_webhook_url: SecretStr | None = Field(None, validation_alias=_env("PORTAINER_WEBHOOK_URL"))
     notify_urls: SecretStr | None = None
+    manifest_key: SecretStr | None = Field(None, description="HMAC key of backup manifests (worker-side)")
 
     @field_validator("backup_age_recipients", mode="before")
     @classmethod

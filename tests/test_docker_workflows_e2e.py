@@ -36,6 +36,7 @@ def test_provision_backup_migrate_restore_in_the_backend_container(
         "FRAPPE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "JERP_INSTALL_APPS": "erpnext",
         "JERP_LOCK_TTL": "10",
+        "JERP_SITES_DIR": str(bench_dir / "sites"),  # the worker reads backup files through it
     }
     worker = WorkerProcess(env, name="docker-e2e", log_path=tmp_path / "worker.log").wait_ready()
     site = f"dock{uuid.uuid4().hex[:6]}.example.com"

@@ -50,6 +50,7 @@ from typing import Any
 
 from jerp_jobs.errors import ConfigError, InvalidInput, JerpError
 from jerp_jobs.log import Redactor, get_logger
+from jerp_jobs.manifests import canonical, manifest_key, seal, signature
 from jerp_jobs.offsite import BackupNotFound, ChecksumMismatch, OffsiteError, OffsiteUnavailable
 from jerp_jobs.offsite.crypto import (
     IDENTITY_VARIABLE,
@@ -115,6 +116,7 @@ class OffsiteStore:
         age_recipients: Iterable[str] = (),
         transfer_config: Any = None,
         identity_file: Path | None = None,
+        manifest_key: bytes | None = None,
     ) -> None:
         if sse not in (None, "AES256", "aws:kms"):
             raise ConfigError("JERP_S3_SSE", f"must be AES256 or aws:kms, not {sse!r}")
@@ -130,6 +132,8 @@ class OffsiteStore:
         self._recipients = parse_recipients(age_recipients)
         self.transfer_config = transfer_config if transfer_config is not None else default_transfer_config()
         self.identity_file = identity_file
+        #: HMAC key of manifest.json (``jerp_jobs.manifests``); None: manifests are not signed
+        self.manifest_key = manifest_key
         #: the readers of the uploads in progress, by key: their part digests go with UploadPart
         self._sending: dict[str, DigestingReader] = {}
         client.meta.events.register("provide-client-params.s3.UploadPart", self._supply_part_digest)
@@ -158,6 +162,7 @@ class OffsiteStore:
             age_recipients=settings.backup_age_recipients,
             transfer_config=transfer_config,
             identity_file=settings.backup_age_identity_file,
+            manifest_key=manifest_key(settings),
         )
 
     @property
@@ -219,7 +224,7 @@ class OffsiteStore:
                 key = f"{base}/{name}" + (".age" if self.encrypted else "")
                 attempted.append(key)
                 entries.append(self._upload_artifact(artifact, name, key, Path(sites_dir)))
-            offsite = self._offsite_manifest(manifest, entries)
+            offsite = seal(self._offsite_manifest(manifest, entries), self.manifest_key)
             attempted.insert(0, f"{base}/{MANIFEST_NAME}")
             self._put_manifest(f"{base}/{MANIFEST_NAME}", offsite)
         except BaseException:
@@ -440,16 +445,37 @@ class OffsiteStore:
     # Download
 
     def download_backup(
-        self, site: str, timestamp: str, dest_dir: Path, *, identity_file: Path | None = None
+        self,
+        site: str,
+        timestamp: str,
+        dest_dir: Path,
+        *,
+        identity_file: Path | None = None,
+        chosen: dict[str, Any] | None = None,
+        require_signature: bool = False,
     ) -> dict[str, Path]:
         """Download, verify and decrypt every artifact; return ``{kind: path}`` in ``dest_dir``.
 
         Files keep their original names. They are written under temporary names and renamed
         only once all are verified; on any failure nothing new is left in ``dest_dir``.
+        With a manifest key, a manifest.json whose HMAC does not verify is refused, and so is
+        one without an HMAC when ``require_signature``. ``chosen``: the manifest the caller
+        picked, which must still be the one in the bucket.
         """
         manifest = self.get_manifest(site, timestamp)
         base = self.backup_prefix(site, timestamp)
         manifest_url = self._url(f"{base}/{MANIFEST_NAME}")
+        if chosen is not None and canonical(chosen) != canonical(manifest):
+            raise OffsiteError(f"{manifest_url} changed while the backup was being chosen", bucket=self.bucket)
+        if self.manifest_key:
+            valid = signature(manifest, self.manifest_key)
+            if valid is False or (valid is None and require_signature):
+                state = "has a signature that does not verify" if valid is False else "carries no signature"
+                raise ChecksumMismatch(
+                    f"{manifest_url} {state} (JERP_MANIFEST_KEY): altered, or written without the key; "
+                    "refusing to restore from it" + ("" if valid is False else " (restore it with --unverified)"),
+                    bucket=self.bucket, key=f"{base}/{MANIFEST_NAME}",
+                )
         if manifest.get("verified") is not True:
             raise OffsiteError(f"{manifest_url} is not marked verified", bucket=self.bucket)
         artifacts = manifest["artifacts"]

@@ -2,8 +2,14 @@
 
 The manifest lists every artifact with its size and SHA-256, read back from the files bench
 wrote (not from the rounded sizes bench prints), and the database dump must be a complete gzip
-stream: a backup that cannot be restored is not a backup. The manifest is stored with the job
-and in the site's backup index (``jerp:backups:<site>``) for restores to check against.
+stream: a backup that cannot be restored is not a backup. The manifest is stored with the job,
+in the site's backup index (``jerp:backups:<site>``) and beside the files
+(``<timestamp>-jerp-manifest.json``), signed with ``JERP_MANIFEST_KEY`` when it is set
+(``jerp_jobs.manifests``), for restores to check against.
+
+Bench writes each attempt into a folder of its own (``jerp_jobs.backupfiles``): the partial
+files of a failed or killed attempt are removed, never left among the backups. A failure with
+the disk full says so, naming the folder and its free space.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jerp_jobs import bench
+from jerp_jobs.backupfiles import attempt_folder, free_space, human, move_into_backups, sites_root, sweep_attempts
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
+from jerp_jobs.manifests import manifest_key, seal, write_side
 from jerp_jobs.notify import backup_failed
 from jerp_jobs.operations.offsite import prune_local, upload
 from jerp_jobs.workflow import StepContext, StepSpec, simple
@@ -29,22 +37,102 @@ def backup_site(ctx: StepContext) -> None:
 
 
 def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup") -> dict[str, Any]:
-    """Run a backup of the job's site; record and index its verified manifest; return it."""
-    result = ctx.run(bench.backup(ctx.site, with_files=with_files, bench=ctx.bench))
-    summary = bench.parse_backup_summary(result.output, ctx.site)
-    manifest = build_manifest(ctx, summary)
+    """Run a backup of the job's site; record and index its verified manifest; return it.
+
+    Bench writes into a folder of this attempt; its files are moved into the backup folder only
+    once it has finished, so a failed or killed attempt leaves nothing among the backups (the
+    next backup of the site removes what it left). A failure on a full disk says so.
+    """
+    root = sites_root(ctx.settings)
+    if root is None:
+        return _take_backup_in_place(ctx, with_files=with_files, record_as=record_as)
+    attempt, removed = attempt_folder(root, ctx.site, ctx.job.id, record_as)
+    if removed:
+        ctx.output.append(f"removed the partial files of an earlier attempt: {', '.join(removed)}")
+    try:
+        try:
+            result = ctx.run(bench.backup(ctx.site, with_files=with_files, backup_path=attempt, bench=ctx.bench))
+        except CommandFailed as exc:
+            sweep_attempts(root, ctx.site)
+            raise disk_full(ctx, root, exc) or exc
+        printed = bench.parse_backup_summary(result.output, ctx.site)
+        names = []
+        for a in printed.artifacts:
+            folder, _, name = a.path.removeprefix("./").rpartition("/")
+            if folder != attempt:
+                raise OutputParseError(f"bench wrote {a.path}, outside the folder of this backup ({attempt})")
+            names.append(name)
+        manifest = build_manifest(ctx, printed)  # checked where bench wrote it, then moved
+        move_into_backups(root, ctx.site, attempt, names)
+        for entry, name in zip(manifest["artifacts"], names):
+            entry["path"] = f"{ctx.site}/private/backups/{name}"
+        manifest = seal(manifest, manifest_key(ctx.settings))
+        write_side(root, ctx.site, manifest)
+    finally:
+        sweep_attempts(root, ctx.site)  # this attempt's folder, and any a dead bench wrote meanwhile
     ctx.record(**{record_as: manifest})
     store_manifest(ctx, manifest)
     return manifest
 
 
+def _take_backup_in_place(ctx: StepContext, *, with_files: bool, record_as: str) -> dict[str, Any]:
+    """Without the sites folder (JERP_SITES_DIR), bench writes straight into the backup folder."""
+    ctx.output.append("the sites folder is not visible to the worker (JERP_SITES_DIR): the manifest is kept in "
+                      "Redis only, and the files of a failed attempt cannot be removed")
+    result = ctx.run(bench.backup(ctx.site, with_files=with_files, bench=ctx.bench))
+    summary = bench.parse_backup_summary(result.output, ctx.site)
+    manifest = seal(build_manifest(ctx, summary), manifest_key(ctx.settings))
+    ctx.record(**{record_as: manifest})
+    store_manifest(ctx, manifest)
+    return manifest
+
+
+_NO_SPACE = ("No space left on device", "ENOSPC", "Errno 28", "Disk full", "disk full")
+#: below this much free space a failed backup is put down to a full disk
+MIN_FREE = 64 * 1024 * 1024
+
+
+def disk_full(ctx: StepContext, root: Any, exc: CommandFailed) -> CommandFailed | None:
+    """A failed backup explained by a full disk: bench's output says so (ENOSPC), or the backup
+    folder has less free space than the site's last backup took (at least ``MIN_FREE``)."""
+    folder = root / ctx.site / "private" / "backups"
+    try:
+        free, total = free_space(folder)
+    except OSError:
+        return None
+    text = f"{exc}\n{exc.output_tail}"
+    said = any(marker in text for marker in _NO_SPACE)
+    last = max((sum(a["size"] for a in m["artifacts"]) for m in local_manifests(ctx, ctx.site)[:1]), default=0)
+    needed = max(MIN_FREE, last)
+    if not said and free >= needed:
+        return None
+    because = "bench reported no space left on device" if said else (
+        f"less than the {human(needed)} a backup of {ctx.site} needs" + (f" (the last one took {human(last)})" if last else "")
+    )
+    return CommandFailed(
+        f"the backup of {ctx.site} failed: disk full: {folder} has {human(free)} free of {human(total)}, {because}; "
+        "its partial files were removed. Free space there (or on the volume), then back up again",
+        exit_code=exc.exit_code,
+        output_tail=exc.output_tail,
+    )
+
+
+def local_manifests(ctx: StepContext, site: str) -> list[dict[str, Any]]:
+    """The manifests of the site's backup index in Redis, newest first."""
+    out = []
+    for raw in ctx.runtime.redis.zrevrange(BACKUP_INDEX + site, 0, -1):
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("artifacts"), list):
+            out.append(manifest)
+    return out
+
+
 def find_manifest(ctx: StepContext, site: str, path: str) -> dict[str, Any] | None:
     """The newest recorded manifest of ``site`` that lists ``path`` (relative to sites/)."""
-    for raw in ctx.runtime.redis.zrevrange(BACKUP_INDEX + site, 0, -1):
-        manifest = json.loads(raw)
-        if any(a["path"] == path for a in manifest["artifacts"]):
-            return manifest
-    return None
+    return next((m for m in local_manifests(ctx, site) if any(a.get("path") == path for a in m["artifacts"])), None)
 
 
 def build_manifest(ctx: StepContext, summary: bench.BackupSummary) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from jerp_jobs.operations.common import (
     scheduler_pause,
     scheduler_resume,
 )
-from jerp_jobs.operations.restore import manifest_files, restore_files, verify_backup_files
+from jerp_jobs.operations.restore import manifest_files, restore_verified, verify_backup_files
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
 
 #: how long to wait for the site's background jobs to drain, and how often to ask
@@ -75,7 +75,7 @@ def restore_pre_migrate(ctx: StepContext) -> None:
     manifest = ctx.job.result["pre_migrate_backup"]
     files = manifest_files(manifest)
     verify_backup_files(ctx, files)
-    restore_files(ctx, files)
+    restore_verified(ctx, files)
     ctx.record(recovered={"restored": files["db"], "reason": _migrate_error(ctx.runtime.store.get(ctx.job.id))})
 
 

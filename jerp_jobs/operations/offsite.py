@@ -21,6 +21,7 @@ from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import OFFSITE
 from jerp_jobs.log import get_logger
+from jerp_jobs.manifests import artifact, confirm_recorded, manifest_key, read_side, seal, write_side
 from jerp_jobs.workflow import StepContext, StepSpec, simple
 
 log = get_logger(__name__)
@@ -64,6 +65,7 @@ def upload(ctx: StepContext) -> str | None:
         return "skipped"
     manifest = dict(ctx.job.result["backup"])
     folder = sites_dir(ctx.settings)
+    confirm_recorded(manifest, folder, manifest_key(ctx.settings))
     database = next(a for a in manifest["artifacts"] if a["kind"] == "database")
     manifest["stats"] = dump_stats(folder / database["path"])
     manifest["apps"] = bench.parse_list_apps(ctx.run(bench.list_apps(ctx.site, bench=ctx.bench)).output, ctx.site)
@@ -195,18 +197,34 @@ def normalise_at(at: str) -> str:
     return when.strftime("%Y%m%d_%H%M%S")
 
 
-def fetch_offsite(ctx: StepContext, *, into_site: str | None = None, at: str | None = None) -> dict[str, Any]:
-    """Download, verify (stored and plain SHA-256) and decrypt a backup of the job's site into
-    the backup folder of ``into_site`` (default: the same site). Records what was fetched."""
+def fetch_offsite(
+    ctx: StepContext, *, into_site: str | None = None, at: str | None = None, strict: bool = False
+) -> dict[str, Any]:
+    """Download, verify (stored and plain SHA-256, the manifest's HMAC when a key is set) and
+    decrypt a backup of the job's site into the backup folder of ``into_site`` (default: the
+    same site). ``strict``: an unsigned manifest.json is refused when a key is set. Records
+    what was fetched, and writes its manifest beside the files for the restore to cross-check."""
     store = store_for(ctx)
     manifest = choose_backup(store, ctx.site, at)
     target = into_site or ctx.site
-    dest = sites_dir(ctx.settings) / target / "private" / "backups"
+    root = sites_dir(ctx.settings)
+    dest = root / target / "private" / "backups"
     started = time.monotonic()
-    paths = store.download_backup(ctx.site, manifest["timestamp"], dest)
+    paths = store.download_backup(ctx.site, manifest["timestamp"], dest, chosen=manifest, require_signature=strict)
     kinds = {"database": "db", "public_files": "public_files", "private_files": "private_files"}
     files = {kinds[k]: f"{target}/private/backups/{p.name}" for k, p in paths.items() if k in kinds}
     sha = {kinds[a["kind"]]: a["sha256"] for a in manifest["artifacts"] if a["kind"] in kinds}
+    names = {a["kind"]: a["name"] for a in manifest["artifacts"]}
+    local = {
+        "site": target, "timestamp": manifest["timestamp"], "job_id": ctx.job.id, "fetched_from": ctx.site,
+        "artifacts": [{"kind": k, "path": f"{target}/private/backups/{names[k]}", "size": a["size"],
+                       "sha256": a["sha256"]} for a in manifest["artifacts"] if (k := a["kind"]) in paths],
+    }
+    present = read_side(root, target, manifest["timestamp"])
+    if present is None or any(
+        (artifact(present, a["path"]) or {}).get("sha256") != a["sha256"] for a in local["artifacts"]
+    ):
+        write_side(root, target, seal(local, manifest_key(ctx.settings)))
     fetched = {
         "timestamp": manifest["timestamp"],
         "files": files,

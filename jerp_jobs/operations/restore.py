@@ -2,10 +2,14 @@
 
 Backup files are named as paths inside the site's backup folder (``sites/<site>/private/backups``);
 anything else — another folder, another site's backups, a path with ``..`` — is refused when
-the job is requested, before anything runs. Before the database is touched, the files are
-checked: the SHA-256 against the manifest recorded when the backup was taken (when there is
-one), the dump as a complete gzip stream, the tars as readable archives. A tampered or
-truncated dump never reaches ``bench restore``.
+the job is requested, before anything runs; where the sites folder is visible (jerpctl in the
+worker), a symlink or hard link is refused then too. The worker reads the files itself, through
+``JERP_SITES_DIR`` (``jerp_jobs.backupfiles``): each is opened once, without following links,
+and judged, hashed and checked by that descriptor — the SHA-256 against a manifest that does
+not rest on Redis alone (``jerp_jobs.manifests``), the dump as a complete gzip stream, the tars
+as readable archives — in check-backup, and again right before use, when its bytes are copied
+into a staging file of the job that bench restores from. A file no manifest vouches for is
+restored only on request (``unverified``), its integrity alone checked.
 
 The restore workflow takes a safety backup of the current state first; if the restore or the
 migrate after it fails, that safety backup is restored, and if that fails too the site is
@@ -18,9 +22,21 @@ import posixpath
 from typing import Any
 
 from jerp_jobs import bench
+from jerp_jobs.backupfiles import (
+    StagedFile,
+    check_archive,
+    check_backup_path,
+    digest,
+    open_backup_file,
+    remove_staged,
+    require_sites_root,
+    sites_root,
+    stage,
+)
 from jerp_jobs.errors import CommandFailed, InvalidInput
 from jerp_jobs.jobs import Job
-from jerp_jobs.operations.backup import find_manifest, take_backup
+from jerp_jobs.manifests import ManifestAltered, artifact, manifest_key, read_side, signature, timestamp_of, trusted_manifest
+from jerp_jobs.operations.backup import local_manifests, take_backup
 from jerp_jobs.operations.common import (
     clear_cache,
     maintenance_off,
@@ -66,6 +82,10 @@ def normalise_backup_path(site: str, path: str, *, what: str, suffixes: tuple[st
 def validate_restore(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
     assert site is not None
     out = dict(params)
+    if "unverified" in out:
+        out["unverified"] = bool(out["unverified"])
+        if not out["unverified"]:
+            del out["unverified"]
     if params.get("from_offsite"):
         if any(params.get(name) for name in FILE_PARAMS):
             raise InvalidInput("--from-offsite takes no backup file: it restores the off-site copy")
@@ -81,53 +101,133 @@ def validate_restore(site: str | None, params: dict[str, Any], settings: Any) ->
     for name, suffixes in FILE_PARAMS.items():
         if params.get(name):
             out[name] = normalise_backup_path(site, params[name], what=name.replace("_", " "), suffixes=suffixes)
+    root = sites_root(settings)
+    if root is not None:  # where the sites folder is visible (jerpctl in the worker): refused at once
+        for name in FILE_PARAMS:
+            if out.get(name):
+                check_backup_path(root, out[name], site=site, what=name.replace("_", " "))
     return out
 
 
 def verify_backup_files(
-    ctx: StepContext, files: dict[str, str], *, expected: dict[str, str] | None = None, fence: str | None = None
+    ctx: StepContext,
+    files: dict[str, str],
+    *,
+    expected: dict[str, str] | None = None,
+    fence: str | None = None,
+    unverified: bool = False,
 ) -> dict[str, Any]:
     """Check the files before anything is touched; returns what was checked (for the record).
 
-    The SHA-256 of each file is compared with ``expected`` (an off-site manifest's) or else
-    with the manifest recorded when the backup was taken, when there is one.
+    Each file is opened once, safely (``jerp_jobs.backupfiles``), hashed and checked through
+    that descriptor. Its SHA-256 must match ``expected`` (an off-site fetch's, confirmed by the
+    copy of its manifest beside the files) or else a trusted manifest (``jerp_jobs.manifests``).
+    A file no manifest vouches for is refused unless ``unverified`` (the operator's explicit
+    ``--unverified``): then its integrity alone is checked, and the record says so.
     """
+    root = require_sites_root(ctx.settings, "restores read the backup files through it")
+    sites = (ctx.site, fence) if fence and fence != ctx.site else (ctx.site,)
     checked: dict[str, Any] = {}
-    site = ctx.site
     for name, rel in files.items():
-        path = "sites/" + rel
-        if not ctx.run(["test", "-f", path], check=False, fence=fence).ok:
-            raise InvalidInput(f"{name}: {rel} does not exist")
-        if expected is not None:
-            want, source = expected.get(name), "off-site manifest"
-        else:
-            manifest = find_manifest(ctx, site, rel)
-            want = next(a["sha256"] for a in manifest["artifacts"] if a["path"] == rel) if manifest else None
-            source = f"manifest of job {manifest['job_id']}" if manifest else None
-        entry: dict[str, Any] = {"path": rel, "manifest": source}
-        if want is not None:
-            actual = ctx.run(["sha256sum", "--", path], fence=fence).output.split()[0]
-            if actual != want:
-                raise CommandFailed(
-                    f"{name}: {rel} does not match its manifest (SHA-256 {actual[:12]}… != {want[:12]}…); "
-                    "refusing to restore a file that changed since its backup",
-                    exit_code=1,
-                )
-            entry["sha256"] = actual
-        check = ["gzip", "-t", "--", path] if name == "db" else ["tar", "-tf", path]
-        result = ctx.run(check, check=False, fence=fence)
-        if not result.ok:
-            raise CommandFailed(
-                f"{name}: {rel} is damaged ({'not a complete gzip stream' if name == 'db' else 'not a readable tar'})",
-                exit_code=result.exit_code,
-                output_tail=result.output,
-            )
-        checked[name] = entry
+        with open_backup_file(root, rel, sites=sites, what=name) as opened:
+            want, source = _expected_sha(ctx, root, name, rel, expected=expected, unverified=unverified)
+            size, actual = digest(opened.fd)
+            _compare(name, rel, actual, want)
+            check_archive(opened.fd, name, rel)
+        checked[name] = {"path": rel, "manifest": source, "sha256": actual, "size": size, "verified": want is not None}
+        if want is None:
+            ctx.output.append(f"{name}: {rel} restored unverified, as asked: no manifest was checked, only its integrity")
     return checked
 
 
+def restore_verified(
+    ctx: StepContext, files: dict[str, str], *, expected: dict[str, str] | None = None, unverified: bool = False
+) -> dict[str, Any]:
+    """Restore ``files`` (paths relative to sites/) through private staging copies.
+
+    Right before use, each file is opened and checked again, its bytes copied from that
+    descriptor into a staging file of the job (hashed while copied) and verified; bench reads
+    only the staging copies, which are removed afterwards. Returns what was restored.
+    """
+    root = require_sites_root(ctx.settings, "restores read the backup files through it")
+    recorded = ctx.job.result.get("checked") or {}
+    staged: dict[str, StagedFile] = {}
+    left = remove_staged(root, ctx.site, ctx.job.id)
+    if left:
+        ctx.output.append(f"removed the staging copies of an earlier attempt: {', '.join(left)}")
+    try:
+        for name, rel in files.items():
+            with open_backup_file(root, rel, sites=(ctx.site,), what=name) as opened:
+                want, _ = _expected_sha(ctx, root, name, rel, expected=expected, unverified=unverified)
+                staged[name] = stage(opened, ctx.job.id)
+            copy = staged[name]
+            if want is None and recorded.get(name, {}).get("path") == rel:
+                want = recorded[name].get("sha256")  # unverified: still the bytes check-backup saw
+            _compare(name, rel, copy.sha256, want)
+            check_archive(copy.fd, name, rel)
+        _still_in_place(staged)
+        restore_files(ctx, {name: copy.rel for name, copy in staged.items()})
+        _still_in_place(staged)
+    finally:
+        for copy in staged.values():
+            copy.remove()
+    return {name: {"path": rel, "sha256": staged[name].sha256} for name, rel in files.items()}
+
+
+def _still_in_place(staged: dict[str, StagedFile]) -> None:
+    swapped = [copy.rel for copy in staged.values() if not copy.in_place()]
+    if swapped:
+        raise CommandFailed(f"the staging copy {', '.join(swapped)} was replaced while bench used it", exit_code=1)
+
+
+def _expected_sha(
+    ctx: StepContext, root: Any, name: str, rel: str, *, expected: dict[str, str] | None, unverified: bool
+) -> tuple[str | None, str | None]:
+    """The SHA-256 ``rel`` must have and where it comes from (None, None: unverified)."""
+    folder_site = rel.split("/", 1)[0]
+    key = manifest_key(ctx.settings)
+    if expected is not None:
+        want = expected.get(name)
+        if unverified:
+            return want, "off-site manifest"
+        stamp = timestamp_of(rel.rsplit("/", 1)[-1])
+        side = read_side(root, folder_site, stamp) if stamp else None
+        entry = artifact(side, rel) if side else None
+        if entry is None:
+            raise ManifestAltered(f"{name}: no manifest beside the fetched file {rel}; refusing to restore it")
+        if key and signature(side, key) is not True:  # type: ignore[arg-type]
+            raise ManifestAltered(f"{name}: the manifest beside {rel} is not signed with JERP_MANIFEST_KEY")
+        if entry.get("sha256") != want:
+            raise ManifestAltered(
+                f"{name}: the job record and the manifest beside {rel} disagree on its SHA-256; one was altered"
+            )
+        return want, "off-site manifest"
+    if unverified:
+        return None, None
+    copies = [m for m in local_manifests(ctx, folder_site) if artifact(m, rel)]
+    manifest, reason = trusted_manifest(copies, root, folder_site, rel, key)
+    if manifest is None:
+        raise InvalidInput(
+            f"{name}: {reason}: nothing vouches for this file. A dump from elsewhere is restored only on "
+            "request, with --unverified (its gzip/tar integrity alone is then checked)"
+        )
+    entry = artifact(manifest, rel)
+    assert entry is not None
+    return entry["sha256"], f"manifest of job {manifest.get('job_id')}"
+
+
+def _compare(name: str, rel: str, actual: str, want: str | None) -> None:
+    if want is not None and actual != want:
+        raise CommandFailed(
+            f"{name}: {rel} does not match its manifest (SHA-256 {actual[:12]}… != {want[:12]}…); "
+            "refusing to restore a file that changed since its backup",
+            exit_code=1,
+        )
+
+
 def restore_files(ctx: StepContext, files: dict[str, str]) -> None:
-    """``bench --force restore`` of already checked files (paths relative to sites/)."""
+    """``bench --force restore`` of already checked files (paths relative to sites/): the
+    staging copies :func:`restore_verified` makes; call that, not this."""
     argv = bench.restore(
         ctx.site,
         files["db"],
@@ -159,22 +259,27 @@ def fetch(ctx: StepContext) -> str | None:
     from jerp_jobs.operations.offsite import fetch_offsite
 
     ctx.settings.secret("mariadb_root_password")  # fail before a long download
-    fetch_offsite(ctx, at=ctx.params.get("at"))
+    fetch_offsite(ctx, at=ctx.params.get("at"), strict=not ctx.params.get("unverified"))
     return None
 
 
 def check_backup(ctx: StepContext) -> None:
     ctx.settings.secret("mariadb_root_password")  # fail now, not after the safety backup
-    expected = ctx.job.result["fetched"]["sha256"] if ctx.params.get("from_offsite") else None
-    ctx.record(checked=verify_backup_files(ctx, _requested(ctx), expected=expected))
+    ctx.record(checked=verify_backup_files(
+        ctx, _requested(ctx), expected=_fetched_sha(ctx), unverified=bool(ctx.params.get("unverified"))
+    ))
 
 
 def safety_backup(ctx: StepContext) -> None:
     take_backup(ctx, with_files=True, record_as="safety_backup")
 
 
+def _fetched_sha(ctx: StepContext) -> dict[str, str] | None:
+    return ctx.job.result["fetched"]["sha256"] if ctx.params.get("from_offsite") else None
+
+
 def restore(ctx: StepContext) -> None:
-    restore_files(ctx, _requested(ctx))
+    restore_verified(ctx, _requested(ctx), expected=_fetched_sha(ctx), unverified=bool(ctx.params.get("unverified")))
 
 
 def migrate_after_restore(ctx: StepContext) -> None:
@@ -187,7 +292,7 @@ def restore_safety_backup(ctx: StepContext) -> None:
         raise InvalidInput("no safety backup was recorded; cannot put the site back")
     files = manifest_files(manifest)
     verify_backup_files(ctx, files)
-    restore_files(ctx, files)
+    restore_verified(ctx, files)
 
 
 STEPS: dict[str, StepSpec] = {
