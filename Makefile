@@ -14,7 +14,7 @@ PLATFORM ?= -p jerp -f compose.yml
 JOBS ?= -p jerp-jobs -f compose.jobs.yml
 
 # Command-line and environment variables are exported to recipes, which would expand them.
-unexport TAG DB_BACKUP FILES_BACKUP
+unexport TAG DB_BACKUP FILES_BACKUP UNVERIFIED
 
 .PHONY: help demo demo-down test packages venv services images migrate release rollback logs up down
 
@@ -60,9 +60,11 @@ backup-%: ## Back up a site (and copy it off-site when configured): make backup-
 restore-%: export JERP_MAKE_SITE = $*
 restore-%: export JERP_MAKE_DB = $(value DB_BACKUP)
 restore-%: export JERP_MAKE_FILES = $(value FILES_BACKUP)
-restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FILES_BACKUP=...]
+restore-%: export JERP_MAKE_UNVERIFIED = $(value UNVERIFIED)
+restore-%: ## Restore a site: make restore-cliente.exemplo.com DB_BACKUP=... [FILES_BACKUP=...] [UNVERIFIED=1]
 	@if [ -z "$$JERP_MAKE_DB" ]; then echo "DB_BACKUP=<dump in the site's backup folder> is required" >&2; exit 2; fi
-	$(JERPCTL) enqueue restore "$$JERP_MAKE_SITE" --db "$$JERP_MAKE_DB" $${JERP_MAKE_FILES:+--files "$$JERP_MAKE_FILES"} --wait
+	$(JERPCTL) enqueue restore "$$JERP_MAKE_SITE" --db "$$JERP_MAKE_DB" $${JERP_MAKE_FILES:+--files "$$JERP_MAKE_FILES"} \
+		$${JERP_MAKE_UNVERIFIED:+--unverified} --wait
 
 migrate: ## Migrate every site after a release (canary first, automatic restore on failure)
 	$(JERPCTL) enqueue migrate-all --wait

@@ -35,6 +35,8 @@ def _make(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess
          ["enqueue", "restore", "cliente.exemplo.com", "--db", "a.sql.gz", "--files", "f.tar", "--wait"]),
         ("restore-cliente.exemplo.com", ["DB_BACKUP=a.sql.gz"],
          ["enqueue", "restore", "cliente.exemplo.com", "--db", "a.sql.gz", "--wait"]),
+        ("restore-cliente.exemplo.com", ["DB_BACKUP=a.sql.gz", "UNVERIFIED=1"],
+         ["enqueue", "restore", "cliente.exemplo.com", "--db", "a.sql.gz", "--unverified", "--wait"]),
     ],
 )
 def test_targets_call_jerpctl(tmp_path: Path, target: str, extra: list[str], argv: list[str]) -> None:
