@@ -36,28 +36,51 @@ Registries (``parse_registry``, by the shape of the body)
     index when one is seen, else its first digest.
 
 The pipeline (``parse_release_call``)
-    ``{"image", "tag", "sha"}`` as .github/workflows/build-image.yml sends it: all three
-    required and checked the way the pipeline checks them before sending.
+    ``{"image", "tag", "sha", "timestamp"}`` as .github/workflows/build-image.yml sends it: all
+    four required and checked the way the pipeline checks them before sending. ``timestamp`` is
+    when the pipeline sent the request (RFC 3339, UTC: ``2024-05-06T07:08:09Z``); it is inside
+    the signed bytes, so a captured body cannot be given a new time. ``check_request_time``
+    refuses (:class:`StaleRequest`) a request older than the service's window or further in the
+    future than :data:`CLOCK_SKEW_S`: a body replayed later, even with a new delivery id, starts
+    nothing.
+
+Request times
+    Every :class:`ReleaseRequest` carries ``requested_at`` (seconds since the epoch) when the
+    delivery says when it was made: the pipeline's ``timestamp``, a ``workflow_run``'s
+    ``updated_at`` (when the run completed), a package version's ``updated_at`` or
+    ``created_at``, a Distribution event's ``timestamp``, Harbor's ``occur_at``. The service
+    uses the arrival time for the others. Releases compare these times, never the order of
+    arrival, to decide which request is the newer one. GitHub events get no age window: GitHub
+    may deliver late and lets an operator redeliver a failed delivery for days; a replayed
+    event still starts nothing, because a tag is started by a hook once only and a request
+    older than the newest one is declined (:func:`jerp_jobs.operations.release.request_release`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from jerp_jobs.errors import InvalidInput, Unauthorized
 
 __all__ = [
     "BUILD_WORKFLOW",
+    "CLOCK_SKEW_S",
     "Ignored",
     "ReleaseRequest",
+    "StaleRequest",
+    "check_request_time",
+    "format_time",
     "parse_github",
     "parse_registry",
     "parse_release_call",
+    "parse_timestamp",
     "validate_tag",
     "verify_bearer",
     "verify_signature",
@@ -71,6 +94,13 @@ _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _IMAGE = re.compile(r"[A-Za-z0-9._:/-]{1,255}")
 _SHORT_SHA = 7  # the pipeline's immutable tag: short_sha=${GITHUB_SHA:0:7}
+#: RFC 3339 date-time: date, 'T' (or a space), time, optional fraction, 'Z' or an offset
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+_UTC_OFFSETS = frozenset({"Z", "z", "+00:00"})
+#: how far ahead of this host's clock a request's time may be (the sender's clock differs a little)
+CLOCK_SKEW_S = 60.0
 
 _INDEX_TYPES = frozenset(
     {
@@ -94,6 +124,11 @@ class ReleaseRequest:
     image: str | None = None
     sha: str | None = None
     digest: str | None = None
+    requested_at: float | None = None  # when the sender made the request (seconds since the epoch)
+
+
+class StaleRequest(InvalidInput):
+    """An authentic request whose time is outside the accepted window (too old, or in the future)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,75 @@ def validate_tag(tag: object) -> str:
     return tag
 
 
+def parse_timestamp(value: object, *, field: str = "timestamp", utc_only: bool = True) -> float:
+    """Seconds since the epoch of an RFC 3339 date-time; InvalidInput naming ``field`` otherwise.
+
+    ``utc_only`` accepts only the UTC designators ``Z`` and ``+00:00``."""
+    example = "an RFC 3339 date-time in UTC such as 2024-05-06T07:08:09Z"
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be {example}, not {_json_type(value)}", field=field)
+    match = _RFC3339.fullmatch(value.strip())
+    if match is None:
+        raise InvalidInput(f"{field} {_show(value)} is not {example}", field=field)
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    if utc_only and offset not in _UTC_OFFSETS:
+        raise InvalidInput(f"{field} {_show(value)} is not in UTC: end it with Z (e.g. 2024-05-06T07:08:09Z)",
+                           field=field)
+    zone = "+00:00" if offset in ("Z", "z") else offset
+    micros = (fraction or "").ljust(6, "0")[:6]
+    try:
+        return datetime.fromisoformat(f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micros}{zone}").timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{field} {_show(value)} is not a valid date-time: {exc}", field=field) from None
+
+
+def format_time(seconds: float) -> str:
+    """``seconds`` since the epoch as RFC 3339 UTC, to the second."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_request_time(requested_at: float, *, now: float, max_age: float, skew: float = CLOCK_SKEW_S) -> None:
+    """StaleRequest unless ``requested_at`` lies between ``now - max_age`` and ``now + skew``."""
+    age = now - requested_at
+    if age > max_age:
+        raise StaleRequest(
+            f"the request is too old: its timestamp {format_time(requested_at)} is {age:.0f} s old, over the "
+            f"limit of {max_age:.0f} s (JERP_WEBHOOK_MAX_AGE); a replayed or delayed request starts nothing "
+            "(an operator can start the release with jerpctl enqueue release TAG)",
+            problem="too-old", age=round(age, 3),
+        )
+    if -age > skew:
+        raise StaleRequest(
+            f"the request's timestamp {format_time(requested_at)} is {-age:.0f} s in the future, more than the "
+            f"{skew:.0f} s clock difference allowed: check the sender's clock",
+            problem="in-the-future", age=round(age, 3),
+        )
+
+
+def _event_time(node: Mapping[str, Any], *paths: str, where: str = "") -> float | None:
+    """The first of ``paths`` below ``node`` that is an RFC 3339 date-time (any offset), else None:
+    a time only orders requests, so a delivery without a readable one is not refused for it."""
+    for path in paths:
+        try:
+            value = _get(node, path, str, required=False, where=where)
+            if value:
+                return parse_timestamp(value, field=path, utc_only=False)
+        except (InvalidInput, OverflowError):
+            continue
+    return None
+
+
+def _epoch(value: object) -> float | None:
+    """A number of seconds since the epoch, when ``value`` is a finite one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
 # -- GitHub ---------------------------------------------------------------------------------------
 
 
@@ -206,7 +310,8 @@ def _workflow_run(
     head_sha = _get(run, "head_sha", str, where="workflow_run")
     if _COMMIT.fullmatch(head_sha) is None:
         raise InvalidInput(f"workflow_run.head_sha {_show(head_sha)} is not a commit id", field="workflow_run.head_sha")
-    return ReleaseRequest(tag=head_sha[:_SHORT_SHA], source="github:workflow_run", sha=head_sha)
+    return ReleaseRequest(tag=head_sha[:_SHORT_SHA], source="github:workflow_run", sha=head_sha,
+                          requested_at=_event_time(run, "updated_at", "run_started_at", where="workflow_run"))
 
 
 def _package(
@@ -249,6 +354,7 @@ def _package(
         image=name,
         sha=_revision(metadata, where),
         digest=digest or None,
+        requested_at=_event_time(version, "updated_at", "created_at", where=f"{event}.package_version"),
     )
 
 
@@ -322,7 +428,8 @@ def _distribution(payload: Mapping[str, Any], repository: str | None) -> list[Re
         if why:
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        request = ReleaseRequest(tag=validate_tag(tag), source="registry", image=target_repository, digest=digest)
+        request = ReleaseRequest(tag=validate_tag(tag), source="registry", image=target_repository, digest=digest,
+                                 requested_at=_event_time(event, "timestamp", where=f"events[{index}]"))
         _add(found, request, is_index=media_type in _INDEX_TYPES)
     if found:
         return list(found.values())
@@ -342,6 +449,7 @@ def _harbor(payload: Mapping[str, Any], repository: str | None) -> list[ReleaseR
         full_name = f"{namespace}/{_get(payload, 'event_data.repository.name', str)}"
     if full_name != repository:
         return Ignored(f"Harbor push to {full_name}, not {repository}")
+    at = _epoch(payload.get("occur_at"))
     found: dict[str, ReleaseRequest] = {}
     for index, resource in enumerate(_get(payload, "event_data.resources", list)):
         where = f"event_data.resources[{index}]"
@@ -350,7 +458,8 @@ def _harbor(payload: Mapping[str, Any], repository: str | None) -> list[ReleaseR
         tag = _get(resource, "tag", str, required=False, where=where)
         digest = _get(resource, "digest", str, required=False, where=where)
         if tag:
-            _add(found, ReleaseRequest(tag=validate_tag(tag), source="harbor", image=full_name, digest=digest))
+            _add(found, ReleaseRequest(tag=validate_tag(tag), source="harbor", image=full_name, digest=digest,
+                                       requested_at=at))
     if found:
         return list(found.values())
     return Ignored(f"Harbor push to {full_name} without a tag")
@@ -368,7 +477,8 @@ def _add(found: dict[str, ReleaseRequest], request: ReleaseRequest, *, is_index:
 
 
 def parse_release_call(payload: Mapping[str, Any]) -> ReleaseRequest:
-    """The pipeline's ``{"image", "tag", "sha"}``; InvalidInput naming a missing or bad field."""
+    """The pipeline's ``{"image", "tag", "sha", "timestamp"}``; InvalidInput naming a missing or
+    bad field. Its age is checked apart (:func:`check_request_time`): parsing needs no clock."""
     _require_object(payload)
     image = _get(payload, "image", str)
     if _IMAGE.fullmatch(image) is None:
@@ -377,7 +487,14 @@ def parse_release_call(payload: Mapping[str, Any]) -> ReleaseRequest:
     sha = _get(payload, "sha", str)
     if _COMMIT.fullmatch(sha) is None:
         raise InvalidInput(f"invalid sha {_show(sha)}: expected a full commit id (40 or 64 hex digits)", field="sha")
-    return ReleaseRequest(tag=tag, source="pipeline", image=image, sha=sha)
+    if payload.get("timestamp") is None:
+        raise InvalidInput(
+            "timestamp is missing: the signed body must say when it was sent (RFC 3339, UTC, e.g. "
+            "2024-05-06T07:08:09Z); a body without one could be replayed at any time",
+            field="timestamp",
+        )
+    requested_at = parse_timestamp(payload["timestamp"])
+    return ReleaseRequest(tag=tag, source="pipeline", image=image, sha=sha, requested_at=requested_at)
 
 
 # -- reading JSON safely --------------------------------------------------------------------------

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     github_branch: str = "main"
     registry_repository: str | None = Field(None, description="the image's repository as registry hooks name it")
     webhook_max_body: int = Field(1024 * 1024, ge=1024, description="largest hook body accepted, bytes")
+    webhook_max_age: int = Field(600, ge=10, description="seconds a signed /hooks/release request stays valid")
+    webhook_read_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds a client has to send a request's headers, and again its body"
+    )
     portainer_tag_variable: str = "REGISTRY_IMAGE_TAG"
     deploy_services: Annotated[list[str], NoDecode] = [
         "backend", "scheduler", "queue-default", "queue-long", "queue-short", "websocket", "frontend",

@@ -1,4 +1,7 @@
-"""The webhook service: hooks from the image pipeline start releases (``uvicorn jerp_jobs.webhook:app``).
+"""The webhook service: hooks from the image pipeline start releases.
+
+Run it as ``uvicorn jerp_jobs.webhook:app --http jerp_jobs.webhook:GuardedH11Protocol
+--limit-concurrency N`` (compose.jobs.yml does).
 
 Endpoints (the OpenAPI schema is served at ``/openapi.json``):
 
@@ -7,30 +10,45 @@ Endpoints (the OpenAPI schema is served at ``/openapi.json``):
   ``JERP_GITHUB_BRANCH``, or a published container package with a tag.
 - ``POST /hooks/registry`` — Distribution registry notifications (v1 and v2 envelopes) and
   Harbor ``PUSH_ARTIFACT``, authenticated by ``Authorization: Bearer <JERP_REGISTRY_TOKEN>``.
-- ``POST /hooks/release`` — the pipeline's own signed ``{image, tag, sha}``.
+- ``POST /hooks/release`` — the pipeline's own signed ``{image, tag, sha, timestamp}``; the
+  timestamp must be at most ``JERP_WEBHOOK_MAX_AGE`` seconds old (and at most
+  :data:`~jerp_jobs.hooks.CLOCK_SKEW_S` ahead).
 - ``GET /healthz`` — answers 200 when the job store answers.
 
 The service only checks, records and enqueues; the release runs in the workers
 (:mod:`jerp_jobs.operations.release`). Answers: 202 a release was started; 200 the delivery was
-already answered (same ``X-GitHub-Delivery``, or the same tag) or the event is not one that
-starts a release (the reason is recorded); 400 malformed JSON or payload; 401 bad or missing
-signature or token; 413 a body over ``JERP_WEBHOOK_MAX_BODY``; 503 the service is not
+already answered (same ``X-GitHub-Delivery``, or the same tag), the event is not one that
+starts a release, or the release request is declined (its tag was requested before, or a newer
+request was made; the reason is recorded); 400 malformed JSON or payload (a release call
+without a valid ``timestamp`` too); 401 bad or missing signature or token; 403 a signed release
+call whose timestamp is too old or in the future; 408 the body did not arrive within
+``JERP_WEBHOOK_READ_TIMEOUT``; 413 a body over ``JERP_WEBHOOK_MAX_BODY``; 503 the service is not
 configured for this hook, or Redis/the broker is down. Nothing is enqueued unless the answer is
-202. Secrets never reach a log line or an answer.
+202. Every delivery that passed authentication is recorded in ``jerp:hooks:recent``, refusals
+included. Secrets never reach a log line or an answer.
+
+Slow clients: :class:`GuardedH11Protocol` closes a connection whose request line and headers
+have not arrived ``JERP_WEBHOOK_READ_TIMEOUT`` seconds after it opened (or after the previous
+answer on it), answering 408; the endpoints then give the body as long again, and answer 408
+and close the connection past that. uvicorn's ``--limit-concurrency`` caps the connections
+served at once (503 beyond) and ``--timeout-keep-alive`` closes idle ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import h11
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from jerp_jobs import hooks
 from jerp_jobs.errors import (
@@ -73,6 +91,8 @@ class Health(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "malformed JSON or payload"},
     401: {"model": Problem, "description": "bad or missing signature or token"},
+    403: {"model": Problem, "description": "a signed release call too old (JERP_WEBHOOK_MAX_AGE) or in the future"},
+    408: {"model": Problem, "description": "the body did not arrive within JERP_WEBHOOK_READ_TIMEOUT"},
     413: {"model": Problem, "description": "body over JERP_WEBHOOK_MAX_BODY"},
     503: {"model": Problem, "description": "not configured, or the job store is down"},
 }
@@ -84,6 +104,10 @@ class _Refused(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+#: answers after which the rest of the request is not read: the connection is closed
+_CLOSE_AFTER = frozenset({408, 413})
 
 
 def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAPI:
@@ -113,7 +137,8 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
 
     @app.exception_handler(_Refused)
     async def _refused(_: Request, exc: _Refused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        headers = {"Connection": "close"} if exc.status in _CLOSE_AFTER else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
     @app.get("/healthz", response_model=Health, responses={503: _ERRORS[503]})
     def healthz() -> Any:
@@ -126,7 +151,7 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
     @app.post("/hooks/github", response_model=HookAnswer, status_code=202, responses={200: {"model": HookAnswer},
               **_ERRORS}, openapi_extra=_JSON_BODY)
     async def github(request: Request) -> Any:
-        body = await _body(request, rt().settings.webhook_max_body)
+        body = await _body(request, rt().settings)
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery") or None
         return await run_in_threadpool(_github, rt(), body, request.headers.get("x-hub-signature-256"), event,
@@ -135,14 +160,14 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
     @app.post("/hooks/registry", response_model=HookAnswer, status_code=202,
               responses={200: {"model": HookAnswer}, **_ERRORS}, openapi_extra=_JSON_BODY)
     async def registry(request: Request) -> Any:
-        body = await _body(request, rt().settings.webhook_max_body)
+        body = await _body(request, rt().settings)
         return await run_in_threadpool(_registry, rt(), body, request.headers.get("authorization"),
                                        request.headers.get("content-type", ""))
 
     @app.post("/hooks/release", response_model=HookAnswer, status_code=202,
               responses={200: {"model": HookAnswer}, **_ERRORS}, openapi_extra=_JSON_BODY)
     async def release(request: Request) -> Any:
-        body = await _body(request, rt().settings.webhook_max_body)
+        body = await _body(request, rt().settings)
         delivery = request.headers.get("x-github-delivery") or None
         return await run_in_threadpool(_release_call, rt(), body, request.headers.get("x-hub-signature-256"),
                                        delivery)
@@ -155,11 +180,12 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
 
 def _github(rt: Runtime, body: bytes, signature: str | None, event: str, delivery: str | None) -> Any:
     _verify_signature(rt, body, signature)
-    payload = _json(body)
-    outcome = _guard(lambda: hooks.parse_github(
-        event, payload, repository=rt.settings.github_repository, branch=rt.settings.github_branch,
-        image_repository=rt.settings.image_repository))
-    return _act(rt, "github", event or "?", delivery, outcome)
+    with _recording_refusals(rt, "github", event or "?", delivery):
+        payload = _json(body)
+        outcome = _guard(lambda: hooks.parse_github(
+            event, payload, repository=rt.settings.github_repository, branch=rt.settings.github_branch,
+            image_repository=rt.settings.image_repository))
+        return _act(rt, "github", event or "?", delivery, outcome)
 
 
 def _registry(rt: Runtime, body: bytes, authorization: str | None, content_type: str) -> Any:
@@ -169,18 +195,36 @@ def _registry(rt: Runtime, body: bytes, authorization: str | None, content_type:
         raise _Refused(503, f"the registry hook is not configured: {exc}") from exc
     _guard(lambda: hooks.verify_bearer(token, authorization))
     media = content_type.split(";")[0].strip().lower()
-    if media and media not in _JSON_TYPES:
-        raise _Refused(400, f"unsupported content type {media!r}; expected one of {', '.join(_JSON_TYPES)}")
-    payload = _json(body)
-    outcome = _guard(lambda: hooks.parse_registry(payload, repository=rt.settings.image_repository))
-    return _act(rt, "registry", media or "?", None, outcome)
+    with _recording_refusals(rt, "registry", media or "?", None):
+        if media and media not in _JSON_TYPES:
+            raise _Refused(400, f"unsupported content type {media!r}; expected one of {', '.join(_JSON_TYPES)}")
+        payload = _json(body)
+        outcome = _guard(lambda: hooks.parse_registry(payload, repository=rt.settings.image_repository))
+        return _act(rt, "registry", media or "?", None, outcome)
 
 
 def _release_call(rt: Runtime, body: bytes, signature: str | None, delivery: str | None) -> Any:
     _verify_signature(rt, body, signature)
-    payload = _json(body)
-    outcome = _guard(lambda: hooks.parse_release_call(payload))
-    return _act(rt, "release", "release", delivery, outcome)
+    with _recording_refusals(rt, "release", "release", delivery):
+        payload = _json(body)
+        outcome = _guard(lambda: hooks.parse_release_call(payload))
+        _guard(lambda: hooks.check_request_time(outcome.requested_at, now=time.time(),
+                                                max_age=rt.settings.webhook_max_age))
+        return _act(rt, "release", "release", delivery, outcome)
+
+
+@contextlib.contextmanager
+def _recording_refusals(rt: Runtime, endpoint: str, event: str, delivery: str | None) -> Iterator[None]:
+    """Record in the recent deliveries a refusal of a delivery that passed authentication
+    (unauthenticated noise is not recorded: it would push real deliveries out of the list)."""
+    try:
+        yield
+    except _Refused as exc:
+        if exc.status < 500:
+            _recent(rt, endpoint, event, delivery, "refused", status=exc.status, reason=exc.detail)
+            log.warning("hook.refused", endpoint=endpoint, hook_event=event, delivery=delivery, status=exc.status,
+                        reason=exc.detail)
+        raise
 
 
 def _verify_signature(rt: Runtime, body: bytes, signature: str | None) -> None:
@@ -193,8 +237,8 @@ def _verify_signature(rt: Runtime, body: bytes, signature: str | None) -> None:
 
 def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: Any) -> Any:
     from jerp_jobs.operations.release import (
+        Declined,
         delivery_answer,
-        remember_delivery,
         request_release,
     )
 
@@ -203,20 +247,19 @@ def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: 
     requests = outcome if isinstance(outcome, list) else [outcome]
     try:
         if isinstance(outcome, hooks.Ignored):
-            if delivery:
-                remember_delivery(rt, delivery, "ignored")
-            _recent(rt, endpoint, event, delivery, "ignored", reason=outcome.reason)
-            log.info("hook.ignored", endpoint=endpoint, hook_event=event, delivery=delivery, reason=outcome.reason)
-            return JSONResponse(HookAnswer(status="ignored", reason=outcome.reason).model_dump(), status_code=200)
+            return _ignored(rt, endpoint, event, delivery, outcome.reason, remember=True)
         if delivery and delivery_answer(rt, delivery) == "ignored":
             return JSONResponse(HookAnswer(status="ignored", reason="this delivery was ignored before").model_dump(),
                                 status_code=200)
-        started = []
+        started, declined = [], []
         for index, request in enumerate(requests):
             key = delivery if index == 0 else (f"{delivery}#{index}" if delivery else None)
             answer = request_release(rt, request.tag, source=request.source, image=request.image, sha=request.sha,
-                                     digest=request.digest, delivery=key)
-            started.append(StartedJob(job_id=answer.job.id, tag=request.tag, created=answer.created))
+                                     digest=request.digest, delivery=key, requested_at=request.requested_at)
+            if isinstance(answer, Declined):
+                declined.append(answer.reason)
+            else:
+                started.append(StartedJob(job_id=answer.job.id, tag=request.tag, created=answer.created))
     except InvalidInput as exc:
         raise _Refused(400, str(exc)) from exc
     except (JerpError, OSError) as exc:  # StoreError, BrokerUnavailable, LockBusy...
@@ -225,13 +268,27 @@ def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: 
     except Exception as exc:  # redis-py's own errors: the store is down
         log.error("hook.store_failed", endpoint=endpoint, error=type(exc).__name__)
         raise _Refused(503, f"could not record the release: {type(exc).__name__}") from exc
+    reason = "; ".join(declined) or None
+    if not started:
+        return _ignored(rt, endpoint, event, delivery, reason or "nothing to start", remember=False)
     created = any(job.created for job in started)
+    extra = {"reason": reason} if reason else {}
     _recent(rt, endpoint, event, delivery, "accepted" if created else "duplicate",
-            jobs=[job.model_dump() for job in started])
+            jobs=[job.model_dump() for job in started], **extra)
     log.info("hook.accepted" if created else "hook.duplicate", endpoint=endpoint, hook_event=event,
-             delivery=delivery, jobs=[job.job_id for job in started])
-    answer = HookAnswer(status="accepted" if created else "duplicate", jobs=started)
+             delivery=delivery, jobs=[job.job_id for job in started], declined=declined or None)
+    answer = HookAnswer(status="accepted" if created else "duplicate", reason=reason, jobs=started)
     return JSONResponse(answer.model_dump(), status_code=202 if created else 200)
+
+
+def _ignored(rt: Runtime, endpoint: str, event: str, delivery: str | None, reason: str, *, remember: bool) -> Any:
+    from jerp_jobs.operations.release import remember_delivery
+
+    if delivery and remember:
+        remember_delivery(rt, delivery, "ignored")
+    _recent(rt, endpoint, event, delivery, "ignored", reason=reason)
+    log.info("hook.ignored", endpoint=endpoint, hook_event=event, delivery=delivery, reason=reason)
+    return JSONResponse(HookAnswer(status="ignored", reason=reason).model_dump(), status_code=200)
 
 
 def _immutable_only(rt: Runtime, requests: list[Any]) -> list[Any] | hooks.Ignored:
@@ -264,8 +321,11 @@ def recent_deliveries(rt: Runtime, limit: int = 20) -> list[dict[str, Any]]:
 # -- request bodies ---------------------------------------------------------------------------
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The raw body as received (signatures are over these bytes); 413 past ``limit``."""
+async def _body(request: Request, settings: Any) -> bytes:
+    """The raw body as received (signatures are over these bytes); 413 past the size limit, 408
+    when it does not arrive whole within ``JERP_WEBHOOK_READ_TIMEOUT`` (a client that sends a
+    byte now and then must not hold a connection)."""
+    limit, timeout = settings.webhook_max_body, settings.webhook_read_timeout
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -274,11 +334,17 @@ async def _body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise _Refused(400, "malformed Content-Length") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _Refused(413, f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        log.warning("hook.slow_body", received=size, timeout=timeout)
+        raise _Refused(408, f"the body did not arrive within {timeout:g} s (JERP_WEBHOOK_READ_TIMEOUT); "
+                            f"{size} bytes came") from None
     return b"".join(chunks)
 
 
@@ -299,8 +365,81 @@ def _guard(call: Callable[[], Any]) -> Any:
         return call()
     except Unauthorized as exc:
         raise _Refused(401, str(exc)) from exc
+    except hooks.StaleRequest as exc:
+        raise _Refused(403, str(exc)) from exc
     except InvalidInput as exc:
         raise _Refused(400, str(exc)) from exc
+
+
+# -- the HTTP protocol ------------------------------------------------------------------------
+
+
+def _read_timeout() -> float:
+    from jerp_jobs.settings import get_settings
+
+    try:
+        return float(get_settings().webhook_read_timeout)
+    except ConfigError:
+        return 10.0  # the service does not start with bad settings anyway (the lifespan reads them)
+
+
+_HEAD_TIMEOUT_TEXT = b"the request line and headers did not arrive in time\n"
+_HEAD_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_HEAD_TIMEOUT_TEXT)).encode() + b"\r\n\r\n" + _HEAD_TIMEOUT_TEXT
+)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for a request's line and headers.
+
+    uvicorn bounds idle keep-alive connections, but a client that sends its headers a byte at
+    a time holds a connection for as long as it likes (each byte cancels the keep-alive timer).
+    Here a connection whose request line and headers are not complete
+    ``JERP_WEBHOOK_READ_TIMEOUT`` seconds after it opened, or after the previous answer on it,
+    gets a 408 and is closed. The body has its own deadline in the endpoints (:func:`_body`).
+    Select it with ``uvicorn --http jerp_jobs.webhook:GuardedH11Protocol``.
+    """
+
+    head_timeout: float | None = None  # seconds; None: JERP_WEBHOOK_READ_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._arm_head_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_head_deadline()  # a keep-alive connection waits for its next request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        timeout = self.head_timeout if self.head_timeout is not None else _read_timeout()
+        self._head_deadline = self.loop.call_later(timeout, self._head_too_slow)
+
+    def _disarm_head_deadline(self) -> None:
+        deadline = getattr(self, "_head_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        log.warning("hook.slow_headers", client=f"{self.client[0]}:{self.client[1]}" if self.client else None)
+        self.transport.write(_HEAD_TIMEOUT_ANSWER)
+        self.transport.close()
 
 
 app = create_app()

@@ -23,8 +23,11 @@ from hypothesis import strategies as st
 from jerp_jobs.errors import InvalidInput, Unauthorized
 from jerp_jobs.hooks import (
     BUILD_WORKFLOW,
+    CLOCK_SKEW_S,
     Ignored,
     ReleaseRequest,
+    StaleRequest,
+    check_request_time,
     parse_github,
     parse_registry,
     parse_release_call,
@@ -43,6 +46,10 @@ GITHUB_SIGNATURE = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b04
 REPO = "acme/jerp"
 IMAGE_REPO = "team/erpnext-custom"
 HEAD_SHA = "3484a3fb816e0859fd6e1cea078d76385ff50625"  # workflow_run.head_sha of the upstream example
+RUN_UPDATED_AT = 1601915629.0  # its workflow_run.updated_at, 2020-10-05T16:33:49Z (date -u -d ... +%s)
+DISTRIBUTION_AT = 1136214245.0  # the Distribution examples' event timestamp, 2006-01-02T15:04:05Z
+HARBOR_OCCUR_AT = 1586922308.0  # the Harbor example's occur_at
+PIPELINE_AT = 1714979289.0  # pipeline_release.json's timestamp, 2024-05-06T07:08:09Z
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -218,7 +225,7 @@ def github(event: str, payload: Mapping[str, Any], **overrides: Any) -> ReleaseR
 
 def test_successful_build_on_main_releases_the_short_sha_tag(workflow_run: dict[str, Any]) -> None:
     assert github("workflow_run", workflow_run) == ReleaseRequest(
-        tag="3484a3f", source="github:workflow_run", sha=HEAD_SHA
+        tag="3484a3f", source="github:workflow_run", sha=HEAD_SHA, requested_at=RUN_UPDATED_AT
     )
 
 
@@ -227,7 +234,8 @@ def test_upstream_workflow_run_example_unchanged_releases_when_configured_for_it
     result = github(
         "workflow_run", payload, repository="octo-org/octo-repo", branch="master", workflow=".github/workflows/test.yml"
     )
-    assert result == ReleaseRequest(tag=HEAD_SHA[:7], source="github:workflow_run", sha=HEAD_SHA)
+    assert result == ReleaseRequest(tag=HEAD_SHA[:7], source="github:workflow_run", sha=HEAD_SHA,
+                                    requested_at=RUN_UPDATED_AT)
 
 
 @pytest.mark.parametrize(
@@ -463,7 +471,8 @@ def test_tagged_manifest_push_releases_and_blob_pushes_are_skipped(file: str) ->
     payload = changed(load(file), ("events.0.target.tag", "3484a3f"), ("events.0.target.mediaType", DOCKER_MANIFEST))
     digest = payload["events"][0]["target"]["digest"]
     assert parse_registry(payload, repository="library/test") == [
-        ReleaseRequest(tag="3484a3f", source="registry", image="library/test", digest=digest)
+        ReleaseRequest(tag="3484a3f", source="registry", image="library/test", digest=digest,
+                       requested_at=DISTRIBUTION_AT)
     ]
 
 
@@ -498,7 +507,8 @@ def test_delete_event_with_only_digest_and_repository_is_skipped() -> None:
     delete = {"action": "delete", "target": {"digest": "sha256:d89e", "repository": IMAGE_REPO}}
     payload = {"events": [delete, manifest_event("3484a3f", "sha256:aa", repository=IMAGE_REPO)]}
     assert parse_registry(payload, repository=IMAGE_REPO) == [
-        ReleaseRequest(tag="3484a3f", source="registry", image=IMAGE_REPO, digest="sha256:aa")
+        ReleaseRequest(tag="3484a3f", source="registry", image=IMAGE_REPO, digest="sha256:aa",
+                       requested_at=DISTRIBUTION_AT)
     ]
 
 
@@ -514,7 +524,8 @@ def test_delete_event_with_only_digest_and_repository_is_skipped() -> None:
 def test_every_manifest_and_index_media_type_releases(media_type: str) -> None:
     payload = {"events": [manifest_event("3484a3f", "sha256:aa", media_type)]}
     assert parse_registry(payload, repository="library/test") == [
-        ReleaseRequest(tag="3484a3f", source="registry", image="library/test", digest="sha256:aa")
+        ReleaseRequest(tag="3484a3f", source="registry", image="library/test", digest="sha256:aa",
+                       requested_at=DISTRIBUTION_AT)
     ]
 
 
@@ -529,8 +540,10 @@ def test_multi_arch_push_of_one_tag_is_one_request_with_the_index_digest() -> No
         ]
     }
     assert parse_registry(payload, repository="library/test") == [
-        ReleaseRequest(tag="3484a3f", source="registry", image="library/test", digest="sha256:index"),
-        ReleaseRequest(tag="15-prod", source="registry", image="library/test", digest="sha256:index"),
+        ReleaseRequest(tag="3484a3f", source="registry", image="library/test", digest="sha256:index",
+                       requested_at=DISTRIBUTION_AT),
+        ReleaseRequest(tag="15-prod", source="registry", image="library/test", digest="sha256:index",
+                       requested_at=DISTRIBUTION_AT),
     ]
 
 
@@ -562,6 +575,7 @@ def test_harbor_push_artifact_releases_its_tag() -> None:
             source="harbor",
             image="test-webhook/debian",
             digest="sha256:8a9e9863dbb6e10edb5adfe917c00da84e1700fa76e7ed02476aa6e6fb8ee0d8",
+            requested_at=HARBOR_OCCUR_AT,
         )
     ]
 
@@ -628,10 +642,73 @@ def test_harbor_cloudevents_format_is_ignored_with_a_hint() -> None:
 # -- the pipeline's call --------------------------------------------------------------------------
 
 
-def test_pipeline_release_call_gives_its_image_tag_and_sha() -> None:
+def test_pipeline_release_call_gives_its_image_tag_sha_and_time() -> None:
     assert parse_release_call(load("pipeline_release.json")) == ReleaseRequest(
-        tag="3484a3f", source="pipeline", image="registry.example.com/team/erpnext-custom", sha=HEAD_SHA
+        tag="3484a3f", source="pipeline", image="registry.example.com/team/erpnext-custom", sha=HEAD_SHA,
+        requested_at=PIPELINE_AT,
     )
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [
+        pytest.param("2024-05-06T07:08:09Z", PIPELINE_AT, id="z"),
+        pytest.param("2024-05-06t07:08:09z", PIPELINE_AT, id="lower-case"),
+        pytest.param("2024-05-06T07:08:09+00:00", PIPELINE_AT, id="zero-offset"),
+        pytest.param("2024-05-06T07:08:09.250Z", PIPELINE_AT + 0.25, id="fraction"),
+        pytest.param("2024-05-06T07:08:09.123456789Z", PIPELINE_AT + 0.123456, id="nanoseconds"),
+    ],
+)
+def test_pipeline_timestamps_in_rfc3339_utc_are_read(timestamp: str, expected: float) -> None:
+    request = parse_release_call(_release(("timestamp", timestamp)))
+    assert request.requested_at == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "message"),
+    [
+        pytest.param(None, "timestamp is missing", id="null"),
+        pytest.param("", "is not an RFC 3339 date-time", id="empty"),
+        pytest.param("2024-05-06", "is not an RFC 3339 date-time", id="date-only"),
+        pytest.param("2024-05-06T07:08:09", "is not an RFC 3339 date-time", id="no-zone"),
+        pytest.param("1714979289", "is not an RFC 3339 date-time", id="epoch-string"),
+        pytest.param(1714979289, "must be an RFC 3339 date-time in UTC", id="epoch-number"),
+        pytest.param("2024-05-06T09:08:09+02:00", "is not in UTC", id="other-offset"),
+        pytest.param("2024-02-30T07:08:09Z", "is not a valid date-time", id="no-such-day"),
+        pytest.param("2024-05-06T25:08:09Z", "is not a valid date-time", id="no-such-hour"),
+    ],
+)
+def test_a_pipeline_call_without_a_readable_utc_timestamp_is_refused(timestamp: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as caught:
+        parse_release_call(_release(("timestamp", timestamp)))
+    assert caught.value.fields["field"] == "timestamp"
+
+
+def test_a_pipeline_call_from_before_timestamps_is_refused_naming_the_field() -> None:
+    payload = load("pipeline_release.json")
+    del payload["timestamp"]
+    with pytest.raises(InvalidInput, match="timestamp is missing.*replayed"):
+        parse_release_call(payload)
+
+
+def test_a_request_inside_the_window_passes_and_outside_it_is_stale() -> None:
+    check_request_time(PIPELINE_AT, now=PIPELINE_AT + 599, max_age=600)
+    check_request_time(PIPELINE_AT, now=PIPELINE_AT - CLOCK_SKEW_S + 1, max_age=600)  # sender's clock a bit ahead
+    with pytest.raises(StaleRequest, match=r"too old: its timestamp 2024-05-06T07:08:09Z is 601 s old.*600 s") as old:
+        check_request_time(PIPELINE_AT, now=PIPELINE_AT + 601, max_age=600)
+    assert old.value.fields["problem"] == "too-old"
+    with pytest.raises(StaleRequest, match="in the future") as ahead:
+        check_request_time(PIPELINE_AT, now=PIPELINE_AT - CLOCK_SKEW_S - 5, max_age=600)
+    assert ahead.value.fields["problem"] == "in-the-future"
+
+
+def test_event_times_that_cannot_be_read_leave_the_request_without_one(workflow_run: dict[str, Any]) -> None:
+    for value in ("yesterday", 12, ["2024-05-06T07:08:09Z"]):
+        broken = changed(workflow_run, ("workflow_run.updated_at", value), ("workflow_run.run_started_at", None))
+        result = github("workflow_run", broken)
+        assert isinstance(result, ReleaseRequest) and result.requested_at is None
+    harbor = changed(load("harbor_push_artifact.json"), ("occur_at", 10**400))
+    assert [r.requested_at for r in parse_registry(harbor, repository="test-webhook/debian")] == [None]
 
 
 # -- malformed shapes -----------------------------------------------------------------------------

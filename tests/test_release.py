@@ -6,6 +6,7 @@ same chain on the Docker Engine with the stand-in backend and a stand-in Portain
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from jerp_jobs.errors import (
     SmokeFailed,
 )
 from jerp_jobs.operations import children
-from jerp_jobs.operations.release import BAD, GOOD, list_releases, request_release
+from jerp_jobs.operations.release import BAD, GOOD, Declined, Requested, list_releases, request_release
 from jerp_jobs.runtime import Runtime
 
 SITES = ("a.example.com", "b.example.com")
@@ -387,7 +388,7 @@ def test_a_moving_tag_is_refused(fake_runtime, platform):
         request_release(fake_runtime, "15-prod", source="operator")
 
 
-def test_a_superseded_tag_can_be_requested_again(fake_runtime, platform):
+def test_a_superseded_tag_is_not_started_again_by_a_hook_only_by_an_operator(fake_runtime, platform):
     first = request_release(fake_runtime, "r2", source="pipeline").job.id
     job, step = fake_runtime.dispatched.pop(0)
     runner.run_step(fake_runtime, job, step, worker="w1")  # r2 holds the slot
@@ -396,7 +397,41 @@ def test_a_superseded_tag_can_be_requested_again(fake_runtime, platform):
     assert fake_runtime.store.get(waiting).state == "superseded"
 
     again = request_release(fake_runtime, "r3", source="registry")
-    assert again.created and again.job.id != waiting and first != again.job.id
+    assert isinstance(again, Requested) and not again.created and again.job.id == waiting
+    fake_runtime.redis.delete(f"jerp:job:{waiting}")
+    gone = request_release(fake_runtime, "r3", source="registry", delivery="d-new")
+    assert isinstance(gone, Declined) and "requested before" in gone.reason
+
+    operator = request_release(fake_runtime, "r3", source="operator", dedupe=False)
+    assert operator.created and operator.job.id not in (waiting, first)
+    assert fake_runtime.store.get(operator.job.id).params["source"] == "operator"
+
+
+def test_request_times_not_arrival_order_decide_what_supersedes(fake_runtime, platform):
+    now = time.time()
+    newer = request_release(fake_runtime, "r3", source="pipeline", requested_at=now - 10).job.id
+    older = request_release(fake_runtime, "r2", source="registry", requested_at=now - 20)
+    assert isinstance(older, Declined) and "before the newest release request (tag r3" in older.reason
+    assert fake_runtime.store.get(newer).state == "queued"
+    same_time = request_release(fake_runtime, "r5", source="registry", requested_at=now - 10)
+    assert isinstance(same_time, Declined)
+    newest = request_release(fake_runtime, "r4", source="pipeline", requested_at=now - 5).job.id
+    assert fake_runtime.store.get(newer).state == "superseded" and newest in fake_runtime.store.get(newer).error
+
+
+def test_an_operator_request_supersedes_a_waiting_hook_request_dated_a_little_ahead(fake_runtime, platform):
+    ahead = request_release(fake_runtime, "r3", source="pipeline", requested_at=time.time() + 30).job.id
+    operator = request_release(fake_runtime, "r2", source="operator", dedupe=False).job.id
+    assert fake_runtime.store.get(ahead).state == "superseded" and operator in fake_runtime.store.get(ahead).error
+
+
+def test_the_newest_release_in_the_index_stands_for_the_newest_request_in_an_older_store(fake_runtime, platform):
+    from jerp_jobs.operations.release import INDEX, LATEST
+
+    fake_runtime.redis.zadd(INDEX, {"an-old-release": time.time() - 60})
+    fake_runtime.redis.delete(LATEST)
+    late = request_release(fake_runtime, "r2", source="github:workflow_run", requested_at=time.time() - 3600)
+    assert isinstance(late, Declined) and "an-old-release" in late.reason
 
 
 def test_a_request_whose_publish_failed_can_be_sent_again(fake_runtime, platform):
@@ -409,6 +444,13 @@ def test_a_request_whose_publish_failed_can_be_sent_again(fake_runtime, platform
     fake_runtime.dispatch = lambda job_id, step: fake_runtime.dispatched.append((job_id, step))
     retry = request_release(fake_runtime, "r2", source="registry", delivery="d-1")
     assert retry.created and fake_runtime.dispatched == [(retry.job.id, "record")]
+    # the same request (same time) sent again after the failure also gets through
+    made = time.time()
+    fake_runtime.dispatch = broken
+    with pytest.raises(BrokerUnavailable):
+        request_release(fake_runtime, "r3", source="pipeline", requested_at=made, delivery="d-2")
+    fake_runtime.dispatch = lambda job_id, step: fake_runtime.dispatched.append((job_id, step))
+    assert request_release(fake_runtime, "r3", source="pipeline", requested_at=made, delivery="d-2").created
 
 
 def test_the_end_of_a_release_never_frees_the_slot_a_successor_took(fake_runtime, platform):

@@ -21,6 +21,7 @@ import secrets
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -190,6 +191,8 @@ def webhook(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def _signed_post(url: str, secret: str, payload: dict, delivery: str) -> httpx.Response:
+    """POST /hooks/release as the pipeline does: the body says when it was made (now)."""
+    payload = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
     body = json.dumps(payload).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return httpx.post(f"{url}/hooks/release", content=body, timeout=10, headers={

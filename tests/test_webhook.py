@@ -1,5 +1,6 @@
 """The webhook service over HTTP (FastAPI's TestClient) on fakeredis: what starts a release,
-what is refused, and that nothing is enqueued unless a release was accepted.
+what is refused, and that nothing is enqueued unless a release was accepted. Replays and the
+order of release requests run on the real Redis (the records that make a tag start once).
 
 The payload parsers have their own tests (tests/test_hooks.py, on upstream examples); the
 schema fuzz pass is tests/test_webhook_fuzz.py."""
@@ -9,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
-from jerp_jobs.operations.release import list_releases
+from jerp_jobs.cli import Ctx, cli
+from jerp_jobs.operations.release import ACTIVE, list_releases
 from jerp_jobs.runtime import Runtime, build_runtime
 from jerp_jobs.settings import load_settings
 from jerp_jobs.webhook import create_app, recent_deliveries
@@ -47,18 +51,64 @@ def client(rt: Runtime) -> TestClient:
         yield test_client
 
 
+@pytest.fixture
+def real_rt(real_redis, fake_executor) -> Runtime:
+    """The same service settings on the real Redis."""
+    settings = load_settings(
+        _env_file=None, broker_url="redis://127.0.0.1:1/0", executor="local", bench_dir=Path("/nonexistent"),
+        webhook_secret=SECRET, registry_token=TOKEN, github_repository=REPOSITORY, github_branch="main",
+        release_image=IMAGE, webhook_max_body=64 * 1024,
+    )
+    runtime = build_runtime(settings, client=real_redis, executor=fake_executor)
+    runtime.dispatched = []  # type: ignore[attr-defined]
+    runtime.dispatch = lambda job_id, step: runtime.dispatched.append((job_id, step))  # type: ignore[attr-defined]
+    runtime.notify = lambda *a: None  # type: ignore[method-assign]
+    return runtime
+
+
+@pytest.fixture
+def real_client(real_rt: Runtime) -> TestClient:
+    with TestClient(create_app(real_rt)) as test_client:
+        yield test_client
+
+
 def sign(body: bytes, secret: str = SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def workflow_run(*, conclusion: str = "success", branch: str = "main", sha: str = SHA) -> bytes:
-    return json.dumps({
-        "action": "completed",
-        "workflow_run": {"name": "Build custom ERPNext image", "path": ".github/workflows/build-image.yml",
-                         "conclusion": conclusion, "head_branch": branch,
-                         "head_sha": sha, "status": "completed"},
-        "repository": {"full_name": REPOSITORY},
-    }).encode()
+def workflow_run(*, conclusion: str = "success", branch: str = "main", sha: str = SHA,
+                 updated_at: float | None = None) -> bytes:
+    run = {"name": "Build custom ERPNext image", "path": ".github/workflows/build-image.yml",
+           "conclusion": conclusion, "head_branch": branch, "head_sha": sha, "status": "completed"}
+    if updated_at is not None:
+        run["updated_at"] = rfc3339(updated_at)
+    return json.dumps({"action": "completed", "workflow_run": run, "repository": {"full_name": REPOSITORY}}).encode()
+
+
+def rfc3339(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def release_body(tag: str, *, at: float | None = None, sha: str = SHA) -> bytes:
+    """The pipeline's call as .github/workflows/build-image.yml sends it, made at ``at`` (now)."""
+    stamp = rfc3339(time.time() if at is None else at)
+    return json.dumps({"image": IMAGE, "tag": tag, "sha": sha, "timestamp": stamp}, separators=(",", ":")).encode()
+
+
+def post_release(client: TestClient, body: bytes, *, delivery: str | None = None):
+    """POST /hooks/release signed, with a new delivery id unless one is given (a replay sends a new one)."""
+    return client.post("/hooks/release", content=body, headers={
+        "Content-Type": "application/json", "X-Hub-Signature-256": sign(body),
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4())})
+
+
+def expire_every_record_with_a_ttl(redis_client) -> None:
+    """What time does to the store: every key with an expiry (job records, delivery ids) lapses."""
+    for key in redis_client.scan_iter(count=1000):
+        if redis_client.pttl(key) > 0:
+            redis_client.pexpire(key, 1)
+    time.sleep(0.05)
+    assert all(redis_client.pttl(key) == -1 for key in redis_client.scan_iter(count=1000))
 
 
 def post_github(client: TestClient, body: bytes, *, event: str = "workflow_run", delivery: str = "d-1",
@@ -88,9 +138,7 @@ def test_a_redelivery_answers_with_the_same_job_and_enqueues_nothing(client, rt)
 
 def test_a_second_event_for_the_same_tag_answers_with_the_existing_job(client, rt):
     first = post_github(client, workflow_run(), delivery="d-1").json()
-    body = json.dumps({"image": IMAGE, "tag": SHA[:7], "sha": SHA}).encode()
-    again = client.post("/hooks/release", content=body,
-                        headers={"X-Hub-Signature-256": sign(body), "X-GitHub-Delivery": "p-1"})
+    again = post_release(client, release_body(SHA[:7]), delivery="p-1")
     assert again.status_code == 200 and again.json()["jobs"][0]["job_id"] == first["jobs"][0]["job_id"]
     assert len(rt.dispatched) == 1
 
@@ -141,16 +189,148 @@ def test_runs_that_do_not_release_are_ignored_with_a_recorded_reason(client, rt,
 
 
 def test_the_pipelines_signed_release_call_starts_a_release(client, rt):
-    body = json.dumps({"image": IMAGE, "tag": "a1b2c3d", "sha": SHA}).encode()
-    answer = client.post("/hooks/release", content=body, headers={"X-Hub-Signature-256": sign(body)})
-    assert answer.status_code == 202
-    assert rt.store.get(answer.json()["jobs"][0]["job_id"]).params["tag"] == "a1b2c3d"
+    made = time.time() - 5
+    answer = post_release(client, release_body("a1b2c3d", at=made))
+    assert answer.status_code == 202, answer.text
+    release = rt.store.get(answer.json()["jobs"][0]["job_id"])
+    assert release.params["tag"] == "a1b2c3d" and release.params["requested_at"] == int(made)
 
 
 def test_a_release_call_with_a_bad_tag_is_400(client, rt):
-    body = json.dumps({"image": IMAGE, "tag": "a b;rm -rf", "sha": SHA}).encode()
+    body = json.dumps({"image": IMAGE, "tag": "a b;rm -rf", "sha": SHA, "timestamp": rfc3339(time.time())}).encode()
     answer = client.post("/hooks/release", content=body, headers={"X-Hub-Signature-256": sign(body)})
     assert answer.status_code == 400 and rt.dispatched == []
+
+
+# -- replays and the order of requests ----------------------------------------------------------
+
+
+def test_an_old_signed_release_body_replayed_with_a_new_delivery_is_refused_as_too_old(real_client, real_rt):
+    old = release_body("0ab1ce2", at=time.time() - 11 * 60)  # signed and sent 11 minutes ago
+    answer = post_release(real_client, old, delivery=str(uuid.uuid4()))
+    assert answer.status_code == 403, answer.text
+    assert "too old" in answer.json()["detail"] and "JERP_WEBHOOK_MAX_AGE" in answer.json()["detail"]
+    assert real_rt.dispatched == [] and list_releases(real_rt) == []
+    (recent,) = recent_deliveries(real_rt)
+    assert recent["outcome"] == "refused" and recent["status"] == 403 and "too old" in recent["reason"]
+
+
+def test_a_release_body_dated_in_the_future_is_refused(real_client, real_rt):
+    answer = post_release(real_client, release_body("0ab1ce2", at=time.time() + 10 * 60))
+    assert answer.status_code == 403 and "in the future" in answer.json()["detail"]
+    assert real_rt.dispatched == [] and recent_deliveries(real_rt)[0]["outcome"] == "refused"
+
+
+@pytest.mark.parametrize("stamp", [None, "", "yesterday", "2024-05-06T07:08:09+02:00", 1714979289])
+def test_a_release_body_without_a_readable_utc_timestamp_is_refused(real_client, real_rt, stamp):
+    payload = {"image": IMAGE, "tag": "0ab1ce2", "sha": SHA}
+    if stamp is not None:
+        payload["timestamp"] = stamp
+    answer = post_release(real_client, json.dumps(payload).encode())
+    assert answer.status_code == 400, answer.text
+    assert "timestamp" in answer.json()["detail"]
+    assert real_rt.dispatched == [] and list_releases(real_rt) == []
+    (recent,) = recent_deliveries(real_rt)
+    assert recent["outcome"] == "refused" and recent["status"] == 400 and "timestamp" in recent["reason"]
+
+
+def _forget_job(rt: Runtime, job_id: str, how: str) -> None:
+    if how == "deleted":
+        rt.redis.delete(f"jerp:job:{job_id}")
+    elif how == "expired":
+        expire_every_record_with_a_ttl(rt.redis)
+    if how in ("deleted", "expired"):
+        assert not rt.store.exists(job_id)
+
+
+@pytest.mark.parametrize("how", ["deleted", "expired", "superseded"])
+def test_a_fresh_release_body_replayed_after_its_job_is_gone_or_superseded_starts_nothing(real_client, real_rt, how):
+    body = release_body("1111111", at=time.time() - 60)
+    first = post_release(real_client, body)
+    assert first.status_code == 202, first.text
+    job_id = first.json()["jobs"][0]["job_id"]
+    if how == "superseded":
+        newer = post_release(real_client, release_body("2222222", at=time.time() - 30))
+        assert newer.status_code == 202, newer.text
+        assert real_rt.store.get(job_id).state == "superseded"
+    _forget_job(real_rt, job_id, how)
+    dispatched = list(real_rt.dispatched)
+
+    replay = post_release(real_client, body)  # the same signed bytes, still inside the window, a new delivery id
+    assert replay.status_code == 200, replay.text
+    assert real_rt.dispatched == dispatched  # nothing started
+    assert [j.id for j in list_releases(real_rt) if j.params.get("tag") == "1111111"] == (
+        [job_id] if how == "superseded" else [])
+    if how == "superseded":
+        assert replay.json()["status"] == "duplicate" and replay.json()["jobs"][0]["job_id"] == job_id
+        assert real_rt.store.get(job_id).state == "superseded"
+    else:
+        assert replay.json()["status"] == "ignored" and "requested before" in replay.json()["reason"]
+        assert "jerpctl enqueue release 1111111" in replay.json()["reason"]
+        assert recent_deliveries(real_rt)[0]["outcome"] == "ignored"
+
+
+@pytest.mark.parametrize("newer_is", ["waiting", "running"])
+def test_an_older_request_arriving_after_a_newer_one_does_not_supersede_it(real_client, real_rt, newer_is):
+    now = time.time()
+    newer = post_release(real_client, release_body("bbbbbbb", at=now - 30))
+    assert newer.status_code == 202, newer.text
+    newer_id = newer.json()["jobs"][0]["job_id"]
+    if newer_is == "running":
+        real_rt.redis.set(ACTIVE, newer_id)  # it holds the release slot
+
+    older = post_release(real_client, release_body("aaaaaaa", at=now - 90))  # made earlier, arrives later
+    assert older.status_code == 200, older.text
+    assert older.json()["status"] == "ignored" and "before the newest release request" in older.json()["reason"]
+    assert real_rt.store.get(newer_id).state == "queued"
+    assert [j.params["tag"] for j in list_releases(real_rt)] == ["bbbbbbb"]
+    assert [job for job, _ in real_rt.dispatched] == [newer_id]
+
+    # a later announcement of the older tag does not start it either: it was requested once
+    again = post_release(real_client, release_body("aaaaaaa", at=now))
+    assert again.status_code == 200 and again.json()["status"] == "ignored"
+
+    newest = post_release(real_client, release_body("ccccccc", at=now))  # a newer one still supersedes
+    assert newest.status_code == 202
+    assert real_rt.store.get(newer_id).state == ("superseded" if newer_is == "waiting" else "queued")
+
+
+def test_an_operator_still_releases_a_tag_the_hooks_will_not_start_again(real_client, real_rt):
+    from click.testing import CliRunner
+
+    body = release_body("1111111", at=time.time() - 60)
+    assert post_release(real_client, body).status_code == 202
+    assert post_release(real_client, release_body("2222222")).status_code == 202
+    expire_every_record_with_a_ttl(real_rt.redis)
+    assert post_release(real_client, body).json()["status"] == "ignored"
+
+    result = CliRunner().invoke(cli, ["enqueue", "release", "1111111"], obj=Ctx(rt=real_rt), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    job = real_rt.store.get(result.output.strip())
+    assert job.params["tag"] == "1111111" and job.params["source"] == "operator" and job.state == "queued"
+    assert real_rt.dispatched[-1] == (job.id, "record")
+
+
+def test_github_and_registry_announcements_of_a_tag_start_it_once_whatever_became_of_its_job(real_client, real_rt):
+    now = time.time()
+    run = workflow_run(sha="3" * 40, updated_at=now - 120)
+    assert post_github(real_client, run, delivery="gh-1").status_code == 202
+    push = json.dumps({"events": [dict(distribution_push("4444444"), timestamp=rfc3339(now - 60))]}).encode()
+    registry = {"Authorization": f"Bearer {TOKEN}"}
+    assert real_client.post("/hooks/registry", content=push, headers=registry).status_code == 202
+    expire_every_record_with_a_ttl(real_rt.redis)
+    dispatched = list(real_rt.dispatched)
+
+    # GitHub redelivers (or someone replays) the run with a new delivery id; the registry repeats its push
+    again = post_github(real_client, run, delivery="gh-2")
+    assert again.status_code == 200 and again.json()["status"] == "ignored", again.text
+    assert "3333333 was requested before" in again.json()["reason"]
+    repeat = real_client.post("/hooks/registry", content=push, headers=registry)
+    assert repeat.status_code == 200 and repeat.json()["status"] == "ignored", repeat.text
+    # an older run of a commit never announced comes late: it would undo the newer release
+    late = post_github(real_client, workflow_run(sha="5" * 40, updated_at=now - 600), delivery="gh-3")
+    assert late.status_code == 200 and "before the newest release request" in late.json()["reason"]
+    assert real_rt.dispatched == dispatched and list_releases(real_rt) == []
 
 
 def distribution_push(tag: str, *, media: str = "application/vnd.oci.image.index.v1+json") -> dict:

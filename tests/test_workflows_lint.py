@@ -17,12 +17,15 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from jerp_jobs.hooks import check_request_time, parse_timestamp
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -461,11 +464,16 @@ def test_notify_step_sends_a_signed_release(build: dict[str, Any], tmp_path: Pat
     [req] = server.requests
     assert req["path"] == "/hooks/release"
     assert req["headers"]["content-type"] == "application/json"
-    assert json.loads(req["body"]) == {
+    sent = json.loads(req["body"])
+    assert sent == {
         "image": "registry.example.com/erpnext-custom",
         "tag": "0123456",
         "sha": SHA,
+        "timestamp": sent["timestamp"],
     }
+    # the signed body says when it was sent, in the form the webhook accepts, and it is fresh
+    made = parse_timestamp(sent["timestamp"])
+    check_request_time(made, now=time.time(), max_age=60)
     signature = req["headers"]["x-hub-signature-256"]
     expected = "sha256=" + hmac.new(env["JERP_WEBHOOK_SECRET"].encode(), req["body"], hashlib.sha256).hexdigest()
     assert hmac.compare_digest(signature, expected)
@@ -504,6 +512,34 @@ def test_notify_step_sends_nothing_on_bad_input(
     assert result.returncode != 0
     assert "::error::" in result.stdout
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        pytest.param(b'{"status":"accepted","reason":null,"jobs":[]}', "started the release", id="accepted"),
+        pytest.param(b'{"status":"duplicate","reason":null,"jobs":[]}', "already has the release", id="duplicate"),
+        pytest.param(b'{"status":"ignored","reason":"tag 0123456 was requested before"}',
+                     "::warning::jerp-jobs started no release of registry.example.com/erpnext-custom:0123456: "
+                     '{"status":"ignored","reason":"tag 0123456 was requested before"}', id="ignored"),
+    ],
+)
+def test_notify_step_says_what_jerp_jobs_did(build: dict[str, Any], tmp_path: Path, answer: bytes, says: str) -> None:
+    need("bash", "openssl", "curl")
+    script = step(build, "Notify jerp-jobs of the release")["run"]
+    with Recorder([200], answer=answer) as server:
+        result = run_script(script, _notify_env(f"{server.url}/hooks/release", tmp_path), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert says in result.stdout
+
+
+def test_notify_step_fails_naming_the_reason_when_the_call_is_too_old(build: dict[str, Any], tmp_path: Path) -> None:
+    need("bash", "openssl", "curl")
+    script = step(build, "Notify jerp-jobs of the release")["run"]
+    with Recorder([403], answer=b'{"detail":"the request is too old: its timestamp ..."}') as server:
+        result = run_script(script, _notify_env(f"{server.url}/hooks/release", tmp_path), tmp_path)
+    assert result.returncode != 0 and len(server.requests) == 1
+    assert "::error::jerp-jobs did not accept the release" in result.stdout and "too old" in result.stdout
 
 
 def test_notify_step_fails_when_jerp_jobs_refuses(build: dict[str, Any], tmp_path: Path) -> None:
