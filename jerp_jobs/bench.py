@@ -2,9 +2,11 @@
 
 Pure functions only, no I/O. Every builder validates the site name first and returns a list
 of strings (never a shell string). Global options come before the command, as bench wants:
-``bench --site SITE [--force] COMMAND ...``. Secrets that bench must receive on its command
-line (the DB root password, the admin password) appear only in the returned argv, which the
-log redactor masks (``jerp_jobs.log``); they are never stored or logged.
+``bench --site SITE [--force] COMMAND ...``. The commands that need the DB root password
+(``new-site``, ``restore``, ``drop-site``) and the Administrator password (``new-site``) return
+a :class:`BenchCall`: the argv *without* them, and the answers to bench's own password prompts
+for its standard input, in the order Frappe asks (``MySQL root password: ``, then ``Set
+Administrator password: ``). No password is ever in an argv (``ps``) or an environment.
 
 The facts these follow are in docs/bench-contract.md (printed lines, flags, exit codes).
 """
@@ -26,6 +28,28 @@ SECRET_OPTIONS = frozenset(
 )
 
 SCHEDULER_ACTIONS = ("pause", "resume", "enable", "disable", "status")
+
+
+@dataclass(frozen=True)
+class BenchCall:
+    """A bench argv and what its standard input carries: the answers to its password prompts."""
+
+    argv: list[str]
+    stdin: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"BenchCall(argv={self.argv!r}, stdin=<{len(self.stdin)} bytes>)"
+
+
+def prompt_answers(*answers: str) -> bytes:
+    """Lines for bench's password prompts (``getpass`` reads one line each from stdin)."""
+    for answer in answers:
+        if not isinstance(answer, str) or not answer:
+            raise InvalidInput("a password for a bench prompt must be a non-empty string")
+        if any(ch in answer for ch in "\r\n\x00"):
+            raise InvalidInput("a password for a bench prompt cannot contain a line break or NUL: "
+                               "bench reads it as one line")
+    return "".join(answer + "\n" for answer in answers).encode()
 
 
 def _site(bench: str, site: str, *command: str, force: bool = False) -> list[str]:
@@ -50,27 +74,27 @@ def new_site(
     login_scope: str = "%",
     db_root_username: str = "root",
     bench: str = "bench",
-) -> list[str]:
+) -> BenchCall:
+    """``new-site`` asks for the DB root password (when connecting as root), then, while
+    installing frappe, for the Administrator password: both answered on stdin."""
     argv = [
         bench, "new-site", validate_site_name(site),
         "--db-root-username", db_root_username,
-        "--db-root-password", db_root_password,
-        "--admin-password", admin_password,
         "--db-name", _db_name(db_name),
         f"--mariadb-user-host-login-scope={login_scope}",
     ]
     for app in install_apps:
         argv += ["--install-app", validate_app_name(app)]
-    return argv
+    return BenchCall(argv, prompt_answers(db_root_password, admin_password))
 
 
-def drop_site(site: str, *, db_root_password: str, db_root_username: str = "root", bench: str = "bench") -> list[str]:
-    return [
+def drop_site(site: str, *, db_root_password: str, db_root_username: str = "root", bench: str = "bench") -> BenchCall:
+    argv = [
         bench, "drop-site", validate_site_name(site),
         "--db-root-username", db_root_username,
-        "--db-root-password", db_root_password,
         "--no-backup", "--force",
     ]
+    return BenchCall(argv, prompt_answers(db_root_password))
 
 
 def install_app(site: str, app: str, *, bench: str = "bench") -> list[str]:
@@ -101,17 +125,17 @@ def restore(
     db_root_password: str,
     public_files: str | None = None,
     private_files: str | None = None,
-    admin_password: str | None = None,
+    db_root_username: str = "root",
     bench: str = "bench",
-) -> list[str]:
-    argv = _site(bench, site, "restore", _path(sql_path), "--db-root-password", db_root_password, force=True)
-    if admin_password is not None:
-        argv += ["--admin-password", admin_password]
+) -> BenchCall:
+    """``restore`` asks only for the DB root password (the restored database keeps its own
+    Administrator password)."""
+    argv = _site(bench, site, "restore", _path(sql_path), "--db-root-username", db_root_username, force=True)
     if public_files is not None:
         argv += ["--with-public-files", _path(public_files)]
     if private_files is not None:
         argv += ["--with-private-files", _path(private_files)]
-    return argv
+    return BenchCall(argv, prompt_answers(db_root_password))
 
 
 def migrate(site: str, *, skip_failing: bool = False, bench: str = "bench") -> list[str]:

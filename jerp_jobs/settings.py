@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     bench_dir: Path | None = None
     bench_bin: str = "bench"
     command_timeout: int = Field(7200, ge=1, description="default timeout of one bench command")
+    child_env_extra: Annotated[list[str], NoDecode] = Field(
+        [], description="more variables the local executor passes from the worker's environment to bench"
+    )
 
     # Site work
     install_apps: Annotated[list[str], NoDecode] = ["erpnext", "nfse-pr"]
@@ -137,6 +140,19 @@ class Settings(BaseSettings):
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("child_env_extra", mode="before")
+    @classmethod
+    def _variable_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            for name in value:
+                if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name[0].isdigit():
+                    raise ValueError(f"not an environment variable name: {name!r}")
+                if name in SECRET_VARIABLES.values():
+                    raise ValueError(f"{name} is a secret of the worker and never goes to bench")
         return value
 
     @field_validator("broker_url")

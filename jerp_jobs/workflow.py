@@ -28,6 +28,17 @@ log = get_logger(__name__)
 FENCE_BUSY = 75
 
 
+def fence_path(fence: str) -> str:
+    """The fence's lock file, relative to the bench folder."""
+    return f"sites/.jerp-fence.{fence}"
+
+
+def fence_wait(timeout: float) -> float:
+    """How long a command waits for its fence: inside its own timeout, ending a little before
+    it (a tenth, at most a second) so that a busy fence is reported as such, not as a timeout."""
+    return max(timeout - min(1.0, timeout / 10), timeout / 2)
+
+
 @dataclass
 class StepContext:
     """What a step function gets: the job, the parts, and helpers that record as they go."""
@@ -65,6 +76,7 @@ class StepContext:
         timeout: float | None = None,
         check: bool = True,
         fence: str | None = None,
+        stdin: bytes | None = None,
     ) -> CommandResult:
         """Run argv through the executor, fenced; output streams to the log and into the step record.
 
@@ -72,25 +84,35 @@ class StepContext:
         (or ``bench`` for bench-wide work), held by the command's own processes for as long as
         they live. A command left running by a worker that died (SIGKILL, OOM) keeps its fence,
         so the step's next attempt waits for it to end instead of running beside it: never two
-        bench processes for one site. The fence waits at most ``timeout``; the command then has
-        its own ``timeout``.
+        bench processes for one site.
+
+        One limit, ``timeout`` (default ``JERP_COMMAND_TIMEOUT``), covers the wait for the
+        fence and the command together: the fence is waited for at most
+        :func:`fence_wait` of it (a busy fence then fails the step naming the fence), and the
+        executor kills everything at ``timeout`` — the command's process group and every
+        process still holding the fence file (one that daemonised, ``setsid``, included).
+        ``stdin`` goes to the command's standard input (answers to bench's password prompts).
         """
         timeout = timeout or self.runtime.settings.command_timeout
         fence = fence or self.fence or self.job.site or "bench"
+        wait = fence_wait(timeout)
         shown = redactor.argv(argv)
         log.info("command.start", argv=shown, timeout=timeout)
 
         def _line(line: str) -> None:
             log.info("command.output", line=line)
 
-        fenced = ["flock", "-w", str(int(timeout)), "-E", str(FENCE_BUSY), f"sites/.jerp-fence.{fence}", *argv]
-        result = self.runtime.executor.run(fenced, timeout=2 * timeout, on_output=_line)
+        fence_file = fence_path(fence)
+        fenced = ["flock", "-w", f"{wait:g}", "-E", str(FENCE_BUSY), fence_file, *argv]
+        result = self.runtime.executor.run(
+            fenced, timeout=timeout, on_output=_line, stdin=stdin, holders_of=fence_file
+        )
         self.exit_code = result.exit_code
         self.output.append(result.output)
         log.info("command.end", argv=shown, exit_code=result.exit_code, duration_s=round(result.duration_s, 3))
         if result.exit_code == FENCE_BUSY:
             raise CommandFailed(
-                f"another process still works on {fence} (its fence stayed busy for {int(timeout)}s); "
+                f"another process still works on {fence} (its fence stayed busy for {wait:g}s); "
                 f"not running {' '.join(shown[:4])}",
                 exit_code=result.exit_code,
                 output_tail=result.output,

@@ -76,33 +76,47 @@ def test_builder_produces_the_argv_bench_expects(argv: list[str], expected: list
     assert argv == expected
 
 
-def test_new_site_passes_every_flag_that_keeps_bench_from_prompting() -> None:
-    argv = bench.new_site(
+def test_new_site_keeps_passwords_out_of_argv_and_answers_the_prompts_on_stdin() -> None:
+    call = bench.new_site(
         SITE, db_root_password="rootpw", admin_password="adminpw", db_name="_acme_1", install_apps=["erpnext"]
     )
+    argv = call.argv
     assert argv[:3] == ["bench", "new-site", SITE]
-    assert argv[argv.index("--db-root-password") + 1] == "rootpw"
-    assert argv[argv.index("--admin-password") + 1] == "adminpw"
+    assert not any("rootpw" in a or "adminpw" in a for a in argv)
+    assert not any(a.split("=")[0] in bench.SECRET_OPTIONS for a in argv)
+    assert argv[argv.index("--db-root-username") + 1] == "root"  # never the super-user prompt
     assert argv[argv.index("--db-name") + 1] == "_acme_1"
     assert "--mariadb-user-host-login-scope=%" in argv
     assert argv[-2:] == ["--install-app", "erpnext"]
+    # Frappe asks "MySQL root password: " first, "Set Administrator password: " later
+    assert call.stdin == b"rootpw\nadminpw\n"
+    assert "rootpw" not in repr(call)
 
 
-def test_restore_forces_and_passes_root_password_and_file_tars() -> None:
-    argv = bench.restore(
+def test_restore_forces_and_answers_the_root_password_prompt_and_passes_file_tars() -> None:
+    call = bench.restore(
         SITE, "acme.example.com/private/backups/x-database.sql.gz", db_root_password="pw",
         public_files="p.tar", private_files="q.tar",
     )
+    argv = call.argv
     assert argv[:5] == ["bench", "--site", SITE, "--force", "restore"]
-    assert argv[argv.index("--db-root-password") + 1] == "pw"
+    assert "pw" not in argv and "--db-root-password" not in argv
+    assert call.stdin == b"pw\n"
     assert argv[argv.index("--with-public-files") + 1] == "p.tar"
     assert argv[argv.index("--with-private-files") + 1] == "q.tar"
 
 
-def test_drop_site_never_prompts_and_skips_its_own_backup() -> None:
-    argv = bench.drop_site(SITE, db_root_password="pw")
-    assert argv[:3] == ["bench", "drop-site", SITE]
-    assert {"--no-backup", "--force", "--db-root-password"} <= set(argv)
+def test_drop_site_skips_its_own_backup_and_answers_the_root_password_prompt() -> None:
+    call = bench.drop_site(SITE, db_root_password="pw")
+    assert call.argv[:3] == ["bench", "drop-site", SITE]
+    assert {"--no-backup", "--force"} <= set(call.argv) and "pw" not in call.argv
+    assert call.stdin == b"pw\n"
+
+
+@pytest.mark.parametrize("password", ["two\nlines", "cr\rhere", "nul\x00", ""])
+def test_a_password_bench_cannot_read_as_one_line_is_refused(password: str) -> None:
+    with pytest.raises(InvalidInput, match="bench prompt"):
+        bench.drop_site(SITE, db_root_password=password)
 
 
 @pytest.mark.parametrize(

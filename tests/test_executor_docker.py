@@ -383,3 +383,45 @@ def test_standin_bench_reports_an_unknown_site(
 
     assert result.exit_code == 1
     assert "Site nosuch.example.com does not exist!" in result.output
+
+
+STDIN_PROBE = ["python3", "-c", "import sys; a = sys.stdin.readline(); b = sys.stdin.readline(); "
+               "rest = sys.stdin.read(); print(repr(a), repr(b), repr(rest))"]
+
+
+def test_stdin_bytes_reach_the_exec_then_end_of_file(executor: DockerExecutor) -> None:
+    fed = executor.run(STDIN_PROBE, timeout=30, stdin=b"first\nsecond\n")
+    assert (fed.exit_code, fed.output) == (0, "'first\\n' 'second\\n' ''")
+    closed = executor.run(STDIN_PROBE, timeout=30)
+    assert (closed.exit_code, closed.output) == (0, "'' '' ''")
+    many = executor.run(["sh", "-c", "seq 1 20000; cat"], timeout=30, stdin=b"tail-line\n")
+    assert many.output.splitlines()[-2:] == ["20000", "tail-line"]
+
+
+DAEMON_IN_CONTAINER = (
+    "import os, sys, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        null = os.open(os.devnull, os.O_RDWR)\n"
+    "        [os.dup2(null, fd) for fd in (0, 1, 2)]\n"
+    "        open('sites/daemon.pid', 'w').write(str(os.getpid()))\n"
+    "        while True: time.sleep(1)\n"
+    "    os._exit(0)\n"
+    "print('migrating', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_a_daemonised_fence_holder_is_killed_after_a_timeout(executor: DockerExecutor, bench_dir: Path) -> None:
+    fence = "sites/.jerp-fence.acme.example.com"
+    with pytest.raises(CommandTimeout):
+        executor.run(["flock", "-w", "1", fence, "python3", "-c", DAEMON_IN_CONTAINER], timeout=2,
+                     holders_of=fence)
+    pid = (bench_dir / "sites" / "daemon.pid").read_text().strip()
+    deadline = time.monotonic() + 10
+    while [p for p in processes(executor) if "python3 -c" in p]:
+        assert time.monotonic() < deadline, f"daemon {pid} still holds the fence"
+        time.sleep(0.2)
+    got = executor.run(["flock", "-w", "1", "-E", "75", fence, "echo", "fence free"], timeout=10)
+    assert (got.exit_code, got.output) == (0, "fence free")

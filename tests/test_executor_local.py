@@ -12,6 +12,7 @@ import pytest
 from jerp_jobs.errors import CommandTimeout, ExecutorUnavailable
 from jerp_jobs.executors import CommandResult, LocalExecutor
 from jerp_jobs.executors.base import TAIL_LINES
+from jerp_jobs.executors.local import CHILD_ENV
 
 PY = sys.executable
 
@@ -295,3 +296,58 @@ def test_standin_bench_reports_an_unknown_site(tmp_path: Path) -> None:
 
     assert result.exit_code == 1
     assert "Site nosuch.example.com does not exist!" in result.output
+
+
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t-value",
+    "NPM_SECRET": "npm-s3cr3t-value",
+    "JERP_WEBHOOK_SECRET": "hook-s3cr3t-value",
+    "MARIADB_ROOT_PASSWORD": "root-s3cr3t-value",
+    "FRAPPE_ADMIN_PASSWORD": "admin-s3cr3t-value",
+}
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+def test_a_child_process_gets_only_the_allowlisted_environment(
+    bench_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    monkeypatch.setenv("OPERATOR_EXTRA", "wanted")
+    executor = LocalExecutor(bench_dir, env={"JERP_PROBE": "present"}, pass_env=["OPERATOR_EXTRA"])
+    seen: dict[str, str] = {}
+
+    def on_output(line: str) -> None:
+        if line.startswith("pid "):  # read the live child's environment from outside, while it runs
+            seen.update(_environ_of(int(line.split()[1])))
+
+    result = executor.run(py("import os, sys, time; print('pid', os.getpid(), flush=True); time.sleep(1)"),
+                          timeout=30, on_output=on_output)
+    assert result.ok and seen
+    assert not set(SECRETS) & set(seen), "secret variables reached the child"
+    assert not any(value in "\0".join(seen.values()) for value in SECRETS.values())
+    assert seen["PATH"] == os.environ["PATH"] and seen["LC_TIME"] == "C.UTF-8"
+    assert seen["JERP_PROBE"] == "present" and seen["OPERATOR_EXTRA"] == "wanted"
+    allowed = {*CHILD_ENV, "JERP_PROBE", "OPERATOR_EXTRA"} | {k for k in os.environ if k.startswith("LC_")}
+    assert set(seen) <= allowed
+
+
+def test_stdin_bytes_reach_the_command_then_end_of_file(executor: LocalExecutor) -> None:
+    code = "import sys; a = sys.stdin.readline(); b = sys.stdin.readline(); rest = sys.stdin.read(); " \
+           "print(repr(a), repr(b), repr(rest))"
+    fed = executor.run(py(code), timeout=30, stdin=b"first\nsecond\n")
+    assert fed.output == "'first\\n' 'second\\n' ''"
+    closed = executor.run(py(code), timeout=30)
+    assert closed.output == "'' '' ''"
+
+
+def test_stdin_must_be_small_bytes(executor: LocalExecutor) -> None:
+    with pytest.raises(TypeError):
+        executor.run(["true"], timeout=5, stdin="text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most"):
+        executor.run(["true"], timeout=5, stdin=b"x" * 5000)

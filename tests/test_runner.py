@@ -170,8 +170,10 @@ def test_every_command_of_a_site_step_runs_inside_the_site_fence(fake_runtime: R
     job = create_job(fake_runtime, "backup", site=SITE)
     runner.run_step(fake_runtime, job.id, "backup", worker="w1")
     fences = {argv[:6] for argv in fake_runtime.executor.argvs}
-    assert fences == {("flock", "-w", "7200", "-E", "75", f"sites/.jerp-fence.{SITE}")}
-    assert {call.timeout for call in fake_runtime.executor.calls} == {2 * 7200}
+    assert fences == {("flock", "-w", "7199", "-E", "75", f"sites/.jerp-fence.{SITE}")}
+    # one limit: the fence wait counts inside the command's own timeout, never beside it
+    assert {call.timeout for call in fake_runtime.executor.calls} == {7200}
+    assert {call.holders_of for call in fake_runtime.executor.calls} == {f"sites/.jerp-fence.{SITE}"}
 
 
 def test_a_busy_fence_fails_the_step_naming_it(fake_runtime: Runtime) -> None:

@@ -53,3 +53,15 @@ def test_local_executor_without_bench_dir_names_the_variable(monkeypatch: pytest
     monkeypatch.delenv("JERP_BENCH_DIR", raising=False)
     with pytest.raises(ConfigError, match="JERP_BENCH_DIR"):
         load_settings(executor="local").require_bench_dir()
+
+
+def test_child_env_extra_names_variables_and_refuses_secrets(monkeypatch) -> None:
+    from jerp_jobs.errors import ConfigError
+    from jerp_jobs.settings import load_settings
+
+    monkeypatch.setenv("JERP_CHILD_ENV_EXTRA", "FRAPPE_SITE, NODE_OPTIONS")
+    assert load_settings().child_env_extra == ["FRAPPE_SITE", "NODE_OPTIONS"]
+    for bad in ("AWS_SECRET_ACCESS_KEY", "NOT-A-NAME"):
+        monkeypatch.setenv("JERP_CHILD_ENV_EXTRA", bad)
+        with pytest.raises(ConfigError, match="JERP_CHILD_ENV_EXTRA"):
+            load_settings()

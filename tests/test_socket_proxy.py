@@ -639,6 +639,9 @@ def test_docker_py_and_the_executor_work_through_the_proxy(backend_container, tm
     assert result.exit_code == 7
     assert result.output.splitlines()[-2:] == ["20000", "to-stderr"]
     assert executor.run(["id", "-un"], timeout=30).output.strip() == "frappe"
+    # stdin (answers to bench's password prompts) crosses the proxy's tunnel, then end of file
+    fed = executor.run(["sh", "-c", "read a; read b; echo \"$b/$a\"; cat"], timeout=30, stdin=b"one\ntwo\n")
+    assert (fed.exit_code, fed.output) == (0, "two/one")
 
     with pytest.raises(docker.errors.APIError) as refused:
         client.images.list()

@@ -173,15 +173,61 @@ def test_existing_site_is_refused(bench: Path, maria: MariaDB, site: str) -> Non
     assert result.stdout.strip() == f"Site {site} already exists, use `--force` to proceed anyway"
 
 
-def test_missing_root_password_prompts_then_aborts_without_hanging(bench: Path, maria: MariaDB) -> None:
+def hash_matches(stored: str, password: str) -> bool:
+    """Check a passlib-style ``$pbkdf2-sha256$rounds$salt$digest`` against a password."""
+    import base64
+    import hashlib
+
+    _, _, rounds, salt, digest = stored.split("$")
+
+    def unab64(text: str) -> bytes:
+        text = text.replace(".", "+")
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), unab64(salt), int(rounds)) == unab64(digest)
+
+
+def run_fed(bench: Path, *args: str, stdin: bytes | None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the stand-in in a session of its own (no controlling terminal, as under the executors),
+    with ``stdin`` on a pipe (None: /dev/null)."""
+    return subprocess.run([str(BENCH_SCRIPT), *args], cwd=bench, input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, check=False, start_new_session=True)
+
+
+def test_missing_root_password_prompts_then_fails_without_hanging(bench: Path, maria: MariaDB) -> None:
     site = new_site_name()
     began = time.monotonic()
-    result = run(bench, "new-site", site, "--admin-password", "x", timeout=10)
+    result = run_fed(bench, "new-site", site, "--admin-password", "x", stdin=None, timeout=10)
     assert time.monotonic() - began < 10
     assert result.returncode == 1
-    assert "MySQL root password: " in result.stdout
-    assert result.stderr.strip().endswith("Aborted!")
+    err = result.stderr.decode()
+    assert "Warning: Password input may be echoed.\nMySQL root password: " in err
+    assert err.rstrip().endswith("EOFError")  # new-site prints the traceback, as Frappe's does
     assert not maria.database_exists(db_name(bench, site))
+
+
+def test_drop_site_without_root_password_aborts_like_click(bench: Path, maria: MariaDB, site: str) -> None:
+    result = run_fed(bench, "drop-site", site, "--no-backup", "--force", stdin=None, timeout=10)
+    assert result.returncode == 1
+    assert result.stderr.decode().rstrip().endswith("Aborted!")
+    assert (bench / "sites" / site / "site_config.json").exists()
+
+
+def test_passwords_answered_on_stdin_in_frappes_order(bench: Path, maria: MariaDB) -> None:
+    site = new_site_name()
+    made = run_fed(bench, "new-site", site, "--db-root-username", "root", "--mariadb-user-host-login-scope=%",
+                   stdin=f"{maria.password}\n{ADMIN_PASSWORD}\n".encode())
+    assert made.returncode == 0, made.stderr.decode()
+    err = made.stderr.decode()
+    assert err.index("MySQL root password: ") < err.index("Set Administrator password: ")
+    assert maria.password not in made.stdout.decode() + err and ADMIN_PASSWORD not in err
+    config = json.loads((bench / "sites" / site / "site_config.json").read_text())
+    admin_hash = maria.sql("SELECT password FROM __Auth WHERE name = 'Administrator'", config["db_name"])[0][0]
+    assert hash_matches(admin_hash, ADMIN_PASSWORD)  # the second line went to the second prompt
+    dropped = run_fed(bench, "drop-site", site, "--no-backup", "--force", stdin=f"{maria.password}\n".encode())
+    assert dropped.returncode == 0, dropped.stderr.decode()
+    assert not maria.database_exists(config["db_name"])
 
 
 def test_site_resolution_and_usage_errors(bench: Path) -> None:

@@ -36,6 +36,30 @@ def check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
+def check_stdin(stdin: object) -> bytes | None:
+    """Return the bytes for a command's stdin (None: stdin closed from the start)."""
+    from jerp_jobs.executors.base import STDIN_MAX
+
+    if stdin is None:
+        return None
+    if not isinstance(stdin, bytes):
+        raise TypeError(f"stdin must be bytes or None, not {type(stdin).__name__}")
+    if len(stdin) > STDIN_MAX:
+        raise ValueError(f"stdin carries {len(stdin)} bytes; at most {STDIN_MAX} (answers to prompts)")
+    return stdin
+
+
+def check_holders_of(path: object) -> str | None:
+    """Return the fence file path (relative to the working folder), or None."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path or "\x00" in path or path.startswith(("/", "-")):
+        raise ValueError(f"holders_of must be a path relative to the working folder, not {path!r}")
+    if ".." in path.split("/"):
+        raise ValueError(f"holders_of must stay inside the working folder: {path!r}")
+    return path
+
+
 def describe_argv(argv: Sequence[str]) -> str:
     """A shell-like rendering of argv for messages, with secret values hidden (the log redactor's
     rules: ``--db-root-password PW`` and ``--admin-password=PW`` both show ``***``)."""

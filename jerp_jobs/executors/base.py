@@ -1,11 +1,20 @@
 """The executor interface: run one argv where the bench lives, and report what happened.
 
 An executor knows nothing of Frappe. It runs an argv list (never a shell string) with a
-timeout, no TTY and stdin closed, streams the output to ``on_output`` line by line as it
-comes, and returns a :class:`CommandResult` with the exit code, the duration and the last
-lines of output. A command that outlives its timeout is killed (its whole process tree) and
-reported as :class:`~jerp_jobs.errors.CommandTimeout`; a place that cannot run commands at all
-(container missing, stopped, restarting) is an :class:`~jerp_jobs.errors.ExecutorError`.
+timeout and no TTY, streams the output to ``on_output`` line by line as it comes, and returns
+a :class:`CommandResult` with the exit code, the duration and the last lines of output.
+
+- ``stdin``: bytes written to the command's standard input, which is then closed (end of
+  file); without it stdin is closed from the start. This is how answers to a prompt (a
+  password) reach a command without appearing in any argv or environment.
+- ``holders_of``: a file, relative to the working folder, that belongs to the command (its
+  fence lock file). On timeout, every process that still has it open is killed with the
+  command's process group, including processes that left the group or the session
+  (``setsid``), so nothing the command started keeps the fence.
+
+A command that outlives its timeout is killed (its whole process tree and the holders above)
+and reported as :class:`~jerp_jobs.errors.CommandTimeout`; a place that cannot run commands at
+all (container missing, stopped, restarting) is an :class:`~jerp_jobs.errors.ExecutorError`.
 A non-zero exit is *not* an exception here: callers decide what it means.
 """
 
@@ -21,6 +30,9 @@ OutputCallback = Callable[[str], None]
 
 #: How many lines of output a result keeps.
 TAIL_LINES = 200
+
+#: The most bytes ``stdin`` may carry: answers to prompts, written in one go.
+STDIN_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,8 @@ class Executor(Protocol):
         *,
         timeout: float,
         on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+        holders_of: str | None = None,
     ) -> CommandResult: ...
 
 

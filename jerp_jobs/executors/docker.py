@@ -3,7 +3,11 @@
 The container is found by its compose labels (``com.docker.compose.project`` and
 ``com.docker.compose.service``; for a Portainer stack the project is the stack name) every
 time a command runs, so a redeployed stack is picked up. The command runs through ``docker
-exec`` with no TTY and stdin not attached, as ``user`` in ``workdir``.
+exec`` with no TTY, as ``user`` in ``workdir``; stdin is not attached, except when ``stdin``
+bytes are given: the exec is then created with ``AttachStdin``, started on the raw (hijacked)
+connection, the bytes written and the connection's write side shut, which Docker turns into
+end of file on the command's stdin (how bench's password prompts get their answers without
+any argv or environment carrying them).
 
 Timeouts. An exec cannot be killed through the Docker API, and abandoning the stream leaves
 the command running. So each argv is wrapped as::
@@ -22,6 +26,12 @@ based, do; busybox ``timeout`` is not enough).
 On top of that, the stream is read in a background thread against a client-side deadline of
 ``timeout + kill_grace + api_margin`` seconds, so an API that stops answering cannot block the
 caller forever.
+
+``timeout`` signals only its own process group: a process that left it (``setsid``, a
+daemonising bench) survives it and keeps the fence. So after a timeout (either one), when
+``holders_of`` names the fence file, a second exec kills, inside the container, every process
+of ``user`` holding that file open (found through ``/proc/*/fd``): SIGTERM, then SIGKILL after
+``kill_grace``.
 
 The Docker API calls used: containers list, exec create, exec start, exec inspect, and
 container inspect after a failed command. A socket proxy that allows these is enough.
@@ -43,7 +53,14 @@ from jerp_jobs.errors import (
     ExecutorError,
     ExecutorUnavailable,
 )
-from jerp_jobs.executors._argv import check_argv, check_timeout, describe_argv, format_seconds
+from jerp_jobs.executors._argv import (
+    check_argv,
+    check_holders_of,
+    check_stdin,
+    check_timeout,
+    describe_argv,
+    format_seconds,
+)
 from jerp_jobs.executors.base import CommandResult, OutputCallback, OutputTail
 
 if TYPE_CHECKING:
@@ -64,6 +81,21 @@ _MERGE_STDERR = ("/bin/sh", "-c", 'exec "$@" 2>&1', "sh")
 _WRAPPER_FAILED = re.compile(r"^timeout: (failed to run command|invalid|unrecognized option)")
 _RUNTIME_FAILED = re.compile(r"OCI runtime exec failed|unable to find user|no matching entries")
 _NO_TIMEOUT = re.compile(r"exec: timeout: not found|\"timeout\": executable file not found")
+#: Kills, inside the container, every process holding the file "$1" open: TERM, then KILL
+#: after "$2" seconds. The file is compared by device and inode (``stat -L``), paths stay
+#: positional parameters.
+_KILL_HOLDERS = (
+    "/bin/sh", "-c",
+    'target=$(stat -L -c %d:%i -- "$1" 2>/dev/null) || exit 0\n'
+    'holders() { for fd in /proc/[0-9]*/fd/*; do\n'
+    '  [ "$(stat -L -c %d:%i -- "$fd" 2>/dev/null)" = "$target" ] || continue\n'
+    '  pid=${fd#/proc/}; echo "${pid%%/*}"; done | sort -u; }\n'
+    'pids=$(holders); [ -n "$pids" ] || exit 0\n'
+    'kill -TERM $pids 2>/dev/null; sleep "$2"\n'
+    'pids=$(holders); [ -n "$pids" ] && kill -KILL $pids 2>/dev/null\n'
+    'exit 0\n',
+    "kill-holders",
+)
 _EXIT_POLL_S = 0.05
 _EXIT_WAIT_S = 5.0
 _STOP_SETTLE_S = 1.0
@@ -248,11 +280,15 @@ class DockerExecutor:
         *,
         timeout: float,
         on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+        holders_of: str | None = None,
     ) -> CommandResult:
         import docker.errors
 
         args = check_argv(argv)
         timeout = check_timeout(timeout)
+        stdin = check_stdin(stdin)
+        holders_of = check_holders_of(holders_of)
         container = self.find_container()
         api = self._api()
         name = _name(container)
@@ -272,7 +308,7 @@ class DockerExecutor:
                 cmd=wrapped,
                 user=self.user,
                 workdir=self.workdir,
-                stdin=False,
+                stdin=stdin is not None,
                 tty=False,
                 environment=self.env or None,
             )["Id"]
@@ -287,12 +323,13 @@ class DockerExecutor:
         started = time.monotonic()
         deadline = started + timeout + self.kill_grace + self.api_margin
         tail = OutputTail(on_output)
-        reader = _ExecStream(api, exec_id)
+        reader = _ExecStream(api, exec_id, stdin=stdin)
         try:
             for chunk in reader.chunks(deadline):
                 tail.feed(chunk)
         except _Deadline:
             tail.close()
+            self._kill_holders(container, holders_of)
             raise CommandTimeout(
                 f"{shown} ran past its timeout of {format_seconds(timeout)} in {name}, and the "
                 f"Docker API did not report its end within a further "
@@ -322,6 +359,7 @@ class DockerExecutor:
             if stopped is not None:
                 raise stopped
         if timed_out:
+            self._kill_holders(container, holders_of)
             raise CommandTimeout(
                 f"{shown} ran past its timeout of {format_seconds(timeout)} in {name} and was killed",
                 timeout=timeout,
@@ -330,6 +368,30 @@ class DockerExecutor:
         if exit_code in (125, 126, 127):
             self._check_started(tail.text(), args, name)
         return CommandResult(argv=args, exit_code=exit_code, duration_s=duration, output=tail.text())
+
+    def _kill_holders(self, container: Mapping[str, Any], holders_of: str | None) -> None:
+        """Kill what outlived ``timeout``'s group kill and still holds the fence (best effort:
+        a failure here leaves the timeout to be reported, and the fence to the next wait)."""
+        if holders_of is None:
+            return
+        api = self._api()
+        try:
+            exec_id = api.exec_create(
+                container["Id"],
+                cmd=[*_KILL_HOLDERS, holders_of, f"{self.kill_grace:g}"],
+                user=self.user,
+                workdir=self.workdir,
+                stdin=False,
+                tty=False,
+            )["Id"]
+            reader = _ExecStream(api, exec_id)
+            try:
+                for _ in reader.chunks(time.monotonic() + self.kill_grace + self.api_margin):
+                    pass
+            finally:
+                reader.cancel()
+        except (_Deadline, *_api_errors()):
+            pass
 
     def _exit_code(
         self, api: Any, exec_id: str, container: Mapping[str, Any], shown: str, deadline: float
@@ -394,9 +456,10 @@ class _ExecStream:
 
     _END = object()
 
-    def __init__(self, api: Any, exec_id: str) -> None:
+    def __init__(self, api: Any, exec_id: str, *, stdin: bytes | None = None) -> None:
         self._api = api
         self._exec_id = exec_id
+        self._stdin = stdin
         self._queue: queue.Queue[Any] = queue.Queue()
         self._stream: Any = None
         self._cancelled = False
@@ -408,6 +471,9 @@ class _ExecStream:
 
     def _read(self) -> None:
         try:
+            if self._stdin is not None:
+                self._read_attached()
+                return
             stream = self._api.exec_start(self._exec_id, stream=True, tty=False)
             with self._lock:
                 self._stream = stream
@@ -420,6 +486,27 @@ class _ExecStream:
             self._queue.put(self._END)
         except BaseException as exc:  # handed to the waiting caller
             self._queue.put(exc)
+
+    def _read_attached(self) -> None:
+        """Start the exec on the raw connection, send stdin and half-close it, read the frames."""
+        import socket as pysocket
+
+        from docker.utils.socket import frames_iter
+
+        conn = self._api.exec_start(self._exec_id, socket=True, tty=False)
+        raw = getattr(conn, "_sock", conn)  # a SocketIO over TCP or a Unix socket
+        with self._lock:
+            self._stream = conn
+            cancelled = self._cancelled
+        if cancelled:
+            _close(conn)
+            return
+        assert self._stdin is not None
+        raw.sendall(self._stdin)
+        raw.shutdown(pysocket.SHUT_WR)
+        for _, data in frames_iter(conn, tty=False):
+            self._queue.put(data)
+        self._queue.put(self._END)
 
     def chunks(self, deadline: float) -> Iterator[bytes]:
         while True:

@@ -10,7 +10,7 @@
 The first rule that matches (an argv prefix, or a predicate on the argv tuple) decides: its
 output lines go to ``on_output`` and into the result's tail, then its exception is raised if
 it has one, else a :class:`CommandResult` with its exit code is returned. Every call is
-recorded in :attr:`FakeExecutor.calls`; an argv no rule matches raises
+recorded in :attr:`FakeExecutor.calls` (with its timeout, stdin and fence file); an argv no rule matches raises
 :class:`UnexpectedCommand`, an ``AssertionError``. argv and timeout are checked the way the
 real executors check them.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from jerp_jobs.executors._argv import check_argv, check_timeout, describe_argv
+from jerp_jobs.executors._argv import check_argv, check_holders_of, check_stdin, check_timeout, describe_argv
 from jerp_jobs.executors.base import CommandResult, OutputCallback, OutputTail
 
 Matcher = Sequence[str] | Callable[[tuple[str, ...]], bool]
@@ -64,6 +64,8 @@ class Rule:
 class Call:
     argv: tuple[str, ...]
     timeout: float
+    stdin: bytes | None = None
+    holders_of: str | None = None
 
 
 @dataclass
@@ -93,10 +95,12 @@ class FakeExecutor:
         *,
         timeout: float,
         on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+        holders_of: str | None = None,
     ) -> CommandResult:
         args = check_argv(argv)
         seconds = check_timeout(timeout)
-        self.calls.append(Call(args, seconds))
+        self.calls.append(Call(args, seconds, check_stdin(stdin), check_holders_of(holders_of)))
         rule = next((rule for rule in self.rules if rule.matches(args)), None)
         if rule is None:
             raise UnexpectedCommand(args, self.rules)

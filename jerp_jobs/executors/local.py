@@ -1,10 +1,17 @@
 """Run commands as local subprocesses in a bench folder.
 
-Each command runs with no shell, stdin on ``/dev/null``, stdout and stderr merged into one
-pipe, and in a session (and process group) of its own, so that a timeout can signal the whole
-tree it started: SIGTERM to the group first, SIGKILL to the group after ``kill_grace``
-seconds. Output is read as it comes and handed to ``on_output`` line by line in the caller's
-thread.
+Each command runs with no shell, stdin on ``/dev/null`` (or a pipe carrying the ``stdin``
+bytes, closed after them), stdout and stderr merged into one pipe, and in a session (and
+process group) of its own, so that a timeout can signal the whole tree it started: SIGTERM
+to the group first, SIGKILL to the group after ``kill_grace`` seconds. Processes that left the
+group (``setsid``, a daemonising fork) are found by the file they hold open (``holders_of``,
+the fence: ``/proc/<pid>/fd``) and get the same signals. Output is read as it comes and handed
+to ``on_output`` line by line in the caller's thread.
+
+Environment. A command gets only the variables in :data:`CHILD_ENV` (and every ``LC_*``)
+taken from this process's environment, plus the names in ``pass_env`` (the operator's
+opt-in, ``JERP_CHILD_ENV_EXTRA``), plus ``env``. Nothing else of the worker's environment
+(its AWS, NPM or webhook secrets, the DB passwords) reaches bench.
 """
 
 from __future__ import annotations
@@ -18,18 +25,42 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jerp_jobs.errors import CommandTimeout, ExecutorUnavailable
-from jerp_jobs.executors._argv import check_argv, check_timeout, describe_argv, format_seconds
+from jerp_jobs.executors._argv import (
+    check_argv,
+    check_holders_of,
+    check_stdin,
+    check_timeout,
+    describe_argv,
+    format_seconds,
+)
 from jerp_jobs.executors.base import CommandResult, OutputCallback, OutputTail
 
 _POLL_S = 0.1
 _READ_SIZE = 65536
 
+#: Variables a command inherits from the worker's environment (and every ``LC_*``): what
+#: bench, Python, click and the MariaDB clients need to run, and nothing secret.
+CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def child_environment(
+    extra: Mapping[str, str] | None = None, pass_env: Sequence[str] = (), source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a command: the allowlisted variables of ``source`` (this process's
+    environment), the ones named in ``pass_env``, then ``extra``."""
+    source = os.environ if source is None else source
+    wanted = set(CHILD_ENV) | set(pass_env)
+    env = {k: v for k, v in source.items() if k in wanted or k.startswith("LC_")}
+    env.update(extra or {})
+    return env
+
 
 class LocalExecutor:
     """Runs argv lists as subprocesses with ``bench_dir`` as the working directory.
 
-    ``env`` holds variables added to (or overriding) this process's environment for every
-    command. ``kill_grace`` is how long a timed-out command gets between SIGTERM and SIGKILL.
+    ``env`` holds variables set for every command, on top of the allowlisted ones
+    (:func:`child_environment`); ``pass_env`` names more variables passed through from this
+    process's environment. ``kill_grace`` is how long a timed-out command gets between SIGTERM and SIGKILL.
     ``linger`` is how long output is still read after the command itself has exited, while
     processes it left behind keep the pipe open; they are then left alone.
 
@@ -42,11 +73,13 @@ class LocalExecutor:
         bench_dir: Path | str,
         *,
         env: Mapping[str, str] | None = None,
+        pass_env: Sequence[str] = (),
         kill_grace: float = 5.0,
         linger: float = 2.0,
     ) -> None:
         self.bench_dir = Path(bench_dir)
         self.env = dict(env) if env is not None else {}
+        self.pass_env = tuple(pass_env)
         self.kill_grace = kill_grace
         self.linger = linger
 
@@ -59,9 +92,13 @@ class LocalExecutor:
         *,
         timeout: float,
         on_output: OutputCallback | None = None,
+        stdin: bytes | None = None,
+        holders_of: str | None = None,
     ) -> CommandResult:
         args = check_argv(argv)
         timeout = check_timeout(timeout)
+        stdin = check_stdin(stdin)
+        holders_of = check_holders_of(holders_of)
         if not self.bench_dir.is_dir():
             raise ExecutorUnavailable(
                 f"bench folder {str(self.bench_dir)!r} does not exist or is not a folder",
@@ -70,14 +107,17 @@ class LocalExecutor:
 
         tail = OutputTail(on_output)
         started = time.monotonic()
-        proc = self._spawn(args)
+        proc = self._spawn(args, with_stdin=stdin is not None)
+        fence = self.bench_dir / holders_of if holders_of else None
         try:
+            if stdin is not None:
+                _feed(proc, stdin)
             assert proc.stdout is not None
             with proc.stdout, selectors.DefaultSelector() as selector:
                 selector.register(proc.stdout, selectors.EVENT_READ)
                 finished = self._pump(proc, selector, tail, deadline=started + timeout)
                 if not finished:
-                    self._stop_group(proc, selector, tail)
+                    self._stop_group(proc, selector, tail, fence)
                     tail.close()
                     raise CommandTimeout(
                         f"{describe_argv(args)} ran past its timeout of "
@@ -88,6 +128,8 @@ class LocalExecutor:
         except BaseException:
             if proc.poll() is None:
                 _signal_group(proc.pid, signal.SIGKILL)
+                if fence is not None:
+                    _signal_holders(fence, signal.SIGKILL)
                 proc.wait()
             raise
         tail.close()
@@ -98,14 +140,14 @@ class LocalExecutor:
             output=tail.text(),
         )
 
-    def _spawn(self, args: tuple[str, ...]) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.env} if self.env else None
+    def _spawn(self, args: tuple[str, ...], *, with_stdin: bool) -> subprocess.Popen[bytes]:
+        env = child_environment(self.env, self.pass_env)
         try:
             return subprocess.Popen(
                 args,
                 cwd=self.bench_dir,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 bufsize=0,
@@ -181,23 +223,36 @@ class LocalExecutor:
         proc: subprocess.Popen[bytes],
         selector: selectors.BaseSelector,
         tail: OutputTail,
+        fence: Path | None = None,
     ) -> None:
-        """SIGTERM the command's process group, SIGKILL it after the grace, reap the leader."""
+        """SIGTERM the command's process group and the holders of ``fence``, SIGKILL them after
+        the grace, reap the leader; return once none is left (or a further grace has passed)."""
         pgid = proc.pid
+
+        def holders() -> list[int]:
+            return _holders(fence) if fence is not None else []
+
+        def alive() -> bool:
+            return _group_alive(pgid) or bool(holders())
+
         _signal_group(pgid, signal.SIGTERM)
+        _signal_pids(holders(), signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace
         while time.monotonic() < deadline:
             self._drain(proc, selector, tail, wait=_POLL_S)
             proc.poll()
-            if not _group_alive(pgid):
+            if not alive():
                 break
         else:
             _signal_group(pgid, signal.SIGKILL)
+            _signal_pids(holders(), signal.SIGKILL)
         proc.wait()
         # Members of the group that were re-parented are reaped by their new parent; give
-        # that a moment so the caller sees the group gone.
+        # that a moment so the caller sees the group gone. A holder that appeared meanwhile
+        # (forked by one being killed) is killed as well.
         settle = time.monotonic() + self.kill_grace
-        while _group_alive(pgid) and time.monotonic() < settle:
+        while alive() and time.monotonic() < settle:
+            _signal_pids(holders(), signal.SIGKILL)
             self._drain(proc, selector, tail, wait=_POLL_S)
         self._drain(proc, selector, tail, wait=0)
 
@@ -222,6 +277,60 @@ class LocalExecutor:
                 return
             tail.feed(chunk)
             wait = 0
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write ``data`` to the command's stdin and close it. The data is small (STDIN_MAX, under
+    the pipe's capacity), so the write does not wait on the command; a command that exited
+    or closed its stdin first simply does not get it."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def _holders(path: Path) -> list[int]:
+    """Pids of the processes (that this process may inspect) holding ``path`` open."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return []
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if st.st_ino == target.st_ino and st.st_dev == target.st_dev:
+                found.append(int(entry))
+                break
+    return found
+
+
+def _signal_holders(path: Path, sig: signal.Signals) -> None:
+    _signal_pids(_holders(path), sig)
+
+
+def _signal_pids(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

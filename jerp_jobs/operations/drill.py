@@ -35,16 +35,14 @@ def scratch_name(job_id: str) -> str:
 def make_scratch(ctx: StepContext) -> None:
     scratch = scratch_name(ctx.job.id)
     ctx.record(scratch=scratch, scratch_started=True)
-    ctx.run(
-        bench.new_site(
-            scratch,
-            db_root_password=ctx.settings.secret("mariadb_root_password"),
-            admin_password=ctx.settings.secret("frappe_admin_password"),
-            db_name=db_name_for(scratch),
-            bench=ctx.bench,
-        ),
-        fence=scratch,
+    call = bench.new_site(
+        scratch,
+        db_root_password=ctx.settings.secret("mariadb_root_password"),
+        admin_password=ctx.settings.secret("frappe_admin_password"),
+        db_name=db_name_for(scratch),
+        bench=ctx.bench,
     )
+    ctx.run(call.argv, stdin=call.stdin, fence=scratch)
 
 
 def fetch(ctx: StepContext) -> None:
@@ -58,7 +56,7 @@ def restore(ctx: StepContext) -> None:
     fetched = ctx.job.result["fetched"]
     files = fetched["files"]
     verify_backup_files(ctx, files, expected=fetched["sha256"], fence=scratch)
-    argv = bench.restore(
+    call = bench.restore(
         scratch,
         files["db"],
         db_root_password=ctx.settings.secret("mariadb_root_password"),
@@ -66,7 +64,7 @@ def restore(ctx: StepContext) -> None:
         private_files=files.get("private_files"),
         bench=ctx.bench,
     )
-    ctx.run(argv, fence=scratch)
+    ctx.run(call.argv, stdin=call.stdin, fence=scratch)
 
 
 def verify(ctx: StepContext) -> None:
@@ -92,10 +90,8 @@ def drop_scratch(ctx: StepContext) -> str | None:
     passed = ctx.step == "drop-scratch"
     scratch = scratch_name(ctx.job.id)
     if ctx.job.result.get("scratch_started") and site_exists(ctx, scratch):
-        ctx.run(
-            bench.drop_site(scratch, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench),
-            fence=scratch,
-        )
+        call = bench.drop_site(scratch, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
+        ctx.run(call.argv, stdin=call.stdin, fence=scratch)
     ctx.run(["rm", "-rf", "--", f"archived/sites/{scratch}"], fence=scratch)
     _record_drill(ctx, passed=passed)
     return None

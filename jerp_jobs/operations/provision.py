@@ -33,16 +33,15 @@ def check_new(ctx: StepContext) -> None:
 
 def new_site(ctx: StepContext) -> None:
     ctx.record(site_started=True, db_name=db_name_for(ctx.site))
-    ctx.run(
-        bench.new_site(
-            ctx.site,
-            db_root_password=ctx.settings.secret("mariadb_root_password"),
-            admin_password=ctx.settings.secret("frappe_admin_password"),
-            db_name=db_name_for(ctx.site),
-            login_scope="%",
-            bench=ctx.bench,
-        )
+    call = bench.new_site(
+        ctx.site,
+        db_root_password=ctx.settings.secret("mariadb_root_password"),
+        admin_password=ctx.settings.secret("frappe_admin_password"),
+        db_name=db_name_for(ctx.site),
+        login_scope="%",
+        bench=ctx.bench,
     )
+    ctx.run(call.argv, stdin=call.stdin)
 
 
 def install_app(ctx: StepContext) -> str | None:
@@ -82,7 +81,8 @@ def drop_site(ctx: StepContext) -> str | None:
     if not ctx.job.result.get("site_started") or not site_exists(ctx, ctx.site):
         ctx.output.append(f"no site {ctx.site} was made: nothing to drop")
         return "skipped"
-    ctx.run(bench.drop_site(ctx.site, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench))
+    call = bench.drop_site(ctx.site, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
+    ctx.run(call.argv, stdin=call.stdin)
     return None
 
 

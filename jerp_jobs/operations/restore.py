@@ -228,7 +228,7 @@ def _compare(name: str, rel: str, actual: str, want: str | None) -> None:
 def restore_files(ctx: StepContext, files: dict[str, str]) -> None:
     """``bench --force restore`` of already checked files (paths relative to sites/): the
     staging copies :func:`restore_verified` makes; call that, not this."""
-    argv = bench.restore(
+    call = bench.restore(
         ctx.site,
         files["db"],
         db_root_password=ctx.settings.secret("mariadb_root_password"),
@@ -236,7 +236,7 @@ def restore_files(ctx: StepContext, files: dict[str, str]) -> None:
         private_files=files.get("private_files"),
         bench=ctx.bench,
     )
-    ctx.run(argv)
+    ctx.run(call.argv, stdin=call.stdin)
 
 
 def manifest_files(manifest: dict[str, Any]) -> dict[str, str]:
