@@ -1,6 +1,9 @@
 """Fan-out over every site of the bench: ``migrate-all`` and ``backup-all``.
 
-A parent job discovers the sites (the bench's sites folder) and starts one child job per site
+A parent job discovers the sites — every folder of the platform's sites folder with a
+``site_config.json``, read from the folder itself and checked against the bench's own count
+(``jerp_jobs.operations.common.find_sites``: a mismatch fails the discover step, naming both
+numbers) — records how many it found (``result.site_count``, ``result.discovered``), and starts one child job per site
 — a full ``migrate`` or ``backup`` workflow, each tracked on its own — never more than
 ``concurrency`` at once. No worker waits for the children: the parent's step returns
 ``WAITING``, and each child, when it ends, tells the parent (``on_child_done``), which starts
@@ -56,6 +59,12 @@ def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> None:
     rt.redis.expire(STATE + parent_id, rt.store.ttl)
 
 
+def _set_many(rt: Runtime, parent_id: str, entries: dict[str, dict[str, Any]]) -> None:
+    if entries:
+        rt.redis.hset(STATE + parent_id, mapping={site: json.dumps(e, sort_keys=True) for site, e in entries.items()})
+    rt.redis.expire(STATE + parent_id, rt.store.ttl)
+
+
 def _publish_summary(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
     entries = _entries(rt, parent_id)
     counts: dict[str, int] = {}
@@ -74,7 +83,7 @@ def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
 
 def discover(ctx: StepContext) -> None:
     rt, params = ctx.runtime, ctx.params
-    sites = [validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)]
+    sites = list(dict.fromkeys(validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)))
     if not sites:
         raise InvalidInput("the bench has no site")
     limit = int(params.get("site_limit") or 0)
@@ -90,17 +99,22 @@ def discover(ctx: StepContext) -> None:
         if canary not in sites:
             raise InvalidInput(f"canary {canary} is not a site of the bench")
         sites = [canary] + [s for s in sites if s != canary]
+    marks = rt.sites.attention_many(sites)
+    entries: dict[str, dict[str, Any]] = {}
     for site in sites:
-        attention = rt.sites.attention(site)
+        attention = marks.get(site)
         if attention:
-            _set(rt, ctx.job.id, site, state="skipped", reason=f"needs attention: {attention.get('reason')}")
+            entries[site] = {"state": "skipped", "reason": f"needs attention: {attention.get('reason')}"}
         else:
-            _set(rt, ctx.job.id, site, state="pending")
+            entries[site] = {"state": "pending"}
     for site in deferred:
-        _set(rt, ctx.job.id, site, state="skipped", reason=f"over the per-run limit of {limit} sites")
-    rt.store.set_result(ctx.job.id, order=sites + deferred, canary=canary)
+        entries[site] = {"state": "skipped", "reason": f"over the per-run limit of {limit} sites"}
+    _set_many(rt, ctx.job.id, entries)
+    total = len(sites) + len(deferred)
+    rt.store.set_result(ctx.job.id, order=sites + deferred, canary=canary, site_count=total)
     _publish_summary(rt, ctx.job.id)
-    ctx.output.append(f"{len(sites)} sites" + (f", canary {canary}" if canary else ""))
+    ctx.output.append(f"{total} sites" + (f" ({len(deferred)} over the per-run limit)" if deferred else "")
+                      + (f", canary {canary}" if canary else ""))
 
 
 def canary(ctx: StepContext) -> str:
