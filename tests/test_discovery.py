@@ -31,7 +31,7 @@ from tests.conftest import MARIADB_PORT
 from tests.site_folders import count_output, is_count, make_site_folders, site_names, use_sites_dir
 from tests.standin.layout import BENCH_SCRIPT, create_bench
 
-MANY = 1200  # well past the 200 lines an executor keeps of a command's output
+MANY = 1050  # well past the 200 lines an executor keeps of a command's output
 
 
 # -- parts ----------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_a_worker_without_the_sites_folder_is_told_which_setting_is_missing() ->
 # -- fan-outs over 1,000+ sites, real local executor, real Redis ---------------------------------
 
 
-def test_backup_all_starts_one_child_for_each_of_1200_sites(real_runtime: Runtime, bench: Path) -> None:
+def test_backup_all_starts_one_child_for_each_of_1050_sites(real_runtime: Runtime, bench: Path) -> None:
     names = make_site_folders(bench / "sites", site_names(MANY))
     make_site_folders(bench / "sites", ["Odd_Name"])  # reported, not used
     real_runtime.sites.mark_attention(names[7], job_id="earlier", reason="restore failed")
@@ -199,7 +199,7 @@ def test_backup_all_starts_one_child_for_each_of_1200_sites(real_runtime: Runtim
     assert names[-1] in done.result["sites"] and done.result["sites"][names[-1]]["state"] == "succeeded"
 
 
-def test_migrate_all_migrates_a_canary_then_every_other_of_1200_sites(
+def test_migrate_all_migrates_a_canary_then_every_other_of_1050_sites(
     real_runtime: Runtime, bench: Path, make_site: Callable[..., str]
 ) -> None:
     canary = make_site("canary")  # a real site: its caches are cleared for real at the end
@@ -245,7 +245,7 @@ def test_a_listing_that_disagrees_with_the_bench_fails_backup_all_naming_both_co
 def test_jerpctl_sites_lists_every_one_of_1200_sites_and_every_attention_mark(
     real_runtime: Runtime, bench: Path
 ) -> None:
-    names = make_site_folders(bench / "sites", site_names(MANY), maintenance=site_names(MANY)[1000:1010])
+    names = make_site_folders(bench / "sites", site_names(1200), maintenance=site_names(1200)[1000:1010])
     (bench / "sites" / names[3] / "site_config.json").write_text("{not json")
     real_runtime.sites.mark_attention(names[1100], job_id="j1", reason="restore failed")
     real_runtime.sites.mark_attention("gone.example.com", job_id="j2", reason="migrate failed")  # folder gone
@@ -255,7 +255,7 @@ def test_jerpctl_sites_lists_every_one_of_1200_sites_and_every_attention_mark(
     result = CliRunner().invoke(cli, ["--json", "sites"], obj=Ctx(rt=real_runtime), catch_exceptions=False)
 
     rows = {row["site"]: row for row in json.loads(result.stdout)}
-    assert len(rows) == MANY + 1 and set(rows) == {*names, "gone.example.com"}
+    assert len(rows) == 1200 + 1 and set(rows) == {*names, "gone.example.com"}
     assert result.exit_code == EXIT_JOB_FAILED  # sites need attention
     assert rows["gone.example.com"] | {"attention": None} == {
         "site": "gone.example.com", "state": "needs attention", "exists": False, "maintenance": None,
@@ -270,7 +270,7 @@ def test_jerpctl_sites_lists_every_one_of_1200_sites_and_every_attention_mark(
 
     table = CliRunner().invoke(cli, ["sites"], obj=Ctx(rt=real_runtime), catch_exceptions=False)
     lines = table.stdout.splitlines()
-    assert len(lines) == MANY + 1 and "gone.example.com" in table.stdout and "(no site folder)" in table.stdout
+    assert len(lines) == 1200 + 1 and "gone.example.com" in table.stdout and "(no site folder)" in table.stdout
 
 
 def test_jerpctl_sites_fails_naming_both_counts_when_the_folder_and_the_bench_disagree(
