@@ -5,6 +5,9 @@ is strict: lowercase letters, digits and hyphens in dot-separated labels of 1-63
 no label starting or ending with a hyphen, at most 253 characters in all. A few names that are
 valid DNS names mean something else to bench or to its sites folder (``all`` selects every
 site) and are refused too. Each refusal names the rule that was broken.
+
+:func:`list_site_folders` reads the sites of a bench from its sites folder itself: every site,
+however many, with no command output (and so no output tail) in between.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from jerp_jobs.runtime import Runtime, build_runtime
 from jerp_jobs.settings import load_settings
 from jerp_jobs.sites import list_site_folders
 from tests.conftest import MARIADB_PORT
-from tests.site_folders import count_output, is_count, make_site_folders, site_names, use_sites_dir
+from tests.site_folders import make_site_folders, site_names, use_sites_dir
 from tests.standin.layout import BENCH_SCRIPT, create_bench
 
 MANY = 1050  # well past the 200 lines an executor keeps of a command's output
