@@ -131,6 +131,11 @@ def _site_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
+def _optional_site(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An optional site name: absent is None; given, even empty, it must be a valid name."""
+    return None if value is None else _site_arg(ctx, param, value)
+
+
 SITE = click.argument("site", callback=_site_arg)
 WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends; exit with its outcome.")
 
@@ -185,7 +190,7 @@ def enqueue_migrate(obj: Ctx, site: str, wait: bool) -> None:
 
 @enqueue.command("migrate-all")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
-@click.option("--canary", default=None, callback=lambda c, p, v: _site_arg(c, p, v) if v else None,
+@click.option("--canary", default=None, callback=_optional_site,
               help="Site migrated first, alone (default: the first site).")
 @click.option("--budget", type=click.IntRange(0, None), default=1, show_default=True,
               help="Failed sites tolerated before no new site is started.")
@@ -213,6 +218,10 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
 def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | None, private_files: str | None,
                     from_offsite: bool, at: str | None, unverified: bool, wait: bool) -> None:
     """Restore SITE from backup files or its off-site copy (checked first; a safety backup is taken before)."""
+    given = {"--db": db, "--files": public_files, "--private-files": private_files, "--at": at}
+    empty = [name for name, value in given.items() if value is not None and not value.strip()]
+    if empty:
+        raise click.BadParameter(f"{', '.join(empty)} may not be empty")
     params = {"db": db, "public_files": public_files, "private_files": private_files,
               "from_offsite": from_offsite, "at": at, "unverified": unverified}
     _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
@@ -360,7 +369,7 @@ def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
 
 _COLOURS = {
     "success": "green", "succeeded": "green", "ok": "green",
-    "failed": "red", "needs attention": "red", "stale": "red",
+    "failed": "red", "needs attention": "red", "stale": "red", "unreadable config": "red",
     "running": "cyan", "recovered": "yellow", "cancelled": "yellow", "in maintenance": "yellow",
     "rolled-back": "yellow", "superseded": "bright_black",
     "skipped": "bright_black", "pending": "bright_black", "queued": "bright_black",
@@ -385,7 +394,7 @@ def _when(epoch: float | None) -> str:
 
 
 @cli.command()
-@click.option("--site", default=None, help="Only jobs of this site.")
+@click.option("--site", default=None, callback=_optional_site, help="Only jobs of this site.")
 @click.option("--state", default=None, help="Only jobs in this state.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.pass_obj
@@ -432,7 +441,7 @@ def status(obj: Ctx, job_id: str) -> None:
 
 
 @cli.command()
-@click.argument("site", required=False, callback=lambda c, p, v: _site_arg(c, p, v) if v else None)
+@click.argument("site", required=False, callback=_optional_site)
 @click.pass_obj
 @_guard
 def backups(obj: Ctx, site: str | None) -> None:
@@ -492,7 +501,8 @@ def cancel(obj: Ctx, job_id: str) -> None:
 @click.pass_obj
 @_guard
 def sites(obj: Ctx) -> None:
-    """Sites of the bench: ok / in maintenance / needs attention, and the age of the last backup."""
+    """Every site of the bench (ok / in maintenance / needs attention) and every attention mark,
+    with the age of the last backup."""
     from jerp_jobs.freshness import site_states
 
     rows = site_states(obj.rt)
@@ -501,9 +511,11 @@ def sites(obj: Ctx) -> None:
     else:
         for row in rows:
             age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
-            extra = f"  ({row['attention']['reason']})" if row["attention"] else ""
+            extra = "  (no site folder)" if not row["exists"] else ""
+            extra += f"  ({row['attention']['reason']})" if row["attention"] else ""
             click.echo(f"{row['site']:<40} {_state(row['state']):<16} last backup {age}{extra}")
-    sys.exit(EXIT_JOB_FAILED if any(r["state"] == "needs attention" for r in rows) else EXIT_OK)
+        click.echo(f"{sum(r['exists'] for r in rows)} sites", err=True)
+    sys.exit(EXIT_JOB_FAILED if any(r["state"] in ("needs attention", "unreadable config") for r in rows) else EXIT_OK)
 
 
 @cli.group()

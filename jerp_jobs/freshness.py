@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
+
+from jerp_jobs.sitestate import OWNER
 
 LOCAL = "jerp:backups:"
 OFFSITE = "jerp:offsite:"
@@ -50,33 +53,48 @@ def site_backups(client: Any, site: str) -> list[dict[str, Any]]:
 
 
 def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
-    """Every site of the bench with its state and the age of its last backup (local or off-site).
+    """Every site of the bench with its state and the age of its last backup (local or off-site),
+    and every site with an attention mark, even one whose folder is gone (``exists`` false).
 
-    The sites and their maintenance flags are read from the bench itself through the executor
-    (one command: every ``site_config.json`` with its ``maintenance_mode``).
+    The sites come from the platform's sites folder itself, checked against the bench's own
+    count (:func:`jerp_jobs.operations.common.find_sites`: every site, never an output tail);
+    the maintenance flag from each ``site_config.json``. The Redis reads go in one pipeline.
     """
-    import re
+    from jerp_jobs.operations.common import find_sites, sites_folder
 
     now = time.time() if now is None else now
-    result = rt.executor.run(
-        ["find", "sites", "-mindepth", "2", "-maxdepth", "2", "-name", "site_config.json", "-exec",
-         "grep", "-H", "-c", "-E", '"maintenance_mode": *1', "{}", "+"],
-        timeout=60,
-    )
-    from jerp_jobs.sites import is_valid_site_name
-
+    listing = find_sites(rt.settings, rt.executor)
+    folder = sites_folder(rt.settings)
+    marks = rt.sites.attention_marks()
+    names = sorted(set(listing.sites) | set(marks))
+    present = set(listing.sites)
+    pipe = rt.redis.pipeline(transaction=False)
+    for site in names:
+        pipe.zrevrange(LOCAL + site, 0, 0, withscores=True)
+        pipe.zrevrange(OFFSITE + site, 0, 0, withscores=True)
+        pipe.get(OWNER + site)
+    replies = pipe.execute()
     rows = []
-    for line in result.output.splitlines():
-        match = re.fullmatch(r"sites/([^/]+)/site_config\.json:(\d+)", line.strip())
-        if not match or not is_valid_site_name(match.group(1)):
-            continue
-        site, maintenance = match.group(1), int(match.group(2)) > 0
-        attention = rt.sites.attention(site)
-        latest = [float(score) for prefix in (LOCAL, OFFSITE)
-                  for _, score in rt.redis.zrevrange(prefix + site, 0, 0, withscores=True)]
+    for i, site in enumerate(names):
+        local, offsite, owner = replies[3 * i: 3 * i + 3]
+        latest = [float(score) for _, score in [*local, *offsite]]
         age = round((now - max(latest)) / 3600, 2) if latest else None
-        state = "needs attention" if attention else "in maintenance" if maintenance else "ok"
-        rows.append({"site": site, "state": state, "maintenance": maintenance, "attention": attention,
-                     "backup_age_hours": age, "owner_job": rt.sites.owner(site)})
-    return sorted(rows, key=lambda r: r["site"])
+        exists = site in present
+        maintenance = _maintenance(folder / site / "site_config.json") if exists else None
+        attention = marks.get(site)
+        state = ("needs attention" if attention else "unreadable config" if maintenance is None and exists
+                 else "in maintenance" if maintenance else "ok")
+        rows.append({"site": site, "state": state, "exists": exists, "maintenance": maintenance,
+                     "attention": attention, "backup_age_hours": age,
+                     "owner_job": owner.decode() if isinstance(owner, bytes) else owner})
+    return rows
 
+
+def _maintenance(path: Path) -> bool | None:
+    """``maintenance_mode`` of a site_config.json, truthy as Frappe reads it; None when the file
+    cannot be read as a JSON object."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return bool(config.get("maintenance_mode")) if isinstance(config, dict) else None

@@ -5,13 +5,20 @@ is strict: lowercase letters, digits and hyphens in dot-separated labels of 1-63
 no label starting or ending with a hyphen, at most 253 characters in all. A few names that are
 valid DNS names mean something else to bench or to its sites folder (``all`` selects every
 site) and are refused too. Each refusal names the rule that was broken.
+
+:func:`list_site_folders` reads the sites of a bench from its sites folder itself: every site,
+however many, with no command output (and so no output tail) in between.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
 
-from jerp_jobs.errors import InvalidSiteName
+from jerp_jobs.errors import InvalidInput, InvalidSiteName
 
 MAX_NAME = 253
 MAX_LABEL = 63
@@ -74,3 +81,69 @@ def db_name_for(site: str) -> str:
     digest = hashlib.sha256(site.encode()).hexdigest()[:8]
     stem = re.sub(r"[^a-z0-9]", "_", site)[:48]
     return f"_{stem}_{digest}"
+
+
+# -- the sites of a bench, read from its sites folder -----------------------------------------
+
+#: the file whose presence makes a folder of ``sites/`` a site (as bench decides)
+SITE_CONFIG = "site_config.json"
+
+
+@dataclass(frozen=True)
+class SiteListing:
+    """What a sites folder holds: the sites, and what was left out with the reason.
+
+    ``candidates`` counts every folder with a regular ``site_config.json`` file, valid name or
+    not: the number a ``find sites -mindepth 2 -maxdepth 2 -name site_config.json -type f`` in the
+    bench counts too.
+    """
+
+    folder: str
+    sites: tuple[str, ...]
+    ignored: tuple[str, ...]
+    candidates: int
+
+
+def list_site_folders(folder: Path | str) -> SiteListing:
+    """Every site of a sites folder, read from the folder itself (no command, no output tail).
+
+    A site is a real folder (not a symbolic link) directly under ``folder`` that holds a regular
+    ``site_config.json`` file (not a link). Folders whose name is not an acceptable site name are
+    reported in ``ignored`` with the rule they break, never used; so are linked folders and
+    linked or odd ``site_config.json`` files. A missing or unreadable folder raises
+    :class:`~jerp_jobs.errors.InvalidInput` naming it: an empty list is never a guess.
+    """
+    root = Path(folder)
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        raise InvalidInput(f"the sites folder {str(root)!r} does not exist") from None
+    except NotADirectoryError:
+        raise InvalidInput(f"the sites folder {str(root)!r} is not a folder") from None
+    except OSError as exc:
+        raise InvalidInput(f"the sites folder {str(root)!r} cannot be read: {exc.strerror or exc}") from None
+    sites: list[str] = []
+    ignored: list[str] = []
+    candidates = 0
+    for entry in entries:
+        name = entry.name
+        try:
+            mode = os.lstat(os.path.join(entry.path, SITE_CONFIG)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not a site folder (a file of sites/, assets, a folder without config)
+        except OSError as exc:
+            ignored.append(f"{name!r}: {SITE_CONFIG} cannot be read ({exc.strerror or exc})")
+            continue
+        if entry.is_symlink():
+            ignored.append(f"{name!r}: a symbolic link, not a site folder")
+            continue
+        if not stat.S_ISREG(mode):
+            ignored.append(f"{name!r}: its {SITE_CONFIG} is not a regular file")
+            continue
+        candidates += 1
+        try:
+            sites.append(validate_site_name(name))
+        except InvalidSiteName as exc:
+            ignored.append(f"{name!r}: {exc.rule}")
+    return SiteListing(folder=str(root), sites=tuple(sorted(sites)), ignored=tuple(sorted(ignored)),
+                       candidates=candidates)

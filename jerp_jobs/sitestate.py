@@ -6,8 +6,10 @@
   (``jerp_jobs.locks``) is finer: it guards each running step against a second delivery.
   An owner key carries the job TTL as a backstop, and a claim left by a job that ended or
   expired (a crash between its end and the release) is taken over by the next job.
-- Attention (``jerp:attention:<site>``): set when an automatic recovery failed; no automated
-  workflow touches the site until an operator clears it (``jerpctl site clear-attention``).
+- Attention (``jerp:attention:<site>``): set when an automatic recovery failed on a site that
+  exists; no automated workflow touches the site until an operator clears it (``jerpctl site
+  clear-attention``). Every mark is listed by :meth:`SiteState.attention_marks`, whether or
+  not the site's folder is still there, so ``jerpctl sites`` shows them all.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ class SiteState:
     def attention(self, site: str) -> dict[str, Any] | None:
         raw = self._r.get(ATTENTION + site)
         return json.loads(raw) if raw else None
+
+    def attention_many(self, sites: list[str]) -> dict[str, dict[str, Any]]:
+        """The marks of the given sites (one round trip), by site; unmarked sites are left out."""
+        if not sites:
+            return {}
+        raw = self._r.mget([ATTENTION + site for site in sites])
+        return {site: json.loads(value) for site, value in zip(sites, raw) if value}
+
+    def attention_marks(self) -> dict[str, dict[str, Any]]:
+        """Every attention mark there is, by site (read with SCAN: the keys, then their values)."""
+        sites = sorted(as_text(key)[len(ATTENTION):] for key in self._r.scan_iter(match=ATTENTION + "*", count=1000))
+        return self.attention_many(sites)
 
     def clear_attention(self, site: str) -> bool:
         return bool(self._r.delete(ATTENTION + site))

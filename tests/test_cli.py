@@ -135,10 +135,13 @@ def test_cancel_requests_and_refuses_ended_jobs(run, fake_runtime: Runtime) -> N
     assert run("cancel", "nosuch").exit_code == EXIT_USAGE
 
 
-def test_sites_shows_state_and_flags_attention(run, fake_runtime: Runtime) -> None:
-    fake_runtime.executor.on(["find", "sites"], output=[
-        f"sites/{SITE}/site_config.json:0", "sites/b.example.com/site_config.json:1",
-        "sites/c.example.com/site_config.json:0", "sites/Bad_Name/site_config.json:0"])
+def test_sites_shows_state_and_flags_attention(run, fake_runtime: Runtime, tmp_path) -> None:
+    from tests.site_folders import count_output, is_count, make_site_folders, use_sites_dir
+
+    sites = tmp_path / "sites"
+    make_site_folders(sites, [SITE, "b.example.com", "c.example.com", "Bad_Name"], maintenance=["b.example.com"])
+    use_sites_dir(fake_runtime, sites)
+    fake_runtime.executor.on(is_count, output=count_output(4))
     fake_runtime.sites.mark_attention("c.example.com", job_id="j9", reason="restore failed")
     result = run("--json", "sites")
     rows = {r["site"]: r["state"] for r in json.loads(result.output)}
@@ -147,6 +150,46 @@ def test_sites_shows_state_and_flags_attention(run, fake_runtime: Runtime) -> No
     assert run("site", "clear-attention", "c.example.com").exit_code == EXIT_OK
     assert run("sites").exit_code == EXIT_OK
     assert run("site", "clear-attention", "c.example.com").exit_code == EXIT_JOB_FAILED
+
+
+def test_sites_lists_an_attention_mark_whose_site_folder_is_gone(run, fake_runtime: Runtime, tmp_path) -> None:
+    from tests.site_folders import count_output, is_count, use_sites_dir
+
+    (tmp_path / "sites").mkdir()
+    use_sites_dir(fake_runtime, tmp_path / "sites")
+    fake_runtime.executor.on(is_count, output=count_output(0))
+    fake_runtime.sites.mark_attention("gone.example.com", job_id="j1", reason="migrate failed")
+    result = run("--json", "sites")
+    [row] = json.loads(result.output)
+    assert (row["site"], row["state"], row["exists"]) == ("gone.example.com", "needs attention", False)
+    assert result.exit_code == EXIT_JOB_FAILED
+    assert "gone.example.com" in run("sites").output
+    assert run("site", "clear-attention", "gone.example.com").exit_code == EXIT_OK
+    assert json.loads(run("--json", "sites").output) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["backups", ""],
+        ["enqueue", "migrate-all", "--canary", ""],
+        ["jobs", "--site", ""],
+        ["jobs", "--site", "Not A Site"],
+        ["site", "clear-attention", ""],
+        ["enqueue", "migrate", ""],
+        ["enqueue", "backup", ""],
+        ["enqueue", "restore", "", "--db", "x.sql.gz"],
+        ["enqueue", "restore", SITE, "--db", ""],
+        ["enqueue", "restore", SITE, "--db", "x.sql.gz", "--files", ""],
+        ["enqueue", "restore", SITE, "--db", "x.sql.gz", "--private-files", " "],
+        ["enqueue", "restore", SITE, "--from-offsite", "--at", ""],
+    ],
+)
+def test_an_empty_site_name_or_value_exits_2_and_does_nothing(run, fake_runtime: Runtime, args: list[str]) -> None:
+    result = run(*args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "Error" in result.output
+    assert fake_runtime.dispatched == [] and fake_runtime.store.list() == []
 
 
 def test_backups_flags_stale_sites(run, fake_runtime: Runtime) -> None:

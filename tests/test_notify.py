@@ -259,8 +259,12 @@ def test_a_backup_started_by_backup_all_leaves_the_notification_to_its_parent(fa
     assert fake_runtime.notifications == []  # type: ignore[attr-defined]
 
 
-def test_a_failed_backup_all_sends_backup_failed_naming_backup_all(fake_runtime: Runtime) -> None:
-    fake_runtime.executor.on(_fenced("find"), output=[])  # a bench without sites
+def test_a_failed_backup_all_sends_backup_failed_naming_backup_all(fake_runtime: Runtime, tmp_path) -> None:
+    from tests.site_folders import count_output, is_count, use_sites_dir
+
+    (tmp_path / "sites").mkdir()  # a bench without sites
+    use_sites_dir(fake_runtime, tmp_path / "sites")
+    fake_runtime.executor.on(is_count, output=count_output(0))
     job = create_job(fake_runtime, "backup-all")
     runner.run_step(fake_runtime, job.id, "discover", worker="w1")
     assert fake_runtime.store.get(job.id).state == "failed"

@@ -81,13 +81,14 @@ class FakePlatform:
 
 
 @pytest.fixture
-def platform(fake_runtime: Runtime) -> FakePlatform:
+def platform(fake_runtime: Runtime, tmp_path) -> FakePlatform:
+    from tests.site_folders import count_output, is_count, make_site_folders, use_sites_dir
+
     fake = FakePlatform()
     fake_runtime._platform = fake
-    fake_runtime.executor.on(
-        lambda argv: "find" in argv,
-        output=[f"sites/{site}/site_config.json" for site in SITES],
-    )
+    use_sites_dir(fake_runtime, tmp_path / "sites")
+    make_site_folders(tmp_path / "sites", SITES)
+    fake_runtime.executor.on(is_count, output=count_output(len(SITES)))
     return fake
 
 

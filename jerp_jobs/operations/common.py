@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from jerp_jobs import bench
-from jerp_jobs.errors import InvalidInput, InvalidSiteName
+from jerp_jobs.errors import CommandFailed, ConfigError, InvalidInput, JerpError, OutputParseError
 from jerp_jobs.log import get_logger
-from jerp_jobs.sites import validate_site_name
+from jerp_jobs.sites import SITE_CONFIG, SiteListing, list_site_folders, validate_site_name
 from jerp_jobs.workflow import StepContext
 
 log = get_logger(__name__)
@@ -26,40 +29,142 @@ def bench_apps(ctx: StepContext) -> list[str]:
     return bench.parse_apps_txt(ctx.run(["cat", "sites/apps.txt"]).output)
 
 
+#: Counts the bench's site folders in one line of output (one "." per ``site_config.json``), so
+#: that no output tail can cut it; the same rule as :func:`jerp_jobs.sites.list_site_folders`
+#: (``-P``: linked folders are not entered, linked files are not regular files).
+BENCH_SITE_COUNT = ("find", "-P", "sites", "-mindepth", "2", "-maxdepth", "2", "-name", SITE_CONFIG,
+                    "-type", "f", "-printf", ".")
+#: how long the bench's count may take
+COUNT_TIMEOUT_S = 300
+#: listings taken again while the bench's count changes under them (a site being created)
+DISCOVERY_ATTEMPTS = 3
+
+
+def sites_folder(settings: Any) -> Path:
+    """The platform's sites folder as the worker sees it (``JERP_SITES_DIR``; for the local
+    executor, ``JERP_BENCH_DIR/sites``)."""
+    from jerp_jobs.operations.offsite import sites_dir
+
+    try:
+        return sites_dir(settings)
+    except ConfigError:
+        raise ConfigError(
+            "JERP_SITES_DIR",
+            "is not set; site discovery reads the platform's sites folder: mount the sites volume in the "
+            "worker and point JERP_SITES_DIR at it",
+        ) from None
+
+
+def count_bench_sites(executor: Any) -> int:
+    """How many site folders the bench itself sees, counted where bench runs (one line of output)."""
+    result = executor.run(list(BENCH_SITE_COUNT), timeout=COUNT_TIMEOUT_S)
+    text = result.output.strip()
+    if not result.ok:
+        raise CommandFailed(f"counting the bench's sites failed (exit {result.exit_code}): {text[-500:]}",
+                            exit_code=result.exit_code, output_tail=result.output)
+    if text.strip("."):
+        raise OutputParseError(f"counting the bench's sites printed more than a count: {text[-500:]!r}")
+    return len(text)
+
+
+def find_sites(settings: Any, executor: Any) -> SiteListing:
+    """Every site of the bench, read from the sites folder and checked against the bench's count.
+
+    The list comes from the folder itself (:func:`jerp_jobs.sites.list_site_folders`), never from
+    a command's output. The bench counts its site folders in its own view, through the executor;
+    when the two numbers differ — the worker sees another folder, an old copy, a folder only
+    partly mounted — nothing is guessed: a :class:`JerpError` names both numbers. A count that
+    changes between two looks (a site created meanwhile) makes the listing be taken again.
+    """
+    folder = sites_folder(settings)
+    seen: list[tuple[int, int, int]] = []
+    for _ in range(DISCOVERY_ATTEMPTS):
+        before = count_bench_sites(executor)
+        listing = list_site_folders(folder)
+        after = count_bench_sites(executor)
+        seen.append((before, listing.candidates, after))
+        if before == after == listing.candidates:
+            return listing
+        if before == after:
+            raise JerpError(
+                f"site discovery disagrees: the sites folder {str(folder)!r} lists {listing.candidates} "
+                f"site folders but the bench counts {after}; refusing to work on a partial list of sites "
+                "(is JERP_SITES_DIR the platform's sites volume?)",
+                listed=listing.candidates, counted=after, folder=str(folder),
+            )
+    shown = "; ".join(f"bench {b} -> {a}, folder {n}" for b, n, a in seen)
+    raise JerpError(
+        f"site discovery disagrees: the bench's sites kept changing while they were listed "
+        f"({DISCOVERY_ATTEMPTS} attempts: {shown}); try again when no site is being created or dropped",
+        listed=seen[-1][1], counted=seen[-1][2], folder=str(folder),
+    )
+
+
 def discover_sites(ctx: StepContext) -> list[str]:
-    """Every site folder with a ``site_config.json``, sorted; odd folder names are reported, not used."""
-    out = ctx.run(
-        ["find", "sites", "-mindepth", "2", "-maxdepth", "2", "-name", "site_config.json", "-type", "f"]
-    ).output
-    sites, ignored = [], []
-    for line in out.splitlines():
-        parts = line.strip().split("/")
-        if len(parts) != 3:
-            continue
-        try:
-            sites.append(validate_site_name(parts[1]))
-        except InvalidSiteName as exc:
-            ignored.append(f"{parts[1]}: {exc.rule}")
-    if ignored:
-        log.warning("sites.ignored", ignored=ignored)
-        ctx.record(ignored_sites=ignored)
-    return sorted(set(sites))
+    """Every site of the bench (:func:`find_sites`), sorted; odd folder names are reported, not
+    used. Records what was found (``discovered``, ``ignored_sites``) in the job's result."""
+    listing = find_sites(ctx.settings, ctx.runtime.executor)
+    if listing.ignored:
+        log.warning("sites.ignored", ignored=list(listing.ignored))
+        ctx.record(ignored_sites=list(listing.ignored))
+    ctx.record(discovered={"sites": len(listing.sites), "bench_count": listing.candidates,
+                           "ignored": len(listing.ignored), "folder": listing.folder})
+    log.info("sites.discovered", sites=len(listing.sites), bench_count=listing.candidates, folder=listing.folder)
+    return list(listing.sites)
+
+
+def site_missing(ctx: StepContext) -> bool:
+    """True only when the bench shows the job's site does not exist (``test -f`` exited 1).
+
+    Any doubt (the command could not run, the fence stayed busy) answers False: the site is
+    then treated as existing.
+    """
+    try:
+        result = ctx.run(["test", "-f", f"sites/{validate_site_name(ctx.site)}/{SITE_CONFIG}"], check=False)
+    except JerpError:
+        return False
+    return result.exit_code == 1
 
 
 def maintenance_on(ctx: StepContext) -> None:
-    ctx.run(bench.set_maintenance_mode(ctx.site, True, bench=ctx.bench))
+    """The first step that touches a site. When it fails because the site does not exist, the
+    job records ``site_missing`` and fails with that reason: nothing was changed, there is
+    nothing to bring back online and no site to mark as needing attention."""
+    try:
+        ctx.run(bench.set_maintenance_mode(ctx.site, True, bench=ctx.bench))
+    except CommandFailed:
+        if site_missing(ctx):
+            ctx.record(site_missing=True)
+            raise InvalidInput(
+                f"site {ctx.site} does not exist in the bench (no sites/{ctx.site}/{SITE_CONFIG}); "
+                "nothing was changed"
+            ) from None
+        raise
 
 
-def maintenance_off(ctx: StepContext) -> None:
+def _skip_for_missing_site(ctx: StepContext) -> bool:
+    if ctx.job.result.get("site_missing"):
+        ctx.output.append(f"site {ctx.site} does not exist in the bench: nothing to do")
+        return True
+    return False
+
+
+def maintenance_off(ctx: StepContext) -> str | None:
+    if _skip_for_missing_site(ctx):
+        return "skipped"
     ctx.run(bench.set_maintenance_mode(ctx.site, False, bench=ctx.bench))
+    return None
 
 
 def scheduler_pause(ctx: StepContext) -> None:
     ctx.run(bench.scheduler(ctx.site, "pause", bench=ctx.bench))
 
 
-def scheduler_resume(ctx: StepContext) -> None:
+def scheduler_resume(ctx: StepContext) -> str | None:
+    if _skip_for_missing_site(ctx):
+        return "skipped"
     ctx.run(bench.scheduler(ctx.site, "resume", bench=ctx.bench))
+    return None
 
 
 def scheduler_enable(ctx: StepContext) -> None:
@@ -74,9 +179,17 @@ def build_assets(ctx: StepContext) -> None:
     ctx.run(bench.build(bench=ctx.bench))
 
 
-def mark_attention(ctx: StepContext) -> None:
-    """Recovery failed: the site stays in maintenance and automation leaves it alone."""
+def mark_attention(ctx: StepContext) -> str | None:
+    """Recovery failed: the site stays in maintenance and automation leaves it alone.
+
+    Only an existing site is marked: a job that found its site missing (``site_missing``)
+    changed nothing, and a mark would only block a later provision of that name.
+    """
+    if _skip_for_missing_site(ctx):
+        ctx.record(needs_attention=None)
+        return "skipped"
     failed = [s.name for s in ctx.runtime.store.get(ctx.job.id).steps if s.state == "failed"]
     reason = f"{ctx.job.kind} job {ctx.job.id}: steps {', '.join(failed)} failed and automatic recovery did not finish"
     ctx.runtime.mark_attention(ctx.site, job_id=ctx.job.id, reason=reason)
     ctx.record(needs_attention=reason)
+    return None

@@ -1,6 +1,9 @@
 """Fan-out over every site of the bench: ``migrate-all`` and ``backup-all``.
 
-A parent job discovers the sites (the bench's sites folder) and starts one child job per site
+A parent job discovers the sites — every folder of the platform's sites folder with a
+``site_config.json``, read from the folder itself and checked against the bench's own count
+(``jerp_jobs.operations.common.find_sites``: a mismatch fails the discover step, naming both
+numbers) — records how many it found (``result.site_count``, ``result.discovered``), and starts one child job per site
 — a full ``migrate`` or ``backup`` workflow, each tracked on its own — never more than
 ``concurrency`` at once. No worker waits for the children: the parent's step returns
 ``WAITING``, and each child, when it ends, tells the parent (``on_child_done``), which starts
@@ -44,20 +47,40 @@ CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup"}
 # -- state of one fan-out (a Redis hash), changed only under the fan-out's lock ----------------
 
 
+#: field of the fan-out's hash that holds the order of its sites (no site name has a '#')
+ORDER = "#order"
+
+
 def _entries(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
-    raw = rt.redis.hgetall(STATE + parent_id)
-    entries = {as_text(k): json.loads(v) for k, v in raw.items()}
-    order = rt.store.get(parent_id).result.get("order", sorted(entries))
+    raw = {as_text(k): v for k, v in rt.redis.hgetall(STATE + parent_id).items()}
+    order_raw = raw.pop(ORDER, None)
+    entries = {site: json.loads(v) for site, v in raw.items()}
+    order = json.loads(order_raw) if order_raw else rt.store.get(parent_id).result.get("order", sorted(entries))
     return {site: entries[site] for site in order if site in entries}
 
 
-def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> None:
+def _entry(rt: Runtime, parent_id: str, site: str) -> dict[str, Any]:
+    raw = rt.redis.hget(STATE + parent_id, site)
+    return json.loads(raw) if raw else {}
+
+
+def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> dict[str, Any]:
     rt.redis.hset(STATE + parent_id, site, json.dumps(entry, sort_keys=True))
+    rt.redis.expire(STATE + parent_id, rt.store.ttl)
+    return entry
+
+
+def _set_many(rt: Runtime, parent_id: str, entries: dict[str, dict[str, Any]]) -> None:
+    """Every site's first entry, and their order, in one write."""
+    mapping = {site: json.dumps(e, sort_keys=True) for site, e in entries.items()}
+    rt.redis.hset(STATE + parent_id, mapping={**mapping, ORDER: json.dumps(list(entries))})
     rt.redis.expire(STATE + parent_id, rt.store.ttl)
 
 
-def _publish_summary(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
-    entries = _entries(rt, parent_id)
+def _publish_summary(rt: Runtime, parent_id: str,
+                     entries: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Copy the entries (read again unless given, current) and their counts into the job's result."""
+    entries = _entries(rt, parent_id) if entries is None else entries
     counts: dict[str, int] = {}
     for entry in entries.values():
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
@@ -74,7 +97,7 @@ def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
 
 def discover(ctx: StepContext) -> None:
     rt, params = ctx.runtime, ctx.params
-    sites = [validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)]
+    sites = list(dict.fromkeys(validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)))
     if not sites:
         raise InvalidInput("the bench has no site")
     limit = int(params.get("site_limit") or 0)
@@ -90,17 +113,22 @@ def discover(ctx: StepContext) -> None:
         if canary not in sites:
             raise InvalidInput(f"canary {canary} is not a site of the bench")
         sites = [canary] + [s for s in sites if s != canary]
+    marks = rt.sites.attention_many(sites)
+    entries: dict[str, dict[str, Any]] = {}
     for site in sites:
-        attention = rt.sites.attention(site)
+        attention = marks.get(site)
         if attention:
-            _set(rt, ctx.job.id, site, state="skipped", reason=f"needs attention: {attention.get('reason')}")
+            entries[site] = {"state": "skipped", "reason": f"needs attention: {attention.get('reason')}"}
         else:
-            _set(rt, ctx.job.id, site, state="pending")
+            entries[site] = {"state": "pending"}
     for site in deferred:
-        _set(rt, ctx.job.id, site, state="skipped", reason=f"over the per-run limit of {limit} sites")
-    rt.store.set_result(ctx.job.id, order=sites + deferred, canary=canary)
+        entries[site] = {"state": "skipped", "reason": f"over the per-run limit of {limit} sites"}
+    _set_many(rt, ctx.job.id, entries)
+    total = len(sites) + len(deferred)
+    rt.store.set_result(ctx.job.id, order=sites + deferred, canary=canary, site_count=total)
     _publish_summary(rt, ctx.job.id)
-    ctx.output.append(f"{len(sites)} sites" + (f", canary {canary}" if canary else ""))
+    ctx.output.append(f"{total} sites" + (f" ({len(deferred)} over the per-run limit)" if deferred else "")
+                      + (f", canary {canary}" if canary else ""))
 
 
 def canary(ctx: StepContext) -> str:
@@ -149,7 +177,7 @@ def clear_canary_cache(ctx: StepContext) -> str | None:
 # -- children -----------------------------------------------------------------------------------
 
 
-def _start_child(rt: Runtime, parent: Job, site: str) -> None:
+def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
     from jerp_jobs.enqueue import create_job
     from jerp_jobs.runner import first_step
 
@@ -160,10 +188,11 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> None:
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
     child = create_job(rt, kind, site=site, params=params, parent=parent.id)
-    attempts = _entries(rt, parent.id).get(site, {}).get("attempts", 0) + 1
-    _set(rt, parent.id, site, state="running", job_id=child.id, attempts=attempts)
+    attempts = _entry(rt, parent.id, site).get("attempts", 0) + 1
+    entry = _set(rt, parent.id, site, state="running", job_id=child.id, attempts=attempts)
     rt.dispatch(child.id, first_step(rt, child.id))
     log.info("fanout.child_started", job_id=parent.id, site=site, child=child.id)
+    return entry
 
 
 def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
@@ -176,13 +205,13 @@ def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
     stop = parent.cancel_requested or (budget is not None and len(failures) > budget)
     if stop:
         for site in pending:
-            _set(rt, parent.id, site, state="not-started")
+            entries[site] = _set(rt, parent.id, site, state="not-started")
         pending = []
     concurrency = int(parent.params.get("concurrency") or rt.settings.fanout_concurrency)
     for site in pending[: max(0, concurrency - len(running))]:
-        _start_child(rt, parent, site)
+        entries[site] = _start_child(rt, parent, site)
         running.append(site)
-    _publish_summary(rt, parent.id)
+    _publish_summary(rt, parent.id, entries)
     if running:
         return None
     return ("failed", _summary(rt, parent.id)) if failures or stop else ("success", None)
@@ -214,7 +243,7 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
             return None  # reaped or cancelled: start nothing more
         child = rt.store.get(child_id)
         site = child.site or ""
-        entry = _entries(rt, parent_id).get(site)
+        entry = _entry(rt, parent_id, site) or None
         if entry is not None and entry.get("job_id") == child.id and entry["state"] == "running" and child.finished:
             _record_child_end(rt, parent, site, entry, child)
         return _settle(rt, rt.store.get(parent_id))

@@ -11,7 +11,8 @@ automatically and the site brought back online; the job ends ``recovered`` with 
 output in its record. If the recovery fails too, the site is marked as needing attention and
 stays in maintenance: no automated workflow touches it until an operator clears the mark.
 A failure before the database is touched (maintenance, scheduler, readiness, backup) just
-brings the site back online and fails the job.
+brings the site back online and fails the job. A site that does not exist fails the job at its
+first step, with that reason, and is never marked.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ STEPS: dict[str, StepSpec] = {
 
 
 def _on_failure(job: Job, step: str) -> str | None:
+    if job.result.get("site_missing"):
+        return None  # the site does not exist: nothing was touched, nothing to mark
     if step in ("maintenance-on", "scheduler-pause", "wait-ready", "backup"):
         return "abort-scheduler-resume"
     if step == "migrate":
