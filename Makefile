@@ -16,7 +16,7 @@ JOBS ?= -p jerp-jobs -f compose.jobs.yml
 # Command-line and environment variables are exported to recipes, which would expand them.
 unexport TAG DB_BACKUP FILES_BACKUP UNVERIFIED
 
-.PHONY: help demo demo-down test packages venv services images migrate release rollback logs up down
+.PHONY: help run demo demo-down test packages venv services images migrate release rollback logs up down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -24,6 +24,9 @@ help: ## List the targets
 
 test: packages venv services images ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
 	$(PYTEST) $(PYTEST_ARGS)
+
+run: venv ## A worker and Beat for this machine's settings, each restarted if it exits (jerp-run; Ctrl-C stops both)
+	$(VENV)/bin/jerp-run
 
 demo: ## The main job on an embedded default: 8 stand-in sites, a worker and Beat, migrate-all with a recovery, backup-all
 	tests/services/packages.sh demo

@@ -11,6 +11,9 @@ Settings follow docs/celery.md (Celery on Redis for long operations work):
 - One visibility timeout (``JERP_VISIBILITY_TIMEOUT``) set in all three places; the hard time
   limit (``JERP_TASK_TIME_LIMIT``) below it and the soft limit below that.
 - UTC everywhere, task events on, STARTED state tracked, results kept one day.
+- Broker outages are outlived: a worker reconnects for as long as it takes
+  (``broker_connection_max_retries=None``), and Beat's scheduler (``jerp_jobs.beat``) backs
+  off and carries on when Redis is back.
 
 Settings are read when the app's configuration is first used (a lazy default), i.e. when a
 worker, Beat or a client first uses the app — never at import.
@@ -53,6 +56,8 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "visibility_timeout": visibility,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,  # a worker outlives a broker outage of any length
         "task_queues": (
             Queue(SITE_QUEUE, Exchange(SITE_QUEUE), routing_key=SITE_QUEUE),
             Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
@@ -81,7 +86,8 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "beat_scheduler": "jerp_jobs.beat:Scheduler",
         "beat_max_loop_interval": 5,
         "redbeat_redis_url": settings.broker_url,
-        "redbeat_redis_options": {},
+        # Beat's own Redis client: a Redis that stops answering fails a tick instead of hanging it
+        "redbeat_redis_options": {"socket_connect_timeout": 5, "socket_timeout": 10, "health_check_interval": 30},
         "redbeat_key_prefix": "jerp:redbeat:",
         "redbeat_lock_timeout": 30,
     }
