@@ -169,10 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from jerp_jobs import log as logging_setup
     from jerp_jobs.errors import ConfigError
-    from jerp_jobs.settings import load_settings
+    from jerp_jobs.settings import get_settings
 
     try:
-        settings = load_settings()
+        settings = get_settings()  # the .env file too, as the children will read it
     except ConfigError as exc:
         print(f"jerp-run: {exc}", file=sys.stderr)
         return 2

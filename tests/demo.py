@@ -2,7 +2,7 @@
 
 No Docker and no Frappe: a private Redis and MariaDB on free loopback ports (tests/services/up.sh
 with its state under ``.demo/run``), a bench of eight customer sites run by the stand-in bench
-(tests/standin, real MariaDB databases), a jerp-jobs worker and Beat, then:
+(tests/standin, real MariaDB databases), a jerp-jobs worker and Beat under ``jerp-run``, then:
 
 1. ``jerpctl enqueue migrate-all --wait``: a canary site first, then the rest in parallel; one
    site's migrate fails on purpose (the stand-in's fault file) after committing a patch, and
@@ -83,13 +83,10 @@ def up() -> int:
     say(f"A bench of {len(SITES)} customer sites, run by the stand-in bench (.demo/frappe-bench)")
     make_bench(redis_port, maria_port, env)
 
-    say("A jerp-jobs worker and Celery Beat (logs in .demo/logs)")
-    stop_process("worker")
-    stop_process("beat")
-    start_process("worker", [str(VENV_BIN / "celery"), "-A", "jerp_jobs", "worker", "-n", "demo@%h", "-c", "4",
-                             "--without-mingle", "--without-gossip"], env, ready=b" ready.")
-    start_process("beat", [str(VENV_BIN / "celery"), "-A", "jerp_jobs", "beat",
-                           "-s", str(RUN / "celerybeat-schedule")], env, ready=b"beat: Starting")
+    say("jerp-run: a jerp-jobs worker and Celery Beat, each started again if it exits (log: .demo/logs/jerp-run.log)")
+    stop_process("jerp-run")
+    start_process("jerp-run", [str(VENV_BIN / "jerp-run"), "--grace", "10"], env,
+                  ready=(b" ready.", b"beat: Starting"))
 
     say(f"jerpctl enqueue migrate-all --canary {CANARY} --wait "
         f"(the migrate of {FAILING} fails on purpose and is restored)")
@@ -109,7 +106,7 @@ def up() -> int:
   .venv/bin/jerpctl status {migrate.get('id', 'JOB')}   # the migrate-all: each site's child job
   .venv/bin/jerpctl sites                # sites, maintenance, attention marks, backup age
   .venv/bin/jerpctl backups              # last backup of every site
-  logs: .demo/logs/worker.log, .demo/logs/beat.log; bench calls: .demo/frappe-bench/sites/.standin-calls.jsonl
+  logs: .demo/logs/jerp-run.log (worker and Beat); bench calls: .demo/frappe-bench/sites/.standin-calls.jsonl
   make demo-down                         # stop everything this started and remove .demo/""")
     elapsed = time.monotonic() - started
     if problems:
@@ -143,6 +140,7 @@ def demo_env(redis_port: int, maria_port: int, root_password: str) -> dict[str, 
         "JERP_INSTALL_APPS": "erpnext",
         "JERP_FANOUT_CONCURRENCY": "3",
         "JERP_RESUME_INTERVAL": "10",
+        "CELERY_WORKER_CONCURRENCY": "4",  # celery worker --concurrency, read by its CLI
         "MARIADB_ROOT_PASSWORD": root_password,
         "FRAPPE_ADMIN_PASSWORD": admin_file.read_text().strip(),
     }
@@ -182,7 +180,10 @@ def make_bench(redis_port: int, maria_port: int, env: dict[str, str]) -> None:
         print(f"  {len(SITES)} sites already there")
 
 
-def start_process(name: str, argv: list[str], env: dict[str, str], *, ready: bytes, timeout: float = 60) -> None:
+def start_process(name: str, argv: list[str], env: dict[str, str], *, ready: tuple[bytes, ...],
+                  timeout: float = 90) -> None:
+    """Start ``argv`` in its own session, logging to .demo/logs/NAME.log; wait for every
+    ``ready`` marker in its log."""
     log_path = LOGS / f"{name}.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
@@ -193,7 +194,8 @@ def start_process(name: str, argv: list[str], env: dict[str, str], *, ready: byt
     while time.monotonic() < deadline:
         with open(log_path, "rb") as log:
             log.seek(offset)
-            if ready in log.read():
+            text = log.read()
+            if all(marker in text for marker in ready):
                 print(f"  {name} running (pid {proc.pid})")
                 return
         if proc.poll() is not None:
@@ -256,7 +258,7 @@ def stop_process(name: str) -> None:
     except ProcessLookupError:
         pid_file.unlink(missing_ok=True)
         return
-    for _ in range(100):
+    for _ in range(300):  # jerp-run gives its children --grace 10 s to stop
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -268,8 +270,7 @@ def stop_process(name: str) -> None:
 
 
 def down() -> None:
-    stop_process("beat")
-    stop_process("worker")
+    stop_process("jerp-run")
     if RUN.exists():
         env = {**os.environ, "JERP_SERVICES_DIR": str(RUN)}
         subprocess.run([str(ROOT / "tests" / "services" / "up.sh"), "down"], env=env, check=False)
