@@ -37,7 +37,10 @@ def test_the_demo_migrates_every_site_recovers_the_failing_one_and_stops_cleanly
         assert "clinica-sorriso.exemplo.com.br           recovered" in done.stdout
         assert "Demo done in" in done.stdout
         ports = [int((folder / "run" / f"{name}.port").read_text()) for name in ("redis", "mariadb")]
-        pids = [int((folder / "run" / f"{name}.pid").read_text()) for name in ("worker", "beat")]
+        pids = [int((folder / "run" / "jerp-run.pid").read_text())]
+        pids += [int(pid) for pid in subprocess.run(["pgrep", "-P", str(pids[0])], capture_output=True,
+                                                     text=True).stdout.split()]
+        assert len(pids) == 3, f"jerp-run and its two children (worker and Beat), got {pids}"
         assert all(_answers(port) for port in ports)
         env_file = (folder / "env").read_text()
         assert "JERP_BROKER_URL=redis://127.0.0.1:" in env_file
