@@ -76,7 +76,10 @@ def new_site(
     bench: str = "bench",
 ) -> BenchCall:
     """``new-site`` asks for the DB root password (when connecting as root), then, while
-    installing frappe, for the Administrator password: both answered on stdin."""
+    installing frappe, for the Administrator password and again to confirm it
+    (``Set Administrator password: ``, ``Re-enter Administrator password: ``, frappe v15's
+    ``frappe.utils.install.get_admin_password``; a mismatch asks both again): all answered on
+    stdin. A Frappe that asks only once leaves the last line unread."""
     argv = [
         bench, "new-site", validate_site_name(site),
         "--db-root-username", db_root_username,
@@ -85,7 +88,7 @@ def new_site(
     ]
     for app in install_apps:
         argv += ["--install-app", validate_app_name(app)]
-    return BenchCall(argv, prompt_answers(db_root_password, admin_password))
+    return BenchCall(argv, prompt_answers(db_root_password, admin_password, admin_password))
 
 
 def drop_site(site: str, *, db_root_password: str, db_root_username: str = "root", bench: str = "bench") -> BenchCall:

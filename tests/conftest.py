@@ -94,7 +94,12 @@ def fake_runtime(settings: Settings, fake_redis: redis.Redis, fake_executor: Fak
     """A runtime on fakeredis with a scripted executor; published steps, parent
     notifications and notifications to people are recorded in ``rt.dispatched`` / ``rt.notified``
     / ``rt.notifications`` instead of sent."""
-    rt = build_runtime(settings, client=fake_redis, executor=fake_executor)
+    return recording(build_runtime(settings, client=fake_redis, executor=fake_executor))
+
+
+def recording(rt: Runtime) -> Runtime:
+    """``rt`` with published steps, parent notifications and notifications to people recorded
+    in ``rt.dispatched`` / ``rt.notified`` / ``rt.notifications`` instead of sent."""
     rt.dispatched = []  # type: ignore[attr-defined]
     rt.notified = []  # type: ignore[attr-defined]
     rt.dispatch = lambda job_id, step: rt.dispatched.append((job_id, step))  # type: ignore[attr-defined]

@@ -167,7 +167,7 @@ def make_bench(redis_port: int, maria_port: int, env: dict[str, str]) -> None:
         # The passwords reach the stand-in on its prompts (stdin), as jerp-jobs gives them to bench.
         done = subprocess.run(
             [str(BENCH_SCRIPT), "new-site", site, "--mariadb-user-host-login-scope=%", "--install-app", "erpnext"],
-            cwd=BENCH, input=f"{env['MARIADB_ROOT_PASSWORD']}\n{env['FRAPPE_ADMIN_PASSWORD']}\n",
+            cwd=BENCH, input=f"{env['MARIADB_ROOT_PASSWORD']}\n{env['FRAPPE_ADMIN_PASSWORD']}\n{env['FRAPPE_ADMIN_PASSWORD']}\n",
             capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise SystemExit(f"error: new-site {site} failed:\n{done.stdout}{done.stderr}")

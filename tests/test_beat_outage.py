@@ -20,7 +20,7 @@ import pytest
 from jerp_jobs.jobs import JobStore
 from tests.private_redis import PrivateRedis
 from tests.test_beat_e2e import Beat
-from tests.workers import VENV_BIN, wait_for
+from tests.workers import VENV_BIN, log_events, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -76,19 +76,6 @@ def control_worker(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.P
             proc.wait(timeout=30)
 
 
-def _events(path: Path, event: str) -> list[dict]:
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and f'"{event}"' in line:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") == event:
-                found.append(record)
-    return found
-
-
 def _stranded_job(broker: PrivateRedis) -> str:
     """A backup job whose step is running in its record but held by no worker (lost 2 min ago)."""
     from jerp_jobs.enqueue import create_job
@@ -117,7 +104,7 @@ def test_beat_and_the_worker_outlive_a_redis_outage_and_lost_steps_are_resumed_a
     time.sleep(8)  # several failed ticks: 1 + 2 + 4 s of backoff
     assert beat.proc.poll() is None, beat.log_path.read_text()[-3000:]
     assert control_worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
-    warnings = _events(beat.log_path, "beat.broker_unreachable")
+    warnings = log_events(beat.log_path, "beat.broker_unreachable")
     assert len(warnings) >= 2, beat.log_path.read_text()[-3000:]
     assert re.fullmatch(rf"redis://:\*+@127\.0\.0\.1:{broker.port}/0", warnings[0]["broker"]), warnings[0]
     delays = [w["retry_in_s"] for w in warnings]
@@ -138,7 +125,7 @@ def test_beat_and_the_worker_outlive_a_redis_outage_and_lost_steps_are_resumed_a
                for m in queued), queued
     assert beat.sent("resume-stalled-steps") > sent_before
     assert beat.proc.poll() is None and control_worker.poll() is None
-    assert _events(beat.log_path, "beat.broker_reachable")
+    assert log_events(beat.log_path, "beat.broker_reachable")
     for log in (beat.log_path, tmp_path / "worker.log"):
         assert PASSWORD not in log.read_text(errors="replace")
 
@@ -195,4 +182,4 @@ def test_a_beat_that_lost_its_lock_while_away_stands_by(
     new_active, new_standby = _one_scheduler(first, second, 16)
     assert new_active is standby and new_standby is active  # the returning Beat did not schedule
     assert active.proc.poll() is None, active.log_path.read_text()[-3000:]
-    assert _events(active.log_path, "beat.lock_lost") and _events(active.log_path, "beat.standing_by")
+    assert log_events(active.log_path, "beat.lock_lost") and log_events(active.log_path, "beat.standing_by")

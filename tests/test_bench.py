@@ -88,8 +88,9 @@ def test_new_site_keeps_passwords_out_of_argv_and_answers_the_prompts_on_stdin()
     assert argv[argv.index("--db-name") + 1] == "_acme_1"
     assert "--mariadb-user-host-login-scope=%" in argv
     assert argv[-2:] == ["--install-app", "erpnext"]
-    # Frappe asks "MySQL root password: " first, "Set Administrator password: " later
-    assert call.stdin == b"rootpw\nadminpw\n"
+    # Frappe asks "MySQL root password: " first, then "Set Administrator password: " and
+    # "Re-enter Administrator password: " (seen on a real 15.55.1 bench)
+    assert call.stdin == b"rootpw\nadminpw\nadminpw\n"
     assert "rootpw" not in repr(call)
 
 

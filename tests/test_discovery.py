@@ -27,7 +27,7 @@ from jerp_jobs.operations.common import BENCH_SITE_COUNT, find_sites
 from jerp_jobs.runtime import Runtime, build_runtime
 from jerp_jobs.settings import load_settings
 from jerp_jobs.sites import list_site_folders
-from tests.conftest import MARIADB_PORT
+from tests.conftest import MARIADB_PORT, recording
 from tests.site_folders import make_site_folders, site_names, use_sites_dir
 from tests.standin.layout import BENCH_SCRIPT, create_bench
 
@@ -48,14 +48,7 @@ def real_runtime(redis_url: str, real_redis: redis.Redis, bench: Path, mariadb_r
     notifications are recorded (``rt.dispatched``, ``rt.notified``), not sent to Celery."""
     settings = load_settings(_env_file=None, broker_url=redis_url, executor="local", bench_dir=bench,
                              bench_bin=str(BENCH_SCRIPT), lock_ttl=10, mariadb_root_password=mariadb_root_password)
-    rt = build_runtime(settings, client=real_redis, executor=LocalExecutor(bench))
-    rt.dispatched = []  # type: ignore[attr-defined]
-    rt.notified = []  # type: ignore[attr-defined]
-    rt.dispatch = lambda job_id, step: rt.dispatched.append((job_id, step))  # type: ignore[attr-defined]
-    rt.notify_parent = lambda parent, child: rt.notified.append((parent, child))  # type: ignore[attr-defined]
-    rt.notifications = []  # type: ignore[attr-defined]
-    rt.notify = lambda event, title, body: rt.notifications.append((event, title, body))  # type: ignore[attr-defined]
-    return rt
+    return recording(build_runtime(settings, client=real_redis, executor=LocalExecutor(bench)))
 
 
 def drive(rt: Runtime, *, child_state: str = "succeeded", until: int = 1_000_000) -> list[str]:

@@ -217,14 +217,30 @@ def test_drop_site_without_root_password_aborts_like_click(bench: Path, maria: M
 def test_passwords_answered_on_stdin_in_frappes_order(bench: Path, maria: MariaDB) -> None:
     site = new_site_name()
     made = run_fed(bench, "new-site", site, "--db-root-username", "root", "--mariadb-user-host-login-scope=%",
-                   stdin=f"{maria.password}\n{ADMIN_PASSWORD}\n".encode())
+                   stdin=f"{maria.password}\n{ADMIN_PASSWORD}\n{ADMIN_PASSWORD}\n".encode())
     assert made.returncode == 0, made.stderr.decode()
     err = made.stderr.decode()
-    assert err.index("MySQL root password: ") < err.index("Set Administrator password: ")
+    assert (err.index("MySQL root password: ") < err.index("Set Administrator password: ")
+            < err.index("Re-enter Administrator password: "))
     assert maria.password not in made.stdout.decode() + err and ADMIN_PASSWORD not in err
     config = json.loads((bench / "sites" / site / "site_config.json").read_text())
     admin_hash = maria.sql("SELECT password FROM __Auth WHERE name = 'Administrator'", config["db_name"])[0][0]
     assert hash_matches(admin_hash, ADMIN_PASSWORD)  # the second line went to the second prompt
+    dropped = run_fed(bench, "drop-site", site, "--no-backup", "--force", stdin=f"{maria.password}\n".encode())
+    assert dropped.returncode == 0, dropped.stderr.decode()
+
+
+def test_new_site_asks_the_admin_password_again_when_the_two_differ(bench: Path, maria: MariaDB) -> None:
+    """Frappe v15 confirms the Administrator password; a mismatch asks both again."""
+    site = new_site_name()
+    made = run_fed(bench, "new-site", site, "--db-root-username", "root", "--mariadb-user-host-login-scope=%",
+                   stdin=f"{maria.password}\nfirst\nsecond\n{ADMIN_PASSWORD}\n{ADMIN_PASSWORD}\n".encode())
+    assert made.returncode == 0, made.stderr.decode()
+    assert "Passwords do not match" in made.stdout.decode()
+    assert made.stderr.decode().count("Re-enter Administrator password: ") == 2
+    config = json.loads((bench / "sites" / site / "site_config.json").read_text())
+    admin_hash = maria.sql("SELECT password FROM __Auth WHERE name = 'Administrator'", config["db_name"])[0][0]
+    assert hash_matches(admin_hash, ADMIN_PASSWORD)
     dropped = run_fed(bench, "drop-site", site, "--no-backup", "--force", stdin=f"{maria.password}\n".encode())
     assert dropped.returncode == 0, dropped.stderr.decode()
     assert not maria.database_exists(config["db_name"])

@@ -4,7 +4,6 @@ restart policies; the worker's broker reconnection settings."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import yaml
 
 from jerp_jobs.supervise import Supervisor
 from tests.private_redis import PrivateRedis
-from tests.workers import VENV_BIN, wait_for
+from tests.workers import VENV_BIN, log_events, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,19 +75,6 @@ def test_a_configuration_error_exits_2_and_starts_nothing(tmp_path: Path) -> Non
     assert "JERP_RESUME_INTERVAL" in done.stderr and "supervise.started" not in done.stderr
 
 
-def _events(path: Path, event: str) -> list[dict]:
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and f'"{event}"' in line:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") == event:
-                found.append(record)
-    return found
-
-
 def _group_alive(pid: int) -> bool:
     try:
         os.killpg(pid, 0)
@@ -115,7 +101,7 @@ def test_jerp_run_restarts_a_child_that_exits_and_sigterm_stops_both(broker: Pri
     try:
         def started() -> dict[str, list[int]]:
             found: dict[str, list[int]] = {}
-            for event in _events(log_path, "supervise.started"):
+            for event in log_events(log_path, "supervise.started"):
                 found.setdefault(event["child"], []).append(event["pid"])
             pids.update(p for group in found.values() for p in group)
             return found
@@ -128,7 +114,7 @@ def test_jerp_run_restarts_a_child_that_exits_and_sigterm_stops_both(broker: Pri
         beat_pid, worker_pid = first["beat"][0], first["worker"][0]
 
         os.kill(beat_pid, signal.SIGKILL)
-        exits = wait_for(lambda: _events(log_path, "supervise.child_exited"), timeout=30, what="the exit to be noticed")
+        exits = wait_for(lambda: log_events(log_path, "supervise.child_exited"), timeout=30, what="the exit to be noticed")
         assert exits[0]["child"] == "beat" and exits[0]["signal"] == "SIGKILL" and exits[0]["restart_in_s"] == 1.0
         again = wait_for(lambda: len(started().get("beat", [])) == 2 and started(), timeout=30,
                          what="Beat to be started again")
@@ -138,7 +124,7 @@ def test_jerp_run_restarts_a_child_that_exits_and_sigterm_stops_both(broker: Pri
 
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=90) == 0, log_path.read_text()[-3000:]
-        stopped = {e["child"] for e in _events(log_path, "supervise.child_stopped")}
+        stopped = {e["child"] for e in log_events(log_path, "supervise.child_stopped")}
         assert stopped == {"worker", "beat"}
         for pid in pids:  # each child with its whole process group (the worker's pool) is gone
             assert not _group_alive(pid), pid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
+
+
+def log_events(path: Path, event: str) -> list[dict]:
+    """The JSON log records of ``event`` in a process's log file (other lines are skipped)."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == event:
+                found.append(record)
+    return found
 
 
 class WorkerProcess:
