@@ -307,8 +307,8 @@ def test_migrate_of_a_missing_site_fails_at_once_and_leaves_no_attention_mark(re
 def test_restore_of_a_missing_site_fails_before_touching_it_and_leaves_no_attention_mark(
     real_runtime: Runtime, bench: Path
 ) -> None:
-    """A backup folder left without its site (no site_config.json): the backup checks pass,
-    then the restore finds no site, says so, and marks nothing."""
+    """A backup folder left without its site (no site_config.json): the restore finds no
+    site before it checks or touches anything, says so, and marks nothing."""
     site = "gone.example.com"
     folder = bench / "sites" / site / "private" / "backups"
     folder.mkdir(parents=True)
@@ -321,8 +321,8 @@ def test_restore_of_a_missing_site_fails_before_touching_it_and_leaves_no_attent
     done = real_runtime.store.get(job.id)
     assert done.state == "failed" and f"site {site} does not exist in the bench" in done.error, done.error
     steps = {s.name: s.state for s in done.steps}
-    assert steps["check-backup"] == "success" and steps["maintenance-on"] == "failed"
-    assert steps["abort-maintenance-off"] == "skipped" and steps["mark-attention"] == "skipped"
+    assert steps["check-backup"] == "failed", steps
+    assert all(state in ("pending", "skipped") for name, state in steps.items() if name != "check-backup"), steps
     assert real_runtime.sites.attention(site) is None
     assert not (bench / "sites" / site / "site_config.json").exists()
 

@@ -133,13 +133,18 @@ def maintenance_on(ctx: StepContext) -> None:
     try:
         ctx.run(bench.set_maintenance_mode(ctx.site, True, bench=ctx.bench))
     except CommandFailed:
-        if site_missing(ctx):
-            ctx.record(site_missing=True)
-            raise InvalidInput(
-                f"site {ctx.site} does not exist in the bench (no sites/{ctx.site}/{SITE_CONFIG}); "
-                "nothing was changed"
-            ) from None
+        refuse_missing_site(ctx)
         raise
+
+
+def refuse_missing_site(ctx: StepContext) -> None:
+    """When the bench shows the job's site does not exist, record ``site_missing`` and fail
+    with that reason (nothing was changed); otherwise return."""
+    if site_missing(ctx):
+        ctx.record(site_missing=True)
+        raise InvalidInput(
+            f"site {ctx.site} does not exist in the bench (no sites/{ctx.site}/{SITE_CONFIG}); nothing was changed"
+        ) from None
 
 
 def _skip_for_missing_site(ctx: StepContext) -> bool:

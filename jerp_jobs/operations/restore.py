@@ -42,6 +42,7 @@ from jerp_jobs.operations.common import (
     maintenance_off,
     maintenance_on,
     mark_attention,
+    refuse_missing_site,
     scheduler_enable,
 )
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
@@ -259,12 +260,14 @@ def fetch(ctx: StepContext) -> str | None:
     from jerp_jobs.operations.offsite import fetch_offsite
 
     ctx.settings.secret("mariadb_root_password")  # fail before a long download
+    refuse_missing_site(ctx)
     fetch_offsite(ctx, at=ctx.params.get("at"), strict=not ctx.params.get("unverified"))
     return None
 
 
 def check_backup(ctx: StepContext) -> None:
     ctx.settings.secret("mariadb_root_password")  # fail now, not after the safety backup
+    refuse_missing_site(ctx)
     ctx.record(checked=verify_backup_files(
         ctx, _requested(ctx), expected=_fetched_sha(ctx), unverified=bool(ctx.params.get("unverified"))
     ))
