@@ -68,7 +68,8 @@ def test_platform_stack_has_the_runbooks_services_volumes_and_network(rendered):
 
     assert {"db", "redis-cache", "redis-queue", "redis-socketio", "configurator", "backend", "scheduler",
             "queue-default", "queue-long", "queue-short", "websocket", "frontend"} <= set(services)
-    assert {"db-data", "frappe-sites", "frappe-assets", "frappe-logs"} <= set(config["volumes"])
+    assert {"db-data", "frappe-sites", "frappe-logs"} <= set(config["volumes"])
+    assert "frappe-assets" not in config["volumes"], "the images link sites/assets to their own assets"
     assert config["networks"]["proxy"]["external"] is True
     assert services["backend"]["image"] == "registry.example.com/erpnext-custom:15-prod"
     assert "proxy" in services["frontend"]["networks"]

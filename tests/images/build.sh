@@ -137,8 +137,10 @@ build_backend() {
     cp -p "$bench_script" "$staged/tests/standin/bench"
     chmod 0755 "$staged/tests/standin/bench"
     cp -p "$repo/tests/standin/web.py" "$staged/tests/standin/web.py"
+    mkdir -p "$staged/tests/images"
+    cp -p "$here/standin-entrypoint.sh" "$staged/tests/images/standin-entrypoint.sh"
     source_root=$staged build_image "$backend_image" standin-backend.Containerfile tests/standin/bench \
-        tests/standin/web.py
+        tests/standin/web.py tests/images/standin-entrypoint.sh
     rm -rf "$staged"
 }
 
