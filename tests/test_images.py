@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import naming
 from tests.conftest import MARIADB_PORT, RUN_DIR
 
 pytest_plugins = ["tests.docker_backend"]
@@ -90,11 +91,12 @@ def test_sites_folder_is_the_hosts_and_writable_by_frappe(backend_container, ben
 
 
 def test_compose_labels_find_the_container(backend_container, bench_dir, docker_client):
-    container = backend_container(bench_dir, project="jerptest-labels", service="backend")
+    project = naming.unique_name("labels")
+    container = backend_container(bench_dir, project=project, service="backend")
 
     found = docker_client.containers.list(
         filters={
-            "label": [f"{PROJECT_LABEL}=jerptest-labels", f"{SERVICE_LABEL}=backend"],
+            "label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}=backend"],
             "status": "running",
         }
     )
