@@ -548,7 +548,9 @@ class Stack:
 
 @pytest.fixture
 def stack(releases: Releases, docker_client: Any, tmp_path: Path) -> Iterator[Stack]:
-    """A compose project (unique name) with one service ``backend`` on r1, healthy; always taken down."""
+    """A compose project (unique name) with one service ``backend`` on r1, healthy; always taken down
+    with its volumes."""
+    import docker
     project = naming.unique_name("deploy")
     (tmp_path / "compose.yml").write_text(COMPOSE_FILE)
     env_file = write_env_file(tmp_path / "stack.env", {"STANDIN_REPO": REPO, "REGISTRY_IMAGE_TAG": releases.r1})
@@ -558,10 +560,21 @@ def stack(releases: Releases, docker_client: Any, tmp_path: Path) -> Iterator[St
         compose.wait_healthy(["backend"], timeout=120)
         yield Stack(compose, project, env_file)
     finally:
+        # A redeployed container mounts its predecessor's anonymous volumes by name, so `down -v`
+        # keeps them: they are the project's, removed here.
+        mounted = {mount["Name"]
+                   for container in docker_client.containers.list(
+                       all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
+                   for mount in container.attrs["Mounts"] if mount["Type"] == "volume"}
         compose.down()
         leftovers = docker_client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
         for container in leftovers:
             container.remove(force=True, v=True)
+        for volume in mounted:
+            try:
+                docker_client.volumes.get(volume).remove()
+            except docker.errors.NotFound:
+                pass
         assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
 
 
