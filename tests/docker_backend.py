@@ -109,7 +109,8 @@ def backend_container(docker_client: docker.DockerClient) -> Iterator[StartBacke
                 "com.docker.compose.container-number": str(number),
             },
             volumes={str(sites): {"bind": SITES_PATH, "mode": "rw"}},
-            environment=dict(env or {}),
+            # On the host's network: its web server on a port of its own, not the host's 8000.
+            environment={"STANDIN_WEB_LISTEN": "127.0.0.1:0", **(env or {})},
         )
         started.append(container)
         _wait_running(container)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,16 @@ def test_host_network_reaches_the_test_mariadb(backend_container, bench_dir):
     )
 
     assert (code, out) == (0, "1")
+
+
+def test_backend_containers_on_the_host_network_run_side_by_side(backend_container, bench_dir):
+    """Each serves its web side on a port of its own: another test's (or checkout's) backend
+    never finds the port taken and exits."""
+    first = backend_container(bench_dir)
+    second = backend_container(bench_dir)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for container in (first, second):
+            container.reload()
+            assert container.status == "running", container.logs(tail=20).decode(errors="replace")
+        time.sleep(0.5)
