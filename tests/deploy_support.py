@@ -1,7 +1,7 @@
 """Compose stacks for the deployment tests: the platform (tests/compose/platform.yml: compose.yml's
 database and the stand-in backend) and the jobs stack (compose.jobs.yml with the test override
 tests/compose/jobs.yml), each a compose project of its own as in production, on the images
-that tests/images/build.sh builds."""
+that tests/images/build.sh builds for this checkout (tests/naming.py)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from tests import naming
+
 ROOT = Path(__file__).resolve().parent.parent
+#: The image variables of the compose files (compose.jobs.yml, tests/compose/platform.yml):
+#: this checkout's images. Put them in every env file of a stack.
 IMAGES = {
-    "JERP_JOBS_IMAGE": "jerp-test/jobs:latest",
-    "JERP_REDIS_IMAGE": "jerp-test/redis:bookworm",
+    "JERP_JOBS_IMAGE": naming.JOBS_IMAGE,
+    "JERP_REDIS_IMAGE": naming.REDIS_IMAGE,
+    "JERP_TEST_MARIADB_IMAGE": naming.MARIADB_IMAGE,
+    "JERP_TEST_BACKEND_IMAGE": naming.BACKEND_IMAGE,
 }
-REQUIRED_IMAGES = [*IMAGES.values(), "jerp-test/mariadb:bookworm", "jerp-test/standin-backend:latest"]
+REQUIRED_IMAGES = list(IMAGES.values())
 _ENV_PASSED = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
 
 

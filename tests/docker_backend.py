@@ -1,20 +1,21 @@
 """Pytest plugin: containers of the stand-in frappe_docker ``backend`` image.
 
-Load it with ``pytest_plugins = ["tests.docker_backend"]``. The image is built by
-``tests/images/build.sh``; without it (or without a reachable Docker Engine) the fixtures fail
+Load it with ``pytest_plugins = ["tests.docker_backend"]``. The image is this checkout's
+(tests/naming.py), built by ``tests/images/build.sh``; without it (or without a reachable Docker Engine) the fixtures fail
 the test rather than skip it, so a broken setup never passes silently.
 
 Fixtures:
     docker_client       (session) a ``docker.DockerClient`` from the environment.
     backend_container   a factory ``start(bench_dir, *, project=None, service="backend",
                         env=None) -> Container``; every container it started is removed
-                        (forced) when the test ends.
+                        (forced) when the test ends. The containers carry this checkout's
+                        label and are named ``<project>-<service>-<number>`` (the project
+                        name given the checkout's ``jt<id>-`` prefix when it lacks it).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,11 +24,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests import naming
+
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
-BACKEND_IMAGE = "jerp-test/standin-backend:latest"
+BACKEND_IMAGE = naming.BACKEND_IMAGE
 BENCH_PATH = "/home/frappe/frappe-bench"
 SITES_PATH = f"{BENCH_PATH}/sites"
 FRAPPE_UID = 1000
@@ -71,7 +74,7 @@ def backend_container(docker_client: docker.DockerClient) -> Iterator[StartBacke
     ``start(bench_dir, project=None, service="backend", env=None)`` bind-mounts
     ``bench_dir / "sites"`` at /home/frappe/frappe-bench/sites (made writable by uid 1000),
     labels the container as service ``service`` of compose project ``project`` (a random
-    ``jerptest-xxxxxxxx`` when not given), waits until it runs and returns it.
+    ``jt<id>-backend-xxxxxxxx`` when not given), waits until it runs and returns it.
     """
     import docker
 
@@ -89,20 +92,25 @@ def backend_container(docker_client: docker.DockerClient) -> Iterator[StartBacke
         if not sites.is_dir():
             raise FileNotFoundError(f"{sites} does not exist; lay out the bench folder first")
         _make_writable_by_frappe(sites)
-        project = project or f"jerptest-{secrets.token_hex(4)}"
+        project = project or naming.unique_name("backend")
         numbers[(project, service)] += 1
+        number = numbers[(project, service)]
+        prefix = "" if naming.is_ours(project) else naming.NAME_PREFIX
         container = docker_client.containers.run(
             BACKEND_IMAGE,
+            name=f"{prefix}{project}-{service}-{number}",
             detach=True,
             network_mode="host",
             labels={
+                **naming.LABELS,
                 PROJECT_LABEL: project,
                 SERVICE_LABEL: service,
                 "com.docker.compose.oneoff": "False",
-                "com.docker.compose.container-number": str(numbers[(project, service)]),
+                "com.docker.compose.container-number": str(number),
             },
             volumes={str(sites): {"bind": SITES_PATH, "mode": "rw"}},
-            environment=dict(env or {}),
+            # On the host's network: its web server on a port of its own, not the host's 8000.
+            environment={"STANDIN_WEB_LISTEN": "127.0.0.1:0", **(env or {})},
         )
         started.append(container)
         _wait_running(container)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import naming
 from tests.deploy_support import (
     IMAGES,
     ROOT,
@@ -152,7 +153,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """The platform and jobs stacks, up under unique names; removed with their volumes after."""
     require_images()
     root = tmp_path_factory.mktemp("deploy")
-    name = f"jerpe2e{uuid.uuid4().hex[:8]}"
+    name = naming.unique_name("e2e")
     network = f"{name}-proxy"
     bench = create_bench(root / "bench", db_host="db", db_port=3306)
     chown_to_frappe(bench / "sites")
@@ -182,7 +183,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     })
     platform = Compose(name, [ROOT / "tests/compose/platform.yml"], variables)
     jobs = Compose(f"{name}-jobs", [ROOT / "compose.jobs.yml", ROOT / "tests/compose/jobs.yml"], variables)
-    subprocess.run(["docker", "network", "create", "--label", "jerp-test=1", network], check=True,
+    subprocess.run(["docker", "network", "create", "--label", naming.LABEL, network], check=True,
                    capture_output=True)
     try:
         platform.up()
@@ -211,7 +212,7 @@ PROBE = textwrap.dedent("""
               "listed": [c["Labels"].get("com.docker.compose.service") for c in client.api.containers()]}
     calls = {
         "images": lambda: client.images.list(),
-        "create": lambda: client.api.create_container("jerp-test/jobs:latest", ["true"]),
+        "create": lambda: client.api.create_container(os.environ["JOBS_IMAGE"], ["true"]),
         "exec_in_db": lambda: client.api.exec_create(os.environ["DB_CONTAINER"], ["true"]),
         "inspect_db": lambda: client.api.inspect_container(os.environ["DB_CONTAINER"]),
         "privileged": lambda: client.api.exec_create(os.environ["BACKEND_CONTAINER"], ["true"], privileged=True),
@@ -228,7 +229,7 @@ PROBE = textwrap.dedent("""
 
 def test_the_worker_reaches_docker_only_through_the_socket_proxy(deployed: Deployment):
     env = {"DB_CONTAINER": deployed.platform.container("db"),
-           "BACKEND_CONTAINER": deployed.platform.container("backend")}
+           "BACKEND_CONTAINER": deployed.platform.container("backend"), "JOBS_IMAGE": naming.JOBS_IMAGE}
 
     done = deployed.jobs.exec("jobs-worker", "python", "-c", PROBE, env=env)
 

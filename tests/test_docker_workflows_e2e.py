@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e_support import ADMIN_PASSWORD, add_notes, fingerprint, run_job, site_config, site_db
+from tests.naming import unique_name
 from tests.standin.layout import read_violations, write_faults
 from tests.workers import WorkerProcess
 
@@ -25,7 +26,7 @@ def test_provision_backup_migrate_restore_in_the_backend_container(
     backend_container: Callable[..., object], bench_dir: Path, redis_url: str, real_redis: object,
     mariadb_root_password: str, tmp_path: Path,
 ) -> None:
-    project = f"jerptest-{uuid.uuid4().hex[:8]}"
+    project = unique_name("workflows")
     container = backend_container(bench_dir, project=project)
     env = {
         "JERP_BROKER_URL": redis_url,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from jerp_jobs.errors import (
     ExecutorUnavailable,
 )
 from jerp_jobs.executors import CommandResult, DockerExecutor
+from tests.naming import BACKEND_IMAGE, LABELS, unique_name
 
 if TYPE_CHECKING:
     import docker
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.docker
 
-BACKEND_IMAGE = "jerp-test/standin-backend:latest"
 BENCH_PATH = "/home/frappe/frappe-bench"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -70,7 +69,7 @@ def make_container(docker_client: docker.DockerClient) -> Iterator[Callable[...,
     def make(
         project: str, *, service: str = "backend", start: bool = True, **kwargs: object
     ) -> Container:
-        labels = {PROJECT_LABEL: project, SERVICE_LABEL: service}
+        labels = {**LABELS, PROJECT_LABEL: project, SERVICE_LABEL: service}
         labels.update(kwargs.pop("labels", {}))  # type: ignore[arg-type]
         container = docker_client.containers.create(
             BACKEND_IMAGE, network_mode="host", labels=labels, **kwargs
@@ -228,7 +227,7 @@ def test_unknown_user_is_unavailable(backend: Container) -> None:
 
 
 def test_missing_container_names_project_and_service() -> None:
-    project = f"jerptest-absent-{secrets.token_hex(4)}"
+    project = unique_name("absent")
     executor = DockerExecutor(project=project, service="backend")
 
     with pytest.raises(ContainerNotFound) as caught:
@@ -265,7 +264,7 @@ def test_paused_container_is_not_running(backend: Container, executor: DockerExe
 
 
 def test_created_container_is_not_running(make_container: Callable[..., Container]) -> None:
-    project = f"jerptest-{secrets.token_hex(4)}"
+    project = unique_name("exec")
     make_container(project, start=False)
 
     with pytest.raises(ContainerNotRunning, match="created"):
@@ -275,7 +274,7 @@ def test_created_container_is_not_running(make_container: Callable[..., Containe
 def test_crash_looping_container_is_reported_as_restarting(
     make_container: Callable[..., Container],
 ) -> None:
-    project = f"jerptest-{secrets.token_hex(4)}"
+    project = unique_name("exec")
     container = make_container(project, command=["false"], restart_policy={"Name": "always"})
     wait_for_status(container, "restarting")
 
@@ -288,7 +287,7 @@ def test_crash_looping_container_is_reported_as_restarting(
 def test_scaled_service_uses_the_lowest_container_number(
     make_container: Callable[..., Container],
 ) -> None:
-    project = f"jerptest-{secrets.token_hex(4)}"
+    project = unique_name("exec")
     number = "com.docker.compose.container-number"
     make_container(project, labels={number: "2"}, environment={"WHICH": "second"})
     make_container(project, labels={number: "10"}, environment={"WHICH": "tenth"})
@@ -301,7 +300,7 @@ def test_scaled_service_uses_the_lowest_container_number(
 def test_running_container_wins_over_stopped_ones(
     make_container: Callable[..., Container],
 ) -> None:
-    project = f"jerptest-{secrets.token_hex(4)}"
+    project = unique_name("exec")
     number = "com.docker.compose.container-number"
     make_container(project, start=False, labels={number: "1"}, environment={"WHICH": "created"})
     make_container(project, labels={number: "2"}, environment={"WHICH": "running"})

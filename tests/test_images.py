@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from tests import naming
 from tests.conftest import MARIADB_PORT, RUN_DIR
 
 pytest_plugins = ["tests.docker_backend"]
@@ -90,11 +92,12 @@ def test_sites_folder_is_the_hosts_and_writable_by_frappe(backend_container, ben
 
 
 def test_compose_labels_find_the_container(backend_container, bench_dir, docker_client):
-    container = backend_container(bench_dir, project="jerptest-labels", service="backend")
+    project = naming.unique_name("labels")
+    container = backend_container(bench_dir, project=project, service="backend")
 
     found = docker_client.containers.list(
         filters={
-            "label": [f"{PROJECT_LABEL}=jerptest-labels", f"{SERVICE_LABEL}=backend"],
+            "label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}=backend"],
             "status": "running",
         }
     )
@@ -122,3 +125,16 @@ def test_host_network_reaches_the_test_mariadb(backend_container, bench_dir):
     )
 
     assert (code, out) == (0, "1")
+
+
+def test_backend_containers_on_the_host_network_run_side_by_side(backend_container, bench_dir):
+    """Each serves its web side on a port of its own: another test's (or checkout's) backend
+    never finds the port taken and exits."""
+    first = backend_container(bench_dir)
+    second = backend_container(bench_dir)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for container in (first, second):
+            container.reload()
+            assert container.status == "running", container.logs(tail=20).decode(errors="replace")
+        time.sleep(0.5)

@@ -35,12 +35,13 @@ from jerp_jobs.deploy import (
 )
 from jerp_jobs.errors import ConfigError, DeployError, InvalidInput, RolloutTimeout, TransientError
 from jerp_jobs.settings import load_settings
+from tests import naming
 from tests.deploy_support import Compose, compose_command, write_env_file
 from tests.standin.portainer import Portainer
 
 WEBHOOK_ID = "638e6967-ef77-4906-8af8-236800621360"
 WEBHOOK_URL = f"https://portainer.example.com:9443/api/stacks/webhooks/{WEBHOOK_ID}"
-REPO = "jerp-test/standin-backend"
+REPO = naming.BACKEND_REPO
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
@@ -507,7 +508,7 @@ class Releases:
 
 @pytest.fixture(scope="module")
 def releases(docker_client: Any) -> Iterator[Releases]:
-    """Builds ``jerp-test/standin-backend:r1-…``, ``r2-…`` and ``broken-…`` (metadata-only layers
+    """Builds ``jerp-test-<id>/standin-backend:r1-…``, ``r2-…`` and ``broken-…`` (metadata-only layers
     on the stand-in backend image); removes them at the end."""
     import docker
 
@@ -520,7 +521,8 @@ def releases(docker_client: Any) -> Iterator[Releases]:
     try:
         for tag, extra in lines.items():
             dockerfile = f"FROM {REPO}:latest\n{extra}\n".encode()
-            docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"{REPO}:{tag}", rm=True, pull=False)
+            docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"{REPO}:{tag}", rm=True, pull=False,
+                                     labels=naming.LABELS)
     except docker.errors.DockerException as exc:
         pytest.fail(f"cannot build the release images from {REPO}:latest: {exc}", pytrace=False)
     yield made
@@ -546,8 +548,10 @@ class Stack:
 
 @pytest.fixture
 def stack(releases: Releases, docker_client: Any, tmp_path: Path) -> Iterator[Stack]:
-    """A compose project (unique name) with one service ``backend`` on r1, healthy; always taken down."""
-    project = f"jerpdeploy{secrets.token_hex(4)}"
+    """A compose project (unique name) with one service ``backend`` on r1, healthy; always taken down
+    with its volumes."""
+    import docker
+    project = naming.unique_name("deploy")
     (tmp_path / "compose.yml").write_text(COMPOSE_FILE)
     env_file = write_env_file(tmp_path / "stack.env", {"STANDIN_REPO": REPO, "REGISTRY_IMAGE_TAG": releases.r1})
     compose = Compose(project, [tmp_path / "compose.yml"], env_file)
@@ -556,10 +560,21 @@ def stack(releases: Releases, docker_client: Any, tmp_path: Path) -> Iterator[St
         compose.wait_healthy(["backend"], timeout=120)
         yield Stack(compose, project, env_file)
     finally:
+        # A redeployed container mounts its predecessor's anonymous volumes by name, so `down -v`
+        # keeps them: they are the project's, removed here.
+        mounted = {mount["Name"]
+                   for container in docker_client.containers.list(
+                       all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
+                   for mount in container.attrs["Mounts"] if mount["Type"] == "volume"}
         compose.down()
         leftovers = docker_client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
         for container in leftovers:
             container.remove(force=True, v=True)
+        for volume in mounted:
+            try:
+                docker_client.volumes.get(volume).remove()
+            except docker.errors.NotFound:
+                pass
         assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
 
 

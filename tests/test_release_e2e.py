@@ -32,7 +32,8 @@ import httpx
 import pytest
 import redis
 
-from tests.deploy_support import ROOT, Compose, chown_to_frappe, require_images, write_env_file
+from tests import naming
+from tests.deploy_support import IMAGES, ROOT, Compose, chown_to_frappe, require_images, write_env_file
 from tests.e2e_support import jerpctl, run_job
 from tests.standin.layout import create_bench
 from tests.standin.portainer import Portainer
@@ -101,10 +102,10 @@ class Stack:
 
 def _tag_images(repo: str) -> None:
     for tag in ("r1", "r2", "r3", "r4", "r5"):
-        subprocess.run(["docker", "tag", "jerp-test/standin-backend:latest", f"{repo}:{tag}"], check=True)
+        subprocess.run(["docker", "tag", naming.BACKEND_IMAGE, f"{repo}:{tag}"], check=True)
     # a release that refuses every login: its smoke checks fail
-    subprocess.run(["docker", "build", "-q", "--label", "jerp-test=1", "-t", f"{repo}:bad", "-"],
-                   input=b"FROM jerp-test/standin-backend:latest\nENV STANDIN_WEB_FAULTS=login\n",
+    subprocess.run(["docker", "build", "-q", "--label", naming.LABEL, "-t", f"{repo}:bad", "-"],
+                   input=f"FROM {naming.BACKEND_IMAGE}\nENV STANDIN_WEB_FAULTS=login\n".encode(),
                    env={**os.environ, "DOCKER_BUILDKIT": "0"}, check=True, capture_output=True)
 
 
@@ -113,14 +114,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, mariadb_root
     require_images()
     redis.Redis.from_url(redis_url).flushdb()
     root = tmp_path_factory.mktemp("release")
-    name = f"jerprel{uuid.uuid4().hex[:8]}"
-    repo = f"jerp-test/release-{name}"
+    name = naming.unique_name("rel")
+    repo = naming.image_repo(f"release-{name}")
     bench = create_bench(root / "bench", db_host="db", db_port=3306)
     chown_to_frappe(bench / "sites")
     root_password = secrets.token_hex(12)
     web_port = _free_port()
     variables = {
-        "REGISTRY_URL": "registry.invalid", "REGISTRY_IMAGE_NAME": "unused", "PROXY_NETWORK": f"{name}-proxy",
+        **IMAGES, "REGISTRY_URL": "registry.invalid", "REGISTRY_IMAGE_NAME": "unused", "PROXY_NETWORK": f"{name}-proxy",
         "MARIADB_ROOT_PASSWORD": root_password, "JERP_TEST_SITES_DIR": str(bench / "sites"),
         "STANDIN_RELEASE_REPO": repo, "REGISTRY_IMAGE_TAG": "r1", "STANDIN_WEB_PORT": str(web_port),
     }

@@ -9,7 +9,6 @@ import http.client
 import json
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jerp_jobs.socket_proxy import RULES, SocketProxy, _rule, parse_labels
+from tests.naming import BACKEND_IMAGE, unique_name
 
 BACKEND_ID = "b" * 64
 DB_ID = "d" * 64
@@ -623,7 +623,7 @@ def test_docker_py_and_the_executor_work_through_the_proxy(backend_container, tm
 
     from jerp_jobs.executors import DockerExecutor
 
-    project = f"jerptest-{uuid.uuid4().hex[:8]}"
+    project = unique_name("proxy")
     (tmp_path / "bench" / "sites").mkdir(parents=True)
     backend = backend_container(tmp_path / "bench", project=project)
     other = backend_container(tmp_path / "bench", project=f"{project}-other")
@@ -647,7 +647,7 @@ def test_docker_py_and_the_executor_work_through_the_proxy(backend_container, tm
         client.images.list()
     assert refused.value.status_code == 403
     with pytest.raises(docker.errors.APIError) as refused:
-        client.containers.create("jerp-test/standin-backend:latest", ["true"])
+        client.containers.create(BACKEND_IMAGE, ["true"])
     assert refused.value.status_code == 403
     with pytest.raises(docker.errors.APIError) as refused:
         client.api.exec_create(other.id, ["true"])

@@ -44,6 +44,11 @@ fi
 
 # A virtualenv of that python builds the wheels (a system python may have no usable pip).
 mkdir -p "$cache_root"
+# Builds running at once (other checkouts) share the cache: one at a time fills and reads it.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$cache_root/.lock"
+    flock 9
+fi
 venv=$cache_root/venv-$pyver
 if [ ! -x "$venv/bin/pip" ]; then
     "$python" -m venv "$venv"
@@ -61,6 +66,9 @@ if [ ! -d "$deps" ]; then
     mv "$tmp" "$deps"
 fi
 cp "$deps"/*.whl "$ctx/wheels/deps/"
+if command -v flock >/dev/null 2>&1; then
+    flock -u 9
+fi
 "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$ctx/wheels/project" "$src"
 cp "$here/Containerfile" "$here/entrypoint.sh" "$here/healthcheck.py" "$ctx/workers/"
 

@@ -3,28 +3,39 @@
 # images and cannot pull, so the base image is a Debian root file system made by debootstrap and
 # imported; project images are built FROM it (BASE_IMAGE build argument).
 #
-#   jerp-test/debian-base:bookworm     built once; kept while it exists (FORCE_BASE=1 rebuilds it)
-#   jerp-test/standin-backend:latest   the rest are rebuilt on every run (the layer cache keeps
-#   jerp-test/python-base:bookworm       that cheap); the Debian packages they add come from
-#   jerp-test/redis:bookworm             the mirror, through apt-get inside the build
-#   jerp-test/mariadb:bookworm
-#   jerp-test/jobs:latest              workers/Containerfile FROM python-base (workers/build.sh)
+# Every image is this checkout's own (tests/naming.py: <id> from the checkout's real path, or
+# JERP_TEST_ID), labelled jerp-test=<id>; another checkout's images are never retagged, pruned
+# or removed:
+#
+#   jerp-test-<id>/debian-base:bookworm     built once; kept while it exists (FORCE_BASE=1 rebuilds it)
+#   jerp-test-<id>/standin-backend:latest   the rest are rebuilt on every run (the layer cache
+#   jerp-test-<id>/python-base:bookworm       keeps that cheap); the Debian packages they add
+#   jerp-test-<id>/redis:bookworm             come from the mirror, through apt-get inside the
+#   jerp-test-<id>/mariadb:bookworm           build
+#   jerp-test-<id>/jobs:latest              workers/Containerfile FROM python-base (workers/build.sh)
+#
+#   tests/images/build.sh          build (or rebuild) them; prune this checkout's untagged ones
+#   tests/images/build.sh names    print JERP_TEST_ID=<id> and the image variables, as
+#                                  `python -m tests.naming` does
+#   tests/images/build.sh clean    remove what this checkout's tests left on the engine: the
+#                                  containers, networks and volumes named jt<id>-... or labelled
+#                                  jerp-test=<id>, then the images labelled jerp-test=<id> or
+#                                  named jerp-test-<id>/...
 #
 # The jobs image's wheels are resolved with the host's Debian python3 (the python of
 # python-base; it needs python3-venv) from the package index, and kept under /var/tmp/jerp-wheels.
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), JERP_IMAGES_WORKDIR (scratch
 # folder for the root file system, default /var/tmp), JERP_STANDIN_BENCH (the stand-in bench
-# script to put in the image, default tests/standin/bench).
+# script to put in the image, default tests/standin/bench), JERP_TEST_ID (see tests/naming.py).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
-base_image=jerp-test/debian-base:bookworm
-backend_image=jerp-test/standin-backend:latest
-python_image=jerp-test/python-base:bookworm
-jobs_image=jerp-test/jobs:latest
+# shellcheck source=tests/images/naming.sh
+. "$here/naming.sh"
+jerp_test_names "$repo"
 suite=bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 scratch_parent=${JERP_IMAGES_WORKDIR:-/var/tmp}
@@ -94,6 +105,7 @@ build_base() {
             -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             -c 'ENV LANG=C.UTF-8' \
             -c 'CMD ["/bin/bash"]' \
+            -c "LABEL $test_label" \
             -m "debootstrap --variant=minbase $suite" \
             - "$base_image" >/dev/null
     log "import done in $(elapsed "$t1")"
@@ -115,7 +127,7 @@ build_image() {
         cp -p "$root/$file" "$ctx/$file"
     done
     log "building $tag"
-    if ! DOCKER_BUILDKIT=0 docker build -q --force-rm --label jerp-test=1 \
+    if ! DOCKER_BUILDKIT=0 docker build -q --force-rm --label "$test_label" \
         --build-arg BASE_IMAGE="$base_image" \
         -f "$here/$containerfile" -t "$tag" "$ctx" >"$ctx.log" 2>&1; then
         cat "$ctx.log" >&2
@@ -147,23 +159,88 @@ build_backend() {
 build_jobs() {
     local t0=$SECONDS
     # Debian's python3 on the host is the python of python-base: the wheels are resolved for it.
-    BASE_IMAGE=$python_image PYTHON=/usr/bin/python3 DOCKER_BUILD_ARGS="--label jerp-test=1" \
+    BASE_IMAGE=$python_image PYTHON=/usr/bin/python3 DOCKER_BUILD_ARGS="--label $test_label" \
         "$repo/workers/build.sh" "$jobs_image"
     log "$jobs_image built in $(elapsed "$t0")"
 }
 
+print_names() {
+    printf '%s\n' "JERP_TEST_ID=$test_id" "JERP_TEST_BASE_IMAGE=$base_image" \
+        "JERP_TEST_BACKEND_IMAGE=$backend_image" "JERP_TEST_PYTHON_IMAGE=$python_image" \
+        "JERP_REDIS_IMAGE=$redis_image" "JERP_TEST_MARIADB_IMAGE=$mariadb_image" "JERP_JOBS_IMAGE=$jobs_image"
+}
+
+# ours KIND: the ids of this checkout's containers, networks or volumes (named jt<id>-... or
+# labelled jerp-test=<id>).
+ours() {
+    local kind=$1 list format
+    case $kind in
+        container) list=(docker ps -a) format='{{.ID}} {{.Names}}' ;;
+        network) list=(docker network ls) format='{{.ID}} {{.Name}}' ;;
+        volume) list=(docker volume ls) format='{{.Name}} {{.Name}}' ;;
+    esac
+    {
+        "${list[@]}" --format "$format"
+        "${list[@]}" --filter "label=$test_label" --format "$format" | sed 's/ .*/ -/'
+    } | awk -v prefix="jt$test_id-" '$2 == "-" || index($2, prefix) == 1 { print $1 }' | sort -u
+}
+
+clean() {
+    local ids refs
+    mapfile -t ids < <(ours container)
+    if [ ${#ids[@]} -gt 0 ]; then
+        log "removing ${#ids[@]} container(s)"
+        docker rm -f -v "${ids[@]}" >/dev/null
+    fi
+    mapfile -t ids < <(ours network)
+    if [ ${#ids[@]} -gt 0 ]; then
+        log "removing ${#ids[@]} network(s)"
+        docker network rm "${ids[@]}" >/dev/null
+    fi
+    mapfile -t ids < <(ours volume)
+    if [ ${#ids[@]} -gt 0 ]; then
+        log "removing ${#ids[@]} volume(s)"
+        docker volume rm "${ids[@]}" >/dev/null
+    fi
+    # By reference, without -f: a tag another checkout put on one of these images keeps it.
+    mapfile -t refs < <({
+        docker image ls --filter "label=$test_label" --format '{{.Repository}}:{{.Tag}}'
+        docker image ls --format '{{.Repository}}:{{.Tag}}' | { grep -F "$image_prefix/" || true; }
+    } | { grep -v '<none>' || true; } | sort -u)
+    if [ ${#refs[@]} -gt 0 ]; then
+        log "removing ${#refs[@]} image tag(s) of $image_prefix"
+        docker image rm "${refs[@]}" >/dev/null
+    fi
+    docker image prune -f --filter "label=$test_label" >/dev/null
+    log "nothing of jerp-test=$test_id is left"
+}
+
+command=${1:-build}
+case $command in
+    names) print_names; exit 0 ;;
+    build|clean) ;;
+    *) echo "usage: tests/images/build.sh [build|names|clean]" >&2; exit 2 ;;
+esac
+
 need docker "the Docker Engine and CLI"
 docker info >/dev/null 2>&1 || { echo "error: the Docker Engine is not reachable (docker info)" >&2; exit 1; }
 
+if [ "$command" = clean ]; then
+    clean
+    exit 0
+fi
+
 start=$SECONDS
+log "images of this checkout: $image_prefix/*, label $test_label"
 build_base
 build_backend
 build_image "$python_image" python-base.Containerfile
-build_image jerp-test/redis:bookworm redis.Containerfile
-build_image jerp-test/mariadb:bookworm mariadb.Containerfile \
+build_image "$redis_image" redis.Containerfile
+build_image "$mariadb_image" mariadb.Containerfile \
     tests/images/mariadb-entrypoint.sh tests/images/mariadb-healthcheck.sh
 build_jobs
-# Earlier builds of these tags, left untagged by the rebuilds.
-docker image prune -f --filter label=jerp-test=1 >/dev/null
-docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^jerp-test/' | sed 's/^/[images] /'
+# Earlier builds of these tags, left untagged by the rebuilds: this checkout's only.
+docker image prune -f --filter "label=$test_label" >/dev/null
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | { grep -F "$image_prefix/" || true; } |
+    sed 's/^/[images] /'
 log "all images ready in $(elapsed "$start")"
