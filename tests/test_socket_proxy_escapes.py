@@ -2,14 +2,13 @@
 as another user than the bench's, and deploy-mode creates with more than a recreate of the
 platform's containers needs. First against a Docker API on a Unix socket that keeps its execs
 and containers, then with docker-py, the Docker executor and the deployer against the real
-Docker Engine (containers named ``jerpwt-proxy-*``, removed afterwards)."""
+Docker Engine (containers named after this checkout, tests/naming.py, removed afterwards)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import secrets
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from jerp_jobs.deploy import replacement_config
 from jerp_jobs.socket_proxy import ExecRegistry, SocketProxy
+from tests import naming
 from tests.test_socket_proxy import LoopThread, exchange, message_of, raw_request, status_of
 
 BACKEND_ID = "b" * 64
@@ -445,16 +445,16 @@ def test_a_network_connect_is_limited_to_the_platforms_networks(start_proxy, eng
 
 # -- through the real Docker Engine -------------------------------------------------------------
 
-IMAGE = "jerp-test/standin-backend"
+IMAGE = naming.BACKEND_REPO
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
 
 @pytest.fixture
 def engine_names(docker_client: Any) -> Iterator[str]:
-    """A compose project name ``jerpwt-proxy-<hex>``; its containers, networks and volumes are
-    removed afterwards."""
-    project = f"jerpwt-proxy-{uuid.uuid4().hex[:8]}"
+    """A compose project name of this checkout (tests/naming.py); its containers, networks and
+    volumes are removed afterwards."""
+    project = naming.unique_name("proxy")
     yield project
     import docker
 
