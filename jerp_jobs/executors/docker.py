@@ -350,7 +350,7 @@ class DockerExecutor:
             reader.cancel()
         tail.close()
 
-        exit_code = self._exit_code(api, exec_id, container, shown, deadline)
+        exit_code, started_process = self._exit_code(api, exec_id, container, shown, deadline)
         duration = time.monotonic() - started
         timed_out = exit_code in TIMEOUT_EXIT_CODES and duration >= timeout
         if exit_code != 0:
@@ -367,6 +367,14 @@ class DockerExecutor:
             )
         if exit_code in (125, 126, 127):
             self._check_started(tail.text(), args, name)
+            if not started_process:
+                last = (tail.text().strip().splitlines() or ["no output"])[-1].strip()
+                raise ExecutorUnavailable(
+                    f"Docker could not start {args[0]!r} as user {self.user!r} in {name} (exit code "
+                    f"{exit_code}, no process was started): {last}",
+                    program=args[0],
+                    container=name,
+                )
         return CommandResult(argv=args, exit_code=exit_code, duration_s=duration, output=tail.text())
 
     def _kill_holders(self, container: Mapping[str, Any], holders_of: str | None) -> None:
@@ -395,8 +403,10 @@ class DockerExecutor:
 
     def _exit_code(
         self, api: Any, exec_id: str, container: Mapping[str, Any], shown: str, deadline: float
-    ) -> int:
-        """The exit code of a finished exec (it can lag the end of the stream a little)."""
+    ) -> tuple[int, bool]:
+        """The exit code of a finished exec (it can lag the end of the stream a little), and
+        whether a process was started at all (Docker reports ``Pid`` 0 for an exec it could not
+        start: an unknown user, a missing program)."""
         import docker.errors
 
         give_up = min(deadline, time.monotonic() + _EXIT_WAIT_S)
@@ -409,7 +419,7 @@ class DockerExecutor:
             except _api_errors() as exc:
                 raise self._unavailable(exc, f"reading the exit code of {shown}") from exc
             if not info.get("Running") and info.get("ExitCode") is not None:
-                return int(info["ExitCode"])
+                return int(info["ExitCode"]), bool(info.get("Pid"))
             if time.monotonic() >= give_up:
                 stopped = self._gone_or_stopped(container, f"while running {shown}")
                 if stopped is not None:
