@@ -252,7 +252,8 @@ def test_install_app_names_a_missing_app(bench: Path, maria: MariaDB) -> None:
     assert "An error occurred while installing hrms: App hrms not in apps.txt" in result.stdout
     assert run(bench, "--site", site, "install-app", "erpnext").returncode == 0
     assert json.loads(run(bench, "--site", site, "execute", "frappe.get_installed_apps").stdout) == ["frappe", "erpnext"]
-    assert run(bench, "--site", site, "list-apps").stdout.split() == ["frappe", "15.0.0", "erpnext", "15.0.0"]
+    # before a migrate the Installed Application table is empty: list-apps prints the installed_apps global
+    assert run(bench, "--site", site, "list-apps").stdout.split() == ["frappe", "erpnext"]
 
 
 def test_drop_site_drops_database_and_archives_folder(bench: Path, maria: MariaDB, site: str) -> None:
