@@ -17,7 +17,9 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jerp_jobs.errors import InvalidInput, OutputParseError
 from jerp_jobs.sites import validate_site_name
@@ -174,6 +176,38 @@ def ping(site: str, *, bench: str = "bench") -> list[str]:
     return _site(bench, site, "execute", "frappe.ping")
 
 
+def execute(site: str, method: str, args: Sequence[str | int] = (), *, bench: str = "bench") -> list[str]:
+    """``bench --site SITE execute METHOD [--args LITERAL]``. Frappe evaluates ``--args`` as Python;
+    only a JSON list of strings and integers (also a Python literal) is ever passed. Bench prints
+    the JSON of the result only when it is truthy (nothing for ``0``, ``""``, ``[]``, ``None``)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+", method):
+        raise InvalidInput(f"invalid method {method!r}: a dotted Python name")
+    argv = _site(bench, site, "execute", method)
+    if args:
+        if not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in args):
+            raise InvalidInput("execute --args takes strings and integers only")
+        argv += ["--args", json.dumps(list(args))]
+    return argv
+
+
+def system_timezone(site: str, *, bench: str = "bench") -> list[str]:
+    """The site's time zone: ``frappe.utils.get_system_timezone`` (System Settings ``time_zone``,
+    Frappe's default ``Asia/Kolkata`` when unset); prints it as a JSON string."""
+    return execute(site, "frappe.utils.get_system_timezone", bench=bench)
+
+
+def installed_apps_global(site: str, *, bench: str = "bench") -> list[str]:
+    """``frappe.get_installed_apps``: the ``installed_apps`` global default, which install-app
+    fills (``list-apps`` reads the Installed Application table, filled only by migrate)."""
+    return execute(site, "frappe.get_installed_apps", bench=bench)
+
+
+def scheduler_setting(site: str, *, bench: str = "bench") -> list[str]:
+    """System Settings ``enable_scheduler`` as stored in the site's database: prints ``1``, or
+    nothing when it is 0 (bench prints falsy results not at all)."""
+    return execute(site, "frappe.db.get_single_value", ["System Settings", "enable_scheduler"], bench=bench)
+
+
 def build(
     *, apps: Sequence[str] = (), production: bool = False, force: bool = False, bench: str = "bench"
 ) -> list[str]:
@@ -316,6 +350,101 @@ def parse_list_apps(output: str, site: str) -> list[str]:
             raise OutputParseError(f"list-apps JSON has no app list for {site}")
         return apps
     raise OutputParseError(f"list-apps printed no JSON for {site}")
+
+
+def parse_execute(output: str) -> Any:
+    """The result ``bench execute`` printed: the JSON of the last line that is JSON; None when it
+    printed none (bench prints nothing for a falsy result)."""
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
+def parse_time_zone(output: str) -> str:
+    """The zone name ``frappe.utils.get_system_timezone`` printed, checked to be a known zone."""
+    name = parse_execute(output)
+    if not isinstance(name, str) or not name:
+        raise OutputParseError(f"get_system_timezone printed no time zone name: {output[-200:]!r}")
+    load_zone(name)
+    return name
+
+
+def load_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise OutputParseError(f"unknown time zone {name!r} (not in the tz database)") from None
+
+
+def parse_installed_apps(output: str) -> list[str]:
+    apps = parse_execute(output)
+    if apps is None:
+        return []
+    if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+        raise OutputParseError(f"frappe.get_installed_apps printed no app list: {output[-200:]!r}")
+    return apps
+
+
+def parse_scheduler_setting(output: str) -> bool:
+    value = parse_execute(output)
+    if value is None:
+        return False
+    if isinstance(value, bool) or value not in (0, 1, "0", "1"):
+        raise OutputParseError(f"enable_scheduler printed {value!r}, not 0 or 1")
+    return bool(int(value))
+
+
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+
+
+def local_to_utc(local: datetime, zone_name: str, *, near: datetime | None = None) -> datetime:
+    """A wall-clock time of ``zone_name`` (naive, as Frappe's ``now_datetime()`` gives it) -> an
+    aware UTC datetime.
+
+    A local time that happens twice (the hour repeated when DST ends) has two readings
+    (``fold`` 0 and 1): the one nearer ``near`` (the worker's clock when bench printed it) is
+    taken; without ``near``, the earlier one. A local time that never happened (skipped when
+    DST starts) cannot come from a clock; it is read with the offset before the change."""
+    zone = load_zone(zone_name)
+    naive = local.replace(tzinfo=None)
+    readings = {naive.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc) for fold in (0, 1)}
+    if near is not None and len(readings) > 1:
+        return min(readings, key=lambda r: (abs(r - near), r))
+    return min(readings)
+
+
+def stamp_to_utc(stamp: str, zone_name: str, *, near: datetime | None = None) -> datetime:
+    """A backup file name's ``YYYYMMDD_HHMMSS`` (the site's local time) -> aware UTC."""
+    try:
+        local = datetime.strptime(stamp, STAMP_FORMAT)
+    except ValueError:
+        raise OutputParseError(f"not a backup timestamp: {stamp!r}") from None
+    return local_to_utc(local, zone_name, near=near)
+
+
+def utc_stamp(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime(STAMP_FORMAT)
+
+
+def backup_times(stamp: str, zone_name: str, *, near: datetime | None = None) -> dict[str, str]:
+    """What a manifest records of when a backup was taken: the file names' local stamp
+    (``timestamp``), its zone, and the same instant in UTC (``utc_timestamp``, ``taken_at_utc``)
+    and with its offset (``taken_at_local``)."""
+    utc = stamp_to_utc(stamp, zone_name, near=near)
+    local = utc.astimezone(load_zone(zone_name))
+    return {
+        "timestamp": stamp,
+        "time_zone": zone_name,
+        "utc_timestamp": utc_stamp(utc),
+        "taken_at_utc": utc.isoformat().replace("+00:00", "Z"),
+        "taken_at_local": local.isoformat(),
+    }
 
 
 def parse_apps_txt(text: str) -> list[str]:

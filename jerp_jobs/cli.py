@@ -209,7 +209,7 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
 @click.option("--private-files", default=None, help="Private files tar in the site's backup folder.")
 @click.option("--from-offsite", is_flag=True, help="Restore the off-site copy (downloaded, verified, decrypted).")
 @click.option("--at", default=None, help="With --from-offsite: the newest copy at or before this time "
-              "(YYYYMMDD_HHMMSS or ISO, UTC); default the latest.")
+              "(YYYYMMDD_HHMMSS, or ISO: UTC unless it gives an offset such as +14:00); default the latest.")
 @click.option("--unverified", is_flag=True, help="Restore files no manifest vouches for (a dump from elsewhere): "
               "only their gzip/tar integrity is checked.")
 @WAIT
@@ -457,7 +457,8 @@ def backups(obj: Ctx, site: str | None) -> None:
             for row in rows:
                 age = "never" if row["age_hours"] is None else f"{row['age_hours']:.1f}h"
                 flag = "  STALE" if row["stale"] else ""
-                click.echo(f"{row['site']:<40} last off-site {row['last_timestamp'] or '-':<16} age {age}{flag}")
+                last = row.get("last_utc_timestamp") or "-"
+                click.echo(f"{row['site']:<40} last off-site {last:<15} UTC age {age}{flag}")
         sys.exit(EXIT_JOB_FAILED if any(r["stale"] for r in rows) else EXIT_OK)
     rows = site_backups(rt.redis, site)
     if obj.as_json:
@@ -465,7 +466,8 @@ def backups(obj: Ctx, site: str | None) -> None:
         return
     for row in rows:
         verified = "verified" if row["verified"] else "unverified"
-        click.echo(f"{row['timestamp']}  {row['where']:<8} {row['size']:>14,} B  {verified}")
+        local = f"  (local {row['timestamp']} {row['time_zone']})" if row.get("time_zone") else ""
+        click.echo(f"{row['utc_timestamp']} UTC  {row['where']:<8} {row['size']:>14,} B  {verified}{local}")
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from typing import Any
 from jerp_jobs.errors import BrokerUnavailable, InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.runtime import Runtime
-from jerp_jobs.sites import validate_site_name
+from jerp_jobs.sites import bench_app_names, refuse_app_name, validate_site_name
 from jerp_jobs.workflow import get_workflow
 
 
@@ -29,10 +29,18 @@ def create_job(
     workflow = get_workflow(kind)
     if workflow.needs_site:
         site = validate_site_name(site)
+        refuse_app_name(site, _app_names(rt))
     elif site is not None:
         raise InvalidInput(f"{kind} works on the whole bench; it takes no site")
     params = workflow.validate(site, dict(params or {}), rt.settings)
     return rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent)
+
+
+def _app_names(rt: Runtime) -> set[str]:
+    """frappe, erpnext, and the bench's apps.txt when its sites folder is visible here."""
+    from jerp_jobs.backupfiles import sites_root
+
+    return bench_app_names(sites_root(rt.settings))
 
 
 def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None) -> Job:

@@ -4,6 +4,11 @@ Read from the records the backup workflow writes (``jerp:backups:<site>`` for lo
 ``jerp:offsite:<site>`` for verified off-site copies): no S3 call, so ``jerpctl backups`` is
 quick. A site whose last off-site copy is older than ``JERP_BACKUP_MAX_AGE_HOURS`` (or that
 has local backups but none off-site) is flagged stale.
+
+Every row gives a backup's time in UTC (``utc_timestamp``, ``taken_at_utc``) beside bench's
+stamp in the site's local time (``timestamp``, the files' names) and its ``time_zone``; rows
+are ordered by the UTC stamp. Backups recorded before the UTC fields existed show their stamp
+in both (it was then taken to be UTC) and no zone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ LOCAL = "jerp:backups:"
 OFFSITE = "jerp:offsite:"
 
 
+def _times(m: dict[str, Any]) -> dict[str, Any]:
+    stamp = m.get("utc_timestamp") or m["timestamp"]
+    return {"timestamp": m["timestamp"], "utc_timestamp": stamp, "time_zone": m.get("time_zone"),
+            "taken_at_utc": m.get("taken_at_utc"), "taken_at_local": m.get("taken_at_local")}
+
+
 def _sites(client: Any, prefix: str) -> set[str]:
     return {key.decode()[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=1000)}
 
@@ -31,10 +42,13 @@ def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = No
         if newest:
             manifest, at = json.loads(newest[0][0]), float(newest[0][1])
             age = (now - at) / 3600
-            rows.append({"site": site, "last_timestamp": manifest["timestamp"], "last_at": at,
-                         "age_hours": round(age, 2), "stale": age > max_age_hours})
+            times = _times(manifest)
+            rows.append({"site": site, "last_timestamp": times["timestamp"],
+                         "last_utc_timestamp": times["utc_timestamp"], "time_zone": times["time_zone"],
+                         "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours})
         else:
-            rows.append({"site": site, "last_timestamp": None, "last_at": None, "age_hours": None, "stale": True})
+            rows.append({"site": site, "last_timestamp": None, "last_utc_timestamp": None, "time_zone": None,
+                         "last_at": None, "age_hours": None, "stale": True})
     return rows
 
 
@@ -43,13 +57,13 @@ def site_backups(client: Any, site: str) -> list[dict[str, Any]]:
     rows = []
     for raw in client.zrevrange(LOCAL + site, 0, -1):
         m = json.loads(raw)
-        rows.append({"timestamp": m["timestamp"], "where": "local", "verified": True, "job_id": m.get("job_id"),
+        rows.append({**_times(m), "where": "local", "verified": True, "job_id": m.get("job_id"),
                      "size": sum(a["size"] for a in m["artifacts"])})
     for raw in client.zrevrange(OFFSITE + site, 0, -1):
         m = json.loads(raw)
-        rows.append({"timestamp": m["timestamp"], "where": "off-site", "verified": bool(m.get("verified")),
+        rows.append({**_times(m), "where": "off-site", "verified": bool(m.get("verified")),
                      "job_id": m.get("job_id"), "size": sum(a.get("stored_size", a["size"]) for a in m["artifacts"])})
-    return sorted(rows, key=lambda r: (r["timestamp"], r["where"]), reverse=True)
+    return sorted(rows, key=lambda r: (r["utc_timestamp"], r["where"]), reverse=True)
 
 
 def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:

@@ -80,7 +80,8 @@ def make_executor(settings: Settings) -> Executor:
     if settings.executor == "local":
         from jerp_jobs.executors.local import LocalExecutor
 
-        return LocalExecutor(settings.require_bench_dir(), pass_env=settings.child_env_extra)
+        return LocalExecutor(settings.require_bench_dir(), pass_env=settings.child_env_extra,
+                             user=settings.bench_user, bench_program=settings.bench_bin)
     from jerp_jobs.executors.docker import DockerExecutor
 
     return DockerExecutor(project=settings.compose_project, service=settings.backend_service)

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     backend_service: str = "backend"
     bench_dir: Path | None = None
     bench_bin: str = "bench"
+    bench_user: str | None = Field(
+        None, description="local executor: run commands as this user (bench refuses root); the worker must be root"
+    )
     command_timeout: int = Field(7200, ge=1, description="default timeout of one bench command")
     child_env_extra: Annotated[list[str], NoDecode] = Field(
         [], description="more variables the local executor passes from the worker's environment to bench"

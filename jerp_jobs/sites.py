@@ -29,6 +29,32 @@ RESERVED = frozenset({"all", "assets", "apps.txt", "apps.json", "currentsite.txt
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
+#: Apps of every Frappe/ERPNext bench: never a site name, whatever apps.txt says.
+APP_NAMES = frozenset({"frappe", "erpnext"})
+
+
+def bench_app_names(sites_dir: Path | str | None) -> set[str]:
+    """The apps of the bench: ``apps.txt`` of its sites folder when visible, and always
+    :data:`APP_NAMES`. An unreadable apps.txt adds nothing."""
+    names = set(APP_NAMES)
+    if sites_dir is not None:
+        try:
+            text = (Path(sites_dir) / "apps.txt").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        names |= {line.strip() for line in text.splitlines() if line.strip()}
+    return names
+
+
+def refuse_app_name(name: str, apps: set[str] | frozenset[str]) -> str:
+    """A site may not be named like an app of the bench: bench resolves ``bench <app> ...`` and
+    the app's module before the site, and ``new-site`` refuses such a name itself, late."""
+    if name in apps:
+        raise InvalidSiteName(name, f"{name!r} is the name of an app of the bench (frappe, erpnext or one in "
+                                    "sites/apps.txt); a site cannot be named like an app")
+    return name
+
+
 def validate_site_name(name: object) -> str:
     """Return ``name`` if it is an acceptable site name, else raise InvalidSiteName."""
     if not isinstance(name, str):

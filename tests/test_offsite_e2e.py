@@ -72,8 +72,9 @@ def test_backup_is_copied_encrypted_and_verified_and_old_local_copies_go(
         time.sleep(1.1)  # bench names backups by the second
     offsite = jobs[-1]["result"]["offsite"]
     assert offsite["verified"] and offsite["encrypted"]
-    stamp = offsite["timestamp"]
-    prefix = f"backups/{site}/{stamp[:4]}/{stamp[4:6]}/{stamp[6:8]}/{stamp}/"
+    stamp = offsite["timestamp"]  # bench's file names: the site's local time
+    utc = offsite["utc_timestamp"]  # S3 keys: UTC
+    prefix = f"backups/{site}/{utc[:4]}/{utc[4:6]}/{utc[6:8]}/{utc}/"
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["Contents"]}
     assert prefix + "manifest.json" in keys and all(k.endswith((".age", "manifest.json")) for k in keys)
     head = s3_server.client().head_object(Bucket=s3_bucket, Key=next(k for k in keys if k.endswith(".age")))

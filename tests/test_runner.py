@@ -34,6 +34,7 @@ def cmd(*prefix: str):
 
 def _script_backup(rt: Runtime, *, gzip_ok: bool = True) -> None:
     fake = rt.executor
+    fake.on(cmd("bench", "--site", SITE, "execute", "frappe.utils.get_system_timezone"), output=['"UTC"'])
     fake.on(cmd("bench", "--site", SITE, "backup"), output=SUMMARY)
     fake.on(cmd("stat"), output=[f"944 {CONF}", f"1258291 {DB}"])
     fake.on(cmd("sha256sum"), output=[f"{'a' * 64}  {CONF}", f"{'b' * 64}  {DB}"])

@@ -60,7 +60,13 @@ class Executor(Protocol):
 
 
 class OutputTail:
-    """Collects output chunks into lines: hands each full line to a callback, keeps the tail."""
+    """Collects output chunks into lines: hands each full line to a callback, keeps the tail.
+
+    A carriage return redraws its line on a terminal (progress bars: Frappe's new-site and
+    migrate print one line of thousands of redraws). Each line keeps what a person would see
+    last: the text after its last ``\r`` that is followed by text. So the tail holds lines,
+    not one redraw series, and an unfinished line in a stream of redraws stays small.
+    """
 
     def __init__(self, on_output: OutputCallback | None, max_lines: int = TAIL_LINES) -> None:
         self._on_output = on_output
@@ -71,14 +77,15 @@ class OutputTail:
     def feed(self, chunk: bytes | str) -> None:
         text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
         text = self._partial + text.replace("\r\n", "\n")
-        *complete, self._partial = text.split("\n")
+        *complete, partial = text.split("\n")
+        self._partial = _redrawn(partial, keep_trailing=True)
         for line in complete:
-            self._emit(line)
+            self._emit(_redrawn(line))
 
     def close(self) -> None:
         self._partial += self._decoder.decode(b"", final=True)
         if self._partial:
-            self._emit(self._partial)
+            self._emit(_redrawn(self._partial))
             self._partial = ""
 
     def text(self) -> str:
@@ -88,3 +95,14 @@ class OutputTail:
         self._lines.append(line)
         if self._on_output is not None:
             self._on_output(line)
+
+
+def _redrawn(line: str, *, keep_trailing: bool = False) -> str:
+    """What remains visible of a line redrawn with carriage returns: the text after the last
+    ``\r`` that has text after it. ``keep_trailing``: an unfinished line keeps its trailing
+    ``\r`` (the next chunk's text replaces the current one)."""
+    if "\r" not in line:
+        return line
+    body = line.rstrip("\r")
+    trailing = line[len(body):] if keep_trailing else ""
+    return body[body.rfind("\r") + 1:] + trailing

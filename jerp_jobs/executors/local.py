@@ -12,11 +12,19 @@ Environment. A command gets only the variables in :data:`CHILD_ENV` (and every `
 taken from this process's environment, plus the names in ``pass_env`` (the operator's
 opt-in, ``JERP_CHILD_ENV_EXTRA``), plus ``env``. Nothing else of the worker's environment
 (its AWS, NPM or webhook secrets, the DB passwords) reaches bench.
+
+User. bench refuses to run as root (``WARN: You should not run this command as root``, exit
+1) unless the bench's ``sites/common_site_config.json`` names a ``frappe_user``, whom it then
+becomes. So a worker running as root either names the bench's user (``user``,
+``JERP_BENCH_USER``: every command runs as that user, its groups and home), or is refused
+before bench starts, with the fix named. Run the worker as the bench's user and neither applies.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -76,8 +84,14 @@ class LocalExecutor:
         pass_env: Sequence[str] = (),
         kill_grace: float = 5.0,
         linger: float = 2.0,
+        user: str | None = None,
+        bench_program: str | None = "bench",
     ) -> None:
         self.bench_dir = Path(bench_dir)
+        #: run every command as this user (the worker must be root, or be that user)
+        self.user = user or None
+        #: the program whose runs as root are refused without ``user`` or ``frappe_user``
+        self.bench_program = bench_program
         self.env = dict(env) if env is not None else {}
         self.pass_env = tuple(pass_env)
         self.kill_grace = kill_grace
@@ -105,6 +119,7 @@ class LocalExecutor:
                 bench_dir=str(self.bench_dir),
             )
 
+        self._check_user(args)
         tail = OutputTail(on_output)
         started = time.monotonic()
         proc = self._spawn(args, with_stdin=stdin is not None)
@@ -140,10 +155,60 @@ class LocalExecutor:
             output=tail.text(),
         )
 
-    def _spawn(self, args: tuple[str, ...], *, with_stdin: bool) -> subprocess.Popen[bytes]:
-        env = child_environment(self.env, self.pass_env)
+    def _check_user(self, args: tuple[str, ...]) -> None:
+        if self.user is not None:
+            try:
+                entry = pwd.getpwnam(self.user)
+            except KeyError:
+                raise ExecutorUnavailable(f"JERP_BENCH_USER={self.user!r}: no such user", user=self.user) from None
+            if os.geteuid() not in (0, entry.pw_uid):
+                raise ExecutorUnavailable(
+                    f"JERP_BENCH_USER={self.user!r}: the worker runs as uid {os.geteuid()} and cannot run commands "
+                    "as another user; run the worker as root, or as that user and leave JERP_BENCH_USER unset",
+                    user=self.user,
+                )
+            return
+        if os.geteuid() != 0 or not self.bench_program:
+            return
+        if os.path.basename(args[0]) != os.path.basename(self.bench_program):
+            return
+        if self._frappe_user():
+            return
+        raise ExecutorUnavailable(
+            f"bench refuses to run as root ('You should not run this command as root') and this worker runs as "
+            f"root: run the worker as the bench's user (the owner of {self.bench_dir}), or set JERP_BENCH_USER to "
+            "that user, or set frappe_user in sites/common_site_config.json",
+            program=args[0],
+        )
+
+    def _frappe_user(self) -> str | None:
         try:
-            return subprocess.Popen(
+            config = json.loads((self.bench_dir / "sites" / "common_site_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        user = config.get("frappe_user") if isinstance(config, dict) else None
+        return user if isinstance(user, str) and user else None
+
+    def _identity(self) -> dict[str, object]:
+        """``Popen`` arguments and environment that make a command run as ``user``."""
+        if self.user is None:
+            return {}
+        entry = pwd.getpwnam(self.user)
+        if entry.pw_uid == os.geteuid():
+            return {}
+        return {"user": entry.pw_uid, "group": entry.pw_gid,
+                "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
+
+    def _user_env(self) -> dict[str, str]:
+        if self.user is None:
+            return {}
+        entry = pwd.getpwnam(self.user)
+        return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
+
+    def _spawn(self, args: tuple[str, ...], *, with_stdin: bool) -> subprocess.Popen[bytes]:
+        env = child_environment({**self._user_env(), **self.env}, self.pass_env)
+        try:
+            return subprocess.Popen(  # type: ignore[call-overload]
                 args,
                 cwd=self.bench_dir,
                 env=env,
@@ -153,6 +218,7 @@ class LocalExecutor:
                 bufsize=0,
                 start_new_session=True,
                 close_fds=True,
+                **self._identity(),
             )
         except FileNotFoundError as exc:
             if not self.bench_dir.is_dir():

@@ -59,6 +59,13 @@ class DecryptionFailed(OffsiteError):
     pass
 
 
+def offsite_stamp(manifest: dict[str, Any]) -> str:
+    """The ``YYYYMMDD_HHMMSS`` in UTC that names a backup off-site (its S3 folder) and orders it
+    in time: ``utc_timestamp``. A manifest written before that field existed has only
+    ``timestamp``, bench's stamp, which was then taken to be UTC."""
+    return str(manifest.get("utc_timestamp") or manifest["timestamp"])
+
+
 def __getattr__(name: str) -> Any:
     if name == "OffsiteStore":
         from jerp_jobs.offsite.s3 import OffsiteStore
@@ -67,4 +74,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BackupNotFound", "ChecksumMismatch", "DecryptionFailed", "OffsiteError", "OffsiteStore"]
+__all__ = ["offsite_stamp", "BackupNotFound", "ChecksumMismatch", "DecryptionFailed", "OffsiteError", "OffsiteStore"]

@@ -5,6 +5,10 @@ Layout, one folder per backup::
     <prefix>/<site>/<YYYY>/<MM>/<DD>/<timestamp>/<file name>[.age]
     <prefix>/<site>/<YYYY>/<MM>/<DD>/<timestamp>/manifest.json
 
+``<timestamp>`` and the date folders are UTC: the backup's ``utc_timestamp``
+(:func:`jerp_jobs.offsite.offsite_stamp`), whatever the site's time zone; the file names keep
+bench's own names, stamped in the site's local time.
+
 ``manifest.json`` is written last, once every artifact is verified, and deleted first: a
 backup without it is incomplete and is never listed.
 
@@ -51,7 +55,7 @@ from typing import Any
 from jerp_jobs.errors import ConfigError, InvalidInput, JerpError
 from jerp_jobs.log import Redactor, get_logger
 from jerp_jobs.manifests import canonical, manifest_key, seal, signature
-from jerp_jobs.offsite import BackupNotFound, ChecksumMismatch, OffsiteError, OffsiteUnavailable
+from jerp_jobs.offsite import BackupNotFound, ChecksumMismatch, OffsiteError, OffsiteUnavailable, offsite_stamp
 from jerp_jobs.offsite.crypto import (
     IDENTITY_VARIABLE,
     DigestingReader,
@@ -202,7 +206,7 @@ class OffsiteStore:
         Returns the off-site manifest (``verified: true``). A backup already complete off-site
         with the same content is returned as is; one with different content is refused.
         """
-        site, timestamp = manifest["site"], manifest["timestamp"]
+        site, timestamp = manifest["site"], offsite_stamp(manifest)
         base = self.backup_prefix(site, timestamp)
         names = [_artifact_name(a["path"]) for a in manifest["artifacts"]]
         if len(set(names)) != len(names):
@@ -306,7 +310,8 @@ class OffsiteStore:
             "artifacts": entries,
             "verified": True,
         }
-        for optional in ("apps", "stats"):
+        for optional in ("apps", "apps_source", "stats", "time_zone", "utc_timestamp", "taken_at_utc",
+                         "taken_at_local", "finished_at_utc"):
             if optional in manifest:
                 offsite[optional] = manifest[optional]
         return offsite

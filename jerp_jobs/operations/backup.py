@@ -10,12 +10,21 @@ in the site's backup index (``jerp:backups:<site>``) and beside the files
 Bench writes each attempt into a folder of its own (``jerp_jobs.backupfiles``): the partial
 files of a failed or killed attempt are removed, never left among the backups. A failure with
 the disk full says so, naming the folder and its free space.
+
+Time. Bench names the files and prints the summary in the site's own time zone (Frappe's
+``now_datetime()``: System Settings ``time_zone``, ``Asia/Kolkata`` when unset), not UTC. The
+zone is read once per job and site (``bench execute frappe.utils.get_system_timezone``, kept in
+the job's ``time_zones``); the manifest keeps bench's local stamp (``timestamp``, the files'
+names) with its zone, and beside it the instant in UTC (``utc_timestamp``, ``taken_at_utc``) and
+with its offset (``taken_at_local``). Everything that orders or compares backups in time
+(S3 keys, retention, ``--at``, freshness) uses the UTC fields.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from jerp_jobs import bench
@@ -46,10 +55,12 @@ def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup"
     root = sites_root(ctx.settings)
     if root is None:
         return _take_backup_in_place(ctx, with_files=with_files, record_as=record_as)
+    zone = site_time_zone(ctx, ctx.site)
     attempt, removed = attempt_folder(root, ctx.site, ctx.job.id, record_as)
     if removed:
         ctx.output.append(f"removed the partial files of an earlier attempt: {', '.join(removed)}")
     try:
+        started = datetime.now(timezone.utc)
         try:
             result = ctx.run(bench.backup(ctx.site, with_files=with_files, backup_path=attempt, bench=ctx.bench))
         except CommandFailed as exc:
@@ -62,7 +73,7 @@ def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup"
             if folder != attempt:
                 raise OutputParseError(f"bench wrote {a.path}, outside the folder of this backup ({attempt})")
             names.append(name)
-        manifest = build_manifest(ctx, printed)  # checked where bench wrote it, then moved
+        manifest = build_manifest(ctx, printed, zone=zone, near=started)  # checked where bench wrote it, then moved
         move_into_backups(root, ctx.site, attempt, names)
         for entry, name in zip(manifest["artifacts"], names):
             entry["path"] = f"{ctx.site}/private/backups/{name}"
@@ -79,9 +90,11 @@ def _take_backup_in_place(ctx: StepContext, *, with_files: bool, record_as: str)
     """Without the sites folder (JERP_SITES_DIR), bench writes straight into the backup folder."""
     ctx.output.append("the sites folder is not visible to the worker (JERP_SITES_DIR): the manifest is kept in "
                       "Redis only, and the files of a failed attempt cannot be removed")
+    zone = site_time_zone(ctx, ctx.site)
+    started = datetime.now(timezone.utc)
     result = ctx.run(bench.backup(ctx.site, with_files=with_files, bench=ctx.bench))
     summary = bench.parse_backup_summary(result.output, ctx.site)
-    manifest = seal(build_manifest(ctx, summary), manifest_key(ctx.settings))
+    manifest = seal(build_manifest(ctx, summary, zone=zone, near=started), manifest_key(ctx.settings))
     ctx.record(**{record_as: manifest})
     store_manifest(ctx, manifest)
     return manifest
@@ -135,7 +148,20 @@ def find_manifest(ctx: StepContext, site: str, path: str) -> dict[str, Any] | No
     return next((m for m in local_manifests(ctx, site) if any(a.get("path") == path for a in m["artifacts"])), None)
 
 
-def build_manifest(ctx: StepContext, summary: bench.BackupSummary) -> dict[str, Any]:
+def site_time_zone(ctx: StepContext, site: str) -> str:
+    """The site's time zone, read from bench once per job (kept in the job's ``time_zones``)."""
+    known = ctx.job.result.get("time_zones") or {}
+    if isinstance(known.get(site), str):
+        return known[site]
+    zone = bench.parse_time_zone(ctx.run(bench.system_timezone(site, bench=ctx.bench)).output)
+    ctx.job.result["time_zones"] = {**known, site: zone}
+    ctx.record(time_zones=ctx.job.result["time_zones"])
+    return zone
+
+
+def build_manifest(
+    ctx: StepContext, summary: bench.BackupSummary, *, zone: str, near: datetime | None = None
+) -> dict[str, Any]:
     paths = [_bench_path(a.path) for a in summary.artifacts]
     sizes = _sizes(ctx, paths)
     digests = _sha256(ctx, paths)
@@ -147,10 +173,15 @@ def build_manifest(ctx: StepContext, summary: bench.BackupSummary) -> dict[str, 
             exit_code=gzip_check.exit_code,
             output_tail=gzip_check.output,
         )
+    times = bench.backup_times(summary.timestamp, zone, near=near)
+    finished = (
+        bench.local_to_utc(summary.taken_at, zone, near=datetime.now(timezone.utc)) if summary.taken_at else None
+    )
     return {
         "site": summary.site,
-        "timestamp": summary.timestamp,
+        **times,
         "taken_at": summary.taken_at.isoformat() if summary.taken_at else None,
+        "finished_at_utc": finished.isoformat().replace("+00:00", "Z") if finished else None,
         "recorded_at": time.time(),
         "job_id": ctx.job.id,
         "with_files": summary.with_files,

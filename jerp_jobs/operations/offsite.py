@@ -6,6 +6,10 @@ is the backup recorded as this site's freshest off-site copy (``jerp:offsite:<si
 may older local copies be removed (``JERP_KEEP_LOCAL`` newest kept, and only copies that are
 safe off-site). The worker reads and writes backup files through the platform's sites
 folder (``JERP_SITES_DIR``; for the local executor, ``JERP_BENCH_DIR/sites``).
+
+Off-site, a backup is named and ordered by its UTC stamp (``utc_timestamp``,
+:func:`jerp_jobs.offsite.offsite_stamp`), never by bench's local-time file names: S3 keys,
+retention periods and windows, and ``restore --from-offsite --at`` are all UTC.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import OFFSITE
 from jerp_jobs.log import get_logger
 from jerp_jobs.manifests import artifact, confirm_recorded, manifest_key, read_side, seal, write_side
+from jerp_jobs.offsite import offsite_stamp
 from jerp_jobs.workflow import StepContext, StepSpec, simple
 
 log = get_logger(__name__)
@@ -68,7 +73,7 @@ def upload(ctx: StepContext) -> str | None:
     confirm_recorded(manifest, folder, manifest_key(ctx.settings))
     database = next(a for a in manifest["artifacts"] if a["kind"] == "database")
     manifest["stats"] = dump_stats(folder / database["path"])
-    manifest["apps"] = bench.parse_list_apps(ctx.run(bench.list_apps(ctx.site, bench=ctx.bench)).output, ctx.site)
+    manifest["apps"], manifest["apps_source"] = installed_apps(ctx)
     started = time.monotonic()
     offsite = store_for(ctx).upload_backup(manifest, folder)
     offsite["upload_s"] = round(time.monotonic() - started, 3)
@@ -76,6 +81,18 @@ def upload(ctx: StepContext) -> str | None:
     record_offsite(ctx.runtime.redis, offsite)
     ctx.output.append(f"uploaded and verified {len(offsite['artifacts'])} objects in {offsite['upload_s']}s")
     return None
+
+
+def installed_apps(ctx: StepContext) -> tuple[list[str], str]:
+    """The site's apps and where they were read. ``list-apps`` reads the Installed Application
+    table, which only ``migrate`` fills: on a site never migrated it is empty, and the apps are
+    read from the ``installed_apps`` global that install-app keeps (``frappe.get_installed_apps``)."""
+    apps = bench.parse_list_apps(ctx.run(bench.list_apps(ctx.site, bench=ctx.bench)).output, ctx.site)
+    if apps:
+        return apps, "list-apps"
+    apps = bench.parse_installed_apps(ctx.run(bench.installed_apps_global(ctx.site, bench=ctx.bench)).output)
+    ctx.output.append("list-apps is empty (the site was never migrated): apps read from frappe.get_installed_apps")
+    return apps, "installed_apps"
 
 
 def record_offsite(client: Any, offsite: dict[str, Any]) -> None:
@@ -129,7 +146,13 @@ def _is_timestamp(text: str) -> bool:
 
 
 def backup_time(stamp: str) -> datetime:
+    """A UTC ``YYYYMMDD_HHMMSS`` -> aware datetime."""
     return datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+
+
+def utc_time(manifest: dict[str, Any]) -> datetime:
+    """When a backup was taken, in UTC (see :func:`jerp_jobs.offsite.offsite_stamp`)."""
+    return backup_time(offsite_stamp(manifest))
 
 
 # -- retention ----------------------------------------------------------------------------------
@@ -151,7 +174,7 @@ def prune_offsite(ctx: StepContext) -> None:
     policy = parse_policy(ctx.settings.retention)
     store = store_for(ctx)
     manifests = store.list_backups(ctx.site)
-    backups = [Backup(backup_time(m["timestamp"]), m["timestamp"], bool(m.get("verified"))) for m in manifests]
+    backups = [Backup(utc_time(m), offsite_stamp(m), bool(m.get("verified"))) for m in manifests]
     decision = plan_deletions(backups, policy, now=datetime.now(timezone.utc))
     deleted = []
     for backup in decision.delete:
@@ -160,7 +183,7 @@ def prune_offsite(ctx: StepContext) -> None:
     gone = set(deleted)
     client = ctx.runtime.redis
     for raw in client.zrange(OFFSITE + ctx.site, 0, -1):
-        if json.loads(raw)["timestamp"] in gone:
+        if offsite_stamp(json.loads(raw)) in gone:
             client.zrem(OFFSITE + ctx.site, raw)
     ctx.record(retention=decision.as_record(), deleted=deleted)
     ctx.output.append(f"policy {policy}: kept {len(decision.keep)}, deleted {len(deleted)}")
@@ -173,27 +196,36 @@ simple("prune", [("prune-offsite", StepSpec(prune_offsite))])
 
 
 def choose_backup(store: Any, site: str, at: str | None) -> dict[str, Any]:
-    """The newest verified off-site backup of ``site`` taken at or before ``at`` (latest if None)."""
+    """The newest verified off-site backup of ``site`` taken at or before ``at`` (latest if None);
+    compared in UTC."""
     limit = normalise_at(at) if at else None
-    for manifest in store.list_backups(site):
-        if manifest.get("verified") and (limit is None or manifest["timestamp"] <= limit):
+    for manifest in sorted(store.list_backups(site), key=offsite_stamp, reverse=True):
+        if manifest.get("verified") and (limit is None or offsite_stamp(manifest) <= limit):
             return manifest
-    when = f" at or before {at}" if at else ""
+    when = f" at or before {at} (UTC {limit})" if at else ""
     raise InvalidInput(f"no verified off-site backup of {site}{when}")
 
 
 def normalise_at(at: str) -> str:
-    """``YYYYMMDD_HHMMSS`` or an ISO date/time (UTC) -> ``YYYYMMDD_HHMMSS``."""
-    if _is_timestamp(at):
-        return at
+    """``--at`` -> a UTC ``YYYYMMDD_HHMMSS``.
+
+    Accepted: ``YYYYMMDD_HHMMSS`` (UTC), an ISO date (that whole day, UTC), an ISO date and
+    time, UTC unless it carries its own offset (``Z``, ``+14:00``, ``-10:00``), which is then
+    converted to UTC."""
+    text = at.strip() if isinstance(at, str) else ""
+    if _is_timestamp(text):
+        return text
     try:
-        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise InvalidInput(f"--at {at!r}: expected YYYYMMDD_HHMMSS or an ISO date/time") from None
+        raise InvalidInput(
+            f"--at {at!r}: expected YYYYMMDD_HHMMSS (UTC), an ISO date, or an ISO date and time "
+            "(UTC unless it gives its offset, e.g. 2026-11-29T03:00:00+14:00)"
+        ) from None
+    if len(text) <= 10:  # a date alone: that whole day
+        when = when.replace(hour=23, minute=59, second=59)
     if when.tzinfo is not None:
         when = when.astimezone(timezone.utc)
-    if len(at) <= 10:  # a date alone: that whole day
-        when = when.replace(hour=23, minute=59, second=59)
     return when.strftime("%Y%m%d_%H%M%S")
 
 
@@ -210,7 +242,7 @@ def fetch_offsite(
     root = sites_dir(ctx.settings)
     dest = root / target / "private" / "backups"
     started = time.monotonic()
-    paths = store.download_backup(ctx.site, manifest["timestamp"], dest, chosen=manifest, require_signature=strict)
+    paths = store.download_backup(ctx.site, offsite_stamp(manifest), dest, chosen=manifest, require_signature=strict)
     kinds = {"database": "db", "public_files": "public_files", "private_files": "private_files"}
     files = {kinds[k]: f"{target}/private/backups/{p.name}" for k, p in paths.items() if k in kinds}
     sha = {kinds[a["kind"]]: a["sha256"] for a in manifest["artifacts"] if a["kind"] in kinds}
@@ -227,6 +259,8 @@ def fetch_offsite(
         write_side(root, target, seal(local, manifest_key(ctx.settings)))
     fetched = {
         "timestamp": manifest["timestamp"],
+        "utc_timestamp": offsite_stamp(manifest),
+        "time_zone": manifest.get("time_zone"),
         "files": files,
         "sha256": sha,
         "stats": manifest.get("stats"),

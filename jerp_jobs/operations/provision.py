@@ -18,7 +18,7 @@ from jerp_jobs.errors import InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.operations.backup import take_backup
 from jerp_jobs.operations.common import bench_apps, mark_attention, scheduler_enable, site_exists
-from jerp_jobs.sites import db_name_for
+from jerp_jobs.sites import APP_NAMES, db_name_for, refuse_app_name
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register
 
 APP_STEP = "install-app:"
@@ -27,6 +27,7 @@ APP_STEP = "install-app:"
 def check_new(ctx: StepContext) -> None:
     ctx.settings.secret("mariadb_root_password")
     ctx.settings.secret("frappe_admin_password")
+    refuse_app_name(ctx.site, APP_NAMES | set(bench_apps(ctx)))
     if site_exists(ctx, ctx.site):
         raise InvalidInput(f"site {ctx.site} already exists; provision only makes new sites")
 

@@ -11,6 +11,18 @@ as readable archives — in check-backup, and again right before use, when its b
 into a staging file of the job that bench restores from. A file no manifest vouches for is
 restored only on request (``unverified``), its integrity alone checked.
 
+File archives: Frappe's restore extracts only names ending ``.tar`` or ``.tgz``; any other
+file (``.tar.gz`` included) it copies into the site folder and deletes again without
+extracting it. Such a name is refused when the job is requested and again in the worker,
+naming the rule (rename a ``.tar.gz`` to ``.tgz``: the same gzip-compressed tar).
+
+Scheduler: the site keeps the scheduler state it had, as ``bench restore`` itself does. Before
+the database is touched (in safety-backup) the job records System Settings
+``enable_scheduler`` as stored in the site's database; bench restore puts that value into the
+restored database, and the scheduler-state step checks it is so and sets it back when it is
+not (``bench scheduler enable|disable``). ``pause_scheduler`` (and ``disable_scheduler``) in
+site_config.json are neither read nor written: a restore does not replace site_config.json.
+
 The restore workflow takes a safety backup of the current state first; if the restore or the
 migrate after it fails, that safety backup is restored, and if that fails too the site is
 marked as needing attention and left in maintenance.
@@ -43,12 +55,24 @@ from jerp_jobs.operations.common import (
     maintenance_on,
     mark_attention,
     refuse_missing_site,
-    scheduler_enable,
 )
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
 
 BENCH_ROOT = "/home/frappe/frappe-bench/"
-FILE_PARAMS = {"db": (".sql.gz",), "public_files": (".tar", ".tgz", ".tar.gz"), "private_files": (".tar", ".tgz", ".tar.gz")}
+#: File archives: only what Frappe's ``extract_files`` extracts (``.tar``, ``.tgz``).
+ARCHIVE_SUFFIXES = (".tar", ".tgz")
+FILE_PARAMS = {"db": (".sql.gz",), "public_files": ARCHIVE_SUFFIXES, "private_files": ARCHIVE_SUFFIXES}
+
+
+def require_extractable(name: str, rel: str) -> None:
+    """A files archive bench would silently not extract is refused, naming the rule."""
+    if name == "db" or rel.endswith(ARCHIVE_SUFFIXES):
+        return
+    hint = " (a .tar.gz is the same gzip-compressed tar: rename it to .tgz)" if rel.endswith(".tar.gz") else ""
+    raise InvalidInput(
+        f"{name.replace('_', ' ')}: {rel!r}: Frappe's restore extracts only file archives named *.tar or *.tgz; "
+        f"any other name is copied and deleted without being extracted{hint}"
+    )
 
 
 def backup_folder(site: str) -> str:
@@ -75,6 +99,8 @@ def normalise_backup_path(site: str, path: str, *, what: str, suffixes: tuple[st
         if posixpath.dirname(cleaned) != folder:
             raise InvalidInput(f"{what}: {path!r} is outside the backup folder of {site} ({folder}/)")
         cleaned = posixpath.basename(cleaned)
+    if suffixes == ARCHIVE_SUFFIXES:
+        require_extractable(what.replace(" ", "_"), cleaned)
     if cleaned.startswith(("-", ".")) or not cleaned.endswith(suffixes):
         raise InvalidInput(f"{what}: {path!r} is not a backup file name ending {' or '.join(suffixes)}")
     return f"{folder}/{cleaned}"
@@ -130,6 +156,8 @@ def verify_backup_files(
     sites = (ctx.site, fence) if fence and fence != ctx.site else (ctx.site,)
     checked: dict[str, Any] = {}
     for name, rel in files.items():
+        require_extractable(name, rel)
+    for name, rel in files.items():
         with open_backup_file(root, rel, sites=sites, what=name) as opened:
             want, source = _expected_sha(ctx, root, name, rel, expected=expected, unverified=unverified)
             size, actual = digest(opened.fd)
@@ -156,6 +184,8 @@ def restore_verified(
     left = remove_staged(root, ctx.site, ctx.job.id)
     if left:
         ctx.output.append(f"removed the staging copies of an earlier attempt: {', '.join(left)}")
+    for name, rel in files.items():
+        require_extractable(name, rel)
     try:
         for name, rel in files.items():
             with open_backup_file(root, rel, sites=(ctx.site,), what=name) as opened:
@@ -274,7 +304,38 @@ def check_backup(ctx: StepContext) -> None:
 
 
 def safety_backup(ctx: StepContext) -> None:
+    record_scheduler_state(ctx)
     take_backup(ctx, with_files=True, record_as="safety_backup")
+
+
+def record_scheduler_state(ctx: StepContext) -> bool:
+    """System Settings ``enable_scheduler`` of the site before the restore, recorded once (a step
+    run again must not read the restored database's value in its place)."""
+    recorded = ctx.job.result.get("scheduler_before")
+    if isinstance(recorded, dict) and isinstance(recorded.get("enable_scheduler"), bool):
+        return recorded["enable_scheduler"]
+    enabled = bench.parse_scheduler_setting(ctx.run(bench.scheduler_setting(ctx.site, bench=ctx.bench)).output)
+    ctx.record(scheduler_before={"enable_scheduler": enabled})
+    ctx.output.append(f"scheduler before the restore: {'enabled' if enabled else 'disabled'} (System Settings)")
+    return enabled
+
+
+def scheduler_state(ctx: StepContext) -> str | None:
+    """Leave the scheduler as the site had it before the restore (what ``bench restore`` does):
+    set it back only when the restored database holds another value."""
+    before = (ctx.job.result.get("scheduler_before") or {}).get("enable_scheduler")
+    if not isinstance(before, bool):
+        ctx.output.append("the scheduler state before the restore was not recorded: left as bench restore left it")
+        return "skipped"
+    now = bench.parse_scheduler_setting(ctx.run(bench.scheduler_setting(ctx.site, bench=ctx.bench)).output)
+    word = "enabled" if before else "disabled"
+    if now == before:
+        ctx.output.append(f"scheduler {word}, as before the restore")
+        return None
+    ctx.run(bench.scheduler(ctx.site, "enable" if before else "disable", bench=ctx.bench))
+    ctx.output.append(f"scheduler {word} again, as before the restore (the restored database had it "
+                      f"{'enabled' if now else 'disabled'})")
+    return None
 
 
 def _fetched_sha(ctx: StepContext) -> dict[str, str] | None:
@@ -306,7 +367,7 @@ STEPS: dict[str, StepSpec] = {
     "restore": StepSpec(restore),
     "migrate": StepSpec(migrate_after_restore),
     "clear-cache": StepSpec(clear_cache),
-    "scheduler-enable": StepSpec(scheduler_enable),
+    "scheduler-state": StepSpec(scheduler_state),
     "maintenance-off": StepSpec(maintenance_off),
     # recovery: the restore (or the migrate after it) failed -> put the safety backup back
     "restore-safety-backup": StepSpec(restore_safety_backup, recovery=True, then="recovered-maintenance-off"),
@@ -324,7 +385,7 @@ def _on_failure(job: Job, step: str) -> str | None:
         return "abort-maintenance-off"
     if step in ("restore", "migrate"):
         return "restore-safety-backup"
-    if step in ("clear-cache", "scheduler-enable"):
+    if step in ("clear-cache", "scheduler-state"):
         return "maintenance-off"
     if step == "mark-attention":
         return None

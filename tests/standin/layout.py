@@ -36,8 +36,13 @@ def create_bench(
     db_port: int,
     apps: Sequence[str] = ("frappe", "erpnext"),
     redis_cache: str | None = None,
+    time_zone: str | None = None,
 ) -> Path:
-    """Create (or complete) a bench folder at ``root`` and return it."""
+    """Create (or complete) a bench folder at ``root`` and return it.
+
+    ``time_zone``: the System Settings time zone of sites that set none (Frappe's default is
+    Asia/Kolkata; the stand-in reads this from ``standin_time_zone``). Run as root, the bench
+    gets ``frappe_user`` (the current user), without which bench refuses root."""
     root = Path(root)
     sites = root / "sites"
     (sites / "assets").mkdir(parents=True, exist_ok=True)
@@ -47,8 +52,22 @@ def create_bench(
     config: dict = {"db_host": db_host, "db_port": int(db_port)}
     if redis_cache:
         config["redis_cache"] = redis_cache
+    if time_zone:
+        config["standin_time_zone"] = time_zone
+    if os.geteuid() == 0:
+        import pwd
+
+        config["frappe_user"] = pwd.getpwuid(0).pw_name
     _write_json(sites / "common_site_config.json", config)
     return root
+
+
+def set_time_zone(bench: Path, site: str, zone: str) -> None:
+    """Set a site's System Settings time zone, through the stand-in as Frappe would."""
+    import subprocess
+
+    subprocess.run([str(BENCH_SCRIPT), "--site", site, "execute", "frappe.db.set_single_value", "--args",
+                    json.dumps(["System Settings", "time_zone", zone])], cwd=bench, check=True, capture_output=True)
 
 
 def set_app_version(bench: Path, app: str, version: str) -> None:
