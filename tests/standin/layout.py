@@ -36,17 +36,29 @@ def create_bench(
     db_port: int,
     apps: Sequence[str] = ("frappe", "erpnext"),
     redis_cache: str | None = None,
+    always_on_worker: bool = True,
+    node_packages: bool = True,
 ) -> Path:
-    """Create (or complete) a bench folder at ``root`` and return it."""
+    """Create (or complete) a bench folder at ``root`` and return it.
+
+    ``always_on_worker``: a Frappe worker is always online and runs what migrate queues at once
+    (without it, queued jobs wait for a ``bench worker``). ``node_packages``: frappe's node
+    packages are installed, so ``bench build`` works offline (without them it fails, as Frappe's
+    does with no network and no ``node_modules``).
+    """
     root = Path(root)
     sites = root / "sites"
     (sites / "assets").mkdir(parents=True, exist_ok=True)
     for app in apps:
         set_app_version(root, app, DEFAULT_APP_VERSION)
+    if node_packages:
+        (root / "apps" / "frappe" / "node_modules").mkdir(parents=True, exist_ok=True)
     (sites / "apps.txt").write_text("".join(f"{app}\n" for app in apps))
     config: dict = {"db_host": db_host, "db_port": int(db_port)}
     if redis_cache:
         config["redis_cache"] = redis_cache
+    if always_on_worker:
+        config["standin_always_on_worker"] = True
     _write_json(sites / "common_site_config.json", config)
     return root
 
