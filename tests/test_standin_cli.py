@@ -24,7 +24,8 @@ def test_create_bench_lays_out_the_folder_bench_expects(tmp_path: Path) -> None:
     sites = tmp_path / "b" / "sites"
     assert (sites / "apps.txt").read_text().split() == ["frappe", "hrms"]
     assert json.loads((sites / "common_site_config.json").read_text()) == {
-        "db_host": "127.0.0.1", "db_port": 3307, "redis_cache": "redis://127.0.0.1:6390/1"}
+        "db_host": "127.0.0.1", "db_port": 3307, "redis_cache": "redis://127.0.0.1:6390/1",
+        "standin_always_on_worker": True}
     assert _standin("bench-path").stdout.strip() == str(BENCH_SCRIPT)
 
 
