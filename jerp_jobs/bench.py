@@ -208,6 +208,52 @@ def scheduler_setting(site: str, *, bench: str = "bench") -> list[str]:
     return execute(site, "frappe.db.get_single_value", ["System Settings", "enable_scheduler"], bench=bench)
 
 
+def doctor(site: str, *, bench: str = "bench") -> list[str]:
+    """``doctor`` prints the scheduler's state for the site, ``Workers online: N`` (the Frappe RQ
+    workers registered in the queue Redis) and the site's queued jobs."""
+    return _site(bench, site, "doctor")
+
+
+#: Frappe's file locks (``frappe.utils.synchronization.filelock``): a site lock is
+#: ``<bench>/sites/<site>/locks/<name>.lock``, a bench-wide one ``<bench>/config/<name>.lock``;
+#: both held with ``flock(2)`` (the ``filelock`` library's Unix lock), so the kernel frees them
+#: when their process ends.
+SITE_LOCKS = ("bench_migrate", "site_restore", "bench_new_site", "install_app")
+BENCH_LOCKS = ("bench_build",)
+#: the probe's exit status when the lock is held by another process
+LOCK_HELD = 76
+
+
+def lock_file(name: str, site: str | None = None) -> str:
+    """The lock file of a Frappe lock, relative to the bench folder."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+        raise InvalidInput(f"invalid lock name {name!r}")
+    if site is None:
+        return f"config/{name}.lock"
+    return f"sites/{validate_site_name(site)}/locks/{name}.lock"
+
+
+def lock_probe(name: str, site: str | None = None) -> list[str]:
+    """Exits :data:`LOCK_HELD` while another process holds the Frappe lock, 0 when it is free.
+
+    It takes the lock with the same kernel primitive for an instant (``flock -n``), so it never
+    waits and never stands in a holder's way for longer than that instant.
+    """
+    return ["flock", "-n", "-E", str(LOCK_HELD), lock_file(name, site), "true"]
+
+
+#: The two site switches a workflow changes, as ``grep -o`` prints them from site_config.json:
+#: only these keys, never the rest of the file (which holds the site's database password).
+SITE_SWITCHES = ("maintenance_mode", "pause_scheduler")
+_SWITCH_PATTERN = '"(maintenance_mode|pause_scheduler)"[[:space:]]*:[[:space:]]*[^,}[:space:]]+'
+
+
+def site_switches(site: str) -> list[str]:
+    """Prints the site's ``maintenance_mode`` and ``pause_scheduler`` lines (grep exits 1 when
+    neither is set: both off)."""
+    return ["grep", "-E", "-o", _SWITCH_PATTERN, f"sites/{validate_site_name(site)}/site_config.json"]
+
+
 def build(
     *, apps: Sequence[str] = (), production: bool = False, force: bool = False, bench: str = "bench"
 ) -> list[str]:
@@ -445,6 +491,140 @@ def backup_times(stamp: str, zone_name: str, *, near: datetime | None = None) ->
         "taken_at_utc": utc.isoformat().replace("+00:00", "Z"),
         "taken_at_local": local.isoformat(),
     }
+
+
+def parse_site_switches(output: str) -> dict[str, bool]:
+    """``{"maintenance_mode": bool, "pause_scheduler": bool}`` from :func:`site_switches`' lines;
+    a key that is missing is off, as Frappe reads it."""
+    found = dict.fromkeys(SITE_SWITCHES, False)
+    for line in output.splitlines():
+        match = re.fullmatch(r'\s*"(\w+)"\s*:\s*"?([^",}\s]*)"?\s*', line)
+        if not match or match[1] not in found:
+            continue
+        value = match[2].lower()
+        if value in ("1", "true"):
+            found[match[1]] = True
+        elif value in ("0", "false", "null", ""):
+            found[match[1]] = False
+        else:
+            raise OutputParseError(f"site_config.json has {match[1]} = {match[2]!r}, neither on nor off")
+    return found
+
+
+_WORKERS_ONLINE = re.compile(r"^Workers online:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def parse_workers_online(output: str) -> int:
+    """``Workers online: N`` from ``bench doctor``: how many Frappe RQ workers are registered."""
+    found = _WORKERS_ONLINE.findall(output)
+    if not found:
+        raise OutputParseError("doctor printed no 'Workers online: N' line")
+    return int(found[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Why a bench command failed
+
+
+#: The classes of a failed bench command. Workflows decide their recovery from these.
+LOCK_HELD_BY_OTHER = "lock-held"  # a Frappe file lock is held by another process (names the lock)
+SITE_MISSING = "site-missing"  # "Site X does not exist!"
+NO_SITE = "no-site"  # "Please specify --site sitename"
+DATABASE_UNREACHABLE = "database-unreachable"  # MariaDB refused or dropped the connection
+SERVICES_DOWN = "services-down"  # Redis not reachable ("Cannot run bench migrate without the services running")
+RUN_AS_ROOT = "run-as-root"  # bench refuses to run as root
+TIMED_OUT = "timed-out"  # killed at the command's timeout
+KILLED = "killed"  # ended by a signal
+FENCE_BUSY = "fence-busy"  # another command of this platform still works on the site
+NO_WORKERS = "no-workers"  # no Frappe worker consumes the queues (readiness)
+COMMAND_ERROR = "command-error"  # anything else: the command itself failed
+
+FAILURE_KINDS = (LOCK_HELD_BY_OTHER, SITE_MISSING, NO_SITE, DATABASE_UNREACHABLE, SERVICES_DOWN, RUN_AS_ROOT,
+                 TIMED_OUT, KILLED, FENCE_BUSY, NO_WORKERS, COMMAND_ERROR)
+
+#: classes in which the command stopped before it changed anything
+UNCHANGED = frozenset({LOCK_HELD_BY_OTHER, SITE_MISSING, NO_SITE, SERVICES_DOWN, RUN_AS_ROOT, FENCE_BUSY})
+
+
+@dataclass(frozen=True)
+class BenchFailure:
+    """What a failed bench command met: its class, a one-line summary, and for a held lock
+    which lock (and the file Frappe named)."""
+
+    kind: str
+    summary: str
+    lock: str | None = None
+    lock_path: str | None = None
+
+    @property
+    def changed_nothing(self) -> bool:
+        """The command stopped before it changed anything (it never got past its checks)."""
+        return self.kind in UNCHANGED
+
+    def as_dict(self) -> dict[str, str]:
+        shown = {"class": self.kind, "summary": self.summary}
+        if self.lock:
+            shown["lock"] = self.lock
+        if self.lock_path:
+            shown["lock_path"] = self.lock_path
+        return shown
+
+
+_LOCK_TIMEOUT = re.compile(
+    r"LockTimeoutError: Failed to ac?quire lock: (?P<name>[\w-]+)"
+    r"(?:[^\n]*?You can manually remove the lock if you think it's safe: (?P<path>[^\s<]+))?"
+)
+_SITE_MISSING = re.compile(r"^Site (?P<site>\S+) does not exist!?\s*$", re.MULTILINE)
+_DB_DOWN = re.compile(
+    r"(?:OperationalError|InterfaceError|ERROR)\W+(?:2002|2003|2005|2006|2013)\b"
+    r"|Can't connect to (?:local )?(?:MySQL |MariaDB )?server"
+    r"|Lost connection to (?:MySQL |MariaDB )?server"
+    r"|(?:MySQL|MariaDB) server has gone away"
+)
+_SERVICES_DOWN = re.compile(
+    r"Cannot run bench migrate without the services running"
+    r"|redis\.exceptions\.(?:ConnectionError|TimeoutError)"
+    r"|^Service redis_\w+ is not running",
+    re.MULTILINE,
+)
+_ROOT = re.compile(r"You should not run this command as root")
+_SIGNALS = {9: "SIGKILL", 15: "SIGTERM", 2: "SIGINT", 6: "SIGABRT"}
+#: flock's exit status when the platform's own fence stayed busy (see jerp_jobs.workflow)
+_FENCE_EXIT = 75
+
+
+def classify_failure(exit_code: int | None, output: str, *, timed_out: bool = False) -> BenchFailure:
+    """The class of a failed bench command, from its exit status and what it printed.
+
+    Frappe's own messages decide first (a held lock, a missing site, an unreachable database or
+    Redis, the refusal to run as root); then how the command ended (a timeout, a signal, the
+    platform's fence); anything else is a ``command-error``. Pure: no I/O.
+    """
+    text = output or ""
+    lock = _LOCK_TIMEOUT.search(text)
+    if lock:
+        name = lock["name"]
+        return BenchFailure(LOCK_HELD_BY_OTHER, f"another process holds {name}", lock=name,
+                            lock_path=lock["path"] or None)
+    missing = _SITE_MISSING.search(text)
+    if missing:
+        return BenchFailure(SITE_MISSING, f"site {missing['site']} does not exist")
+    if "Please specify --site sitename" in text:
+        return BenchFailure(NO_SITE, "no site was given and the bench has no default site")
+    if _ROOT.search(text):
+        return BenchFailure(RUN_AS_ROOT, "bench refuses to run as root")
+    if _SERVICES_DOWN.search(text):
+        return BenchFailure(SERVICES_DOWN, "Redis is not reachable (bench needs its services running)")
+    if _DB_DOWN.search(text):
+        return BenchFailure(DATABASE_UNREACHABLE, "the database server could not be reached")
+    if timed_out:
+        return BenchFailure(TIMED_OUT, "the command ran past its timeout and was killed")
+    if exit_code is not None and (exit_code < 0 or exit_code - 128 in _SIGNALS):
+        number = -exit_code if exit_code < 0 else exit_code - 128
+        return BenchFailure(KILLED, f"the command was ended by {_SIGNALS.get(number, f'signal {number}')}")
+    if exit_code == _FENCE_EXIT:
+        return BenchFailure(FENCE_BUSY, "another command of this platform still works on the site")
+    return BenchFailure(COMMAND_ERROR, f"the command failed (exit {exit_code})")
 
 
 def parse_apps_txt(text: str) -> list[str]:

@@ -178,14 +178,19 @@ def enqueue_provision(obj: Ctx, site: str, apps: tuple[str, ...], wait: bool) ->
     _submit(obj, "provision", site=site, params={"apps": list(apps)} if apps else {}, wait=wait)
 
 
+NO_BUILD = click.option("--no-build", is_flag=True,
+                        help="Do not run bench build (whatever JERP_BUILD_ASSETS says); the step is skipped.")
+
+
 @enqueue.command("migrate")
 @SITE
+@NO_BUILD
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_migrate(obj: Ctx, site: str, wait: bool) -> None:
+def enqueue_migrate(obj: Ctx, site: str, no_build: bool, wait: bool) -> None:
     """Migrate SITE (maintenance, backup, migrate, caches, assets; automatic restore on failure)."""
-    _submit(obj, "migrate", site=site, wait=wait)
+    _submit(obj, "migrate", site=site, params={"no_build": True} if no_build else {}, wait=wait)
 
 
 @enqueue.command("migrate-all")
@@ -194,12 +199,15 @@ def enqueue_migrate(obj: Ctx, site: str, wait: bool) -> None:
               help="Site migrated first, alone (default: the first site).")
 @click.option("--budget", type=click.IntRange(0, None), default=1, show_default=True,
               help="Failed sites tolerated before no new site is started.")
+@NO_BUILD
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, budget: int, wait: bool) -> None:
+def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, budget: int, no_build: bool,
+                        wait: bool) -> None:
     """Migrate every site: a canary first, then the rest in parallel; assets built once."""
-    _submit(obj, "migrate-all", params={"concurrency": concurrency, "canary": canary, "budget": budget}, wait=wait)
+    params = {"concurrency": concurrency, "canary": canary, "budget": budget}
+    _submit(obj, "migrate-all", params={**params, "no_build": True} if no_build else params, wait=wait)
 
 
 @enqueue.command("restore")

@@ -14,7 +14,9 @@ status or a failed step, never into a traceback for an operator to read.
     │   ├── ContainerNotRunning
     │   ├── ExecutorUnavailable   (Docker API / bench folder unreachable)
     │   └── CommandTimeout        the command ran past its timeout and was killed
-    ├── CommandFailed          the command ran and exited non-zero
+    ├── CommandFailed          the command ran and exited non-zero (``failure``: its class)
+    │   ├── ForeignLockHeld    another process kept a Frappe lock past the wait for it
+    │   └── NoWorkers          no Frappe worker consumes the queues a step waits on
     ├── OutputParseError       bench printed something the parser does not recognise
     ├── Unauthorized           a hook's signature or token does not match
     ├── DeployError            the platform could not be moved to an image tag
@@ -86,12 +88,58 @@ class CommandTimeout(ExecutorError):
         self.timeout = timeout
         self.output_tail = output_tail
 
+    @property
+    def failure(self):  # type: ignore[no-untyped-def]
+        """Always the ``timed-out`` class (:class:`jerp_jobs.bench.BenchFailure`)."""
+        from jerp_jobs.bench import TIMED_OUT, BenchFailure
+
+        return BenchFailure(TIMED_OUT, f"the command ran past its timeout of {self.timeout:g}s and was killed")
+
 
 class CommandFailed(JerpError):
-    def __init__(self, message: str, *, exit_code: int, output_tail: str = "") -> None:
+    """A command exited non-zero. ``failure`` is its class (a
+    :class:`jerp_jobs.bench.BenchFailure`): given, or read from the exit status and the output
+    by :func:`jerp_jobs.bench.classify_failure`. The runner records it in the job's result."""
+
+    def __init__(self, message: str, *, exit_code: int, output_tail: str = "", failure: object = None) -> None:
         super().__init__(message, exit_code=exit_code)
         self.exit_code = exit_code
         self.output_tail = output_tail
+        self._failure = failure
+
+    @property
+    def failure(self):  # type: ignore[no-untyped-def]
+        if self._failure is None:
+            from jerp_jobs.bench import classify_failure
+
+            self._failure = classify_failure(self.exit_code, self.output_tail)
+        return self._failure
+
+
+class ForeignLockHeld(CommandFailed):
+    """Another process (not this platform: its fence keeps its own commands apart) held a Frappe
+    lock for longer than the step would wait. Nothing of the command ran."""
+
+    def __init__(self, message: str, *, lock: str, waited_s: float, exit_code: int = 1, output_tail: str = "",
+                 lock_path: str | None = None) -> None:
+        from jerp_jobs.bench import LOCK_HELD_BY_OTHER, BenchFailure
+
+        super().__init__(message, exit_code=exit_code, output_tail=output_tail,
+                         failure=BenchFailure(LOCK_HELD_BY_OTHER, f"another process holds {lock}", lock=lock,
+                                              lock_path=lock_path))
+        self.fields.update(lock=lock, waited_s=waited_s)
+        self.lock = lock
+        self.waited_s = waited_s
+
+
+class NoWorkers(CommandFailed):
+    """A step waits for background jobs that nothing will run: no Frappe worker is online."""
+
+    def __init__(self, message: str, *, exit_code: int = 1, output_tail: str = "") -> None:
+        from jerp_jobs.bench import NO_WORKERS, BenchFailure
+
+        super().__init__(message, exit_code=exit_code, output_tail=output_tail,
+                         failure=BenchFailure(NO_WORKERS, "no Frappe worker consumes the site's queues"))
 
 
 class OutputParseError(JerpError):

@@ -227,7 +227,11 @@ def _failed(rt: Runtime, job_id: str, record: Step, exc: JerpError, ctx: StepCon
     rt.store.finish_step(
         job_id, record, "failed", exit_code=getattr(exc, "exit_code", ctx.exit_code), output=output, error=str(exc)
     )
-    log.warning("step.failed", job_id=job_id, step=record.name, error=str(exc))
+    failure = getattr(exc, "failure", None)  # a bench command's class (jerp_jobs.bench.BenchFailure)
+    if failure is not None:
+        rt.store.set_result(job_id, failure={"step": record.name, **failure.as_dict()})
+    log.warning("step.failed", job_id=job_id, step=record.name, error=str(exc),
+                failure=failure.kind if failure is not None else None)
     return "failed"
 
 

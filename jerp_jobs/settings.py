@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     # Site work
     install_apps: Annotated[list[str], NoDecode] = ["erpnext", "nfse-pr"]
     fanout_concurrency: int = Field(4, ge=1)
+    foreign_lock_wait: float = Field(
+        600.0, ge=0, description="seconds a migrate waits for another process's bench_migrate lock before it gives up"
+    )
+    build_assets: Literal["auto", "always", "never"] = Field(
+        "auto", description="bench build in a migrate: auto skips it where assets come from the image"
+    )
+    ready_without_workers: Literal["fail", "proceed"] = Field(
+        "fail", description="a migrate whose site has queued jobs and no Frappe worker online: fail or go on"
+    )
 
     # Off-site backups (S3 or an S3-compatible store; credentials: the standard AWS_* variables)
     s3_bucket: str | None = None

@@ -38,8 +38,9 @@ pytestmark = pytest.mark.docker
 
 PLATFORM_SERVICES = ["db", "backend"]
 JOBS_SERVICES = ["jobs-redis", "docker-proxy", "jobs-worker", "jobs-control", "jobs-beat", "jobs-webhook"]
+# build-assets is skipped with the Docker executor: the assets come from the image (JERP_BUILD_ASSETS=auto)
 NORMAL_MIGRATE = ["maintenance-on", "scheduler-pause", "wait-ready", "backup", "migrate", "clear-cache",
-                  "build-assets", "scheduler-resume", "maintenance-off"]
+                  "scheduler-resume", "maintenance-off"]
 
 
 # -- the compose files, rendered with .env.example ----------------------------------------

@@ -187,6 +187,7 @@ def test_a_busy_fence_fails_the_step_naming_it(fake_runtime: Runtime) -> None:
 def test_next_step_is_published_before_the_guard_is_set(fake_runtime: Runtime) -> None:
     for name in ("set-maintenance-mode", "scheduler"):
         fake_runtime.executor.on(cmd("bench", "--site", SITE, name))
+    fake_runtime.executor.on(cmd("grep"), exit_code=1).on(cmd("flock"))  # the site as found; no foreign lock
     job = create_job(fake_runtime, "migrate", site=SITE)
     first = runner.run_step(fake_runtime, job.id, "maintenance-on", worker="w1")
     assert first.next_step == "scheduler-pause" and fake_runtime.dispatched == [(job.id, "scheduler-pause")]
@@ -197,6 +198,7 @@ def test_next_step_is_published_before_the_guard_is_set(fake_runtime: Runtime) -
 
 def test_bench_wide_step_of_a_site_job_runs_in_the_bench_fence(fake_runtime: Runtime) -> None:
     fake_runtime.executor.on(cmd("bench", "build"), output=["done"])
+    fake_runtime.executor.on(cmd("test", "-L", "sites/assets"), exit_code=1)  # the bench's own assets
     job = create_job(fake_runtime, "migrate", site=SITE)
     runner.run_step(fake_runtime, job.id, "build-assets", worker="w1")
     assert fake_runtime.executor.argvs[0][5] == "sites/.jerp-fence.bench"
@@ -228,7 +230,7 @@ def test_transient_failure_is_retried_with_backoff_then_fails_when_attempts_run_
 
 
 def test_cancel_before_migrate_brings_the_site_back_online(fake_runtime: Runtime) -> None:
-    fake_runtime.executor.on(cmd("bench"), output=["ok"])
+    fake_runtime.executor.on(cmd("bench"), output=["ok"]).on(cmd("grep"), exit_code=1).on(cmd("flock"))
     job = create_job(fake_runtime, "migrate", site=SITE)
     runner.run_step(fake_runtime, job.id, "maintenance-on", worker="w1")
     fake_runtime.store.request_cancel(job.id)
@@ -242,7 +244,7 @@ def test_cancel_before_migrate_brings_the_site_back_online(fake_runtime: Runtime
     assert done.step("migrate").state == "skipped" and done.step("abort-maintenance-off").state == "success"
     commands = [" ".join(a[6:]) for a in fake_runtime.executor.argvs]
     assert commands[-1] == f"bench --site {SITE} set-maintenance-mode off"
-    assert not any("migrate" in c for c in commands)
+    assert not any(c.startswith("bench") and "migrate" in c.split() for c in commands)
 
 
 def test_cancel_of_a_job_without_a_safe_path_just_ends_it(fake_runtime: Runtime) -> None:

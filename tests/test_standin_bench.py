@@ -573,4 +573,4 @@ def test_build_writes_the_assets_manifest(bench: Path) -> None:
     assert manifest["build_stamp"]["apps"] == ["frappe", "erpnext"]
     bundle = manifest["erpnext.bundle.js"]
     assert (bench / "sites" / bundle.removeprefix("/")).is_file()
-    assert (bench / "locks" / "bench_build.lock").is_file()
+    assert (bench / "config" / "bench_build.lock").is_file()  # Frappe: <bench>/config/<name>.lock

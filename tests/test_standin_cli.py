@@ -26,7 +26,8 @@ def test_create_bench_lays_out_the_folder_bench_expects(tmp_path: Path) -> None:
     assert (sites / "apps.txt").read_text().split() == ["frappe", "hrms"]
     config = json.loads((sites / "common_site_config.json").read_text())
     assert config.pop("frappe_user", None) == ("root" if os.geteuid() == 0 else None)  # bench refuses root without it
-    assert config == {"db_host": "127.0.0.1", "db_port": 3307, "redis_cache": "redis://127.0.0.1:6390/1"}
+    assert config == {"db_host": "127.0.0.1", "db_port": 3307, "redis_cache": "redis://127.0.0.1:6390/1",
+                      "standin_always_on_worker": True}
     assert _standin("bench-path").stdout.strip() == str(BENCH_SCRIPT)
 
 

@@ -10,7 +10,8 @@ numbers) — records how many it found (``result.site_count``, ``result.discover
 the next site or ends its step.
 
 ``migrate-all`` first migrates a canary site alone (``canary``, default the first site); its
-chain is the only one that runs ``bench build``: once for the bench, never once per site. If
+chain is the only one that may run ``bench build``: once for the bench, never once per site
+(``no_build``, and JERP_BUILD_ASSETS, decide whether it does). If
 the canary does not succeed, no other site is started. Then the rest run — each clearing its
 caches after the build, as Frappe needs — and new sites stop being started once more than
 ``budget`` of them failed (a migrate that was rolled back by its automatic recovery counts
@@ -183,7 +184,9 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
 
     kind = CHILD_KIND[parent.kind]
     canary = parent.result.get("canary")
-    params: dict[str, Any] = {"build_assets": site == canary} if kind == "migrate" else {
+    params: dict[str, Any] = {
+        "build_assets": site == canary, **({"no_build": True} if parent.params.get("no_build") else {}),
+    } if kind == "migrate" else {
         "with_files": parent.params.get("with_files", True),
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
@@ -315,6 +318,8 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
         raise InvalidInput("concurrency must be at least 1")
     if out.get("budget") is not None and int(out["budget"]) < 0:
         raise InvalidInput("the failure budget cannot be negative")
+    if "no_build" in out and not isinstance(out["no_build"], bool):
+        raise InvalidInput(f"no_build must be true or false, not {out['no_build']!r}")
     if out.get("canary"):
         validate_site_name(out["canary"])
     for s in out.get("sites") or []:

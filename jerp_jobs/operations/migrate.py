@@ -13,40 +13,123 @@ stays in maintenance: no automated workflow touches it until an operator clears 
 A failure before the database is touched (maintenance, scheduler, readiness, backup) just
 brings the site back online and fails the job. A site that does not exist fails the job at its
 first step, with that reason, and is never marked.
+
+Recovery decides from the class of the failure (:func:`jerp_jobs.bench.classify_failure`,
+recorded as ``result.failure``):
+
+- Another process holds Frappe's ``bench_migrate`` lock (an operator's migrate, a deploy
+  script: never this platform, whose fence keeps its own commands on a site apart). The first
+  step looks for such a holder before it changes anything and waits for it, at most
+  ``JERP_FOREIGN_LOCK_WAIT`` seconds; the migrate step, meeting the lock all the same, waits
+  too and then migrates. When the wait ends with the lock still held, nothing is restored —
+  the other process is still migrating that database — and the site's maintenance mode and
+  scheduler are put back as the job found them (``result.site_as_found``, read before its
+  first change): the job ends ``failed``, "another process holds bench_migrate", unmarked.
+- Migrate refused to start because Redis is down (``services-down``): nothing was migrated,
+  nothing is restored; the site is brought back online.
+- Readiness: when the site has queued background jobs and ``bench doctor`` shows no Frappe
+  worker online, nothing will ever run them: wait-ready fails at once with that reason
+  (``JERP_READY_WITHOUT_WORKERS=fail``) or goes on (``proceed``).
+
+Assets: ``bench build`` runs in the build-assets step unless the job says ``--no-build``,
+``JERP_BUILD_ASSETS=never``, or ``auto`` finds the assets come from the image; the step then
+ends ``skipped`` and ``result.assets`` says why.
 """
 
 from __future__ import annotations
 
 import time
 
+from typing import Any
+
 from jerp_jobs import bench
-from jerp_jobs.errors import CommandFailed
+from jerp_jobs.errors import CommandFailed, ForeignLockHeld, InvalidInput, NoWorkers, OutputParseError
 from jerp_jobs.jobs import Job
+from jerp_jobs.log import get_logger
 from jerp_jobs.operations.backup import take_backup
 from jerp_jobs.operations.common import (
+    assets_skip_reason,
     build_assets,
     clear_cache,
+    foreign_lock_wait,
+    maintenance_as_found,
     maintenance_off,
     maintenance_on,
     mark_attention,
+    record_site_as_found,
+    scheduler_as_found,
     scheduler_pause,
     scheduler_resume,
+    wait_for_frappe_lock,
 )
 from jerp_jobs.operations.restore import manifest_files, restore_verified, verify_backup_files
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
+
+log = get_logger(__name__)
 
 #: how long to wait for the site's background jobs to drain, and how often to ask
 READY_TIMEOUT_S = 600.0
 READY_POLL_S = 5.0
 
+#: the Frappe lock ``bench migrate`` takes (``filelock("bench_migrate", timeout=1)``)
+MIGRATE_LOCK = "bench_migrate"
+
+
+def _foreign_holder_message(site: str, waited: float, *, changed: bool) -> str:
+    after = ("nothing was changed" if not changed else
+             "nothing was restored; maintenance mode and the scheduler are put back as this job found them")
+    return (f"another process holds bench_migrate on {site} (a migrate outside this platform); waited {waited:g}s "
+            f"for it to finish; {after}")
+
+
+def start(ctx: StepContext) -> None:
+    """Record the site as found, wait for a foreign migrate to end, then maintenance on.
+
+    Nothing is changed while another process holds ``bench_migrate``: after
+    JERP_FOREIGN_LOCK_WAIT seconds the job fails here, leaving the site exactly as it was.
+    """
+    record_site_as_found(ctx)
+    wait, poll = foreign_lock_wait(ctx)
+    if not wait_for_frappe_lock(ctx, MIGRATE_LOCK, site=ctx.site, deadline=time.monotonic() + wait, poll=poll):
+        raise ForeignLockHeld(_foreign_holder_message(ctx.site, wait, changed=False), lock=MIGRATE_LOCK,
+                              waited_s=wait)
+    maintenance_on(ctx)
+
+
+def _workers_online(ctx: StepContext) -> int | None:
+    """Frappe RQ workers online (``bench doctor``), or None when that cannot be told."""
+    result = ctx.run(bench.doctor(ctx.site, bench=ctx.bench), check=False)
+    if not result.ok:
+        return None
+    try:
+        return bench.parse_workers_online(result.output)
+    except OutputParseError:
+        return None
+
 
 def wait_ready(ctx: StepContext) -> None:
+    """Wait, bounded, until the site has no queued background job.
+
+    Queued jobs with no Frappe worker online never drain (``bench migrate`` itself queues one,
+    the search index rebuild): that is told at once, not after the whole wait — the step fails
+    naming the cause, or goes on when JERP_READY_WITHOUT_WORKERS=proceed.
+    """
     deadline = time.monotonic() + float(ctx.params.get("ready_timeout", READY_TIMEOUT_S))
     poll = float(ctx.params.get("ready_poll", READY_POLL_S))
     while True:
         result = ctx.run(bench.ready_for_migration(ctx.site, bench=ctx.bench), check=False)
         if result.ok:
             return
+        if _workers_online(ctx) == 0:
+            reason = (f"{ctx.site} has queued background jobs and no Frappe worker is online to run them "
+                      "(bench doctor: Workers online: 0); start the queue workers")
+            if ctx.settings.ready_without_workers == "proceed":
+                ctx.output.append(f"{reason}; going on (JERP_READY_WITHOUT_WORKERS=proceed)")
+                ctx.record(ready={"proceeded": True, "reason": reason})
+                log.warning("migrate.ready_without_workers", job_id=ctx.job.id, site=ctx.site)
+                return
+            raise NoWorkers(f"{reason}; not migrating (JERP_READY_WITHOUT_WORKERS=fail)",
+                            exit_code=result.exit_code, output_tail=result.output)
         if time.monotonic() + poll > deadline:
             raise CommandFailed(
                 f"{ctx.site} still has pending background jobs; not ready for migration after "
@@ -62,13 +145,40 @@ def pre_migrate_backup(ctx: StepContext) -> None:
 
 
 def migrate(ctx: StepContext) -> None:
-    ctx.run(bench.migrate(ctx.site, bench=ctx.bench))
+    """``bench migrate``; when another process holds ``bench_migrate``, wait for it (at most
+    JERP_FOREIGN_LOCK_WAIT seconds) and migrate then. Still held: :class:`ForeignLockHeld`."""
+    argv = bench.migrate(ctx.site, bench=ctx.bench)
+    deadline: float | None = None
+    while True:
+        result = ctx.run(argv, check=False)
+        if result.ok:
+            return
+        failure = bench.classify_failure(result.exit_code, result.output)
+        if failure.kind != bench.LOCK_HELD_BY_OTHER or failure.lock != MIGRATE_LOCK:
+            raise CommandFailed(f"{' '.join(argv)} exited {result.exit_code}", exit_code=result.exit_code,
+                                output_tail=result.output, failure=failure)
+        wait, poll = foreign_lock_wait(ctx)
+        if deadline is None:
+            deadline = time.monotonic() + wait
+            ctx.record(foreign_lock={"lock": MIGRATE_LOCK, "path": failure.lock_path, "since": time.time()})
+            log.warning("migrate.foreign_lock", job_id=ctx.job.id, site=ctx.site, wait_s=wait)
+        ctx.output.append(f"another process holds {MIGRATE_LOCK}: waiting for it (at most {wait:g}s in all)")
+        if not wait_for_frappe_lock(ctx, MIGRATE_LOCK, site=ctx.site, deadline=deadline, poll=poll):
+            raise ForeignLockHeld(_foreign_holder_message(ctx.site, wait, changed=True), lock=MIGRATE_LOCK,
+                                  waited_s=wait, exit_code=result.exit_code, output_tail=result.output,
+                                  lock_path=failure.lock_path)
 
 
 def build_assets_once(ctx: StepContext) -> str | None:
     if not ctx.params.get("build_assets", True):
         return "skipped"  # a migrate-all builds once for the bench
+    reason = assets_skip_reason(ctx)
+    if reason is not None:
+        ctx.output.append(f"assets not built: {reason}")
+        ctx.record(assets={"built": False, "reason": reason})
+        return "skipped"
     build_assets(ctx)
+    ctx.record(assets={"built": True})
     return None
 
 
@@ -86,7 +196,7 @@ def _migrate_error(job: Job) -> str:
 
 
 STEPS: dict[str, StepSpec] = {
-    "maintenance-on": StepSpec(maintenance_on),
+    "maintenance-on": StepSpec(start),
     "scheduler-pause": StepSpec(scheduler_pause),
     "wait-ready": StepSpec(wait_ready),
     "backup": StepSpec(pre_migrate_backup),
@@ -102,16 +212,32 @@ STEPS: dict[str, StepSpec] = {
     # a failure before the database was touched: back online, nothing to restore
     "abort-scheduler-resume": StepSpec(scheduler_resume, recovery=True, then="abort-maintenance-off"),
     "abort-maintenance-off": StepSpec(maintenance_off, recovery=True, last=True),
+    # another process kept bench_migrate: nothing restored, the site put back as the job found it
+    "as-found-scheduler": StepSpec(scheduler_as_found, recovery=True, then="as-found-maintenance"),
+    "as-found-maintenance": StepSpec(maintenance_as_found, recovery=True, last=True),
     "mark-attention": StepSpec(mark_attention, recovery=True, last=True),
 }
+
+
+def _failure_class(job: Job, step: str) -> str | None:
+    """The class of the failure ``step`` just recorded (``result.failure``), if it is that step's."""
+    failure = job.result.get("failure") or {}
+    return failure.get("class") if failure.get("step") == step else None
 
 
 def _on_failure(job: Job, step: str) -> str | None:
     if job.result.get("site_missing"):
         return None  # the site does not exist: nothing was touched, nothing to mark
+    kind = _failure_class(job, step)
+    if step == "maintenance-on" and kind == bench.LOCK_HELD_BY_OTHER:
+        return None  # a foreign migrate runs: the job changed nothing and leaves the site to it
     if step in ("maintenance-on", "scheduler-pause", "wait-ready", "backup"):
         return "abort-scheduler-resume"
     if step == "migrate":
+        if kind == bench.LOCK_HELD_BY_OTHER:
+            return "as-found-scheduler"  # never restore under another process's migrate
+        if kind == bench.SERVICES_DOWN:
+            return "abort-scheduler-resume"  # migrate stopped before it touched the database
         return "restore-pre-migrate"
     if step in ("clear-cache", "build-assets"):
         return "scheduler-resume"  # migrated: still bring it online; the job ends failed
@@ -139,12 +265,29 @@ def _final_state(job: Job) -> str:
     return "failed"
 
 
+def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    out = dict(params)
+    for flag in ("no_build", "build_assets"):
+        if flag in out and not isinstance(out[flag], bool):
+            raise InvalidInput(f"{flag} must be true or false, not {out[flag]!r}")
+    for number in ("lock_wait", "lock_poll", "ready_timeout", "ready_poll"):
+        if number in out:
+            try:
+                ok = float(out[number]) >= 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InvalidInput(f"{number} must be a number of seconds, not {out[number]!r}")
+    return out
+
+
 register(
     Workflow(
         kind="migrate",
         needs_site=True,
         plan=lambda params: [name for name in STEPS if name != "build-assets" or params.get("build_assets", True)],
         resolve=table_resolver("migrate", STEPS),
+        validate=_validate,
         on_failure=_on_failure,
         on_cancel=_on_cancel,
         final_state=_final_state,

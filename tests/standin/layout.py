@@ -37,17 +37,26 @@ def create_bench(
     apps: Sequence[str] = ("frappe", "erpnext"),
     redis_cache: str | None = None,
     time_zone: str | None = None,
+    always_on_worker: bool = True,
+    node_packages: bool = True,
 ) -> Path:
     """Create (or complete) a bench folder at ``root`` and return it.
 
     ``time_zone``: the System Settings time zone of sites that set none (Frappe's default is
     Asia/Kolkata; the stand-in reads this from ``standin_time_zone``). Run as root, the bench
-    gets ``frappe_user`` (the current user), without which bench refuses root."""
+    gets ``frappe_user`` (the current user), without which bench refuses root.
+    ``always_on_worker``: a Frappe worker is always online and runs what migrate queues at once
+    (without it, queued jobs wait for a ``bench worker``). ``node_packages``: frappe's node
+    packages are installed, so ``bench build`` works offline (without them it fails, as Frappe's
+    does with no network and no ``node_modules``).
+    """
     root = Path(root)
     sites = root / "sites"
     (sites / "assets").mkdir(parents=True, exist_ok=True)
     for app in apps:
         set_app_version(root, app, DEFAULT_APP_VERSION)
+    if node_packages:
+        (root / "apps" / "frappe" / "node_modules").mkdir(parents=True, exist_ok=True)
     (sites / "apps.txt").write_text("".join(f"{app}\n" for app in apps))
     config: dict = {"db_host": db_host, "db_port": int(db_port)}
     if redis_cache:
@@ -58,6 +67,8 @@ def create_bench(
         import pwd
 
         config["frappe_user"] = pwd.getpwuid(0).pw_name
+    if always_on_worker:
+        config["standin_always_on_worker"] = True
     _write_json(sites / "common_site_config.json", config)
     return root
 
