@@ -204,7 +204,7 @@ def test_local_executor_records_new_site_progress_as_one_readable_line(
     executor = LocalExecutor(bench_dir, bench_program=str(BENCH_SCRIPT))
     argv = [str(BENCH_SCRIPT), "new-site", site, "--db-root-username", "root", "--mariadb-user-host-login-scope=%"]
     try:
-        result = executor.run(argv, timeout=120, stdin=f"{mariadb_root_password}\nAdm1n-pass\n".encode())
+        result = executor.run(argv, timeout=120, stdin=f"{mariadb_root_password}\nAdm1n-pass\nAdm1n-pass\n".encode())
         assert result.ok, result.output
         assert "\r" not in result.output and len(result.output) < 4000
         assert f"Updating DocTypes for frappe              : [{'=' * 40}] 100%" in result.output.splitlines()
