@@ -138,7 +138,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, mariadb_root
     secret = secrets.token_hex(16)
     env = {
         "JERP_BROKER_URL": redis_url, "JERP_EXECUTOR": "docker", "JERP_COMPOSE_PROJECT": name,
-        "JERP_BACKEND_SERVICE": "backend", "MARIADB_ROOT_PASSWORD": root_password,
+        "JERP_BACKEND_SERVICE": "backend", "JERP_SITES_DIR": str(bench / "sites"), "MARIADB_ROOT_PASSWORD": root_password,
         "FRAPPE_ADMIN_PASSWORD": secrets.token_hex(12), "JERP_INSTALL_APPS": "erpnext", "JERP_LOCK_TTL": "10",
         "JERP_RELEASE_IMAGE": repo, "PORTAINER_WEBHOOK_URL": portainer.webhook_url,
         "JERP_FRONTEND_URL": f"http://127.0.0.1:{web_port}", "JERP_SMOKE_USER": SMOKE_USER,
