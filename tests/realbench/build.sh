@@ -51,7 +51,7 @@ q() { printf '%q' "$1"; }
 [[ $# -eq 1 ]] || die "usage: build.sh FRAPPE_SRC"
 FRAPPE_SRC=$(realpath -e -- "$1" 2>/dev/null) || die "no such folder: $1"
 [[ -d $FRAPPE_SRC ]] || die "not a folder: $FRAPPE_SRC"
-git -C "$FRAPPE_SRC" rev-parse --git-dir >/dev/null 2>&1 || die "not a git repository: $FRAPPE_SRC"
+[[ -e $FRAPPE_SRC/.git || (-f $FRAPPE_SRC/HEAD && -d $FRAPPE_SRC/objects) ]] || die "not a git repository: $FRAPPE_SRC"
 
 here=$(cd -- "$(dirname -- "$0")" && pwd)
 RB_ROOT=${RB_ROOT:-$here/../.run/realbench-bench}
@@ -157,8 +157,8 @@ as_user test -x "$RB_ROOT" || die "$RB_USER cannot enter $RB_ROOT (a folder on t
 
 # ---------------------------------------------------------------------------------------------
 step "1. Frappe source -> $RB_ROOT/src/frappe"
-# Cloned by the invoking user (git's safe.directory check refuses RB_USER a source owned by
-# someone else), then handed to RB_USER.
+# Cloned by the invoking user, then handed to RB_USER. git's safe.directory check refuses a
+# local clone from a repository another user owns: give a FRAPPE_SRC the invoking user owns.
 mkdir -p -- "$RB_ROOT/src"
 if [[ ! -d $RB_ROOT/src/frappe/.git ]]; then
 	git clone --quiet --branch "$RB_FRAPPE_BRANCH" --single-branch -- "$FRAPPE_SRC" "$RB_ROOT/src/frappe"

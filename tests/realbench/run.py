@@ -12,7 +12,13 @@ then runs, each with ``jerpctl --json enqueue ... --wait``, on a new site named
 ``rr<time>.realtest.example.com`` unless ``--site`` names one:
 
     provision SITE, backup SITE, migrate SITE, migrate-all, backup-all,
-    restore SITE --db <the dump of the backup SITE job>, drill SITE (with --drill only)
+    restore SITE --db <the dump of the backup SITE job>,
+    with --s3: restore SITE --from-offsite --at <UTC now>, drill SITE (a scratch site
+    ``drill-<job>.jerp-drill.invalid`` made and dropped on the bench)
+
+``--s3`` starts a local S3 server (moto, from the test extras) on a free loopback port, with a
+bucket of its own, so backups are copied off-site, restores can come from there and the drill
+can run.
 
 and prints, per job, its kind, id, final state and the first failed step with its error. The
 records are kept as JSON in the run folder (``records/``), with the worker's log (``jerp-run.log``).
@@ -69,11 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     env = jerp_env(args, bench_dir, run_dir)
     redis = start_redis(run_dir)
     env["JERP_BROKER_URL"] = f"redis://127.0.0.1:{redis}/0"
-    (run_dir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    (run_dir / "env").chmod(0o600)
+    write_env(run_dir, env)
     print(f"run folder {run_dir}; jerp-jobs Redis on 127.0.0.1:{redis}; site {site}", flush=True)
     rows: list[dict[str, Any]] = []
+    s3 = None
     try:
+        if args.s3:
+            s3 = start_s3(run_dir, env)
+        write_env(run_dir, env)
         start_jerp_run(run_dir, env)
         rows = run_all(args, env, run_dir, site)
     finally:
@@ -82,9 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             stop_jerp_run(run_dir)
             stop_redis(run_dir)
+        if s3 is not None:
+            stop_process(s3)
     print_table(rows)
     (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     return 0 if rows and all(row["state"] == "succeeded" for row in rows) else 1
+
+
+def write_env(run_dir: Path, env: dict[str, str]) -> None:
+    """The run's settings, for jerpctl by hand: ``set -a; . <run dir>/env; set +a``."""
+    path = run_dir / "env"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,8 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="JERP_BUILD_ASSETS (default: jerp-jobs' own default, auto)")
     parser.add_argument("--run-dir", help="folder of this run's Redis, logs and records (default tests/.run/realbench)")
     parser.add_argument("--only", help="comma-separated job kinds to run, in the usual order "
-                        "(provision,backup,migrate,migrate-all,backup-all,restore,drill)")
-    parser.add_argument("--drill", action="store_true", help="also run a drill (needs JERP_S3_* in the environment)")
+                        "(" + ",".join(KINDS) + "; restore-offsite and drill need --s3)")
+    parser.add_argument("--s3", action="store_true", help="a local S3 server for off-site copies, an off-site "
+                        "restore and a drill")
     parser.add_argument("--drop-site", action="store_true", help="drop the new site at the end")
     parser.add_argument("--keep", action="store_true", help="leave the Redis and the worker running")
     return parser.parse_args(argv)
@@ -194,6 +214,41 @@ def stop_redis(run_dir: Path) -> None:
         subprocess.run(["redis-cli", "-p", port_file.read_text().strip(), "shutdown", "nosave"], capture_output=True)
 
 
+def start_s3(run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """moto's S3 server on a free loopback port, a bucket in it; its settings into ``env``."""
+    import boto3
+
+    port = free_port()
+    with open(run_dir / "s3.log", "ab") as log:
+        proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket="realbench")
+            break
+        except Exception:  # noqa: BLE001 - not listening yet
+            if proc.poll() is not None:
+                raise SystemExit(f"error: the S3 server did not start; see {run_dir / 's3.log'}") from None
+            time.sleep(0.2)
+    env.update({"JERP_S3_BUCKET": "realbench", "JERP_S3_ENDPOINT_URL": endpoint, "JERP_S3_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    print(f"S3 (moto) on {endpoint}, bucket realbench", flush=True)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def alive(pid_file: Path) -> bool:
     try:
         os.kill(int(pid_file.read_text()), 0)
@@ -246,11 +301,12 @@ def stop_jerp_run(run_dir: Path) -> None:
 
 # --- jobs ------------------------------------------------------------------------------------
 
-KINDS = ("provision", "backup", "migrate", "migrate-all", "backup-all", "restore", "drill")
+KINDS = ("provision", "backup", "migrate", "migrate-all", "backup-all", "restore", "restore-offsite", "drill")
+NEEDS_S3 = {"restore-offsite", "drill"}
 
 
 def run_all(args: argparse.Namespace, env: dict[str, str], run_dir: Path, site: str) -> list[dict[str, Any]]:
-    wanted = set(args.only.split(",")) if args.only else set(KINDS) - ({"drill"} if not args.drill else set())
+    wanted = set(args.only.split(",")) if args.only else set(KINDS) - (set() if args.s3 else NEEDS_S3)
     unknown = wanted - set(KINDS)
     if unknown:
         raise SystemExit(f"error: unknown job kinds in --only: {', '.join(sorted(unknown))}")
@@ -268,6 +324,8 @@ def run_all(args: argparse.Namespace, env: dict[str, str], run_dir: Path, site: 
                              "failed_step": "-", "error": "no dump: the backup job did not succeed"})
                 continue
             argv = [kind, site, "--db", dump]
+        elif kind == "restore-offsite":
+            argv = ["restore", site, "--from-offsite", "--at", time.strftime("%Y%m%d_%H%M%S", time.gmtime())]
         else:
             argv = [kind]
         record = run_job(env, run_dir, argv)
