@@ -318,7 +318,7 @@ def run_all(args: argparse.Namespace, env: dict[str, str], run_dir: Path, site: 
         if kind in ("provision", "backup", "migrate", "drill"):
             argv = [kind, site]
         elif kind == "restore":
-            dump = dump_of(backup_record)
+            dump = newest_local_dump(env, run_dir, site) or dump_of(backup_record)
             if dump is None:
                 rows.append({"kind": kind, "job_id": "-", "state": "not run",
                              "failed_step": "-", "error": "no dump: the backup job did not succeed"})
@@ -355,6 +355,23 @@ def run_job(env: dict[str, str], run_dir: Path, argv: list[str]) -> dict[str, An
     name = f"{len(list((run_dir / 'records').glob('*.json'))):02d}-{argv[0]}-{record.get('id', '-')}.json"
     (run_dir / "records" / name).write_text(json.dumps(record, indent=1))
     return record
+
+
+def newest_local_dump(env: dict[str, str], run_dir: Path, site: str) -> str | None:
+    """The dump of the site's newest backup still in its backup folder (with off-site copies,
+    older local sets are removed once copied), from ``jerpctl --json backups SITE``."""
+    done = subprocess.run([str(VENV_BIN / "jerpctl"), "--json", "backups", site], env={**os.environ, **env},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=run_dir)
+    try:
+        rows = json.loads(done.stdout)
+    except ValueError:
+        return None
+    folder = Path(env["JERP_SITES_DIR"]) / site / "private" / "backups"
+    for row in rows:  # newest first
+        name = f"{row.get('timestamp')}-{site.replace('.', '_')}-database.sql.gz"
+        if row.get("where") == "local" and (folder / name).is_file():
+            return name
+    return None
 
 
 def dump_of(record: dict[str, Any] | None) -> str | None:
