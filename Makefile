@@ -14,9 +14,9 @@ PLATFORM ?= -p jerp -f compose.yml
 JOBS ?= -p jerp-jobs -f compose.jobs.yml
 
 # Command-line and environment variables are exported to recipes, which would expand them.
-unexport TAG DB_BACKUP FILES_BACKUP UNVERIFIED
+unexport TAG DB_BACKUP FILES_BACKUP UNVERIFIED FRAPPE_SRC REALBENCH_DIR REALBENCH_ARGS
 
-.PHONY: help run demo demo-down test packages venv services images migrate release rollback logs up down
+.PHONY: help run demo demo-down test test-real packages venv services images migrate release rollback logs up down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -24,6 +24,19 @@ help: ## List the targets
 
 test: packages venv services images ## Start the test services, then run pytest (extra arguments: PYTEST_ARGS=...)
 	$(PYTEST) $(PYTEST_ARGS)
+
+test-real: export JERP_MAKE_FRAPPE_SRC = $(value FRAPPE_SRC)
+test-real: export JERP_MAKE_REALBENCH_DIR = $(value REALBENCH_DIR)
+test-real: export JERP_MAKE_REALBENCH_ARGS = $(value REALBENCH_ARGS)
+test-real: venv ## Workflows end to end on a real Frappe bench built from FRAPPE_SRC=<Frappe git folder> (or REALBENCH_DIR=<a bench>); not in CI
+	@set -euo pipefail; \
+	if [ -n "$$JERP_MAKE_REALBENCH_DIR" ]; then bench_dir=$$JERP_MAKE_REALBENCH_DIR; \
+	elif [ -n "$$JERP_MAKE_FRAPPE_SRC" ]; then \
+		root=$${RB_ROOT:-$(CURDIR)/tests/.run/realbench-bench}; \
+		RB_ROOT=$$root tests/realbench/build.sh "$$JERP_MAKE_FRAPPE_SRC"; bench_dir=$$root/frappe-bench; \
+	else echo "FRAPPE_SRC=<Frappe git folder> or REALBENCH_DIR=<bench folder> is required" >&2; exit 2; fi; \
+	read -r -a extra <<<"$$JERP_MAKE_REALBENCH_ARGS"; \
+	$(VENV)/bin/python -m tests.realbench.run --bench-dir "$$bench_dir" "$${extra[@]}"
 
 run: venv ## A worker and Beat for this machine's settings, each restarted if it exits (jerp-run; Ctrl-C stops both)
 	$(VENV)/bin/jerp-run

@@ -174,6 +174,31 @@ def test_bench_user_runs_every_command_as_that_user(tmp_path: Path) -> None:
         LocalExecutor(folder, user="no-such-user-here").run(["true"], timeout=30)
 
 
+@pytest.mark.skipif(not ROOT, reason="running as another user needs root")
+def test_root_worker_with_frappe_user_probes_frappe_locks_as_that_user(tmp_path: Path) -> None:
+    """A root worker that relies on frappe_user runs every command as that user: the probe of
+    Frappe's bench_migrate lock creates the lock file when it is missing, and one created by root
+    (0644) cannot be opened by Frappe's filelock as the bench's user (PermissionError, a failed
+    migrate, on a real bench)."""
+    bench = tmp_path / "bench"
+    (bench / "sites" / "a.example.com" / "locks").mkdir(parents=True)
+    nobody = pwd.getpwnam("nobody")
+    for folder in (tmp_path, bench, bench / "sites", bench / "sites" / "a.example.com"):
+        folder.chmod(0o755)
+    os.chown(bench / "sites" / "a.example.com" / "locks", nobody.pw_uid, nobody.pw_gid)
+    (bench / "sites" / "common_site_config.json").write_text(json.dumps({"frappe_user": "nobody"}))
+    executor = LocalExecutor(bench)
+    from jerp_jobs import bench as bench_cli
+    result = executor.run(bench_cli.lock_probe("bench_migrate", "a.example.com"), timeout=30)
+    assert result.exit_code == 0, result.output
+    lock = bench / "sites" / "a.example.com" / "locks" / "bench_migrate.lock"
+    assert lock.stat().st_uid == nobody.pw_uid
+    assert executor.run(["id", "-u"], timeout=30).output.strip() == str(nobody.pw_uid)
+    (bench / "sites" / "common_site_config.json").write_text(json.dumps({"frappe_user": "no-such-user-here"}))
+    with pytest.raises(ExecutorUnavailable, match="frappe_user 'no-such-user-here'"):
+        executor.run(["true"], timeout=30)
+
+
 # -- carriage-return redraws -----------------------------------------------------------------------
 
 

@@ -16,8 +16,10 @@ opt-in, ``JERP_CHILD_ENV_EXTRA``), plus ``env``. Nothing else of the worker's en
 User. bench refuses to run as root (``WARN: You should not run this command as root``, exit
 1) unless the bench's ``sites/common_site_config.json`` names a ``frappe_user``, whom it then
 becomes. So a worker running as root either names the bench's user (``user``,
-``JERP_BENCH_USER``: every command runs as that user, its groups and home), or is refused
-before bench starts, with the fix named. Run the worker as the bench's user and neither applies.
+``JERP_BENCH_USER``: every command runs as that user, its groups and home), or finds a
+``frappe_user`` (every command, bench or not, then runs as that user: a lock probe or a
+``grep`` run as root would leave root-owned files where Frappe must write), or is refused
+before bench starts, with the fix named. Run the worker as the bench's user and none applies.
 """
 
 from __future__ import annotations
@@ -189,20 +191,43 @@ class LocalExecutor:
         user = config.get("frappe_user") if isinstance(config, dict) else None
         return user if isinstance(user, str) and user else None
 
+    def _run_as(self) -> str | None:
+        """The user every command runs as: ``user``; else, for a worker running as root, the
+        bench's ``frappe_user`` (bench would become that user anyway, and the other commands a
+        workflow runs in the bench folder, such as the probe of a Frappe lock, must not create
+        files there that the bench's user cannot open); else None (the worker's own user)."""
+        if self.user is not None:
+            return self.user
+        if os.geteuid() != 0:
+            return None
+        named = self._frappe_user()
+        if named is None:
+            return None
+        try:
+            entry = pwd.getpwnam(named)
+        except KeyError:
+            raise ExecutorUnavailable(
+                f"frappe_user {named!r} in sites/common_site_config.json is not a user of this machine",
+                user=named,
+            ) from None
+        return None if entry.pw_uid == 0 else entry.pw_name
+
     def _identity(self) -> dict[str, object]:
-        """``Popen`` arguments and environment that make a command run as ``user``."""
-        if self.user is None:
+        """``Popen`` arguments that make a command run as :meth:`_run_as`."""
+        user = self._run_as()
+        if user is None:
             return {}
-        entry = pwd.getpwnam(self.user)
+        entry = pwd.getpwnam(user)
         if entry.pw_uid == os.geteuid():
             return {}
         return {"user": entry.pw_uid, "group": entry.pw_gid,
                 "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
 
     def _user_env(self) -> dict[str, str]:
-        if self.user is None:
+        user = self._run_as()
+        if user is None:
             return {}
-        entry = pwd.getpwnam(self.user)
+        entry = pwd.getpwnam(user)
         return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
 
     def _spawn(self, args: tuple[str, ...], *, with_stdin: bool) -> subprocess.Popen[bytes]:

@@ -23,7 +23,7 @@ from typing import Any
 from jerp_jobs import bench
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import ConfigError, InvalidInput
-from jerp_jobs.freshness import OFFSITE
+from jerp_jobs.freshness import LOCAL, OFFSITE
 from jerp_jobs.log import get_logger
 from jerp_jobs.manifests import artifact, confirm_recorded, manifest_key, read_side, seal, write_side
 from jerp_jobs.offsite import offsite_stamp
@@ -132,9 +132,22 @@ def prune_local(ctx: StepContext) -> str | None:
     paths = [f"sites/{ctx.site}/private/backups/{p.name}" for stamp in doomed for p in sorted(sets[stamp])]
     if paths:
         ctx.run(["rm", "-f", "--", *paths])
+        _forget_local(ctx, set(doomed))
     ctx.record(local_removed=doomed)
     ctx.output.append(f"kept {min(keep, len(sets))} local backup(s); removed {len(doomed)} copied off-site")
     return None
+
+
+def _forget_local(ctx: StepContext, stamps: set[str]) -> None:
+    """Drop the removed sets from the site's local backup index (``jerpctl backups`` lists it)."""
+    key = LOCAL + ctx.site
+    for raw in ctx.runtime.redis.zrange(key, 0, -1):
+        try:
+            stamp = json.loads(raw).get("timestamp")
+        except (ValueError, AttributeError):
+            continue
+        if stamp in stamps:
+            ctx.runtime.redis.zrem(key, raw)
 
 
 def _is_timestamp(text: str) -> bool:
