@@ -22,7 +22,7 @@ from jerp_jobs.executors.base import OutputTail
 from jerp_jobs.executors.local import LocalExecutor
 from jerp_jobs.operations import restore as restore_ops
 from tests.e2e_support import jerpctl, run_bench
-from tests.standin.layout import BENCH_SCRIPT, create_bench
+from tests.standin.layout import BENCH_SCRIPT, create_bench, read_calls
 from tests.conftest import MARIADB_PORT
 
 ROOT = os.geteuid() == 0
@@ -155,10 +155,57 @@ def test_local_executor_refuses_to_run_bench_as_root_naming_the_fix(tmp_path: Pa
     with pytest.raises(ExecutorUnavailable, match="JERP_BENCH_USER") as caught:
         executor.run([str(BENCH_SCRIPT), "--site", "a.example.com", "list-apps"], timeout=30)
     assert "run the worker as the bench's user" in str(caught.value)
-    assert executor.run(["true"], timeout=30).ok  # other programs run as they are
+    # the workflows run bench inside a fence, and the commands around it would leave root-owned
+    # files in the bench: refused alike, each naming the fix
+    for argv in (["flock", "-w", "9", "-E", "75", "sites/.jerp-fence.a.example.com", str(BENCH_SCRIPT), "build"],
+                 ["timeout", "-s", "TERM", "30", "nice", "-n", "5", str(BENCH_SCRIPT), "doctor"],
+                 ["flock", "-n", "-E", "75", "sites/a.example.com/locks/bench_migrate.lock", "true"], ["true"]):
+        with pytest.raises(ExecutorUnavailable, match="JERP_BENCH_USER"):
+            executor.run(argv, timeout=30)
+    assert not (bench / "sites" / ".jerp-fence.a.example.com").exists()
+    assert read_calls(bench) == []  # bench never started
     config["frappe_user"] = "root"
     config_path.write_text(json.dumps(config))
     assert "should not run" not in executor.run([str(BENCH_SCRIPT), "build"], timeout=60).output
+
+
+@pytest.mark.skipif(not ROOT, reason="the refusal concerns a worker running as root")
+@pytest.mark.parametrize("kind", ["backup", "migrate"])
+def test_a_job_on_a_root_worker_without_a_bench_user_fails_at_once_naming_the_fix(
+    tmp_path: Path, redis_url: str, real_redis, kind: str
+) -> None:
+    """Through the workflow (bench inside its fence), not only a bare ``bench`` argv: the job
+    fails at its first command with the fix named, before bench or a lock probe ran."""
+    from jerp_jobs.enqueue import submit
+    from jerp_jobs.runtime import build_runtime
+    from jerp_jobs.settings import load_settings
+    from tests.conftest import recording
+    from tests.site_folders import make_site_folders
+
+    bench = create_bench(tmp_path / "b", db_host="127.0.0.1", db_port=MARIADB_PORT)
+    config_path = bench / "sites" / "common_site_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("frappe_user")
+    config_path.write_text(json.dumps(config))
+    make_site_folders(bench / "sites", ["a.example.com"])
+    before = sorted(str(p.relative_to(bench)) for p in bench.rglob("*"))
+    settings = load_settings(_env_file=None, broker_url=redis_url, executor="local", bench_dir=bench,
+                             bench_bin=str(BENCH_SCRIPT), sites_dir=bench / "sites", lock_ttl=10)
+    rt = recording(build_runtime(settings, client=real_redis))
+    job = submit(rt, kind, site="a.example.com", params={"no_build": True} if kind == "migrate" else {})
+    for _ in range(50):
+        if not rt.dispatched:  # type: ignore[attr-defined]
+            break
+        job_id, step = rt.dispatched.pop(0)  # type: ignore[attr-defined]
+        runner.run_step(rt, job_id, step, worker="w1")
+    done = rt.store.get(job.id)
+    assert done.state == "failed", done.state
+    failed = [s for s in done.steps if s.state == "failed"]
+    assert failed and "this worker runs as root" in (failed[0].error or "")
+    assert "JERP_BENCH_USER" in (done.error or failed[0].error or "")
+    assert read_calls(bench) == []
+    after = sorted(str(p.relative_to(bench)) for p in bench.rglob("*"))
+    assert after == before  # no fence, no lock file, nothing root-owned left behind
 
 
 @pytest.mark.skipif(not ROOT, reason="running as another user needs root")

@@ -19,7 +19,8 @@ becomes. So a worker running as root either names the bench's user (``user``,
 ``JERP_BENCH_USER``: every command runs as that user, its groups and home), or finds a
 ``frappe_user`` (every command, bench or not, then runs as that user: a lock probe or a
 ``grep`` run as root would leave root-owned files where Frappe must write), or is refused
-before bench starts, with the fix named. Run the worker as the bench's user and none applies.
+every command, with the fix named, before anything starts (the workflows run bench inside a
+``flock`` fence, so the refusal cannot wait for a command that starts with ``bench``). Run the worker as the bench's user and none applies.
 """
 
 from __future__ import annotations
@@ -51,6 +52,30 @@ _READ_SIZE = 65536
 #: Variables a command inherits from the worker's environment (and every ``LC_*``): what
 #: bench, Python, click and the MariaDB clients need to run, and nothing secret.
 CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+#: Programs that run the rest of their argv as a command, and their options that take a value.
+_WRAPPERS = {"flock": {"-w", "--wait", "--timeout", "-E", "--conflict-exit-code"},
+             "timeout": {"-s", "--signal", "-k", "--kill-after"},
+             "nice": {"-n", "--adjustment"}, "setsid": set(), "nohup": set()}
+
+
+def _program(args: Sequence[str]) -> str:
+    """The program an argv finally runs, past wrappers such as ``flock -w 9 -E 75 FILE bench …``."""
+    index = 0
+    while index < len(args):
+        name = os.path.basename(args[index])
+        takes_value = _WRAPPERS.get(name)
+        if takes_value is None:
+            return args[index]
+        index += 1
+        while index < len(args) and args[index].startswith("-"):
+            index += 2 if args[index] in takes_value else 1
+        if name == "flock":
+            index += 1  # the lock file
+        elif name == "timeout":
+            index += 1  # the duration
+    return args[0]
 
 
 def child_environment(
@@ -87,12 +112,13 @@ class LocalExecutor:
         kill_grace: float = 5.0,
         linger: float = 2.0,
         user: str | None = None,
-        bench_program: str | None = "bench",
+        bench_program: str | None = None,
     ) -> None:
         self.bench_dir = Path(bench_dir)
         #: run every command as this user (the worker must be root, or be that user)
         self.user = user or None
-        #: the program whose runs as root are refused without ``user`` or ``frappe_user``
+        #: the bench program; when set, a worker running as root without ``user`` or
+        #: ``frappe_user`` is refused every command (bench would refuse it anyway)
         self.bench_program = bench_program
         self.env = dict(env) if env is not None else {}
         self.pass_env = tuple(pass_env)
@@ -170,17 +196,17 @@ class LocalExecutor:
                     user=self.user,
                 )
             return
-        if os.geteuid() != 0 or not self.bench_program:
+        if os.geteuid() != 0 or not self.bench_program or self._frappe_user():
             return
-        if os.path.basename(args[0]) != os.path.basename(self.bench_program):
-            return
-        if self._frappe_user():
-            return
+        # Every command is refused, not only those that start with bench: the workflows run bench
+        # inside a fence (``flock … bench …``), and the commands around it (the probe of a Frappe
+        # lock) would leave root-owned files in the bench that Frappe, as its user, cannot open.
         raise ExecutorUnavailable(
-            f"bench refuses to run as root ('You should not run this command as root') and this worker runs as "
-            f"root: run the worker as the bench's user (the owner of {self.bench_dir}), or set JERP_BENCH_USER to "
-            "that user, or set frappe_user in sites/common_site_config.json",
-            program=args[0],
+            f"this worker runs as root and bench refuses to run as root ('You should not run this command "
+            f"as root'): run the worker as the bench's user (the owner of {self.bench_dir}), or set "
+            "JERP_BENCH_USER to that user, or set frappe_user in sites/common_site_config.json; "
+            f"not running {describe_argv(args)}",
+            program=_program(args),
         )
 
     def _frappe_user(self) -> str | None:
