@@ -293,6 +293,17 @@ def _readable_by_bench(fd: int, folder: os.stat_result) -> None:
         os.fchmod(fd, 0o644)
 
 
+def give_to_owner(path: Path | str, folder: Path | str) -> None:
+    """A file a worker running as root wrote into the bench belongs to the owner of ``folder``
+    (the bench's user), never to root: Frappe, as that user, must be able to open, rewrite and
+    remove what the platform leaves in its folders. A link is never followed."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(folder)
+    if owner.st_uid != 0:
+        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
+
 def remove_staged(root: Path, site: str, job_id: str) -> list[str]:
     """Remove the staging files (and what bench unpacked from them) an earlier attempt of this
     job left behind."""

@@ -152,3 +152,30 @@ def test_offsite_manifest_is_signed_and_an_edited_one_is_refused(
     with pytest.raises(ChecksumMismatch, match="carries no signature"):
         store.download_backup(SITE, TS, tmp_path / "restore", require_signature=True)
     assert not (tmp_path / "restore").exists() or not any((tmp_path / "restore").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_a_root_worker_leaves_its_files_to_the_bench_user(tmp_path: Path) -> None:
+    """The copy of a manifest beside the files, and what an off-site fetch downloads, belong to
+    the owner of the site's folder (the bench's user), so Frappe can rewrite and remove them."""
+    import pwd
+
+    from jerp_jobs.backupfiles import give_to_owner
+
+    nobody = pwd.getpwnam("nobody")
+    rel = _dump(tmp_path, A, "20260101_000000-a-database.sql.gz")
+    for folder in (tmp_path / A, tmp_path / A / "private", tmp_path / A / "private" / "backups"):
+        os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+    side = tmp_path / write_side(tmp_path, A, _manifest(rel, "a" * 64))
+    assert (side.stat().st_uid, side.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    downloaded = tmp_path / A / "private" / "backups" / "fetched.sql.gz"
+    downloaded.write_bytes(b"x")
+    assert downloaded.stat().st_uid == 0
+    give_to_owner(downloaded, tmp_path / A)
+    assert downloaded.stat().st_uid == nobody.pw_uid
+    elsewhere = tmp_path / "root-owned"
+    elsewhere.mkdir()
+    link = tmp_path / A / "link"
+    link.symlink_to(elsewhere)
+    give_to_owner(link, tmp_path / A)  # the link itself, never what it points to
+    assert elsewhere.stat().st_uid == 0 and link.lstat().st_uid == nobody.pw_uid

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jerp_jobs import bench
+from jerp_jobs.backupfiles import give_to_owner
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE
@@ -255,7 +256,10 @@ def fetch_offsite(
     root = sites_dir(ctx.settings)
     dest = root / target / "private" / "backups"
     started = time.monotonic()
+    made = [folder for folder in (dest.parent, dest) if not folder.exists()]
     paths = store.download_backup(ctx.site, offsite_stamp(manifest), dest, chosen=manifest, require_signature=strict)
+    for path in [*made, *paths.values()]:  # the bench's user, not a root worker, owns them
+        give_to_owner(path, root / target)
     kinds = {"database": "db", "public_files": "public_files", "private_files": "private_files"}
     files = {kinds[k]: f"{target}/private/backups/{p.name}" for k, p in paths.items() if k in kinds}
     sha = {kinds[a["kind"]]: a["sha256"] for a in manifest["artifacts"] if a["kind"] in kinds}
