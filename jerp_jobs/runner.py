@@ -274,7 +274,7 @@ def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> Ste
     if state == "succeeded" and job.cancel_requested:
         workflow = get_workflow(job.kind)
         if any(s.state == "pending" and not workflow.is_recovery(s.name) for s in job.steps):
-            state, error = "cancelled", "cancelled by an operator; the site was left online"
+            state, error = "cancelled", f"cancelled by an operator; {workflow.cancel_outcome(job)}"
     finish_job(rt, job_id, state, error=error)
     return StepRun("finished", detail=state)
 

@@ -169,6 +169,8 @@ class Workflow:
     )
     #: where a cancelled job goes after ``step`` (None: it just ends); e.g. back online
     on_cancel: Callable[[Job, str | None], str | None] = lambda job, step: None
+    #: what a cancelled job's ``on_cancel`` path leaves behind, in its final message
+    cancel_outcome: Callable[[Job], str] = lambda job: "the site was left online"
     #: called before each step of a job that holds no site: LockBusy keeps the job waiting (queued)
     admit: Callable[[Runtime, Job], None] = lambda rt, job: None
     #: a child job (started by one of this job's steps) ended: settle the waiting step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from jerp_jobs import runner
@@ -253,3 +254,44 @@ def test_cancel_of_a_job_without_a_safe_path_just_ends_it(fake_runtime: Runtime)
     fake_runtime.store.request_cancel(job.id)
     result = runner.run_step(fake_runtime, job.id, "discover", worker="w1")
     assert result.detail == "cancelled" and fake_runtime.executor.calls == []
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["site-made", "nothing-made"])
+def test_a_cancelled_provision_says_what_its_recovery_did(settings, fake_redis, fake_executor, made: bool) -> None:
+    """A provision cancelled after new-site drops the half-made site: its final message says so
+    (a provision has no site to leave online)."""
+    from jerp_jobs.runtime import build_runtime
+    from tests.conftest import recording
+
+    settings = settings.model_copy(update={"mariadb_root_password": SecretStr("root-Secret-1"),
+                                           "frappe_admin_password": SecretStr("Adm1n-Secret-1")})
+    fake_runtime = recording(build_runtime(settings, client=fake_redis, executor=fake_executor))
+    exists = {"site": False}
+
+    def new_site(argv: tuple[str, ...]) -> bool:
+        if cmd("bench", "new-site")(argv):
+            exists["site"] = made
+            return True
+        return False
+
+    fake = fake_runtime.executor
+    fake.on(lambda argv: cmd("test")(argv) and not exists["site"], exit_code=1).on(cmd("test"))
+    fake.on(cmd("cat", "sites/apps.txt"), output=["frappe"]).on(new_site, output=["Site created"]).on(cmd("bench"))
+    job = create_job(fake_runtime, "provision", site=SITE, params={"apps": []})
+    runner.run_step(fake_runtime, job.id, "check-new", worker="w1")
+    runner.run_step(fake_runtime, job.id, "new-site", worker="w1")
+    fake_runtime.store.request_cancel(job.id)
+    result = runner.run_step(fake_runtime, job.id, "scheduler-enable", worker="w1")
+    assert result.next_step == "drop-site"
+    runner.run_step(fake_runtime, job.id, "drop-site", worker="w1")
+    done = fake_runtime.store.get(job.id)
+    assert done.state == "cancelled"
+    if made:
+        assert done.step("drop-site").state == "success"
+        assert done.error == f"cancelled by an operator; the half-made site {SITE} was dropped"
+    else:
+        assert done.step("drop-site").state == "skipped"
+        assert done.error == f"cancelled by an operator; no site {SITE} was made"
+    assert "left online" not in done.error
+    dropped = [a for a in fake_executor.argvs if "drop-site" in a]
+    assert len(dropped) == (1 if made else 0)

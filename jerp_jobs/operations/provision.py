@@ -87,6 +87,12 @@ def drop_site(ctx: StepContext) -> str | None:
     return None
 
 
+def _cancel_outcome(job: Job) -> str:
+    if job.step("drop-site").state == "success":
+        return f"the half-made site {job.site} was dropped"
+    return f"no site {job.site} was made"
+
+
 def _plan(params: dict[str, Any]) -> list[str]:
     apps = [f"{APP_STEP}{app}" for app in params.get("apps", [])]
     return ["check-new", "new-site", *apps, "scheduler-enable", "first-backup", "proxy-host", "drop-site",
@@ -136,6 +142,7 @@ register(
         resolve=_resolve,
         on_failure=_on_failure,
         on_cancel=lambda job, step: None if step in (None, "check-new") else "drop-site",
+        cancel_outcome=_cancel_outcome,
         validate=_validate,
     )
 )
