@@ -69,17 +69,19 @@ def start_beat(beat_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[s
 
 def test_two_beats_schedule_once_and_the_standby_takes_over(start_beat: Callable[[str], Beat]) -> None:
     first, second = start_beat("first"), start_beat("second")
-    wait_for(lambda: first.sent("resume-stalled-steps") + second.sent("resume-stalled-steps") >= 1, timeout=60,
+    # bounds are generous: two Celery starts on a loaded 2-core machine take tens of seconds, and a
+    # standby takes over only when the killed Beat's lock (redbeat_lock_timeout, 30 s) expires
+    wait_for(lambda: first.sent("resume-stalled-steps") + second.sent("resume-stalled-steps") >= 1, timeout=180,
              what="a first resume run")
     time.sleep(16)
     counts = sorted([first.sent("resume-stalled-steps"), second.sent("resume-stalled-steps")])
     assert counts[0] == 0, counts  # one Beat schedules; the other waits for the lock
-    assert 3 <= counts[1] <= 6, counts  # every 5 s over ~16-20 s: not twice as many
+    assert 2 <= counts[1] <= 6, counts  # every 5 s over ~16-20 s (ticks slip under load): not twice as many
     for beat in (first, second):  # new cron entries wait for their next time
         assert beat.sent("nightly-backup") == beat.sent("retention-prune") == beat.sent("restore-drill") == 0
     active, standby = (first, second) if first.sent("resume-stalled-steps") else (second, first)
     active.kill()
-    wait_for(lambda: standby.sent("resume-stalled-steps") >= 1, timeout=90, what="the standby to take over")
+    wait_for(lambda: standby.sent("resume-stalled-steps") >= 1, timeout=180, what="the standby to take over")
 
 
 def test_a_nightly_run_missed_during_downtime_runs_once(
@@ -88,7 +90,7 @@ def test_a_nightly_run_missed_during_downtime_runs_once(
     from redbeat.decoder import RedBeatJSONEncoder
 
     earlier = start_beat("earlier")  # a Beat that ran before, and stored its schedule
-    wait_for(lambda: earlier.sent("resume-stalled-steps") >= 1, timeout=60, what="the earlier Beat to run")
+    wait_for(lambda: earlier.sent("resume-stalled-steps") >= 1, timeout=180, what="the earlier Beat to run")
     earlier.stop()
     assert earlier.sent("nightly-backup") == 0
     # ... then Beat was down for three days: its last nightly run is three days old
@@ -96,6 +98,6 @@ def test_a_nightly_run_missed_during_downtime_runs_once(
     real_redis.hset("jerp:redbeat:nightly-backup", "meta",
                     json.dumps({"last_run_at": three_days_ago, "total_run_count": 7}, cls=RedBeatJSONEncoder))
     beat = start_beat("returning")
-    wait_for(lambda: beat.sent("nightly-backup") >= 1, timeout=60, what="the missed nightly run")
+    wait_for(lambda: beat.sent("nightly-backup") >= 1, timeout=180, what="the missed nightly run")
     time.sleep(12)  # several ticks later: still once, not once per missed night
     assert beat.sent("nightly-backup") == 1
