@@ -279,7 +279,7 @@ def test_provision_backup_migrate_restore_and_a_worker_stopped_mid_step(deployed
     # A worker container stopped while bench runs: Beat's resumer hands the step to the
     # restarted worker, whose attempt waits for the orphaned bench process to end. The waits are
     # generous: the hand-over waits for the lost lock's TTL, and a loaded 2-core machine is slow.
-    write_faults(d.bench, {"delay": {"migrate": 20}})
+    write_faults(d.bench, {"delay": {"migrate": 40}})  # a window wide enough to see it running under load
     rc, queued = d.jerpctl("enqueue", "migrate", site, service="jobs-control")
     assert rc == 0, queued
     job_id = queued["job_id"]
