@@ -13,6 +13,7 @@ status or a failed step, never into a traceback for an operator to read.
     │   ├── ContainerNotFound
     │   ├── ContainerNotRunning
     │   ├── ExecutorUnavailable   (Docker API / bench folder unreachable)
+    │   │   └── CommandRefused    refused before it started: a root worker with no bench user
     │   └── CommandTimeout        the command ran past its timeout and was killed
     ├── CommandFailed          the command ran and exited non-zero (``failure``: its class)
     │   ├── ForeignLockHeld    another process kept a Frappe lock past the wait for it
@@ -80,6 +81,19 @@ class ContainerNotRunning(ExecutorError):
 
 class ExecutorUnavailable(ExecutorError):
     pass
+
+
+class CommandRefused(ExecutorUnavailable):
+    """The executor refused to start the command: a worker running as root with no bench user
+    (bench would refuse it too). Nothing ran; its class is ``run-as-root``, which changed
+    nothing, so a workflow refused at its first step has nothing to bring back or mark."""
+
+    @property
+    def failure(self):  # type: ignore[no-untyped-def]
+        from jerp_jobs.bench import RUN_AS_ROOT, BenchFailure
+
+        return BenchFailure(RUN_AS_ROOT, "refused before it started: the worker runs as root with no bench user "
+                            "(JERP_BENCH_USER)")
 
 
 class CommandTimeout(ExecutorError):

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from jerp_jobs import runner
+from jerp_jobs.bench import RUN_AS_ROOT
 from jerp_jobs.errors import ExecutorUnavailable, InvalidInput, InvalidSiteName
 from jerp_jobs.executors.base import OutputTail
 from jerp_jobs.executors.local import LocalExecutor
@@ -206,6 +207,12 @@ def test_a_job_on_a_root_worker_without_a_bench_user_fails_at_once_naming_the_fi
     assert read_calls(bench) == []
     after = sorted(str(p.relative_to(bench)) for p in bench.rglob("*"))
     assert after == before  # no fence, no lock file, nothing root-owned left behind
+    # nothing ran, so nothing to bring back: no recovery step (it would be refused too), and the
+    # site is not marked as needing attention, so the same job runs once the worker is set right
+    assert [s.name for s in failed] == [done.steps[0].name]
+    assert done.result.get("failure", {}).get("class") == RUN_AS_ROOT
+    assert rt.sites.attention("a.example.com") is None and not done.result.get("needs_attention")
+    assert not [n for n in rt.notifications if n[0] == "site.attention"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(not ROOT, reason="running as another user needs root")

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from jerp_jobs.errors import CommandTimeout, ExecutorUnavailable
+from jerp_jobs.errors import CommandRefused, CommandTimeout, ExecutorUnavailable
 from jerp_jobs.executors._argv import (
     check_argv,
     check_holders_of,
@@ -201,7 +201,7 @@ class LocalExecutor:
         # Every command is refused, not only those that start with bench: the workflows run bench
         # inside a fence (``flock … bench …``), and the commands around it (the probe of a Frappe
         # lock) would leave root-owned files in the bench that Frappe, as its user, cannot open.
-        raise ExecutorUnavailable(
+        raise CommandRefused(
             f"this worker runs as root and bench refuses to run as root ('You should not run this command "
             f"as root'): run the worker as the bench's user (the owner of {self.bench_dir}), or set "
             "JERP_BENCH_USER to that user, or set frappe_user in sites/common_site_config.json; "

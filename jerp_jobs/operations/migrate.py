@@ -25,6 +25,10 @@ recorded as ``result.failure``):
   the other process is still migrating that database — and the site's maintenance mode and
   scheduler are put back as the job found them (``result.site_as_found``, read before its
   first change): the job ends ``failed``, "another process holds bench_migrate", unmarked.
+- The first step refused because the worker runs as root with no bench user (``run-as-root``:
+  the local executor refuses every command, or bench itself refuses): nothing ran, and the
+  recovery would be refused alike. The job fails naming the fix; the site is not marked, so
+  once the worker is set right (JERP_BENCH_USER) the same job runs.
 - Migrate refused to start because Redis is down (``services-down``): nothing was migrated,
   nothing is restored; the site is brought back online.
 - Readiness: when the site has queued background jobs and ``bench doctor`` shows no Frappe
@@ -231,6 +235,8 @@ def _on_failure(job: Job, step: str) -> str | None:
     kind = _failure_class(job, step)
     if step == "maintenance-on" and kind == bench.LOCK_HELD_BY_OTHER:
         return None  # a foreign migrate runs: the job changed nothing and leaves the site to it
+    if step == "maintenance-on" and kind == bench.RUN_AS_ROOT:
+        return None  # refused as root before anything ran: nothing to bring back (it would be refused too)
     if step in ("maintenance-on", "scheduler-pause", "wait-ready", "backup"):
         return "abort-scheduler-resume"
     if step == "migrate":
