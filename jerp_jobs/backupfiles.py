@@ -368,6 +368,23 @@ def sweep_attempts(root: Path, site: str, *, keep: str | None = None) -> list[st
     return removed
 
 
+def names_taken(root: Path, site: str, names: list[str]) -> list[str]:
+    """Those of ``names`` that already exist in the site's backup folder (bench names a set by
+    the second it started: a second backup in the same second gets the same names)."""
+    backups = open_dir(root, (site, *BACKUPS), what=f"backup of {site}")
+    taken = []
+    try:
+        for name in names:
+            try:
+                os.stat(name, dir_fd=backups, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            taken.append(name)
+    finally:
+        os.close(backups)
+    return taken
+
+
 def move_into_backups(root: Path, site: str, attempt_rel: str, names: list[str]) -> None:
     """Move the finished files of an attempt into the site's backup folder (never replacing one)."""
     attempt = open_dir(root, tuple(attempt_rel.split("/")), what=f"backup of {site}")

@@ -453,12 +453,14 @@ def status(obj: Ctx, job_id: str) -> None:
 @click.pass_obj
 @_guard
 def backups(obj: Ctx, site: str | None) -> None:
-    """Off-site freshness of every site, or the local and off-site backups of SITE."""
+    """Off-site freshness of every site (local without JERP_S3_BUCKET), or the local and off-site
+    backups of SITE."""
     from jerp_jobs.freshness import site_backups, sites_freshness
 
     rt = obj.rt
     if site is None:
-        rows = sites_freshness(rt.redis, max_age_hours=rt.settings.backup_max_age_hours)
+        offsite = bool(rt.settings.s3_bucket)
+        rows = sites_freshness(rt.redis, max_age_hours=rt.settings.backup_max_age_hours, offsite=offsite)
         if obj.as_json:
             click.echo(json.dumps(rows, sort_keys=True))
         else:
@@ -466,7 +468,7 @@ def backups(obj: Ctx, site: str | None) -> None:
                 age = "never" if row["age_hours"] is None else f"{row['age_hours']:.1f}h"
                 flag = "  STALE" if row["stale"] else ""
                 last = row.get("last_utc_timestamp") or "-"
-                click.echo(f"{row['site']:<40} last off-site {last:<15} UTC age {age}{flag}")
+                click.echo(f"{row['site']:<40} last {row['where']:<8} {last:<15} UTC age {age}{flag}")
         sys.exit(EXIT_JOB_FAILED if any(r["stale"] for r in rows) else EXIT_OK)
     rows = site_backups(rt.redis, site)
     if obj.as_json:

@@ -1,4 +1,5 @@
-"""How fresh each site's off-site copy is, and the backups known for one site.
+"""How fresh each site's off-site copy is (its local backups without an off-site store), and the
+backups known for one site.
 
 Read from the records the backup workflow writes (``jerp:backups:<site>`` for local backups,
 ``jerp:offsite:<site>`` for verified off-site copies): no S3 call, so ``jerpctl backups`` is
@@ -34,21 +35,26 @@ def _sites(client: Any, prefix: str) -> set[str]:
     return {key.decode()[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=1000)}
 
 
-def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = None) -> list[dict[str, Any]]:
+def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = None,
+                    offsite: bool = True) -> list[dict[str, Any]]:
+    """Each site's newest off-site copy and its age; with ``offsite`` false (local-only mode, no
+    off-site store configured) the newest local backup instead (``where`` says which)."""
     now = time.time() if now is None else now
+    source, where = (OFFSITE, "off-site") if offsite else (LOCAL, "local")
     rows = []
     for site in sorted(_sites(client, LOCAL) | _sites(client, OFFSITE)):
-        newest = client.zrevrange(OFFSITE + site, 0, 0, withscores=True)
+        newest = client.zrevrange(source + site, 0, 0, withscores=True)
         if newest:
             manifest, at = json.loads(newest[0][0]), float(newest[0][1])
             age = (now - at) / 3600
             times = _times(manifest)
             rows.append({"site": site, "last_timestamp": times["timestamp"],
                          "last_utc_timestamp": times["utc_timestamp"], "time_zone": times["time_zone"],
-                         "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours})
+                         "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours,
+                         "where": where})
         else:
             rows.append({"site": site, "last_timestamp": None, "last_utc_timestamp": None, "time_zone": None,
-                         "last_at": None, "age_hours": None, "stale": True})
+                         "last_at": None, "age_hours": None, "stale": True, "where": where})
     return rows
 
 

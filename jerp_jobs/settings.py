@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     s3_kms_key_id: str | None = None
     backup_age_recipients: Annotated[list[str], NoDecode] = []
     backup_age_identity_file: Path | None = None
-    keep_local: int = Field(1, ge=0, description="local backups kept per site once copied off-site")
+    keep_local: int = Field(1, ge=0, description="local backup sets kept per site: once copied off-site, or (no JERP_S3_BUCKET) the local-only retention, at least 1")
     retention: str = "gfs:7/4/12/10"
     sites_dir: Path | None = None
 

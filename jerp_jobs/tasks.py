@@ -86,12 +86,14 @@ def reap() -> int:
 
 @app.task(name="jerp.nightly_backup", queue=CONTROL_QUEUE)
 def nightly_backup() -> str:
-    """Beat: back up every site with its off-site copy; a failed site is tried once more."""
+    """Beat: back up every site, with its off-site copy when an off-site store is configured
+    (``JERP_S3_BUCKET``; without one, local-only: local retention prunes); a failed site is
+    tried once more."""
     from jerp_jobs.enqueue import submit
     from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
-    params = {"offsite": True, "with_files": True, "retries": 1, "site_limit": rt.settings.nightly_site_limit}
+    params = {"offsite": bool(rt.settings.s3_bucket), "with_files": True, "retries": 1, "site_limit": rt.settings.nightly_site_limit}
     return submit(rt, "backup-all", params=params).id
 
 
@@ -105,6 +107,9 @@ def prune_all() -> list[str]:
     from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
+    if not rt.settings.s3_bucket:
+        log.info("prune.local_only", reason="no off-site store (JERP_S3_BUCKET unset): each backup prunes its site's local sets")
+        return []
     jobs = []
     for site in list_offsite_sites(OffsiteStore.from_settings(rt.settings)):
         try:
@@ -122,6 +127,9 @@ def drill_rotation() -> list[str]:
     from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
+    if not rt.settings.s3_bucket:
+        log.info("drill.local_only", reason="no off-site store (JERP_S3_BUCKET unset): drills restore off-site copies")
+        return []
     return [submit(rt, "drill", site=site).id for site in pick_for_rotation(rt)]
 
 

@@ -193,6 +193,7 @@ def test_an_empty_site_name_or_value_exits_2_and_does_nothing(run, fake_runtime:
 
 
 def test_backups_flags_stale_sites(run, fake_runtime: Runtime) -> None:
+    fake_runtime.settings = fake_runtime.settings.model_copy(update={"s3_bucket": "jerp-backups"})
     old = {"site": SITE, "timestamp": "20261101_030000", "verified": True, "artifacts": []}
     fake_runtime.redis.zadd(f"jerp:offsite:{SITE}", {json.dumps(old): time.time() - 3 * 86400})
     fresh = {**old, "site": "b.example.com", "timestamp": "20261129_030000"}
@@ -204,6 +205,21 @@ def test_backups_flags_stale_sites(run, fake_runtime: Runtime) -> None:
     assert "STALE" in run("backups").output
     per_site = json.loads(run("--json", "backups", SITE).output)
     assert per_site[0]["where"] == "off-site" and per_site[0]["timestamp"] == "20261101_030000"
+
+
+def test_backups_without_an_offsite_store_measure_the_local_backups(run, fake_runtime: Runtime) -> None:
+    assert not fake_runtime.settings.s3_bucket
+    old = {"site": SITE, "timestamp": "20261101_030000", "artifacts": []}
+    fake_runtime.redis.zadd(f"jerp:backups:{SITE}", {json.dumps(old): time.time() - 3 * 86400})
+    fresh = {**old, "site": "b.example.com", "timestamp": "20261129_030000"}
+    fake_runtime.redis.zadd("jerp:backups:b.example.com", {json.dumps(fresh): time.time() - 3600})
+    result = run("--json", "backups")
+    rows = {r["site"]: r for r in json.loads(result.output)}
+    assert rows[SITE]["stale"] and not rows["b.example.com"]["stale"], rows
+    assert {r["where"] for r in rows.values()} == {"local"}
+    assert result.exit_code == EXIT_JOB_FAILED
+    text = run("backups").output
+    assert "last local" in text and "off-site" not in text
 
 
 def test_broker_down_exits_3_with_the_password_masked(monkeypatch: pytest.MonkeyPatch) -> None:

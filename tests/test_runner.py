@@ -47,12 +47,13 @@ def test_backup_job_records_its_step_and_a_verified_manifest(fake_runtime: Runti
     job = create_job(fake_runtime, "backup", site=SITE, params={"with_files": False})
     result = runner.run_step(fake_runtime, job.id, "backup", worker="w1")
     assert result.next_step == "upload-offsite"
-    for step in ("upload-offsite", "prune-local"):  # no bucket configured: both skipped
+    for step in ("upload-offsite", "prune-local"):  # no bucket: no copy; local-only retention prunes
         result = runner.run_step(fake_runtime, job.id, step, worker="w1")
     assert result.outcome == "finished" and result.detail == "succeeded"
     done = fake_runtime.store.get(job.id)
     assert done.state == "succeeded" and done.step("backup").state == "success"
-    assert [s.state for s in done.steps] == ["success", "skipped", "skipped"]
+    assert [s.state for s in done.steps] == ["success", "skipped", "success"]
+    assert done.result["local_only"] is True and done.result["local_removed"] == []
     manifest = done.result["backup"]
     assert manifest["timestamp"] == "20261129_030001"
     assert [(a["kind"], a["size"], a["sha256"][:1]) for a in manifest["artifacts"]] == [

@@ -28,7 +28,15 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from jerp_jobs import bench
-from jerp_jobs.backupfiles import attempt_folder, free_space, human, move_into_backups, sites_root, sweep_attempts
+from jerp_jobs.backupfiles import (
+    attempt_folder,
+    free_space,
+    human,
+    move_into_backups,
+    names_taken,
+    sites_root,
+    sweep_attempts,
+)
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
 from jerp_jobs.manifests import manifest_key, seal, write_side
@@ -56,23 +64,22 @@ def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup"
     if root is None:
         return _take_backup_in_place(ctx, with_files=with_files, record_as=record_as)
     zone = site_time_zone(ctx, ctx.site)
-    attempt, removed = attempt_folder(root, ctx.site, ctx.job.id, record_as)
-    if removed:
-        ctx.output.append(f"removed the partial files of an earlier attempt: {', '.join(removed)}")
     try:
-        started = datetime.now(timezone.utc)
-        try:
-            result = ctx.run(bench.backup(ctx.site, with_files=with_files, backup_path=attempt, bench=ctx.bench))
-        except CommandFailed as exc:
+        for tries_left in range(SAME_SECOND_TRIES - 1, -1, -1):
+            started = datetime.now(timezone.utc)
+            attempt, names, printed = _bench_backup(ctx, root, with_files=with_files, record_as=record_as)
+            taken = names_taken(root, ctx.site, names)
+            if not taken:
+                break
             sweep_attempts(root, ctx.site)
-            raise disk_full(ctx, root, exc) or exc
-        printed = bench.parse_backup_summary(result.output, ctx.site)
-        names = []
-        for a in printed.artifacts:
-            folder, _, name = a.path.removeprefix("./").rpartition("/")
-            if folder != attempt:
-                raise OutputParseError(f"bench wrote {a.path}, outside the folder of this backup ({attempt})")
-            names.append(name)
+            if not tries_left:
+                raise CommandFailed(f"backup of {ctx.site}: {ctx.site}/private/backups/{taken[0]} already exists; "
+                                    "not replacing it", exit_code=1)
+            # bench names a set by the second it started: a backup taken in the same second as the
+            # last one (a retry, two quick jobs) gets its names; wait for the next second, take it again
+            ctx.output.append(f"a backup set named like this one exists ({taken[0]}): bench names sets by the "
+                              "second; taking the backup again in the next second")
+            time.sleep(max(0.0, 1.05 - (datetime.now(timezone.utc) - started).total_seconds()))
         manifest = build_manifest(ctx, printed, zone=zone, near=started)  # checked where bench wrote it, then moved
         move_into_backups(root, ctx.site, attempt, names)
         for entry, name in zip(manifest["artifacts"], names):
@@ -84,6 +91,31 @@ def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup"
     ctx.record(**{record_as: manifest})
     store_manifest(ctx, manifest)
     return manifest
+
+
+#: bench backups taken when the first one's names are those of an existing set (same second)
+SAME_SECOND_TRIES = 2
+
+
+def _bench_backup(ctx: StepContext, root: Any, *, with_files: bool, record_as: str) -> tuple[str, list[str], Any]:
+    """One ``bench backup`` into a fresh attempt folder: the folder, the file names bench wrote
+    there, and its parsed summary."""
+    attempt, removed = attempt_folder(root, ctx.site, ctx.job.id, record_as)
+    if removed:
+        ctx.output.append(f"removed the partial files of an earlier attempt: {', '.join(removed)}")
+    try:
+        result = ctx.run(bench.backup(ctx.site, with_files=with_files, backup_path=attempt, bench=ctx.bench))
+    except CommandFailed as exc:
+        sweep_attempts(root, ctx.site)
+        raise disk_full(ctx, root, exc) or exc
+    printed = bench.parse_backup_summary(result.output, ctx.site)
+    names = []
+    for a in printed.artifacts:
+        folder, _, name = a.path.removeprefix("./").rpartition("/")
+        if folder != attempt:
+            raise OutputParseError(f"bench wrote {a.path}, outside the folder of this backup ({attempt})")
+        names.append(name)
+    return attempt, names, printed
 
 
 def _take_backup_in_place(ctx: StepContext, *, with_files: bool, record_as: str) -> dict[str, Any]:

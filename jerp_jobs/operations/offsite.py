@@ -116,27 +116,56 @@ def offsite_sites(client: Any) -> list[str]:
     return sorted(key.decode()[len(OFFSITE):] for key in client.scan_iter(match=OFFSITE + "*", count=1000))
 
 
+def local_only(settings: Any) -> bool:
+    """No off-site store is configured (``JERP_S3_BUCKET`` unset): the local backups are the
+    only copies, and local retention alone decides which of them go."""
+    return not settings.s3_bucket
+
+
 def prune_local(ctx: StepContext) -> str | None:
-    """Remove older local backup sets of the site, keeping the newest ``JERP_KEEP_LOCAL``;
-    only sets with a verified off-site copy are ever removed."""
-    if ctx.job.step("upload-offsite").state != "success":
+    """Remove older local backup sets of the site, keeping the newest ``JERP_KEEP_LOCAL``.
+
+    With an off-site store, only sets with a verified off-site copy are ever removed, and
+    nothing is removed when this job's copy did not succeed. Without one (local-only mode),
+    the newest ``max(JERP_KEEP_LOCAL, 1)`` sets stay and older sets that jerp-jobs took and
+    verified (its local index) are removed; sets it does not know (taken by hand or by Frappe's
+    scheduler) are never touched."""
+    copied = ctx.job.step("upload-offsite").state == "success"
+    if copied:
+        keep = ctx.settings.keep_local
+        safe = {r["timestamp"] for r in offsite_records(ctx.runtime.redis, ctx.site) if r.get("verified")}
+        why = "copied off-site"
+    elif local_only(ctx.settings) and ctx.job.step("backup").state == "success":
+        keep = max(ctx.settings.keep_local, 1)
+        safe = set(local_stamps(ctx.runtime.redis, ctx.site))
+        why = "older than the newest kept (local-only: no off-site store)"
+    else:
         return "skipped"
-    keep = ctx.settings.keep_local
     folder = sites_dir(ctx.settings) / ctx.site / "private" / "backups"
     sets: dict[str, list[Path]] = {}
     for path in folder.iterdir() if folder.is_dir() else []:
         stamp = path.name[:BACKUP_NAME_PREFIX_LEN]
         if path.is_file() and _is_timestamp(stamp):
             sets.setdefault(stamp, []).append(path)
-    safe = {r["timestamp"] for r in offsite_records(ctx.runtime.redis, ctx.site) if r.get("verified")}
     doomed = [stamp for stamp in sorted(sets, reverse=True)[keep:] if stamp in safe]
     paths = [f"sites/{ctx.site}/private/backups/{p.name}" for stamp in doomed for p in sorted(sets[stamp])]
     if paths:
         ctx.run(["rm", "-f", "--", *paths])
         _forget_local(ctx, set(doomed))
-    ctx.record(local_removed=doomed)
-    ctx.output.append(f"kept {min(keep, len(sets))} local backup(s); removed {len(doomed)} copied off-site")
+    ctx.record(local_removed=doomed, local_kept=len(sets) - len(doomed), local_only=not copied)
+    ctx.output.append(f"kept {len(sets) - len(doomed)} local backup set(s); removed {len(doomed)} {why}")
     return None
+
+
+def local_stamps(client: Any, site: str) -> list[str]:
+    """Bench stamps of the site's backups in jerp-jobs' local index (taken and verified here)."""
+    stamps = []
+    for raw in client.zrange(LOCAL + site, 0, -1):
+        try:
+            stamps.append(json.loads(raw)["timestamp"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return stamps
 
 
 def _forget_local(ctx: StepContext, stamps: set[str]) -> None:
