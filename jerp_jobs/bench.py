@@ -106,6 +106,23 @@ def install_app(site: str, app: str, *, bench: str = "bench") -> list[str]:
     return _site(bench, site, "install-app", validate_app_name(app))
 
 
+def uninstall_app(site: str, app: str, *, bench: str = "bench") -> list[str]:
+    """``uninstall-app APP --yes --no-backup``: no prompt, and no backup of bench's own (the
+    workflow takes a verified one first). Exits 0 without uninstalling when the app is not
+    installed or another installed app requires it (it only prints why): check afterwards."""
+    return _site(bench, site, "uninstall-app", validate_app_name(app), "--yes", "--no-backup")
+
+
+#: what ``uninstall-app`` prints (exit 0) when it refuses: another installed app requires this one
+_REQUIRED_BY = re.compile(r"App (?P<app>\S+) is a dependency of (?P<by>\S+)\. Uninstall (?P=by) first\.")
+
+
+def uninstall_refusal(output: str) -> str | None:
+    """The reason ``uninstall-app`` gave for not uninstalling, or None."""
+    match = _REQUIRED_BY.search(output)
+    return match.group(0) if match else None
+
+
 def list_apps(site: str, *, bench: str = "bench") -> list[str]:
     return _site(bench, site, "list-apps", "-f", "json")
 

@@ -182,6 +182,28 @@ NO_BUILD = click.option("--no-build", is_flag=True,
                         help="Do not run bench build (whatever JERP_BUILD_ASSETS says); the step is skipped.")
 
 
+@enqueue.command("install-app")
+@SITE
+@click.argument("app")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_install_app(obj: Ctx, site: str, app: str, wait: bool) -> None:
+    """Install APP (present in the bench's image) on SITE: backup first, restored if it fails."""
+    _submit(obj, "install-app", site=site, params={"app": app}, wait=wait)
+
+
+@enqueue.command("uninstall-app")
+@SITE
+@click.argument("app")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_uninstall_app(obj: Ctx, site: str, app: str, wait: bool) -> None:
+    """Remove APP and its data from SITE: backup first, restored if it fails."""
+    _submit(obj, "uninstall-app", site=site, params={"app": app}, wait=wait)
+
+
 @enqueue.command("migrate")
 @SITE
 @NO_BUILD

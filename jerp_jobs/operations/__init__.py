@@ -5,6 +5,7 @@ are plain Python that take a :class:`~jerp_jobs.workflow.StepContext` and never 
 """
 
 from jerp_jobs.operations import (  # noqa: F401
+    apps,
     backup,
     drill,
     fanout,

@@ -1,0 +1,115 @@
+"""install-app and uninstall-app on one site, end to end: a worker on the real Redis, the stand-in
+bench on the real MariaDB. Installed, idempotent, refused by bench (dependency) without harm,
+a half-done uninstall restored from the pre-change backup, bad requests refused at enqueue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.e2e_support import (  # noqa: F401 - fixtures
+    bench_dir,
+    env,
+    jerpctl,
+    make_site,
+    run_job,
+    site_config,
+    site_db,
+    sql,
+    worker,
+)
+from tests.standin.layout import DEFAULT_APP_VERSION, set_app_version, write_faults
+from tests.workers import WorkerProcess
+
+pytestmark = pytest.mark.services
+
+
+def _apps(root_password: str, bench_dir: Path, site: str) -> list[str]:
+    rows = sql(root_password, "SELECT `defvalue` FROM `tabDefaultValue` WHERE `parent`='__global' "
+               "AND `defkey`='installed_apps'", site_db(bench_dir, site))
+    return json.loads(rows[0][0])
+
+
+def _steps(job: dict) -> dict[str, str]:
+    return {s["name"]: s["state"] for s in job["steps"]}
+
+
+@pytest.fixture
+def app_bench(bench_dir: Path) -> Path:
+    """The bench with a third app, nfse-pr, that requires erpnext (as its hooks' required_apps would)."""
+    set_app_version(bench_dir, "nfse-pr", DEFAULT_APP_VERSION)
+    with (bench_dir / "sites" / "apps.txt").open("a") as apps_txt:
+        apps_txt.write("nfse-pr\n")
+    config_path = bench_dir / "sites" / "common_site_config.json"
+    config = json.loads(config_path.read_text())
+    config["standin_required_apps"] = {"nfse-pr": ["erpnext"]}
+    config_path.write_text(json.dumps(config))
+    return bench_dir
+
+
+def test_install_then_uninstall_an_app_with_every_guard(
+    env: dict[str, str], worker: WorkerProcess, app_bench: Path, make_site: Callable[..., str],
+    mariadb_root_password: str, real_redis: redis.Redis,
+) -> None:
+    site = make_site("ap")
+    assert _apps(mariadb_root_password, app_bench, site) == ["frappe"]
+
+    rc, job = run_job(env, "install-app", site, "erpnext")
+    assert rc == 0 and job["state"] == "succeeded", job.get("error")
+    assert _steps(job)["install-app"] == "success" and _steps(job)["restore-pre-change"] == "skipped"
+    assert job["result"]["pre_change_backup"]["site"] == site
+    assert _apps(mariadb_root_password, app_bench, site) == ["frappe", "erpnext"]
+    assert not site_config(app_bench, site).get("maintenance_mode")
+
+    rc, job = run_job(env, "install-app", site, "erpnext")  # again: nothing to do
+    assert rc == 0 and _steps(job)["install-app"] == "skipped", job
+    assert job["result"]["app_change"] == {"app": "erpnext", "action": "install", "changed": False}
+
+    rc, job = run_job(env, "install-app", site, "nfse-pr")
+    assert rc == 0, job.get("error")
+
+    # bench refuses (exit 0) to remove an app another installed app requires: the job says so,
+    # restores nothing, and leaves the site online and unmarked
+    rc, job = run_job(env, "uninstall-app", site, "erpnext")
+    assert rc == 1 and job["state"] == "failed", job
+    assert "is a dependency of nfse-pr" in job["error"] and "nothing was removed" in job["error"]
+    steps = _steps(job)
+    assert steps["restore-pre-change"] == "skipped" and steps["abort-maintenance-off"] == "success", steps
+    assert _apps(mariadb_root_password, app_bench, site) == ["frappe", "erpnext", "nfse-pr"]
+    assert not site_config(app_bench, site).get("maintenance_mode")
+    assert real_redis.get(f"jerp:attention:{site}") is None
+
+    # an uninstall that stops half-way is undone from the pre-change backup
+    write_faults(app_bench, {"fail": {"uninstall-app": [site]}})
+    rc, job = run_job(env, "uninstall-app", site, "nfse-pr")
+    write_faults(app_bench, {})
+    assert job["state"] == "recovered", job
+    assert _steps(job)["restore-pre-change"] == "success" and "uninstall-app" in job["result"]["recovered"]["reason"]
+    assert _apps(mariadb_root_password, app_bench, site) == ["frappe", "erpnext", "nfse-pr"]
+    assert not site_config(app_bench, site).get("maintenance_mode")
+
+    rc, job = run_job(env, "uninstall-app", site, "nfse-pr")
+    assert rc == 0 and job["state"] == "succeeded", job.get("error")
+    assert _apps(mariadb_root_password, app_bench, site) == ["frappe", "erpnext"]
+    rc, job = run_job(env, "uninstall-app", site, "nfse-pr")  # again: nothing to do
+    assert rc == 0 and _steps(job)["uninstall-app"] == "skipped", job
+
+
+@pytest.mark.parametrize(("command", "app", "message"), [
+    ("install-app", "hrms", "not in this bench"),
+    ("uninstall-app", "frappe", "frappe cannot be uninstalled"),
+    ("install-app", "Bad App", "invalid app name"),
+])
+def test_bad_app_requests_are_refused_at_enqueue(
+    env: dict[str, str], app_bench: Path, make_site: Callable[..., str], real_redis: redis.Redis,
+    command: str, app: str, message: str,
+) -> None:
+    site = make_site("ar")
+    done = jerpctl(env, "enqueue", command, site, app)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert not list(real_redis.scan_iter("jerp:job:*"))
