@@ -193,6 +193,24 @@ def enqueue_install_app(obj: Ctx, site: str, app: str, wait: bool) -> None:
     _submit(obj, "install-app", site=site, params={"app": app}, wait=wait)
 
 
+@enqueue.command("install-app-all")
+@click.argument("app")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
+@click.option("--canary", default=None, callback=_optional_site,
+              help="Site changed first, alone (default: the first site).")
+@click.option("--budget", type=click.IntRange(0, None), default=1, show_default=True,
+              help="Failed sites tolerated before no new site is started.")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_install_app_all(obj: Ctx, app: str, concurrency: int | None, canary: str | None, budget: int,
+                            wait: bool) -> None:
+    """Install APP on every site: a canary first, then the rest; each site backed up first and
+    restored if its install fails."""
+    _submit(obj, "install-app-all", params={"app": app, "concurrency": concurrency, "canary": canary,
+                                            "budget": budget}, wait=wait)
+
+
 @enqueue.command("uninstall-app")
 @SITE
 @click.argument("app")

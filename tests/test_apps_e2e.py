@@ -113,3 +113,49 @@ def test_bad_app_requests_are_refused_at_enqueue(
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert not list(real_redis.scan_iter("jerp:job:*"))
+
+
+def test_install_app_all_canary_budget_and_a_failed_site_restored(
+    env: dict[str, str], worker: WorkerProcess, app_bench: Path, make_site: Callable[..., str],
+    mariadb_root_password: str, real_redis: redis.Redis,
+) -> None:
+    canary, has_it, breaks, plain = (make_site(p) for p in ("ia", "ib", "ic", "id"))
+    rc, job = run_job(env, "install-app", has_it, "erpnext")
+    assert rc == 0, job.get("error")
+
+    # a canary that fails stops the fan-out before any other site is touched
+    write_faults(app_bench, {"fail": {"install-app": [canary]}})
+    rc, job = run_job(env, "install-app-all", "erpnext", "--canary", canary)
+    write_faults(app_bench, {})
+    assert rc == 1 and job["state"] == "failed", job
+    states = {s: e["state"] for s, e in job["result"]["sites"].items()}
+    assert states == {canary: "recovered", has_it: "not-started", breaks: "not-started", plain: "not-started"}
+    for site in (canary, breaks, plain):
+        assert _apps(mariadb_root_password, app_bench, site) == ["frappe"]
+
+    # the canary passes; one site's install fails and is restored; within the budget the rest go on
+    write_faults(app_bench, {"fail": {"install-app": [breaks]}})
+    rc, job = run_job(env, "install-app-all", "erpnext", "--canary", canary, "--budget", "1")
+    write_faults(app_bench, {})
+    assert rc == 1 and job["state"] == "failed", job
+    entries = job["result"]["sites"]
+    assert {s: e["state"] for s, e in entries.items()} == {
+        canary: "succeeded", has_it: "succeeded", breaks: "recovered", plain: "succeeded"}
+    assert breaks in job["error"] and job["result"]["site_count"] == 4
+    for site in (canary, has_it, plain):
+        assert _apps(mariadb_root_password, app_bench, site) == ["frappe", "erpnext"]
+        assert not site_config(app_bench, site).get("maintenance_mode")
+    assert _apps(mariadb_root_password, app_bench, breaks) == ["frappe"]
+    assert not site_config(app_bench, breaks).get("maintenance_mode")
+    skipped = json.loads(jerpctl(env, "--json", "status", entries[has_it]["job_id"]).stdout)
+    assert _steps(skipped)["install-app"] == "skipped"
+    assert not list(real_redis.scan_iter("jerp:attention:*"))
+
+
+def test_install_app_all_refuses_an_app_the_bench_lacks(
+    env: dict[str, str], app_bench: Path, make_site: Callable[..., str], real_redis: redis.Redis,
+) -> None:
+    make_site("iz")
+    done = jerpctl(env, "enqueue", "install-app-all", "hrms")
+    assert done.returncode == 2 and "not in this bench" in done.stderr, done.stdout + done.stderr
+    assert not list(real_redis.scan_iter("jerp:job:*"))

@@ -209,6 +209,9 @@ def _apps_txt(root: Any) -> set[str]:
     return set(bench.parse_apps_txt((root / "apps.txt").read_text(encoding="utf-8", errors="replace")))
 
 
+#: what install-app (and install-app-all, for its children) accepts
+validate_install_app = _validate("install-app")
+
 for _kind, _fn in (("install-app", install), ("uninstall-app", uninstall)):
     _table = _steps(_kind, _fn)
     register(

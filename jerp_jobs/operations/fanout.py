@@ -1,4 +1,4 @@
-"""Fan-out over every site of the bench: ``migrate-all`` and ``backup-all``.
+"""Fan-out over every site of the bench: ``migrate-all``, ``backup-all`` and ``install-app-all``.
 
 A parent job discovers the sites — every folder of the platform's sites folder with a
 ``site_config.json``, read from the folder itself and checked against the bench's own count
@@ -19,6 +19,12 @@ as failed). Last, the canary's caches are cleared again (its own clear-cache ran
 build). Sites
 marked as needing attention are left out. The parent's result lists every site with its job
 and outcome; its error names the sites that failed or were not started.
+
+``install-app-all`` adds one app (already in the bench's image) to every site the same way:
+a canary site first, alone, then the rest, each an ``install-app`` job (maintenance, a verified
+backup, the change checked against the site's installed apps, a failure restored from the
+backup), with the same failure budget. A site that has the app already ends its child
+``succeeded`` with the change ``skipped``.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ STATE = "jerp:fanout:"  # hash per parent job: site -> {"state", "job_id"}
 FAILED = frozenset({"failed", "recovered", "cancelled"})
 ENDED = FAILED | {"succeeded", "not-started", "skipped"}
 
-CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup"}
+CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup", "install-app-all": "install-app"}
+#: fan-outs that change sites: one canary first, alone, and a failure budget
+CANARY_KINDS = frozenset({"migrate-all", "install-app-all"})
 
 
 # -- state of one fan-out (a Redis hash), changed only under the fan-out's lock ----------------
@@ -109,7 +117,7 @@ def discover(ctx: StepContext) -> None:
         ranked = sorted(sites, key=lambda s: (last_offsite_time(rt.redis, s) or 0.0, s))  # oldest copy first
         sites, deferred = sorted(ranked[:limit]), sorted(ranked[limit:])
     canary = params.get("canary")
-    if ctx.job.kind == "migrate-all":
+    if ctx.job.kind in CANARY_KINDS:
         canary = canary or sites[0]
         if canary not in sites:
             raise InvalidInput(f"canary {canary} is not a site of the bench")
@@ -186,7 +194,7 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
     canary = parent.result.get("canary")
     params: dict[str, Any] = {
         "build_assets": site == canary, **({"no_build": True} if parent.params.get("no_build") else {}),
-    } if kind == "migrate" else {
+    } if kind == "migrate" else {"app": parent.params["app"]} if kind == "install-app" else {
         "with_files": parent.params.get("with_files", True),
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
@@ -204,7 +212,7 @@ def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
     failures = [s for s, e in entries.items() if e["state"] in FAILED]
     running = [s for s, e in entries.items() if e["state"] == "running"]
     pending = [s for s, e in entries.items() if e["state"] == "pending"]
-    budget = int(parent.params.get("budget", 1)) if parent.kind == "migrate-all" else None
+    budget = int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS else None
     stop = parent.cancel_requested or (budget is not None and len(failures) > budget)
     if stop:
         for site in pending:
@@ -327,6 +335,13 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
     return out
 
 
+def _validate_install_all(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    from jerp_jobs.operations.apps import validate_install_app
+
+    out = _validate(site, params, settings)
+    return {**out, **validate_install_app(None, {"app": out.get("app")}, settings)}
+
+
 MIGRATE_ALL: dict[str, StepSpec] = {
     "discover": StepSpec(discover),
     "canary": StepSpec(canary),
@@ -334,6 +349,9 @@ MIGRATE_ALL: dict[str, StepSpec] = {
     "clear-canary-cache": StepSpec(clear_canary_cache, scope="bench"),
 }
 BACKUP_ALL: dict[str, StepSpec] = {"discover": StepSpec(discover), "sites": StepSpec(sites)}
+INSTALL_APP_ALL: dict[str, StepSpec] = {
+    "discover": StepSpec(discover), "canary": StepSpec(canary), "sites": StepSpec(sites),
+}
 
 
 def _migrate_all_on_failure(job: Job, step: str) -> str | None:
@@ -364,5 +382,16 @@ register(
         on_child_done=on_child_done,
         reconcile=reconcile,
         on_end=notify_if_failed,
+    )
+)
+register(
+    Workflow(
+        kind="install-app-all",
+        needs_site=False,
+        plan=lambda params: list(INSTALL_APP_ALL),
+        resolve=table_resolver("install-app-all", INSTALL_APP_ALL),
+        validate=_validate_install_all,
+        on_child_done=on_child_done,
+        reconcile=reconcile,
     )
 )
