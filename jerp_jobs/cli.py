@@ -323,7 +323,7 @@ def enqueue_release(obj: Ctx, tag: str, wait: bool) -> None:
     """Release image TAG: deploy, confirm, migrate every site, smoke-test; roll back on failure."""
     from jerp_jobs.operations.release import request_release
 
-    _report(obj, request_release(obj.rt, tag, source="operator", dedupe=False).job, wait=wait)
+    _report(obj, request_release(obj.rt, tag, source="operator", dedupe=False, actor=_actor()).job, wait=wait)
 
 
 @enqueue.command("rollback")
@@ -334,7 +334,7 @@ def enqueue_rollback(obj: Ctx, wait: bool) -> None:
     """Deploy the previous immutable tag that passed a release, migrate and smoke-test."""
     from jerp_jobs.operations.release import request_release
 
-    _report(obj, request_release(obj.rt, None, source="operator", dedupe=False, rollback=True).job, wait=wait)
+    _report(obj, request_release(obj.rt, None, source="operator", dedupe=False, rollback=True, actor=_actor()).job, wait=wait)
 
 
 @cli.command("releases")
@@ -381,7 +381,19 @@ def _release_row(job: Any) -> dict[str, Any]:
 def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None, wait: bool) -> None:
     from jerp_jobs.enqueue import submit
 
-    _report(obj, submit(obj.rt, kind, site=site, params=params), wait=wait)
+    _report(obj, submit(obj.rt, kind, site=site, params=params, actor=_actor()), wait=wait)
+
+
+def _audit(obj: Ctx, action: str, **fields: Any) -> None:
+    from jerp_jobs import audit
+
+    audit.record(obj.rt.redis, actor=_actor(), action=action, days=obj.rt.settings.audit_days, **fields)
+
+
+def _actor() -> str:
+    from jerp_jobs.audit import cli_actor
+
+    return cli_actor()
 
 
 def _report(obj: Ctx, job: Any, *, wait: bool) -> None:
@@ -543,6 +555,7 @@ def cancel(obj: Ctx, job_id: str) -> None:
     if job.finished:
         raise click.ClickException(f"job {job_id} already ended {job.state}")
     job = obj.rt.store.request_cancel(job_id)
+    _audit(obj, "job.cancel-requested", job_id=job.id, kind=job.kind, site=job.site)
     if obj.as_json:
         click.echo(json.dumps({"job_id": job.id, "state": job.state, "cancel_requested": True}))
     else:
@@ -564,9 +577,16 @@ def sites(obj: Ctx) -> None:
         for row in rows:
             age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
             extra = "  (no site folder)" if not row["exists"] else ""
-            extra += f"  ({row['attention']['reason']})" if row["attention"] else ""
+            mark = row["attention"]
+            if mark:
+                extra += (f"  (job {mark.get('job_id') or '?'}, since {_when(mark.get('since'))}: "
+                          f"{mark.get('reason')})")
             click.echo(f"{row['site']:<40} {_state(row['state']):<16} last backup {age}{extra}")
         click.echo(f"{sum(r['exists'] for r in rows)} sites", err=True)
+        if any(r["attention"] for r in rows):
+            click.echo("a site needing attention is left alone by every workflow: read its job "
+                       "(`jerpctl status JOB`), repair it (docs/attention.md), then "
+                       "`jerpctl site clear-attention SITE`", err=True)
     sys.exit(EXIT_JOB_FAILED if any(r["state"] in ("needs attention", "unreadable config") for r in rows) else EXIT_OK)
 
 
@@ -585,10 +605,47 @@ def clear_attention(obj: Ctx, site: str) -> None:
     if mark is None:
         raise click.ClickException(f"{site} is not marked as needing attention")
     obj.rt.sites.clear_attention(site)
+    _audit(obj, "site.attention-cleared", job_id=mark.get("job_id"), site=site, detail=str(mark.get("reason"))[:500])
     if obj.as_json:
         click.echo(json.dumps({"site": site, "cleared": mark}, sort_keys=True))
     else:
         click.echo(f"{site}: attention mark cleared (was: {mark.get('reason')}); automated workflows may touch it again")
+
+
+@cli.command("audit")
+@click.option("--site", default=None, callback=_optional_site, help="Only the entries of this site.")
+@click.option("--since", default=None, help="From this UTC time on (YYYY-MM-DD[ HH:MM[:SS]]).")
+@click.option("--limit", type=click.IntRange(1, None), default=50, show_default=True,
+              help="The newest N entries (with --all: no limit).")
+@click.option("--all", "everything", is_flag=True, help="Every entry kept (JERP_AUDIT_DAYS), oldest first.")
+@click.pass_obj
+@_guard
+def audit_trail(obj: Ctx, site: str | None, since: str | None, limit: int, everything: bool) -> None:
+    """Who started each job and which operator actions were taken (kept JERP_AUDIT_DAYS days,
+    apart from job records). With --json: JSON lines, one entry per line (an export)."""
+    from jerp_jobs import audit
+
+    start = _utc_epoch(since) if since else None
+    rows = (list(audit.entries(obj.rt.redis, site=site, since=start)) if everything
+            else audit.newest(obj.rt.redis, site=site, since=start, limit=limit))
+    for entry in rows:
+        if obj.as_json:
+            click.echo(audit.as_json_line(entry))
+        else:
+            target = " ".join(x for x in (entry.get("kind"), entry.get("site"), entry.get("job_id") and f"job {entry['job_id']}") if x)
+            detail = f"  ({entry['detail']})" if entry.get("detail") else ""
+            click.echo(f"{_when(entry['at'])}  {entry['action']:<24} {target}  by {entry['actor']}{detail}")
+
+
+def _utc_epoch(text: str) -> float:
+    import calendar
+
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return float(calendar.timegm(time.strptime(text.strip().removesuffix("Z"), fmt)))
+        except ValueError:
+            continue
+    raise click.BadParameter(f"{text!r} is not a UTC time (YYYY-MM-DD[ HH:MM[:SS]])", param_hint="--since")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from jerp_jobs import audit
 from jerp_jobs.errors import BrokerUnavailable, InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.runtime import Runtime
@@ -24,8 +25,12 @@ def create_job(
     site: str | None = None,
     params: Mapping[str, Any] | None = None,
     parent: str | None = None,
+    actor: str | None = None,
 ) -> Job:
-    """Validate the request and write the job with its planned steps; nothing is sent yet."""
+    """Validate the request and write the job with its planned steps; nothing is sent yet.
+
+    The audit trail gets who started it: ``actor`` (``jerpctl user@host``, ``beat ENTRY``,
+    ``webhook ...``), or the parent job for a child."""
     workflow = get_workflow(kind)
     if workflow.needs_site:
         site = validate_site_name(site)
@@ -33,7 +38,10 @@ def create_job(
     elif site is not None:
         raise InvalidInput(f"{kind} works on the whole bench; it takes no site")
     params = workflow.validate(site, dict(params or {}), rt.settings)
-    return rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent)
+    job = rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent)
+    audit.record(rt.redis, actor=actor or (f"job {parent}" if parent else "unknown"), action="job.created",
+                 job_id=job.id, kind=kind, site=site, days=rt.settings.audit_days)
+    return job
 
 
 def _app_names(rt: Runtime) -> set[str]:
@@ -43,10 +51,11 @@ def _app_names(rt: Runtime) -> set[str]:
     return bench_app_names(sites_root(rt.settings))
 
 
-def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None) -> Job:
+def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None,
+           actor: str | None = None) -> Job:
     from jerp_jobs import runner
 
-    job = create_job(rt, kind, site=site, params=params)
+    job = create_job(rt, kind, site=site, params=params, actor=actor)
     try:
         rt.dispatch(job.id, runner.first_step(rt, job.id))
     except Exception as exc:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(21600, ge=60)
     task_time_limit: int = Field(18000, ge=30)
     job_ttl_days: int = Field(30, ge=1)
+    audit_days: int = Field(730, ge=1, description="days the audit trail (jerp:audit) keeps an entry")
+    legal_hold_days: int = Field(1826, ge=1, description="days an offboarded site's final off-site backup is kept")
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
     resume_interval: int = Field(30, ge=5, description="seconds between two searches for steps that lost their worker")
     retry_backoff: float = Field(10.0, gt=0, description="first wait before a step's retry; doubles each time")

@@ -94,7 +94,7 @@ def nightly_backup() -> str:
 
     rt = get_runtime()
     params = {"offsite": bool(rt.settings.s3_bucket), "with_files": True, "retries": 1, "site_limit": rt.settings.nightly_site_limit}
-    return submit(rt, "backup-all", params=params).id
+    return submit(rt, "backup-all", params=params, actor="beat nightly-backup").id
 
 
 @app.task(name="jerp.prune_all", queue=CONTROL_QUEUE)
@@ -113,7 +113,7 @@ def prune_all() -> list[str]:
     jobs = []
     for site in list_offsite_sites(OffsiteStore.from_settings(rt.settings)):
         try:
-            jobs.append(submit(rt, "prune", site=site).id)
+            jobs.append(submit(rt, "prune", site=site, actor="beat retention-prune").id)
         except JerpError as exc:
             log.error("prune.not_started", site=site, error=str(exc))
     return jobs
@@ -130,7 +130,7 @@ def drill_rotation() -> list[str]:
     if not rt.settings.s3_bucket:
         log.info("drill.local_only", reason="no off-site store (JERP_S3_BUCKET unset): drills restore off-site copies")
         return []
-    return [submit(rt, "drill", site=site).id for site in pick_for_rotation(rt)]
+    return [submit(rt, "drill", site=site, actor="beat restore-drill").id for site in pick_for_rotation(rt)]
 
 
 @app.task(name="jerp.ping", queue=CONTROL_QUEUE)

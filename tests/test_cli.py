@@ -163,7 +163,10 @@ def test_sites_lists_an_attention_mark_whose_site_folder_is_gone(run, fake_runti
     [row] = json.loads(result.output)
     assert (row["site"], row["state"], row["exists"]) == ("gone.example.com", "needs attention", False)
     assert result.exit_code == EXIT_JOB_FAILED
-    assert "gone.example.com" in run("sites").output
+    text = run("sites").output
+    line = next(line for line in text.splitlines() if line.startswith("gone.example.com"))
+    assert "needs attention" in line and "job j1" in line and "migrate failed" in line, text
+    assert "jerpctl site clear-attention SITE" in text
     assert run("site", "clear-attention", "gone.example.com").exit_code == EXIT_OK
     assert json.loads(run("--json", "sites").output) == []
 

@@ -126,6 +126,10 @@ def test_a_successful_workflow_run_starts_the_release_of_its_short_sha(client, r
     release = rt.store.get(job["job_id"])
     assert release.kind == "release" and release.params["tag"] == SHA[:7] and release.params["sha"] == SHA
     assert rt.dispatched == [(release.id, "record")]
+    from jerp_jobs import audit
+
+    (entry,) = [e for e in audit.entries(rt.redis) if e.get("job_id") == release.id]
+    assert entry["actor"] == "webhook github:workflow_run delivery d-1" and entry["action"] == "job.created"
 
 
 def test_a_redelivery_answers_with_the_same_job_and_enqueues_nothing(client, rt):

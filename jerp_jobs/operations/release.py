@@ -203,6 +203,7 @@ def request_release(
     dedupe: bool = True,
     rollback: bool = False,
     requested_at: float | None = None,
+    actor: str | None = None,
 ) -> Requested | Declined:
     """Create (or find) the release of ``tag`` and publish its first step.
 
@@ -233,7 +234,8 @@ def request_release(
                                           "delivery": delivery}.items() if v})
         if rollback:
             params["rollback"] = True
-        job = create_job(rt, KIND, params=params)
+        hook = f"webhook {source}" + (f" delivery {delivery}" if delivery else "")
+        job = create_job(rt, KIND, params=params, actor=actor or hook)
         for waiting in _waiting(rt):
             _supersede(rt, waiting, by=job, newer_than=at if dedupe else None)
         undo = _record_request(rt, job, tag=tag, at=at, source=source, now=now)
