@@ -222,6 +222,19 @@ def enqueue_uninstall_app(obj: Ctx, site: str, app: str, wait: bool) -> None:
     _submit(obj, "uninstall-app", site=site, params={"app": app}, wait=wait)
 
 
+@enqueue.command("offboard")
+@SITE
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted and kept; change nothing.")
+@click.option("--confirm", is_flag=True, help="Delete the site for good (after a final, held off-site backup).")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_offboard(obj: Ctx, site: str, dry_run: bool, confirm: bool, wait: bool) -> None:
+    """Offboard SITE's customer: a final verified off-site backup kept JERP_LEGAL_HOLD_DAYS, then
+    the site, its database and user, its proxy host and every other backup deleted (docs/offboarding.md)."""
+    _submit(obj, "offboard", site=site, params={"dry_run": dry_run, "confirm": confirm}, wait=wait)
+
+
 @enqueue.command("migrate")
 @SITE
 @NO_BUILD

@@ -5,7 +5,7 @@ It answers what :mod:`jerp_jobs.integrations.npm` uses, the way NPM v2.13 does:
 - ``GET /api/``: health, ``{"status": "OK", "setup": true, "version": {...}}``.
 - ``POST /api/tokens``: checks ``identity``/``secret`` (wrong ones: 400 "Invalid email or password",
   401 on v2.12 — see ``auth_status``); with ``two_factor`` it answers a 2FA challenge instead.
-- ``GET|POST /api/nginx/proxy-hosts``, ``GET|PUT /api/nginx/proxy-hosts/<id>``: need
+- ``GET|POST /api/nginx/proxy-hosts``, ``GET|PUT|DELETE /api/nginx/proxy-hosts/<id>``: need
   ``Authorization: Bearer <token>`` (none: 403 "Permission Denied"; an unknown one: 500, since
   NPM does not make JWT failures public). Bodies are validated against the JSON schemas of
   ``backend/schema/paths/nginx/proxy-hosts/post.json`` and ``{hostID}/put.json`` (properties
@@ -255,7 +255,7 @@ class FakeNpm:
         if path == "/api/tokens" and method == "POST":
             return (*self._token(body), {})
         match = re.fullmatch(r"/api/nginx/proxy-hosts(?:/(\d+))?", path)
-        if match and (method in ("GET", "POST") if match[1] is None else method in ("GET", "PUT")):
+        if match and (method in ("GET", "POST") if match[1] is None else method in ("GET", "PUT", "DELETE")):
             refused = self._authorise(headers)
             if refused:
                 return (*refused, {})
@@ -263,7 +263,9 @@ class FakeNpm:
                 if match[1] is None:
                     answer = self._list() if method == "GET" else self._create(body)
                 else:
-                    answer = self._get(int(match[1])) if method == "GET" else self._update(int(match[1]), body)
+                    host_id = int(match[1])
+                    answer = (self._get(host_id) if method == "GET" else self._delete(host_id) if method == "DELETE"
+                              else self._update(host_id, body))
             return (*answer, {})
         return 404, _error(404, "Not Found"), {}
 
@@ -353,6 +355,14 @@ class FakeNpm:
                 "domain_names": list(domains), "expires_on": _now(), "meta": {"dns_challenge": False, **meta}}
         self.certificates.append(cert)
         return cert["id"]
+
+    def _delete(self, host_id: int) -> tuple[int, Any]:
+        """NPM answers ``true`` (its schema's delete response) once the host is gone."""
+        host = self._find(host_id)
+        if host is None:
+            return 404, _error(404, f"Item Not Found - {host_id}")
+        self.hosts.remove(host)
+        return 200, True
 
     def _find(self, host_id: int) -> dict[str, Any] | None:
         return next((h for h in self.hosts if h["id"] == host_id), None)

@@ -218,3 +218,14 @@ def test_manual_instructions() -> None:
     assert f"{DOMAIN} -> http://frontend:8080" in info["summary"] and "websockets" in info["summary"]
     assert any("Websockets Support" in step for step in info["steps"])
     assert manual_instructions(DOMAIN)["forward_port"] == 8080
+
+
+def test_deletes_the_proxy_host_of_a_domain_once(fake_npm: FakeNpm) -> None:
+    npm = client(fake_npm)
+    host = npm.create_proxy_host(DOMAIN)
+    other = npm.create_proxy_host("other.example.com")
+    deleted = npm.delete_proxy_host(DOMAIN.upper())
+    assert deleted is not None and deleted["id"] == host["id"]
+    assert [h["id"] for h in npm.list_proxy_hosts()] == [other["id"]]
+    assert npm.delete_proxy_host(DOMAIN) is None  # gone already: nothing to do
+    assert len(fake_npm.calls("DELETE", f"{HOSTS}/{host['id']}")) == 1

@@ -259,6 +259,20 @@ class NpmClient:
                 log.warning("npm proxy host is disabled", npm_url=self.url, host_id=host.get("id"))
         return self._secure(host, body["meta"])
 
+    def delete_proxy_host(self, domain: str) -> dict[str, Any] | None:
+        """Delete the proxy host serving ``domain``; returns the host deleted, None when there was none
+        (already deleted: running it again is harmless)."""
+        host = self.find_proxy_host(domain)
+        if host is None:
+            log.info("npm proxy host absent", npm_url=self.url, domain=normalise_domain(domain))
+            return None
+        answer = self._call("DELETE", f"/nginx/proxy-hosts/{host['id']}")
+        if answer is not True:
+            raise IntegrationError(f"NPM at {self.url}: DELETE /api/nginx/proxy-hosts/{host['id']} answered "
+                                   f"{answer!r}, not true", service="npm", url=self.url)
+        log.info("npm proxy host deleted", npm_url=self.url, domain=normalise_domain(domain), host_id=host["id"])
+        return host
+
     def _secure(self, host: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         if not host.get("certificate_id"):

@@ -71,6 +71,8 @@ log = get_logger(__name__)
 
 MiB = 1024 * 1024
 MANIFEST_NAME = "manifest.json"
+#: ``<prefix>/<site>/legal-hold.json``: the site was offboarded; its final backup is kept until ``until``
+LEGAL_HOLD_NAME = "legal-hold.json"
 MANIFEST_FORMAT = 1
 _PART_BUDGET = 9_000  # S3 allows 10,000 parts; keep room for the ciphertext-size estimate
 _TIMESTAMP = re.compile(r"(\d{4})(\d{2})(\d{2})_\d{6}")
@@ -538,6 +540,42 @@ class OffsiteStore:
                 f"{got_sha256}) differ from the manifest ({size} bytes, {sha256})",
                 bucket=self.bucket, key=key, expected=sha256, actual=got_sha256,
             )
+
+    # Legal hold (an offboarded site's final backup)
+
+    def put_legal_hold(self, site: str, hold: dict[str, Any]) -> None:
+        """Write (and read back) the site's legal hold: ``{"timestamp", "until", "job_id", ...}``."""
+        key = self._join(validate_site_name(site), LEGAL_HOLD_NAME)
+        body = json.dumps(seal(hold, self.manifest_key), indent=2, sort_keys=True).encode()
+        with self._translate("upload", key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                                   **self._extra_args())
+        sent = DigestingReader(io.BytesIO(body))
+        sent.read()
+        self._verify_object(key, len(body), sent)
+
+    def get_legal_hold(self, site: str) -> dict[str, Any] | None:
+        """The site's legal hold, or None. One that is not valid JSON, or whose signature does not
+        match ``JERP_MANIFEST_KEY``, is an error: a hold is never ignored."""
+        key = self._join(validate_site_name(site), LEGAL_HOLD_NAME)
+        with self._translate("read", key, missing_ok=True) as missing:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        if missing:
+            return None
+        try:
+            hold = json.loads(body)
+        except ValueError as exc:
+            raise OffsiteError(f"{self._url(key)} is not valid JSON", bucket=self.bucket, key=key) from exc
+        if not isinstance(hold, dict) or not hold.get("timestamp") or not isinstance(hold.get("until"), (int, float)):
+            raise OffsiteError(f"{self._url(key)} is not a legal hold", bucket=self.bucket, key=key)
+        if self.manifest_key is not None and signature(hold, self.manifest_key) is not True:
+            raise OffsiteError(f"{self._url(key)}: its signature does not match JERP_MANIFEST_KEY",
+                               bucket=self.bucket, key=key)
+        return hold
+
+    def delete_legal_hold(self, site: str) -> None:
+        key = self._join(validate_site_name(site), LEGAL_HOLD_NAME)
+        self._delete_keys([key])
 
     # Delete
 

@@ -11,6 +11,7 @@ from jerp_jobs.operations import (  # noqa: F401
     fanout,
     maintenance,
     migrate,
+    offboard,
     offsite,
     provision,
     release,

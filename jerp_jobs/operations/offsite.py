@@ -216,6 +216,10 @@ def prune_offsite(ctx: StepContext) -> None:
 
     policy = parse_policy(ctx.settings.retention)
     store = store_for(ctx)
+    hold = store.get_legal_hold(ctx.site)
+    if hold is not None:
+        _prune_held(ctx, store, hold)
+        return
     manifests = store.list_backups(ctx.site)
     backups = [Backup(utc_time(m), offsite_stamp(m), bool(m.get("verified"))) for m in manifests]
     decision = plan_deletions(backups, policy, now=datetime.now(timezone.utc))
@@ -230,6 +234,33 @@ def prune_offsite(ctx: StepContext) -> None:
             client.zrem(OFFSITE + ctx.site, raw)
     ctx.record(retention=decision.as_record(), deleted=deleted)
     ctx.output.append(f"policy {policy}: kept {len(decision.keep)}, deleted {len(deleted)}")
+
+
+def _prune_held(ctx: StepContext, store: Any, hold: dict[str, Any]) -> None:
+    """An offboarded site: only its held final backup stays, until the hold's ``until``; then it
+    goes too, with its hold, and the audit trail records it. The retention policy does not apply."""
+    from jerp_jobs import audit
+
+    now = time.time()
+    expired = now >= float(hold["until"])
+    deleted = []
+    for manifest in store.list_backups(ctx.site):
+        stamp = offsite_stamp(manifest)
+        if expired or stamp != hold["timestamp"]:
+            store.delete_backup(ctx.site, stamp)
+            deleted.append(stamp)
+    until = datetime.fromtimestamp(float(hold["until"]), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    if expired:
+        store.delete_legal_hold(ctx.site)
+        ctx.runtime.redis.delete(OFFSITE + ctx.site)
+        audit.record(ctx.runtime.redis, actor=f"job {ctx.job.id}", action="site.legal-hold-expired",
+                     job_id=ctx.job.id, kind=ctx.job.kind, site=ctx.site,
+                     detail=f"held until {until} UTC (offboard job {hold.get('job_id')}); deleted {', '.join(deleted) or 'nothing'}",
+                     days=ctx.settings.audit_days)
+        ctx.output.append(f"legal hold ended {until} UTC: deleted {len(deleted)} backup(s) and the hold")
+    else:
+        ctx.output.append(f"offboarded: {hold['timestamp']} held until {until} UTC; deleted {len(deleted)} other(s)")
+    ctx.record(legal_hold={**hold, "expired": expired}, deleted=deleted)
 
 
 simple("prune", [("prune-offsite", StepSpec(prune_offsite))])
