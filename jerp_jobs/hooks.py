@@ -62,7 +62,7 @@ import hashlib
 import hmac
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -141,9 +141,14 @@ class Ignored:
 # -- authentication -------------------------------------------------------------------------------
 
 
-def verify_signature(secret: str, body: bytes, header: str | None) -> None:
-    """Check ``X-Hub-Signature-256`` against an HMAC-SHA256 of the raw ``body``; Unauthorized if not."""
-    if not secret:
+def verify_signature(secret: str | Sequence[str], body: bytes, header: str | None) -> int:
+    """Check ``X-Hub-Signature-256`` against an HMAC-SHA256 of the raw ``body``; Unauthorized if not.
+
+    ``secret`` may be several secrets (during a rotation: the new one first, then the one being
+    retired); returns the index of the one that matched. Every secret is compared (constant time
+    each), whichever matches."""
+    secrets = [secret] if isinstance(secret, str) else [s for s in secret if s]
+    if not secrets or not secrets[0]:
         raise Unauthorized("no webhook secret is configured: every delivery is refused", problem="unconfigured")
     if not header:
         raise Unauthorized("the X-Hub-Signature-256 header is missing", problem="missing")
@@ -153,14 +158,19 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> None:
             "the X-Hub-Signature-256 header is malformed: expected sha256= and 64 hexadecimal digits",
             problem="malformed",
         )
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode(), match.group(1).lower().encode()):
+    given = match.group(1).lower().encode()
+    matched = [hmac.compare_digest(hmac.new(key.encode(), body, hashlib.sha256).hexdigest().encode(), given)
+               for key in secrets]
+    if not any(matched):
         raise Unauthorized("the X-Hub-Signature-256 signature does not match the body", problem="mismatch")
+    return matched.index(True)
 
 
-def verify_bearer(expected: str, header: str | None) -> None:
-    """Check ``Authorization: Bearer <token>`` against ``expected`` in constant time; Unauthorized if not."""
-    if not expected:
+def verify_bearer(expected: str | Sequence[str], header: str | None) -> int:
+    """Check ``Authorization: Bearer <token>`` against ``expected`` in constant time; Unauthorized if not.
+    Several tokens may be expected (a rotation); returns the index of the one that matched."""
+    tokens = [expected] if isinstance(expected, str) else [t for t in expected if t]
+    if not tokens or not tokens[0]:
         raise Unauthorized("no hook token is configured: every delivery is refused", problem="unconfigured")
     if not header:
         raise Unauthorized("the Authorization header is missing", problem="missing")
@@ -168,8 +178,10 @@ def verify_bearer(expected: str, header: str | None) -> None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header is not of the form 'Bearer <token>'", problem="malformed")
-    if not hmac.compare_digest(expected.encode(), token.encode()):
+    matched = [hmac.compare_digest(want.encode(), token.encode()) for want in tokens]
+    if not any(matched):
         raise Unauthorized("the bearer token does not match", problem="mismatch")
+    return matched.index(True)
 
 
 # -- checks ---------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ SECRET_VARIABLES: dict[str, str] = {
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
     "npm_secret": "NPM_SECRET",
     "webhook_secret": "JERP_WEBHOOK_SECRET",
+    "webhook_secret_previous": "JERP_WEBHOOK_SECRET_PREVIOUS",
+    "registry_token_previous": "JERP_REGISTRY_TOKEN_PREVIOUS",
     "smoke_password": "JERP_SMOKE_PASSWORD",
     "registry_token": "JERP_REGISTRY_TOKEN",
     "portainer_webhook_url": "PORTAINER_WEBHOOK_URL",
@@ -136,6 +138,9 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias=_env("AWS_SECRET_ACCESS_KEY"))
     npm_secret: SecretStr | None = Field(None, validation_alias=_env("NPM_SECRET"))
     webhook_secret: SecretStr | None = None
+    #: during a rotation: the secret (token) being retired, still accepted beside the new one
+    webhook_secret_previous: SecretStr | None = None
+    registry_token_previous: SecretStr | None = None
     smoke_password: SecretStr | None = None
     registry_token: SecretStr | None = None
     portainer_webhook_url: SecretStr | None = Field(None, validation_alias=_env("PORTAINER_WEBHOOK_URL"))

@@ -193,7 +193,8 @@ def _registry(rt: Runtime, body: bytes, authorization: str | None, content_type:
         token = rt.settings.secret("registry_token")
     except ConfigError as exc:
         raise _Refused(503, f"the registry hook is not configured: {exc}") from exc
-    _guard(lambda: hooks.verify_bearer(token, authorization))
+    which = _guard(lambda: hooks.verify_bearer([token, _optional_secret(rt, "registry_token_previous")], authorization))
+    _note_rotation(which, "JERP_REGISTRY_TOKEN_PREVIOUS", "registry")
     media = content_type.split(";")[0].strip().lower()
     with _recording_refusals(rt, "registry", media or "?", None):
         if media and media not in _JSON_TYPES:
@@ -232,7 +233,21 @@ def _verify_signature(rt: Runtime, body: bytes, signature: str | None) -> None:
         secret = rt.settings.secret("webhook_secret")
     except ConfigError as exc:
         raise _Refused(503, f"signed hooks are not configured: {exc}") from exc
-    _guard(lambda: hooks.verify_signature(secret, body, signature))
+    which = _guard(lambda: hooks.verify_signature([secret, _optional_secret(rt, "webhook_secret_previous")], body,
+                                                  signature))
+    _note_rotation(which, "JERP_WEBHOOK_SECRET_PREVIOUS", "signed")
+
+
+def _optional_secret(rt: Runtime, field: str) -> str:
+    value = getattr(rt.settings, field)
+    return value.get_secret_value() if value is not None else ""
+
+
+def _note_rotation(which: int, variable: str, endpoint: str) -> None:
+    """A delivery authenticated by the secret being retired: the sender has not switched yet."""
+    if which:
+        log.warning("hook.previous_secret", endpoint=endpoint,
+                    detail=f"authenticated with {variable}: the sender still uses the secret being retired")
 
 
 def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: Any) -> Any:

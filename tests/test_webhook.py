@@ -416,3 +416,32 @@ def test_json_nested_too_deeply_is_400_not_a_server_error(client, rt):
     deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
     answer = client.post("/hooks/release", content=deep, headers={"X-Hub-Signature-256": sign(deep)})
     assert answer.status_code == 400 and rt.dispatched == []
+
+
+def test_a_rotation_accepts_the_new_and_the_retiring_secret_and_nothing_else(fake_redis, fake_executor):
+    """JERP_WEBHOOK_SECRET_PREVIOUS / JERP_REGISTRY_TOKEN_PREVIOUS: both secrets work while the
+    senders switch; a third, or the retired one once the setting is removed, is refused."""
+    def app_with(**secrets: str) -> TestClient:
+        settings = load_settings(
+            _env_file=None, broker_url="redis://127.0.0.1:1/0", executor="local", bench_dir=Path("/nonexistent"),
+            github_repository=REPOSITORY, github_branch="main", release_image=IMAGE, **secrets)
+        runtime = build_runtime(settings, client=fake_redis, executor=fake_executor)
+        runtime.dispatch = lambda job_id, step: None  # type: ignore[method-assign]
+        return TestClient(create_app(runtime))
+
+    rotating = app_with(webhook_secret="new-secret", webhook_secret_previous=SECRET,
+                        registry_token="new-token", registry_token_previous=TOKEN)
+    body = workflow_run(sha="1" * 40)
+    for secret in ("new-secret", SECRET):
+        answer = post_github(rotating, body, delivery=str(uuid.uuid4()), signature=sign(body, secret))
+        assert answer.status_code in (200, 202), answer.text
+    assert post_github(rotating, body, delivery="x", signature=sign(body, "someone-else")).status_code == 401
+    push = json.dumps({"events": []}).encode()
+    for token, status in (("new-token", {200, 202, 400}), (TOKEN, {200, 202, 400}), ("other", {401})):
+        answer = rotating.post("/hooks/registry", content=push, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        assert answer.status_code in status, (token, answer.status_code, answer.text)
+    retired = app_with(webhook_secret="new-secret", registry_token="new-token")
+    assert post_github(retired, body, delivery="y", signature=sign(body, SECRET)).status_code == 401
+    other_body = workflow_run(sha="2" * 40)
+    assert post_github(retired, other_body, delivery="z", signature=sign(body, "new-secret")).status_code == 401
