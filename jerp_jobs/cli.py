@@ -273,19 +273,38 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
               "(YYYYMMDD_HHMMSS, or ISO: UTC unless it gives an offset such as +14:00); default the latest.")
 @click.option("--unverified", is_flag=True, help="Restore files no manifest vouches for (a dump from elsewhere): "
               "only their gzip/tar integrity is checked.")
+@click.option("--create", is_flag=True, help="With --from-offsite: a site not on the bench (a new host) is "
+              "created empty first, then restored; dropped again if the restore fails.")
+@click.option("--verify", is_flag=True, help="With --from-offsite: check the restored tables and row counts "
+              "against the backup's manifest, and frappe.ping, as a drill does.")
 @WAIT
 @click.pass_obj
 @_guard
 def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | None, private_files: str | None,
-                    from_offsite: bool, at: str | None, unverified: bool, wait: bool) -> None:
+                    from_offsite: bool, at: str | None, unverified: bool, create: bool, verify: bool,
+                    wait: bool) -> None:
     """Restore SITE from backup files or its off-site copy (checked first; a safety backup is taken before)."""
     given = {"--db": db, "--files": public_files, "--private-files": private_files, "--at": at}
     empty = [name for name, value in given.items() if value is not None and not value.strip()]
     if empty:
         raise click.BadParameter(f"{', '.join(empty)} may not be empty")
     params = {"db": db, "public_files": public_files, "private_files": private_files,
-              "from_offsite": from_offsite, "at": at, "unverified": unverified}
+              "from_offsite": from_offsite, "at": at, "unverified": unverified, "create": create, "verify": verify}
     _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
+
+
+@enqueue.command("restore-all")
+@click.option("--from-offsite", is_flag=True, required=True,
+              help="Restore every site of the off-site store (required: the only source of a restore-all).")
+@click.option("--at", default=None, help="The newest copy of each site at or before this UTC time; default the latest.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_restore_all(obj: Ctx, from_offsite: bool, at: str | None, concurrency: int | None, wait: bool) -> None:
+    """Disaster recovery: restore every site of the off-site store onto this bench, smallest first,
+    each created if missing and verified as a drill verifies (offboarded sites are left out)."""
+    _submit(obj, "restore-all", params={"at": at, "concurrency": concurrency}, wait=wait)
 
 
 @enqueue.command("drill")
@@ -515,14 +534,23 @@ def status(obj: Ctx, job_id: str) -> None:
 
 @cli.command()
 @click.argument("site", required=False, callback=_optional_site)
+@click.option("--rescan", is_flag=True, help="First rebuild the backup indexes from the off-site store and the "
+              "manifests beside local backups (after Redis was lost, or on a new host); a job, waited for.")
 @click.pass_obj
 @_guard
-def backups(obj: Ctx, site: str | None) -> None:
+def backups(obj: Ctx, site: str | None, rescan: bool) -> None:
     """Off-site freshness of every site (local without JERP_S3_BUCKET), or the local and off-site
     backups of SITE."""
     from jerp_jobs.freshness import site_backups, sites_freshness
 
     rt = obj.rt
+    if rescan:
+        from jerp_jobs.enqueue import submit
+
+        job = _follow(obj, submit(rt, "rescan", actor=_actor()).id)
+        if job.state != "succeeded":
+            raise click.ClickException(f"rescan job {job.id} {job.state}: {job.error}")
+        click.echo(f"rescan job {job.id}: " + " ".join(job.step("rescan").output.splitlines()[-1:]), err=True)
     if site is None:
         offsite = bool(rt.settings.s3_bucket)
         rows = sites_freshness(rt.redis, max_age_hours=rt.settings.backup_max_age_hours, offsite=offsite)

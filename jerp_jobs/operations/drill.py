@@ -68,16 +68,23 @@ def restore(ctx: StepContext) -> None:
 
 
 def verify(ctx: StepContext) -> None:
-    scratch = scratch_name(ctx.job.id)
-    expected = ctx.job.result["fetched"].get("stats")
+    check_restored(ctx, scratch_name(ctx.job.id), ctx.job.result["fetched"].get("stats"))
+
+
+def check_restored(ctx: StepContext, site: str, expected: dict[str, int] | None) -> None:
+    """A restored site holds what its backup's manifest says (every table and its row count, from
+    a fresh dump of it) and answers ``frappe.ping``; CommandFailed naming the differences if not.
+    The fresh dump is removed again."""
     summary = bench.parse_backup_summary(
-        ctx.run(bench.backup(scratch, with_files=False, bench=ctx.bench), fence=scratch).output, scratch
+        ctx.run(bench.backup(site, with_files=False, bench=ctx.bench), fence=site).output, site
     )
     database = summary.artifact("database")
     assert database is not None
-    actual = dump_stats(sites_dir(ctx.settings) / database.path.removeprefix("./"))
+    dump = sites_dir(ctx.settings) / database.path.removeprefix("./")
+    actual = dump_stats(dump)
+    ctx.run(["rm", "-f", "--", *("sites/" + a.path.removeprefix("./") for a in summary.artifacts)], fence=site)
     problems = compare_stats(expected, actual) if expected is not None else ["the manifest has no statistics"]
-    pong = ctx.run(bench.ping(scratch, bench=ctx.bench), fence=scratch, check=False)
+    pong = ctx.run(bench.ping(site, bench=ctx.bench), fence=site, check=False)
     if not pong.ok or "pong" not in pong.output:
         problems.append(f"frappe.ping did not answer pong (exit {pong.exit_code})")
     ctx.record(verified={"tables": len(actual), "rows": sum(actual.values()), "problems": problems})

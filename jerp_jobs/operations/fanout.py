@@ -48,7 +48,8 @@ STATE = "jerp:fanout:"  # hash per parent job: site -> {"state", "job_id"}
 FAILED = frozenset({"failed", "recovered", "cancelled"})
 ENDED = FAILED | {"succeeded", "not-started", "skipped"}
 
-CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup", "install-app-all": "install-app"}
+CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup", "install-app-all": "install-app",
+              "restore-all": "restore"}
 #: fan-outs that change sites: one canary first, alone, and a failure budget
 CANARY_KINDS = frozenset({"migrate-all", "install-app-all"})
 
@@ -106,9 +107,12 @@ def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
 
 def discover(ctx: StepContext) -> None:
     rt, params = ctx.runtime, ctx.params
-    sites = list(dict.fromkeys(validate_site_name(s) for s in params.get("sites") or discover_sites(ctx)))
+    found = params.get("sites") or (offsite_sites_smallest_first(ctx) if ctx.job.kind == "restore-all"
+                                    else discover_sites(ctx))
+    sites = list(dict.fromkeys(validate_site_name(s) for s in found))
     if not sites:
-        raise InvalidInput("the bench has no site")
+        raise InvalidInput("the off-site store has no site to restore" if ctx.job.kind == "restore-all"
+                           else "the bench has no site")
     limit = int(params.get("site_limit") or 0)
     deferred: list[str] = []
     if limit and len(sites) > limit:
@@ -138,6 +142,27 @@ def discover(ctx: StepContext) -> None:
     _publish_summary(rt, ctx.job.id)
     ctx.output.append(f"{total} sites" + (f" ({len(deferred)} over the per-run limit)" if deferred else "")
                       + (f", canary {canary}" if canary else ""))
+
+
+def offsite_sites_smallest_first(ctx: StepContext) -> list[str]:
+    """restore-all: every site of the off-site store with a verified backup (at or before ``at``),
+    smallest backup first — the most customers back soonest; offboarded sites (a legal hold) are
+    left out and listed in the job's output."""
+    from jerp_jobs.operations.offsite import choose_backup, list_offsite_sites, store_for
+
+    store = store_for(ctx)
+    sized: list[tuple[int, str]] = []
+    for site in list_offsite_sites(store):
+        if store.get_legal_hold(site) is not None:
+            ctx.output.append(f"{site}: offboarded (legal hold): not restored")
+            continue
+        try:
+            manifest = choose_backup(store, site, ctx.params.get("at"))
+        except InvalidInput as exc:
+            ctx.output.append(f"{site}: {exc}: not restored")
+            continue
+        sized.append((sum(int(a.get("size") or 0) for a in manifest["artifacts"]), site))
+    return [site for _, site in sorted(sized)]
 
 
 def canary(ctx: StepContext) -> str:
@@ -195,6 +220,9 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "build_assets": site == canary, **({"no_build": True} if parent.params.get("no_build") else {}),
     } if kind == "migrate" else {"app": parent.params["app"]} if kind == "install-app" else {
+        "from_offsite": True, "create": True, "verify": True,
+        **({"at": parent.params["at"]} if parent.params.get("at") else {}),
+    } if kind == "restore" else {
         "with_files": parent.params.get("with_files", True),
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
@@ -335,6 +363,17 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
     return out
 
 
+def _validate_restore_all(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    from jerp_jobs.operations.offsite import normalise_at
+
+    if not settings.s3_bucket:
+        raise InvalidInput("restore-all restores from the off-site store: set JERP_S3_BUCKET")
+    out = _validate(site, {k: v for k, v in params.items() if v is not None}, settings)
+    if out.get("at"):
+        out["at"] = normalise_at(out["at"])
+    return out
+
+
 def _validate_install_all(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
     from jerp_jobs.operations.apps import validate_install_app
 
@@ -349,6 +388,7 @@ MIGRATE_ALL: dict[str, StepSpec] = {
     "clear-canary-cache": StepSpec(clear_canary_cache, scope="bench"),
 }
 BACKUP_ALL: dict[str, StepSpec] = {"discover": StepSpec(discover), "sites": StepSpec(sites)}
+RESTORE_ALL: dict[str, StepSpec] = {"discover": StepSpec(discover), "sites": StepSpec(sites)}
 INSTALL_APP_ALL: dict[str, StepSpec] = {
     "discover": StepSpec(discover), "canary": StepSpec(canary), "sites": StepSpec(sites),
 }
@@ -391,6 +431,17 @@ register(
         plan=lambda params: list(INSTALL_APP_ALL),
         resolve=table_resolver("install-app-all", INSTALL_APP_ALL),
         validate=_validate_install_all,
+        on_child_done=on_child_done,
+        reconcile=reconcile,
+    )
+)
+register(
+    Workflow(
+        kind="restore-all",
+        needs_site=False,
+        plan=lambda params: list(RESTORE_ALL),
+        resolve=table_resolver("restore-all", RESTORE_ALL),
+        validate=_validate_restore_all,
         on_child_done=on_child_done,
         reconcile=reconcile,
     )

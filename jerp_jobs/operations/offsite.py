@@ -236,6 +236,54 @@ def prune_offsite(ctx: StepContext) -> None:
     ctx.output.append(f"policy {policy}: kept {len(decision.keep)}, deleted {len(deleted)}")
 
 
+def rescan(ctx: StepContext) -> None:
+    """Rebuild jerp-jobs' backup indexes from the backups themselves — after Redis was lost, or on
+    a new host that starts with an empty one. Off-site: each site's index is replaced by the
+    complete backups the store holds (the store is the truth). Local: every manifest copy beside
+    the files (``<timestamp>-jerp-manifest.json``) whose files are all there is added to the
+    site's local index when it is not in it yet."""
+    from jerp_jobs.backupfiles import sites_root
+    from jerp_jobs.manifests import SIDE_SUFFIX
+
+    r = ctx.runtime.redis
+    found: dict[str, dict[str, int]] = {}
+    if ctx.settings.s3_bucket:
+        store = store_for(ctx)
+        for site in list_offsite_sites(store):
+            manifests = [m for m in store.list_backups(site) if m.get("verified")]
+            pipe = r.pipeline()
+            pipe.delete(OFFSITE + site)
+            for manifest in manifests:
+                pipe.zadd(OFFSITE + site, {json.dumps(manifest, sort_keys=True): utc_time(manifest).timestamp()})
+            pipe.execute()
+            found.setdefault(site, {})["offsite"] = len(manifests)
+    root = sites_root(ctx.settings)
+    for folder in sorted(root.iterdir()) if root is not None else []:
+        backups = folder / "private" / "backups"
+        if not (folder / "site_config.json").is_file() or not backups.is_dir():
+            continue
+        site = folder.name
+        known = set(local_stamps(r, site))
+        added = 0
+        for side in sorted(backups.glob("*" + SIDE_SUFFIX)):
+            stamp = side.name[: -len(SIDE_SUFFIX)]
+            if stamp in known or not _is_timestamp(stamp):
+                continue
+            manifest = read_side(root, site, stamp)
+            if manifest is None or not all((root / a["path"]).is_file() for a in manifest["artifacts"]):
+                continue
+            r.zadd(LOCAL + site, {json.dumps(manifest, sort_keys=True): float(manifest.get("recorded_at") or 0)})
+            added += 1
+        found.setdefault(site, {})["local_added"] = added
+    ctx.record(rescanned=found)
+    ctx.output.append(f"{sum(v.get('offsite', 0) for v in found.values())} off-site backups of "
+                      f"{sum(1 for v in found.values() if 'offsite' in v)} sites indexed; "
+                      f"{sum(v.get('local_added', 0) for v in found.values())} local backups added")
+
+
+simple("rescan", [("rescan", StepSpec(rescan))], needs_site=False)
+
+
 def _prune_held(ctx: StepContext, store: Any, hold: dict[str, Any]) -> None:
     """An offboarded site: only its held final backup stays, until the hold's ``until``; then it
     goes too, with its hold, and the audit trail records it. The retention policy does not apply."""

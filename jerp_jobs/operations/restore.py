@@ -113,6 +113,13 @@ def validate_restore(site: str | None, params: dict[str, Any], settings: Any) ->
         out["unverified"] = bool(out["unverified"])
         if not out["unverified"]:
             del out["unverified"]
+    for flag in ("create", "verify"):
+        if flag in out:
+            out[flag] = bool(out[flag])
+            if not out[flag]:
+                del out[flag]
+            elif not params.get("from_offsite"):
+                raise InvalidInput(f"--{flag} goes with --from-offsite")
     if params.get("from_offsite"):
         if any(params.get(name) for name in FILE_PARAMS):
             raise InvalidInput("--from-offsite takes no backup file: it restores the off-site copy")
@@ -303,7 +310,67 @@ def check_backup(ctx: StepContext) -> None:
     ))
 
 
-def safety_backup(ctx: StepContext) -> None:
+def create_site(ctx: StepContext) -> str | None:
+    """``--create`` (disaster recovery on a new host, restore-all): a site that is not on the bench
+    is made empty first — after checking that every app of its backup is in the bench — so the
+    restore has a site to restore into. An existing site is left to the normal restore."""
+    from jerp_jobs.operations.common import bench_apps, site_exists
+    from jerp_jobs.operations.offsite import choose_backup, store_for
+    from jerp_jobs.sites import db_name_for
+
+    if ctx.job.result.get("created_site") is None and site_exists(ctx, ctx.site):
+        ctx.record(created_site=False)
+        ctx.output.append(f"{ctx.site} exists: restored in place")
+        return "skipped"
+    if ctx.job.result.get("created_site") is False:
+        return "skipped"
+    manifest = choose_backup(store_for(ctx), ctx.site, ctx.params.get("at"))
+    missing = sorted(set(manifest.get("apps") or []) - set(bench_apps(ctx)))
+    if missing:
+        raise InvalidInput(f"the backup of {ctx.site} has apps this bench lacks: {', '.join(missing)}; "
+                           "deploy the image that has them first")
+    ctx.record(created_site=True)
+    call = bench.new_site(
+        ctx.site,
+        db_root_password=ctx.settings.secret("mariadb_root_password"),
+        admin_password=ctx.settings.secret("frappe_admin_password"),
+        db_name=db_name_for(ctx.site),
+        bench=ctx.bench,
+    )
+    if not site_exists(ctx, ctx.site):
+        ctx.run(call.argv, stdin=call.stdin)
+    ctx.output.append(f"{ctx.site} was not on the bench: created empty, to restore into")
+    return None
+
+
+def drop_created_site(ctx: StepContext) -> str | None:
+    """A site this job created and could not restore is dropped again: no empty site is left
+    where a customer's site should be."""
+    from jerp_jobs.operations.common import site_exists
+
+    if site_exists(ctx, ctx.site):
+        call = bench.drop_site(ctx.site, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
+        ctx.run(call.argv, stdin=call.stdin)
+    ctx.run(["rm", "-rf", "--", f"archived/sites/{ctx.site}"])
+    ctx.record(created_site_dropped=True)
+    return None
+
+
+def verify_restored(ctx: StepContext) -> str | None:
+    """``--verify``: the drill's checks on the restored site — every table and its row count
+    against the backup's manifest, and ``frappe.ping`` — before it migrates."""
+    if not ctx.params.get("verify"):
+        return "skipped"
+    from jerp_jobs.operations.drill import check_restored
+
+    check_restored(ctx, ctx.site, ctx.job.result["fetched"].get("stats"))
+    return None
+
+
+def safety_backup(ctx: StepContext) -> str | None:
+    if ctx.job.result.get("created_site"):
+        ctx.output.append(f"{ctx.site} was created empty by this job: nothing to keep")
+        return "skipped"
     record_scheduler_state(ctx)
     take_backup(ctx, with_files=True, record_as="safety_backup")
 
@@ -360,11 +427,13 @@ def restore_safety_backup(ctx: StepContext) -> None:
 
 
 STEPS: dict[str, StepSpec] = {
+    "create-site": StepSpec(create_site),
     "fetch-offsite": StepSpec(fetch, retries=3),
     "check-backup": StepSpec(check_backup),
     "maintenance-on": StepSpec(maintenance_on),
     "safety-backup": StepSpec(safety_backup),
     "restore": StepSpec(restore),
+    "verify": StepSpec(verify_restored),
     "migrate": StepSpec(migrate_after_restore),
     "clear-cache": StepSpec(clear_cache),
     "scheduler-state": StepSpec(scheduler_state),
@@ -375,15 +444,25 @@ STEPS: dict[str, StepSpec] = {
     # recovery: failed before the database was touched -> just bring the site back online
     "abort-maintenance-off": StepSpec(maintenance_off, recovery=True, last=True),
     "mark-attention": StepSpec(mark_attention, recovery=True, last=True),
+    # recovery: a site this job created could not be restored -> drop it again
+    "drop-created-site": StepSpec(drop_created_site, recovery=True, last=True),
 }
+#: the steps only a restore --create / --verify plans
+OPTIONAL = {"create-site": "create", "verify": "verify"}
+
+
+def _plan(params: dict[str, Any]) -> list[str]:
+    return [name for name in STEPS if name not in OPTIONAL or params.get(OPTIONAL[name])]
 
 
 def _on_failure(job: Job, step: str) -> str | None:
-    if step in ("fetch-offsite", "check-backup"):
+    if job.result.get("created_site") and step not in ("drop-created-site", "mark-attention"):
+        return "drop-created-site"
+    if step in ("create-site", "fetch-offsite", "check-backup"):
         return None  # nothing was touched
     if step in ("maintenance-on", "safety-backup"):
         return "abort-maintenance-off"
-    if step in ("restore", "migrate"):
+    if step in ("restore", "verify", "migrate"):
         return "restore-safety-backup"
     if step in ("clear-cache", "scheduler-state"):
         return "maintenance-off"
@@ -394,7 +473,9 @@ def _on_failure(job: Job, step: str) -> str | None:
 
 def _on_cancel(job: Job, step: str | None) -> str | None:
     """Before the database is touched: back online. From the restore on: finish the chain."""
-    if step in (None, "fetch-offsite", "check-backup"):
+    if job.result.get("created_site"):
+        return "drop-created-site"
+    if step in (None, "create-site", "fetch-offsite", "check-backup"):
         return None
     if step in ("maintenance-on", "safety-backup"):
         return "abort-maintenance-off"
@@ -405,7 +486,7 @@ def _final_state(job: Job) -> str:
     failed = {s.name for s in job.steps if s.state == "failed"}
     if not failed:
         return "succeeded"
-    if failed <= {"restore", "migrate"} and job.step("recovered-maintenance-off").state == "success":
+    if failed <= {"restore", "verify", "migrate"} and job.step("recovered-maintenance-off").state == "success":
         return "recovered"
     return "failed"
 
@@ -414,7 +495,7 @@ register(
     Workflow(
         kind="restore",
         needs_site=True,
-        plan=lambda params: list(STEPS),
+        plan=_plan,
         resolve=table_resolver("restore", STEPS),
         on_failure=_on_failure,
         on_cancel=_on_cancel,
