@@ -214,8 +214,9 @@ def system_timezone(site: str, *, bench: str = "bench") -> list[str]:
 
 
 def installed_apps_global(site: str, *, bench: str = "bench") -> list[str]:
-    """``frappe.get_installed_apps``: the ``installed_apps`` global default, which install-app
-    fills (``list-apps`` reads the Installed Application table, filled only by migrate)."""
+    """``frappe.get_installed_apps``: the ``installed_apps`` global default, which install-app,
+    uninstall-app and migrate keep (``list-apps`` reads the Installed Application table, which
+    migrate and uninstall-app refresh and install-app does not)."""
     return execute(site, "frappe.get_installed_apps", bench=bench)
 
 

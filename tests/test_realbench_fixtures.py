@@ -340,3 +340,82 @@ def test_restore_prints_warnings_before_its_last_line() -> None:
     assert lines[0].startswith("Warning: MariaDB version")
     assert lines[-1] == f"Site {SITE} has been restored with files"
     assert "REDACTED-ROOT-PW" in done.argv  # the fixtures carry no real password
+
+
+# -- install-app and uninstall-app ------------------------------------------------------------------
+# Captured with two apps made by `bench new-app`: tinyapp, and tinydep whose hooks say
+# required_apps = ["example/tinyapp"] (["tinyapp"] in install-app-required-app-offline).
+
+
+def _argv_tail(argv: str) -> list[str]:
+    """The argv of a capture after the bench program (``./bench``)."""
+    return argv.split()[1:]
+
+
+def test_install_app_exits_0_when_the_app_is_already_installed() -> None:
+    before, installed, again = captures("install-app")
+    assert bench.parse_installed_apps(before.stdout) == ["frappe"]
+    assert _argv_tail(installed.argv) == bench.install_app(SITE, "tinyapp")[1:]
+    assert installed.exit_code == 0 and "Installing tinyapp..." in installed.stdout
+    assert again.exit_code == 0 and again.stdout == "App tinyapp already installed\n"
+
+
+def test_install_app_leaves_list_apps_as_it_was() -> None:
+    """install-app installs the required apps first and keeps the installed_apps global, but
+    list-apps (the Installed Application table) still shows what it showed before."""
+    installed, global_apps, listed = captures("install-app-list-apps-stale")
+    assert installed.exit_code == 0
+    assert installed.stdout.index("Installing tinyapp...") < installed.stdout.index("Installing tinydep...")
+    assert bench.parse_installed_apps(global_apps.stdout) == ["frappe", "tinyapp", "tinydep"]
+    assert bench.parse_list_apps(listed.stdout, SITE) == ["frappe"]
+
+
+def test_uninstall_app_refreshes_list_apps_and_exits_0_when_not_installed() -> None:
+    listed_before, _, removed, global_apps, again, listed_after = captures("uninstall-app")
+    assert bench.parse_list_apps(listed_before.stdout, SITE) == []  # never migrated
+    assert _argv_tail(removed.argv) == bench.uninstall_app(SITE, "tinyapp")[1:]
+    assert removed.exit_code == 0 and bench.uninstall_refusal(removed.output) is None
+    assert removed.stdout.splitlines()[-1] == f"Uninstalled App tinyapp from Site {SITE}"
+    assert bench.parse_installed_apps(global_apps.stdout) == ["frappe"]
+    assert again.exit_code == 0 and again.stdout == f"App tinydep not installed on Site {SITE}\n"
+    assert bench.uninstall_refusal(again.output) is None
+    assert bench.parse_list_apps(listed_after.stdout, SITE) == ["frappe"]  # filled by uninstall-app
+
+
+def test_uninstall_of_a_required_app_exits_0_and_the_refusal_is_read() -> None:
+    before, refused, after = captures("uninstall-app-dependency-refusal")
+    assert refused.exit_code == 0
+    assert bench.uninstall_refusal(refused.output) == "App tinyapp is a dependency of tinydep. Uninstall tinydep first."
+    assert bench.parse_installed_apps(before.stdout) == bench.parse_installed_apps(after.stdout) \
+        == ["frappe", "tinyapp", "tinydep"]
+
+
+def test_uninstall_app_refusals_that_exit_1() -> None:
+    """An app the bench lacks, frappe itself, and a confirmation with no terminal (without
+    --yes): exit 1, command errors, nothing removed."""
+    unknown, frappe_app, unconfirmed = captures("uninstall-app-refused")
+    assert "ModuleNotFoundError: No module named 'nosuchapp'" in unknown.stderr
+    assert frappe_app.stdout == "You cannot remove or uninstall the app `frappe`\n"
+    assert unconfirmed.stdout.rstrip().endswith("Are you sure you want to continue? [y/N]:")
+    assert unconfirmed.stderr == "Aborted!\n"
+    for done in (unknown, frappe_app, unconfirmed):
+        assert done.exit_code == 1 and bench.uninstall_refusal(done.output) is None
+        assert bench.classify_failure(done.exit_code, done.output).kind == bench.COMMAND_ERROR
+
+
+def test_uninstall_app_with_bench_backup_and_dry_run() -> None:
+    with_backup, dry_run = captures("uninstall-app-backup-and-dry-run")
+    assert with_backup.exit_code == 0 and "Backing up...\n" in with_backup.stdout
+    assert dry_run.exit_code == 0 and "Backing up..." not in dry_run.stdout
+    assert dry_run.stdout.splitlines()[-1] == f"Uninstalled App tinyapp from Site {SITE}"  # said, not done
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("install-app-not-in-bench", "An error occurred while installing nosuchapp: No module named 'nosuchapp'"),
+    # a required app named without its GitHub organisation is looked up on api.github.com
+    ("install-app-required-app-offline", "Failed to resolve 'api.github.com'"),
+])
+def test_install_app_failures_exit_1_as_command_errors(name: str, words: str) -> None:
+    done = capture(name)
+    assert done.exit_code == 1 and words in done.output
+    assert bench.classify_failure(done.exit_code, done.output).kind == bench.COMMAND_ERROR

@@ -114,6 +114,21 @@ def test_manifest_of_a_site_never_migrated_lists_its_apps(
     assert stored["apps"] == ["frappe", "erpnext"]
 
 
+def test_manifest_after_install_app_on_a_migrated_site_lists_the_new_app(
+    s3_env: dict[str, str], s3_worker: WorkerProcess, site: str, bench_dir: Path,
+) -> None:
+    """install-app leaves the Installed Application table (list-apps) as the last migrate left
+    it, as real Frappe does: the manifest reads the installed_apps global instead."""
+    run_bench(bench_dir, "--site", site, "migrate")
+    run_bench(bench_dir, "--site", site, "install-app", "erpnext")
+    listed = run_bench(bench_dir, "--site", site, "list-apps", "-f", "json")
+    assert json.loads(listed.stdout) == {site: ["frappe"]}
+    rc, job = run_job(s3_env, "backup", site, "--no-files")
+    assert rc == 0, (job.get("error"), s3_worker.logs()[-2000:])
+    assert job["result"]["offsite"]["apps"] == ["frappe", "erpnext"]
+    assert job["result"]["offsite"]["apps_source"] == "installed_apps"
+
+
 def _scheduler_enabled(bench_dir: Path, site: str) -> bool:
     out = run_bench(bench_dir, "--site", site, "execute", "frappe.db.get_single_value", "--args",
                     json.dumps(["System Settings", "enable_scheduler"])).stdout.strip()

@@ -85,14 +85,12 @@ def upload(ctx: StepContext) -> str | None:
 
 
 def installed_apps(ctx: StepContext) -> tuple[list[str], str]:
-    """The site's apps and where they were read. ``list-apps`` reads the Installed Application
-    table, which only ``migrate`` fills: on a site never migrated it is empty, and the apps are
-    read from the ``installed_apps`` global that install-app keeps (``frappe.get_installed_apps``)."""
-    apps = bench.parse_list_apps(ctx.run(bench.list_apps(ctx.site, bench=ctx.bench)).output, ctx.site)
-    if apps:
-        return apps, "list-apps"
+    """The site's apps, and where they were read: the ``installed_apps`` global
+    (``frappe.get_installed_apps``), which install-app, uninstall-app and migrate all keep.
+    ``list-apps`` is not used: it reads the Installed Application table, which install-app leaves
+    as it was (empty on a site never migrated; without the new app on one migrated before) until
+    the next migrate or uninstall-app refreshes it."""
     apps = bench.parse_installed_apps(ctx.run(bench.installed_apps_global(ctx.site, bench=ctx.bench)).output)
-    ctx.output.append("list-apps is empty (the site was never migrated): apps read from frappe.get_installed_apps")
     return apps, "installed_apps"
 
 
