@@ -159,3 +159,39 @@ def test_install_app_all_refuses_an_app_the_bench_lacks(
     done = jerpctl(env, "enqueue", "install-app-all", "hrms")
     assert done.returncode == 2 and "not in this bench" in done.stderr, done.stdout + done.stderr
     assert not list(real_redis.scan_iter("jerp:job:*"))
+
+
+def _real_stdout(fixture: str, command_suffix: str) -> tuple[int, list[str]]:
+    """Exit code and stdout lines of one command of a real-bench capture (tests/fixtures/realbench)."""
+    text = (Path(__file__).parent / "fixtures" / "realbench" / fixture).read_text()
+    block = next(b for b in text.split("\n$ ")[0:] if b.splitlines()[0].rstrip().endswith(command_suffix))
+    code = int(block.split("# exit code: ")[1].split("\n")[0])
+    stdout = block.split("----- stdout")[1].split("\n", 1)[1].split("----- stderr")[0]
+    return code, stdout.splitlines()
+
+
+@pytest.mark.parametrize("app", ["nosuchapp", "frappe"])
+def test_stand_in_uninstall_refusals_match_the_real_bench(app: str, app_bench: Path, make_site: Callable[..., str]) -> None:
+    from tests.e2e_support import run_bench
+
+    site = make_site("rf")
+    real_code, real_lines = _real_stdout("uninstall-app-refused.txt", f"uninstall-app {app} --yes --no-backup")
+    done = run_bench(app_bench, "--site", site, "uninstall-app", app, "--yes", "--no-backup", check=False)
+    assert (done.returncode, done.stdout.splitlines()) == (real_code, real_lines), done.stdout + done.stderr
+
+
+def test_uninstalling_an_app_the_bench_no_longer_has_is_refused_without_a_restore(
+    env: dict[str, str], worker: WorkerProcess, app_bench: Path, make_site: Callable[..., str],
+    mariadb_root_password: str,
+) -> None:
+    site = make_site("ng")
+    rc, job = run_job(env, "install-app", site, "erpnext")
+    assert rc == 0, job.get("error")
+    apps_txt = app_bench / "sites" / "apps.txt"
+    apps_txt.write_text("".join(f"{a}\n" for a in apps_txt.read_text().split() if a != "erpnext"))
+    rc, job = run_job(env, "uninstall-app", site, "erpnext")
+    assert rc == 1 and "not in this bench" in job["error"], job
+    steps = _steps(job)
+    assert steps["restore-pre-change"] == "skipped" and steps["abort-maintenance-off"] == "success", steps
+    assert _apps(mariadb_root_password, app_bench, site) == ["frappe", "erpnext"]
+    assert not site_config(app_bench, site).get("maintenance_mode")

@@ -92,7 +92,13 @@ def install(ctx: StepContext) -> str | None:
 
 def uninstall(ctx: StepContext) -> str | None:
     app = ctx.params["app"]
-    if app not in site_apps(ctx):
+    installed = site_apps(ctx)
+    if app in installed and app not in bench_apps(ctx):
+        # bench cannot import the app's code and refuses (exit 1) before changing anything
+        ctx.record(app_change={"app": app, "action": "uninstall", "changed": False, "refused": "not in the bench"})
+        raise InvalidInput(f"app {app} is installed on {ctx.site} but not in this bench (sites/apps.txt): "
+                           "bench cannot uninstall an app whose code it lacks; deploy an image that has it first")
+    if app not in installed:
         ctx.output.append(f"{app} is not installed on {ctx.site}: nothing to do")
         ctx.record(app_change={"app": app, "action": "uninstall", "changed": False})
         return "skipped"
