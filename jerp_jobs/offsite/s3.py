@@ -73,6 +73,8 @@ MiB = 1024 * 1024
 MANIFEST_NAME = "manifest.json"
 #: ``<prefix>/<site>/legal-hold.json``: the site was offboarded; its final backup is kept until ``until``
 LEGAL_HOLD_NAME = "legal-hold.json"
+#: what :meth:`OffsiteStore._read_json` answers for an object that does not exist
+MISSING = object()
 MANIFEST_FORMAT = 1
 _PART_BUDGET = 9_000  # S3 allows 10,000 parts; keep room for the ciphertext-size estimate
 _TIMESTAMP = re.compile(r"(\d{4})(\d{2})(\d{2})_\d{6}")
@@ -436,15 +438,22 @@ class OffsiteStore:
             raise BackupNotFound(f"{self._url(key)} disappeared while being read", bucket=self.bucket, key=key)
         return manifest
 
-    def _read_manifest(self, key: str) -> dict[str, Any] | None:
+    def _read_json(self, key: str) -> Any:
+        """The JSON value at ``key``, or :data:`MISSING` when there is no such object; OffsiteError
+        when it is not JSON."""
         with self._translate("read", key, missing_ok=True) as missing:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         if missing:
-            return None
+            return MISSING
         try:
-            manifest = json.loads(body)
+            return json.loads(body)
         except ValueError as exc:
             raise OffsiteError(f"{self._url(key)} is not valid JSON", bucket=self.bucket, key=key) from exc
+
+    def _read_manifest(self, key: str) -> dict[str, Any] | None:
+        manifest = self._read_json(key)
+        if manifest is MISSING:
+            return None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
             raise OffsiteError(f"{self._url(key)} is not a backup manifest", bucket=self.bucket, key=key)
         return manifest
@@ -558,14 +567,9 @@ class OffsiteStore:
         """The site's legal hold, or None. One that is not valid JSON, or whose signature does not
         match ``JERP_MANIFEST_KEY``, is an error: a hold is never ignored."""
         key = self._join(validate_site_name(site), LEGAL_HOLD_NAME)
-        with self._translate("read", key, missing_ok=True) as missing:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        if missing:
+        hold = self._read_json(key)
+        if hold is MISSING:
             return None
-        try:
-            hold = json.loads(body)
-        except ValueError as exc:
-            raise OffsiteError(f"{self._url(key)} is not valid JSON", bucket=self.bucket, key=key) from exc
         if not isinstance(hold, dict) or not hold.get("timestamp") or not isinstance(hold.get("until"), (int, float)):
             raise OffsiteError(f"{self._url(key)} is not a legal hold", bucket=self.bucket, key=key)
         if self.manifest_key is not None and signature(hold, self.manifest_key) is not True:

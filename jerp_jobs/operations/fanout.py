@@ -400,49 +400,14 @@ def _migrate_all_on_failure(job: Job, step: str) -> str | None:
     return None
 
 
-register(
-    Workflow(
-        kind="migrate-all",
-        needs_site=False,
-        plan=lambda params: list(MIGRATE_ALL),
-        resolve=table_resolver("migrate-all", MIGRATE_ALL),
-        on_failure=_migrate_all_on_failure,
-        validate=_validate,
-        on_child_done=on_child_done,
-        reconcile=reconcile,
-    )
-)
-register(
-    Workflow(
-        kind="backup-all",
-        needs_site=False,
-        plan=lambda params: list(BACKUP_ALL),
-        resolve=table_resolver("backup-all", BACKUP_ALL),
-        validate=_validate,
-        on_child_done=on_child_done,
-        reconcile=reconcile,
-        on_end=notify_if_failed,
-    )
-)
-register(
-    Workflow(
-        kind="install-app-all",
-        needs_site=False,
-        plan=lambda params: list(INSTALL_APP_ALL),
-        resolve=table_resolver("install-app-all", INSTALL_APP_ALL),
-        validate=_validate_install_all,
-        on_child_done=on_child_done,
-        reconcile=reconcile,
-    )
-)
-register(
-    Workflow(
-        kind="restore-all",
-        needs_site=False,
-        plan=lambda params: list(RESTORE_ALL),
-        resolve=table_resolver("restore-all", RESTORE_ALL),
-        validate=_validate_restore_all,
-        on_child_done=on_child_done,
-        reconcile=reconcile,
-    )
-)
+def _fanout(kind: str, table: dict[str, StepSpec], validate: Any, **extra: Any) -> Workflow:
+    """A fan-out workflow: its fixed steps, its children's ends settled by :func:`on_child_done`."""
+    return register(Workflow(kind=kind, needs_site=False, plan=lambda params: list(table),
+                             resolve=table_resolver(kind, table), validate=validate, on_child_done=on_child_done,
+                             reconcile=reconcile, **extra))
+
+
+_fanout("migrate-all", MIGRATE_ALL, _validate, on_failure=_migrate_all_on_failure)
+_fanout("backup-all", BACKUP_ALL, _validate, on_end=notify_if_failed)
+_fanout("install-app-all", INSTALL_APP_ALL, _validate_install_all)
+_fanout("restore-all", RESTORE_ALL, _validate_restore_all)
