@@ -79,6 +79,9 @@ class _Store:
     def delete_backup(self, site: str, stamp: str) -> None:
         self.deleted.append(stamp)
 
+    def get_legal_hold(self, site: str) -> None:
+        return None  # no offboarded site here: the ordinary retention applies
+
 
 def test_choose_backup_compares_utc_not_the_local_file_names() -> None:
     now = datetime.now(timezone.utc).replace(microsecond=0)
