@@ -1,16 +1,17 @@
-"""Creating a job and sending its first step: the one way entry points start work.
+"""Starting a job — creating it and sending its first step: the one way work starts.
 
 The job record is written first, with every step planned; then the first step's message is
-published. If publishing fails the job is marked failed at once, so no record waits forever
-for a message that was never sent.
+published. If publishing fails, a requested job is marked failed at once, so no record waits
+forever for a message that was never sent; a child job stays queued for the resumer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from jerp_jobs import audit
+from jerp_jobs import audit, runner
+from jerp_jobs.backupfiles import sites_root
 from jerp_jobs.errors import BrokerUnavailable, InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.runtime import Runtime
@@ -45,19 +46,49 @@ def create_job(
 
 def _app_names(rt: Runtime) -> set[str]:
     """frappe, erpnext, and the bench's apps.txt when its sites folder is visible here."""
-    from jerp_jobs.backupfiles import sites_root
-
     return bench_app_names(sites_root(rt.settings))
+
+
+def start_job(
+    rt: Runtime,
+    kind: str,
+    *,
+    site: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+    actor: str | None = None,
+    before_publish: Callable[[Job], None] | None = None,
+) -> Job:
+    """The one way a job starts — for jerpctl, Beat, the webhook, fan-outs and releases: the
+    request validated and the record written with every step planned (:func:`create_job`),
+    ``before_publish`` run (what must be recorded before any step can run, such as the child's
+    place in its parent), then the first step published (:func:`publish`). Returns the job as
+    created."""
+    job = create_job(rt, kind, site=site, params=params, parent=parent, actor=actor)
+    if before_publish is not None:
+        before_publish(job)
+    publish(rt, job)
+    return job
+
+
+def publish(rt: Runtime, job: Job, *, undo: Callable[[], None] | None = None) -> None:
+    """Publish the first step of ``job``; BrokerUnavailable naming the job when it cannot be.
+
+    A job someone asked for (no parent) is then failed at once, after ``undo`` took back what
+    was recorded for it, so that no record waits for a message that was never sent and the
+    requester is told. A child job stays queued: the resumer publishes its first step again
+    (``jerp_jobs.resume``), so one broker error does not count as a failed site."""
+    try:
+        rt.dispatch(job.id, runner.first_step(rt, job.id))
+    except Exception as exc:
+        if job.parent is None:
+            if undo is not None:
+                undo()
+            runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the {job.kind} job: {exc}")
+        raise BrokerUnavailable(f"could not publish job {job.id} to the broker: {exc}", job_id=job.id) from exc
 
 
 def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None,
            actor: str | None = None) -> Job:
-    from jerp_jobs import runner
-
-    job = create_job(rt, kind, site=site, params=params, actor=actor)
-    try:
-        rt.dispatch(job.id, runner.first_step(rt, job.id))
-    except Exception as exc:
-        runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the job: {exc}")
-        raise BrokerUnavailable(f"could not publish job {job.id} to the broker: {exc}", job_id=job.id) from exc
-    return rt.store.get(job.id)
+    """:func:`start_job` for a request (jerpctl, Beat); returns the job's record as it is now."""
+    return rt.store.get(start_job(rt, kind, site=site, params=params, actor=actor).id)

@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from jerp_jobs import bench
+from jerp_jobs.backupfiles import sites_root
 from jerp_jobs.errors import CommandFailed, InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.operations.backup import take_backup
@@ -47,7 +48,11 @@ from jerp_jobs.operations.common import (
     scheduler_pause,
     scheduler_resume,
 )
-from jerp_jobs.operations.restore import manifest_files, restore_verified, verify_backup_files
+from jerp_jobs.operations.restore import (
+    manifest_files,
+    restore_verified,
+    verify_backup_files,
+)
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
 #: the steps that run before the site's database is changed: a failure there only brings it back
@@ -198,8 +203,6 @@ def _validate(kind: str) -> Any:
         bench.validate_app_name(app)
         if kind == "uninstall-app" and app == "frappe":
             raise InvalidInput("frappe cannot be uninstalled from a site (drop the site instead)")
-        from jerp_jobs.backupfiles import sites_root
-
         root = sites_root(settings)
         if kind == "install-app" and root is not None and (root / "apps.txt").is_file():
             present = _apps_txt(root)

@@ -32,12 +32,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from jerp_jobs import bench
+from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import Job, as_text
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
+from jerp_jobs.operations.apps import validate_install_app
 from jerp_jobs.operations.backup import notify_if_failed
 from jerp_jobs.operations.common import discover_sites
+from jerp_jobs.operations.offsite import (
+    choose_backup,
+    last_offsite_time,
+    list_offsite_sites,
+    normalise_at,
+    store_for,
+)
+from jerp_jobs.runner import complete_waiting_step
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
 from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, table_resolver
@@ -116,8 +127,6 @@ def discover(ctx: StepContext) -> None:
     limit = int(params.get("site_limit") or 0)
     deferred: list[str] = []
     if limit and len(sites) > limit:
-        from jerp_jobs.operations.offsite import last_offsite_time
-
         ranked = sorted(sites, key=lambda s: (last_offsite_time(rt.redis, s) or 0.0, s))  # oldest copy first
         sites, deferred = sorted(ranked[:limit]), sorted(ranked[limit:])
     canary = params.get("canary")
@@ -148,8 +157,6 @@ def offsite_sites_smallest_first(ctx: StepContext) -> list[str]:
     """restore-all: every site of the off-site store with a verified backup (at or before ``at``),
     smallest backup first — the most customers back soonest; offboarded sites (a legal hold) are
     left out and listed in the job's output."""
-    from jerp_jobs.operations.offsite import choose_backup, list_offsite_sites, store_for
-
     store = store_for(ctx)
     sized: list[tuple[int, str]] = []
     for site in list_offsite_sites(store):
@@ -193,8 +200,6 @@ def clear_canary_cache(ctx: StepContext) -> str | None:
     """The canary cleared its caches before its chain built the assets (clear-cache comes
     before build-assets in a migrate): clear them again now that the new assets exist. Every
     other site migrated after the build and cleared its own caches then."""
-    from jerp_jobs import bench
-
     rt, site = ctx.runtime, ctx.job.result.get("canary")
     entry = _entries(rt, ctx.job.id).get(site or "", {})
     if entry.get("state") != "succeeded":
@@ -212,9 +217,6 @@ def clear_canary_cache(ctx: StepContext) -> str | None:
 
 
 def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
-    from jerp_jobs.enqueue import create_job
-    from jerp_jobs.runner import first_step
-
     kind = CHILD_KIND[parent.kind]
     canary = parent.result.get("canary")
     params: dict[str, Any] = {
@@ -226,10 +228,14 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
         "with_files": parent.params.get("with_files", True),
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
-    child = create_job(rt, kind, site=site, params=params, parent=parent.id)
     attempts = _entry(rt, parent.id, site).get("attempts", 0) + 1
-    entry = _set(rt, parent.id, site, state="running", job_id=child.id, attempts=attempts)
-    rt.dispatch(child.id, first_step(rt, child.id))
+    entries: list[dict[str, Any]] = []
+
+    def enter(child: Job) -> None:  # in the parent's map before the child can end
+        entries.append(_set(rt, parent.id, site, state="running", job_id=child.id, attempts=attempts))
+
+    child = start_job(rt, kind, site=site, params=params, parent=parent.id, before_publish=enter)
+    entry = entries[0]
     log.info("fanout.child_started", job_id=parent.id, site=site, child=child.id)
     return entry
 
@@ -302,8 +308,6 @@ def _record_child_end(rt: Runtime, parent: Job, site: str, entry: dict[str, Any]
 
 def _settle(rt: Runtime, parent: Job) -> Any:
     """End the parent's waiting step when its children allow it (call under the fan-out lock)."""
-    from jerp_jobs.runner import complete_waiting_step
-
     waiting = next((s.name for s in parent.steps if s.state == "running"), None)
     if waiting == "canary":
         canary_site = parent.result.get("canary")
@@ -364,8 +368,6 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
 
 
 def _validate_restore_all(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
-    from jerp_jobs.operations.offsite import normalise_at
-
     if not settings.s3_bucket:
         raise InvalidInput("restore-all restores from the off-site store: set JERP_S3_BUCKET")
     out = _validate(site, {k: v for k, v in params.items() if v is not None}, settings)
@@ -375,8 +377,6 @@ def _validate_restore_all(site: str | None, params: dict[str, Any], settings: An
 
 
 def _validate_install_all(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
-    from jerp_jobs.operations.apps import validate_install_app
-
     out = _validate(site, params, settings)
     return {**out, **validate_install_app(None, {"app": out.get("app")}, settings)}
 

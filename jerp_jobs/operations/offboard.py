@@ -37,8 +37,10 @@ import time
 from typing import Any
 
 from jerp_jobs import audit, bench
+from jerp_jobs.backupfiles import sites_root
 from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE
+from jerp_jobs.integrations import npm
 from jerp_jobs.jobs import Job
 from jerp_jobs.log import get_logger
 from jerp_jobs.offsite import offsite_stamp
@@ -102,8 +104,6 @@ def inventory(ctx: StepContext) -> None:
 def _site_config(ctx: StepContext) -> dict[str, Any]:
     """The site's config read by the worker itself (never through a command: its output is logged
     and recorded, and the file holds the database password); only names are kept."""
-    from jerp_jobs.backupfiles import sites_root
-
     root = sites_root(ctx.settings)
     try:
         config = json.loads((root / ctx.site / "site_config.json").read_text(encoding="utf-8")) if root else {}
@@ -121,8 +121,6 @@ def _proxy_host(ctx: StepContext) -> str:
 
 
 def _npm(ctx: StepContext) -> Any:
-    from jerp_jobs.integrations import npm
-
     s = ctx.settings
     if not (s.npm_url and s.npm_identity and s.npm_secret):
         return None
@@ -285,8 +283,6 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
                            "to see what goes, then with --confirm")
     if not settings.s3_bucket:
         raise ConfigError("JERP_S3_BUCKET", "is not set; offboarding keeps a final off-site backup under a legal hold")
-    from jerp_jobs.backupfiles import sites_root
-
     root = sites_root(settings)
     if root is not None and site and not (root / site / "site_config.json").is_file():
         raise InvalidInput(f"site {site} does not exist in the bench (no sites/{site}/site_config.json)")

@@ -20,15 +20,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jerp_jobs import bench
-from jerp_jobs.backupfiles import give_to_owner
+from jerp_jobs import audit, bench
+from jerp_jobs.backupfiles import give_to_owner, sites_root
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE
 from jerp_jobs.log import get_logger
-from jerp_jobs.manifests import artifact, confirm_recorded, manifest_key, read_side, seal, write_side
-from jerp_jobs.sites import sites_dir
+from jerp_jobs.manifests import (
+    SIDE_SUFFIX,
+    artifact,
+    confirm_recorded,
+    manifest_key,
+    read_side,
+    seal,
+    write_side,
+)
 from jerp_jobs.offsite import offsite_stamp
+from jerp_jobs.offsite.s3 import OffsiteStore
+from jerp_jobs.retention import Backup, parse_policy, plan_deletions
+from jerp_jobs.sites import sites_dir
 from jerp_jobs.workflow import StepContext, StepSpec, simple
 
 log = get_logger(__name__)
@@ -36,8 +46,6 @@ log = get_logger(__name__)
 
 
 def store_for(ctx: StepContext) -> Any:
-    from jerp_jobs.offsite.s3 import OffsiteStore
-
     return OffsiteStore.from_settings(ctx.settings)
 
 
@@ -191,8 +199,6 @@ def list_offsite_sites(store: Any) -> list[str]:
 
 
 def prune_offsite(ctx: StepContext) -> None:
-    from jerp_jobs.retention import Backup, parse_policy, plan_deletions
-
     policy = parse_policy(ctx.settings.retention)
     store = store_for(ctx)
     hold = store.get_legal_hold(ctx.site)
@@ -221,8 +227,6 @@ def rescan(ctx: StepContext) -> None:
     complete backups the store holds (the store is the truth). Local: every manifest copy beside
     the files (``<timestamp>-jerp-manifest.json``) whose files are all there is added to the
     site's local index when it is not in it yet."""
-    from jerp_jobs.backupfiles import sites_root
-    from jerp_jobs.manifests import SIDE_SUFFIX
 
     r = ctx.runtime.redis
     found: dict[str, dict[str, int]] = {}
@@ -266,8 +270,6 @@ RESCAN = simple("rescan", [("rescan", StepSpec(rescan))], needs_site=False)
 def _prune_held(ctx: StepContext, store: Any, hold: dict[str, Any]) -> None:
     """An offboarded site: only its held final backup stays, until the hold's ``until``; then it
     goes too, with its hold, and the audit trail records it. The retention policy does not apply."""
-    from jerp_jobs import audit
-
     now = time.time()
     expired = now >= float(hold["until"])
     deleted = []

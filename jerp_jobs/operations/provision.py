@@ -15,9 +15,15 @@ from typing import Any
 
 from jerp_jobs import bench
 from jerp_jobs.errors import InvalidInput
+from jerp_jobs.integrations import npm
 from jerp_jobs.jobs import Job
 from jerp_jobs.operations.backup import take_backup
-from jerp_jobs.operations.common import bench_apps, mark_attention, scheduler_enable, site_exists
+from jerp_jobs.operations.common import (
+    bench_apps,
+    mark_attention,
+    scheduler_enable,
+    site_exists,
+)
 from jerp_jobs.sites import APP_NAMES, db_name_for, refuse_app_name
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow
 
@@ -59,8 +65,6 @@ def first_backup(ctx: StepContext) -> None:
 
 
 def proxy_host(ctx: StepContext) -> None:
-    from jerp_jobs.integrations import npm
-
     s = ctx.settings
     wanted = npm.manual_instructions(ctx.site, s.npm_forward_host, s.npm_forward_port)
     if not (s.npm_url and s.npm_identity and s.npm_secret):

@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jerp_jobs.enqueue import create_job, publish, start_job
 from jerp_jobs.errors import (
-    BrokerUnavailable,
     DeployBusy,
     DeployError,
     InvalidInput,
@@ -54,7 +54,9 @@ from jerp_jobs.errors import (
 from jerp_jobs.hooks import format_time, validate_tag
 from jerp_jobs.jobs import Job, as_text
 from jerp_jobs.log import get_logger
+from jerp_jobs.operations.common import discover_sites
 from jerp_jobs.platform import Platform
+from jerp_jobs.runner import complete_waiting_step, finish_job
 from jerp_jobs.workflow import (
     WAITING,
     StepContext,
@@ -130,9 +132,6 @@ def request_release(
     operator's request (``dedupe=False``) is made now and always starts a release. A new
     release supersedes the releases still waiting that were requested before it.
     """
-    from jerp_jobs import runner
-    from jerp_jobs.enqueue import create_job
-
     if not rollback:
         tag = validate_tag(tag)
         if tag in rt.settings.mutable_tags:
@@ -161,15 +160,14 @@ def request_release(
         if delivery:
             pipe.set(BY_DELIVERY + delivery, job.id, ex=rt.store.ttl)
         pipe.execute()
-    try:
-        rt.dispatch(job.id, runner.first_step(rt, job.id))
-    except Exception as exc:
+
+    def take_back() -> None:
         with rt.locks.hold(ADMISSION, wait=5, poll=0.01, step="request-undo"):
             undo()
             if delivery:
                 rt.redis.delete(BY_DELIVERY + delivery)
-        runner.finish_job(rt, job.id, "failed", error=f"could not enqueue the release: {exc}")
-        raise BrokerUnavailable(f"could not publish release {job.id} to the broker: {exc}", job_id=job.id) from exc
+
+    publish(rt, job, undo=take_back)
     log.info("release.requested", job_id=job.id, tag=tag, source=source, rollback=rollback, requested_at=at)
     return Requested(rt.store.get(job.id), created=True)
 
@@ -301,8 +299,6 @@ def _waiting(rt: Runtime) -> list[str]:
 def _supersede(rt: Runtime, job_id: str, *, by: Job, newer_than: float | None) -> None:
     """End a release that is still waiting for the slot (call under the admission lock) when it
     was requested before ``newer_than`` (None: an operator's request supersedes every one)."""
-    from jerp_jobs.runner import finish_job
-
     if _active(rt) == job_id:
         return  # it started: it runs to its end
     try:
@@ -468,15 +464,10 @@ def _rollout(ctx: StepContext, *, rollback: bool) -> None:
 
 
 def _sites(ctx: StepContext) -> list[str]:
-    from jerp_jobs.operations.common import discover_sites
-
     return discover_sites(ctx)
 
 
 def _migrate(ctx: StepContext, *, rollback: bool) -> str | None:
-    from jerp_jobs.enqueue import create_job
-    from jerp_jobs.runner import first_step
-
     rt = ctx.runtime
     field = "rollback_migrate_job" if rollback else "migrate_job"
     if rollback and not ctx.job.result.get("migrate_job"):
@@ -486,13 +477,12 @@ def _migrate(ctx: StepContext, *, rollback: bool) -> str | None:
         child_id = rt.store.get(ctx.job.id).result.get(field)
         child = _child(rt, child_id)
         if child is None:
-            child = create_job(rt, "migrate-all", params={}, parent=ctx.job.id)
-            ctx.record(**{field: child.id})
-            rt.dispatch(child.id, first_step(rt, child.id))
+            child = start_job(rt, "migrate-all", params={}, parent=ctx.job.id,
+                              before_publish=lambda job: ctx.record(**{field: job.id}))
             log.info("release.migrate_started", job_id=ctx.job.id, child=child.id)
             return WAITING
     if child.state == "queued" and all(s.attempts == 0 for s in child.steps):
-        rt.dispatch(child.id, first_step(rt, child.id))  # its first message may never have gone out
+        publish(rt, child)  # its first message may never have gone out
     if not child.finished:
         return WAITING
     return _child_outcome(child)
@@ -585,8 +575,6 @@ def _failure_reason(job: Job) -> str:
 
 def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
     """The release's migrate-all ended: end the waiting ``migrate`` (or rollback) step."""
-    from jerp_jobs.runner import complete_waiting_step
-
     with rt.locks.hold(f"release-children:{parent_id}", wait=60, poll=0.01, job_id=parent_id, step="child-done"):
         parent = rt.store.get(parent_id)
         if parent.finished:
