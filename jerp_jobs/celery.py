@@ -112,13 +112,16 @@ def _setup_logging(**_: Any) -> None:
 def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any = (), kwargs: Any = None, **_: Any) -> None:
     import structlog
 
+    from jerp_jobs.log import redactor
+
     structlog.contextvars.clear_contextvars()
     context = {"task_id": task_id, "task": getattr(task, "name", None)}
     kwargs = kwargs or {}
     for name in ("job_id", "step", "site"):
         if name in kwargs:
             context[name] = kwargs[name]
-    structlog.contextvars.bind_contextvars(**context)
+    # redacted once here, not again on every line the task logs
+    structlog.contextvars.bind_contextvars(**redactor.value(context))
 
 
 @signals.task_postrun.connect

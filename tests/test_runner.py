@@ -164,7 +164,10 @@ def test_commands_are_logged_with_context_and_without_secrets(fake_runtime: Runt
     with capture_logs() as logs:
         ctx.run(["bench", "new-site", SITE, "--db-root-password", "T0p-Secret-Root"])
     assert "T0p-Secret-Root" not in json.dumps(logs)
-    assert [e["event"] for e in logs] == ["command.start", "command.output", "command.end"]
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("command.start", "info"), ("command.output", "debug"), ("command.end", "info")
+    ]
+    assert logs[-1]["output_lines"] == 1
     assert logs[0]["argv"][-1] == "***"
 
 
