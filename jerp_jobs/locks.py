@@ -70,6 +70,16 @@ class HeldLock:
     def lost(self) -> bool:
         return self._lost.is_set()
 
+    @property
+    def value(self) -> str:
+        """The lock's value (holder fields and token), for a script that checks ownership."""
+        return self._value
+
+    def lost_now(self) -> None:
+        """Record that the lock was found taken by someone else (by a script), and stop extending it."""
+        self._lost.set()
+        self.forget()
+
     def ensure_held(self) -> None:
         if self.lost or not self.extend():
             raise LockLost(f"lock {self.name} was lost (expired while held); stopping")
@@ -167,30 +177,30 @@ class LockManager:
         self._scripts = _Scripts(client)
 
     def holder(self, name: str) -> dict[str, Any] | None:
-        raw = self._client.get(PREFIX + name)
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)}
-        data.pop("token", None)
-        return data
+        return holder_of(self._client.get(PREFIX + name))
 
     def try_acquire(self, name: str, **holder: str) -> HeldLock | None:
-        value = json.dumps(
-            {
-                **holder,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "since": time.time(),
-                "token": secrets.token_hex(16),
-            },
+        value = self.value(**holder)
+        if self._client.set(PREFIX + name, value, nx=True, px=int(self.ttl * 1000)):
+            return self.adopt(name, value)
+        return None
+
+    @staticmethod
+    def value(**holder: str) -> str:
+        """A lock's value: the holder's fields, where it runs, and a token only it knows."""
+        return json.dumps(
+            {**holder, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+             "token": secrets.token_hex(16)},
             sort_keys=True,
         )
-        if self._client.set(PREFIX + name, value, nx=True, px=int(self.ttl * 1000)):
-            return HeldLock(self._client, name, value, self.ttl, self._scripts)
-        return None
+
+    @staticmethod
+    def key(name: str) -> str:
+        return PREFIX + name
+
+    def adopt(self, name: str, value: str) -> HeldLock:
+        """The lock ``name`` that a script just set to ``value``, from now on kept alive here."""
+        return HeldLock(self._client, name, value, self.ttl, self._scripts)
 
     def acquire(self, name: str, *, wait: float = 0.0, poll: float = 0.2, **holder: str) -> HeldLock:
         """Take the lock, waiting up to ``wait`` seconds; LockBusy names the holder otherwise."""
@@ -210,6 +220,18 @@ class LockManager:
             yield held
         finally:
             held.release()
+
+
+def holder_of(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A lock value's holder fields, without its token (None for no holder)."""
+    if raw is None or raw in (b"", ""):
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)}
+    data.pop("token", None)
+    return data
 
 
 def _str_fields(holder: Mapping[str, Any] | None) -> dict[str, str] | None:
