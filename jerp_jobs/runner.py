@@ -44,7 +44,8 @@ RETRY_CAP_S = 300.0
 
 @dataclass(frozen=True)
 class StepRun:
-    outcome: Literal["advanced", "finished", "ignored", "waiting", "retry"]
+    #: "inline": the advance guard is set and ``next_step`` is for the caller to run itself
+    outcome: Literal["advanced", "finished", "ignored", "waiting", "retry", "inline"]
     next_step: str | None = None
     detail: str = ""
     #: for "retry": seconds to wait before the step is delivered again
@@ -55,14 +56,19 @@ class StepRun:
 _READS = 3
 
 
-def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
+def run_step(rt: Runtime, job_id: str, step: str, *, worker: str, inline_until: float = 0.0) -> StepRun:
     """Run one delivery of ``step``: read the job once, start the step in one script (the
     attention check, the site's claim, the lock, the running record), run it, end it in one
-    script (the record, the lock's release, what advancing needs), and advance."""
+    script (the record, the lock's release, what advancing needs), and advance.
+
+    Before ``inline_until`` (``time.monotonic()``), a step that succeeded hands its successor
+    to the caller (``inline``) instead of publishing it: the advance guard is set first, so a
+    caller that dies before the next step starts leaves a job the resumer moves on."""
     accept_attention = ""
     for _ in range(_READS):
         job, fields = rt.store.read(job_id)
-        result = _run_once(rt, job, fields, step, worker=worker, accept_attention=accept_attention)
+        result = _run_once(rt, job, fields, step, worker=worker, accept_attention=accept_attention,
+                           inline_until=inline_until)
         if isinstance(result, StepRun):
             return result
         accept_attention = result  # the job's own attention mark, or "" when the record changed
@@ -70,7 +76,8 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
 
 
 def _run_once(
-    rt: Runtime, job: Job, fields: dict[str, str], step: str, *, worker: str, accept_attention: str
+    rt: Runtime, job: Job, fields: dict[str, str], step: str, *, worker: str, accept_attention: str,
+    inline_until: float,
 ) -> StepRun | str:
     """One attempt at ``run_step``; a string asks for another read (see ``run_step``)."""
     if job.finished:
@@ -117,7 +124,7 @@ def _run_once(
     if result == "retry":
         return StepRun("retry", detail=f"{step} will be tried again", countdown=countdown)
     if end is not None:
-        return _advance_ended(rt, workflow, job, step, end)
+        return _advance_ended(rt, workflow, job, step, end, inline_until=inline_until)
     return _advance(rt, workflow, job.id, step, failed=result == "failed")
 
 
@@ -235,7 +242,9 @@ def _execute(
     return "done", 0.0, end
 
 
-def _advance_ended(rt: Runtime, workflow: Workflow, job: Job, step: str, end: StepEnd) -> StepRun:
+def _advance_ended(
+    rt: Runtime, workflow: Workflow, job: Job, step: str, end: StepEnd, *, inline_until: float
+) -> StepRun:
     """Advance after a step ended ``success`` or ``skipped`` (``job`` as read before it, with
     the step's record updated): the common case, publishing the next step, needs no read;
     a guard already set, a job ended meanwhile, a cancel or the job's end take ``_advance``."""
@@ -246,6 +255,10 @@ def _advance_ended(rt: Runtime, workflow: Workflow, job: Job, step: str, end: St
     following = None if end.cancel_requested else next_pending(workflow, job, after=step)
     if following is None:
         return _advance(rt, workflow, job.id, step, failed=False)
+    if time.monotonic() < inline_until:
+        if not rt.store.claim_advance(job.id, step):
+            return StepRun("ignored", detail=f"the job already moved past {step}")
+        return StepRun("inline", next_step=following)
     rt.dispatch(job.id, following)
     rt.store.claim_advance(job.id, step)
     return StepRun("advanced", next_step=following)

@@ -9,7 +9,10 @@ already in the job record.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
+
+import structlog
 
 from jerp_jobs.celery import CONTROL_QUEUE, SITE_QUEUE, app
 from jerp_jobs.errors import JobNotFound, LockBusy
@@ -25,28 +28,54 @@ WAIT_LIMIT_S = 6 * 3600
 # The job record is the source of truth: no result is stored for these tasks.
 @app.task(bind=True, name="jerp.step", queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
 def step(self: Any, *, job_id: str, step: str) -> str:
+    """Run ``step``, then the job's following steps in this same task while it has run less
+    than ``JERP_INLINE_STEPS_S`` (each still claims, locks and records as a delivered step
+    does). A step run so that must wait (a busy lock) or try again later gets its own message."""
     from jerp_jobs import runner
     from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
-    try:
-        result = runner.run_step(rt, job_id, step, worker=self.request.hostname or "?")
-    except JobNotFound:
-        log.warning("step.orphan", detail="job record is gone (expired or deleted); nothing to do")
-        return "ignored"
-    except LockBusy as exc:
-        job = rt.store.get(job_id)
-        if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
-            runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
-            return "finished"
-        rt.store.note(job_id, waiting_for=str(exc))
-        log.info("step.waiting", reason=str(exc))
-        raise self.retry(countdown=1 + random.random() * 2, exc=exc)
-    if result.outcome == "retry":
-        log.info("step.retry_later", countdown_s=round(result.countdown, 1))
-        raise self.retry(countdown=result.countdown)
-    log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
-    return result.outcome
+    inline_until = time.monotonic() + rt.settings.inline_steps_s
+    worker = self.request.hostname or "?"
+    current = step
+    while True:
+        try:
+            result = runner.run_step(rt, job_id, current, worker=worker, inline_until=inline_until)
+        except JobNotFound:
+            log.warning("step.orphan", detail="job record is gone (expired or deleted); nothing to do")
+            return "ignored"
+        except LockBusy as exc:
+            if current != step:
+                rt.store.note(job_id, waiting_for=str(exc))
+                log.info("step.waiting", reason=str(exc))
+                enqueue_step(job_id, current, countdown=1 + random.random() * 2)
+                return "advanced"
+            return _wait_for_lock(self, rt, job_id, exc)
+        if result.outcome == "retry":
+            log.info("step.retry_later", countdown_s=round(result.countdown, 1))
+            if current != step:
+                enqueue_step(job_id, current, countdown=result.countdown)
+                return "retry"
+            raise self.retry(countdown=result.countdown)
+        log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
+        if result.outcome != "inline" or result.next_step is None:
+            return result.outcome
+        current = result.next_step
+        structlog.contextvars.bind_contextvars(step=current)
+
+
+def _wait_for_lock(task: Any, rt: Any, job_id: str, exc: LockBusy) -> str:
+    """The delivered step found its site or lock busy: deliver it again in a few seconds, or
+    give up when a job that never started waited past WAIT_LIMIT_S."""
+    from jerp_jobs import runner
+
+    job = rt.store.get(job_id)
+    if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
+        runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
+        return "finished"
+    rt.store.note(job_id, waiting_for=str(exc))
+    log.info("step.waiting", reason=str(exc))
+    raise task.retry(countdown=1 + random.random() * 2, exc=exc)
 
 
 @app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
@@ -62,8 +91,8 @@ def notify_parent(parent_id: str, child_id: str) -> None:
     child_done.apply_async(kwargs={"parent_id": parent_id, "child_id": child_id}, queue=CONTROL_QUEUE)
 
 
-def enqueue_step(job_id: str, name: str) -> None:
-    step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE)
+def enqueue_step(job_id: str, name: str, *, countdown: float | None = None) -> None:
+    step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE, countdown=countdown)
 
 
 @app.task(name="jerp.resume", queue=CONTROL_QUEUE)
