@@ -69,7 +69,8 @@ return 1
 
 # Starts a step, atomically: the attention check, the site's claim, the execution lock, and the
 # step's record (running, attempt counted) with the job's own state (queued -> running).
-# Nothing is taken unless everything is: a refusal leaves every key as it was.
+# A refusal takes nothing, but for the site's claim when only the lock was busy (a claim is the
+# job's until its end: it is not given back between steps).
 # KEYS: job hash, attention mark, site owner, lock (for a job without a site, the two site keys
 #       are unused). ARGV: 1 job id, 2 step field, 3 the step's JSON as read, 4 the started
 #       step's JSON ("" when the step already ended: only the claim and the lock are checked),
@@ -81,13 +82,11 @@ return 1
 # A site owned by a job that ended or expired is taken over.
 _BEGIN_STEP = """
 local finals = ' ' .. ARGV[15] .. ' '
-local state = redis.call('hget', KEYS[1], 'state')
+local f = redis.call('hmget', KEYS[1], 'state', ARGV[2], 'cancel_requested', 'note:waiting_for', 'note:waiting_since')
+local state = f[1]
 if not state then return {'gone', ''} end
 if string.find(finals, ' ' .. state .. ' ', 1, true) then return {'finished', state} end
-if state ~= ARGV[5] or redis.call('hget', KEYS[1], ARGV[2]) ~= ARGV[3]
-    or (redis.call('hget', KEYS[1], 'cancel_requested') or '0') ~= ARGV[6] then
-  return {'changed', ''}
-end
+if state ~= ARGV[5] or f[2] ~= ARGV[3] or (f[3] or '0') ~= ARGV[6] then return {'changed', ''} end
 if ARGV[12] ~= '0' then
   local mark = redis.call('get', KEYS[2])
   if mark and mark ~= ARGV[13] then return {'attention', mark} end
@@ -109,12 +108,11 @@ end
 if state == 'queued' then
   redis.call('zrem', ARGV[9] .. 'queued', ARGV[1])
   redis.call('zadd', ARGV[9] .. 'running', redis.call('hget', KEYS[1], 'created_at'), ARGV[1])
-  redis.call('hset', KEYS[1], 'state', 'running')
   redis.call('hsetnx', KEYS[1], 'started_at', ARGV[7])
+  redis.call('expire', KEYS[1], ARGV[8])
 end
-redis.call('hset', KEYS[1], ARGV[2], ARGV[4], 'updated_at', ARGV[7])
-redis.call('hdel', KEYS[1], 'note:waiting_for', 'note:waiting_since')
-redis.call('expire', KEYS[1], ARGV[8])
+redis.call('hset', KEYS[1], ARGV[2], ARGV[4], 'updated_at', ARGV[7], 'state', 'running')
+if f[4] or f[5] then redis.call('hdel', KEYS[1], 'note:waiting_for', 'note:waiting_since') end
 return {'started', ''}
 """
 
@@ -125,11 +123,11 @@ return {'started', ''}
 _END_STEP = """
 if redis.call('get', KEYS[2]) ~= ARGV[5] then return {'lost'} end
 redis.call('del', KEYS[2])
-if redis.call('exists', KEYS[1]) == 0 then return {'gone'} end
+local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6])
+if not f[1] then return {'gone'} end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
 redis.call('expire', KEYS[1], ARGV[4])
-local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6])
-return {'ended', f[1] or '', f[2] or '0', f[3] and '1' or '0'}
+return {'ended', f[1], f[2] or '0', f[3] and '1' or '0'}
 """
 
 
