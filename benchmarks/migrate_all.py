@@ -831,7 +831,9 @@ def analyse_jerp(args: argparse.Namespace, parent: Any, children: dict[str, Any]
                 done = facts.done.get((child.id, prev_step.name))
                 task = facts.task_of.get((child.id, step.name))
                 received = facts.received.get(task) if task else None
-                if done is not None and received is not None:
+                if task is not None and task == facts.task_of.get((child.id, prev_step.name)):
+                    gap_parts["inline"].append(gap)  # run by the task that ran the previous step
+                elif done is not None and received is not None:
                     gap_parts["finish_to_publish"].append(done - prev_end)
                     gap_parts["publish_to_received"].append(received - done)
                     gap_parts["received_to_started"].append(step.started_at - received)
@@ -1093,7 +1095,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
             d = j[key]
             p(f"  {label:<44}{_fmt(d.get('median')):>10}{_fmt(d.get('p90')):>10}{_fmt(d.get('p99')):>10}"
               f"{_fmt(d.get('max')):>10}")
-        for key, label in (("finish_to_publish", "    record end -> next step published"),
+        for key, label in (("inline", "    run inline (same task as the step before)"),
+                           ("finish_to_publish", "    record end -> next step published"),
                            ("publish_to_received", "    published -> worker received"),
                            ("received_to_started", "    received -> step record started")):
             d = j["gap_breakdown_ms"].get(key)
