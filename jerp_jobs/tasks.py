@@ -14,9 +14,16 @@ from typing import Any
 
 import structlog
 
+from jerp_jobs import runner
+from jerp_jobs.bootstrap import CHILD_DONE_TASK, STEP_TASK, get_runtime
 from jerp_jobs.celery import CONTROL_QUEUE, SITE_QUEUE, app
-from jerp_jobs.errors import JobNotFound, LockBusy
+from jerp_jobs.enqueue import submit
+from jerp_jobs.errors import JerpError, JobNotFound, LockBusy
 from jerp_jobs.log import get_logger
+from jerp_jobs.offsite.s3 import OffsiteStore
+from jerp_jobs.operations.drill import pick_for_rotation
+from jerp_jobs.operations.offsite import list_offsite_sites
+from jerp_jobs.resume import reap_stuck, resume_stalled
 
 log = get_logger(__name__)
 
@@ -26,14 +33,11 @@ WAIT_LIMIT_S = 6 * 3600
 
 
 # The job record is the source of truth: no result is stored for these tasks.
-@app.task(bind=True, name="jerp.step", queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
+@app.task(bind=True, name=STEP_TASK, queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
 def step(self: Any, *, job_id: str, step: str) -> str:
     """Run ``step``, then the job's following steps in this same task while it has run less
     than ``JERP_INLINE_STEPS_S`` (each still claims, locks and records as a delivered step
     does). A step run so that must wait (a busy lock) or try again later gets its own message."""
-    from jerp_jobs import runner
-    from jerp_jobs.runtime import get_runtime
-
     rt = get_runtime()
     inline_until = time.monotonic() + rt.settings.inline_steps_s
     worker = self.request.hostname or "?"
@@ -48,13 +52,13 @@ def step(self: Any, *, job_id: str, step: str) -> str:
             if current != step:
                 rt.store.note(job_id, waiting_for=str(exc))
                 log.info("step.waiting", reason=str(exc))
-                enqueue_step(job_id, current, countdown=1 + random.random() * 2)
+                _publish_later(job_id, current, countdown=1 + random.random() * 2)
                 return "advanced"
             return _wait_for_lock(self, rt, job_id, exc)
         if result.outcome == "retry":
             log.info("step.retry_later", countdown_s=round(result.countdown, 1))
             if current != step:
-                enqueue_step(job_id, current, countdown=result.countdown)
+                _publish_later(job_id, current, countdown=result.countdown)
                 return "retry"
             raise self.retry(countdown=result.countdown)
         log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
@@ -67,8 +71,6 @@ def step(self: Any, *, job_id: str, step: str) -> str:
 def _wait_for_lock(task: Any, rt: Any, job_id: str, exc: LockBusy) -> str:
     """The delivered step found its site or lock busy: deliver it again in a few seconds, or
     give up when a job that never started waited past WAIT_LIMIT_S."""
-    from jerp_jobs import runner
-
     job = rt.store.get(job_id)
     if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
         runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
@@ -78,38 +80,26 @@ def _wait_for_lock(task: Any, rt: Any, job_id: str, exc: LockBusy) -> str:
     raise task.retry(countdown=1 + random.random() * 2, exc=exc)
 
 
-@app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
+@app.task(name=CHILD_DONE_TASK, queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
 def child_done(*, parent_id: str, child_id: str) -> str:
-    from jerp_jobs.operations import children
-    from jerp_jobs.runtime import get_runtime
-
-    result = children.child_done(get_runtime(), parent_id, child_id)
+    result = runner.child_done(get_runtime(), parent_id, child_id)
     return result.outcome if result is not None else "recorded"
 
 
-def notify_parent(parent_id: str, child_id: str) -> None:
-    child_done.apply_async(kwargs={"parent_id": parent_id, "child_id": child_id}, queue=CONTROL_QUEUE)
-
-
-def enqueue_step(job_id: str, name: str, *, countdown: float | None = None) -> None:
+def _publish_later(job_id: str, name: str, *, countdown: float) -> None:
+    """Publish a step that was run inline and must wait or try again, as its own message."""
     step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE, countdown=countdown)
 
 
 @app.task(name="jerp.resume", queue=CONTROL_QUEUE)
 def resume() -> int:
     """Publish again the steps whose worker died (see jerp_jobs.resume)."""
-    from jerp_jobs.resume import resume_stalled
-    from jerp_jobs.runtime import get_runtime
-
     return len(resume_stalled(get_runtime()))
 
 
 @app.task(name="jerp.reap", queue=CONTROL_QUEUE)
 def reap() -> int:
     """Fail the jobs stuck past their deadline (see jerp_jobs.resume.reap_stuck)."""
-    from jerp_jobs.resume import reap_stuck
-    from jerp_jobs.runtime import get_runtime
-
     return len(reap_stuck(get_runtime()))
 
 
@@ -118,8 +108,6 @@ def nightly_backup() -> str:
     """Beat: back up every site, with its off-site copy when an off-site store is configured
     (``JERP_S3_BUCKET``; without one, local-only: local retention prunes); a failed site is
     tried once more."""
-    from jerp_jobs.enqueue import submit
-    from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
     params = {"offsite": bool(rt.settings.s3_bucket), "with_files": True, "retries": 1, "site_limit": rt.settings.nightly_site_limit}
@@ -129,11 +117,6 @@ def nightly_backup() -> str:
 @app.task(name="jerp.prune_all", queue=CONTROL_QUEUE)
 def prune_all() -> list[str]:
     """Beat: apply the retention policy to the off-site backups of every site in the bucket."""
-    from jerp_jobs.enqueue import submit
-    from jerp_jobs.errors import JerpError
-    from jerp_jobs.offsite.s3 import OffsiteStore
-    from jerp_jobs.operations.offsite import list_offsite_sites
-    from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
     if not rt.settings.s3_bucket:
@@ -151,9 +134,6 @@ def prune_all() -> list[str]:
 @app.task(name="jerp.drill_rotation", queue=CONTROL_QUEUE)
 def drill_rotation() -> list[str]:
     """Beat: drill the sites drilled longest ago, enough for each to be drilled every quarter."""
-    from jerp_jobs.enqueue import submit
-    from jerp_jobs.operations.drill import pick_for_rotation
-    from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
     if not rt.settings.s3_bucket:
