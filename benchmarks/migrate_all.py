@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from tests.standin.layout import BENCH_SCRIPT, create_bench, read_calls, write_faults  # noqa: E402
 
-RUN_DIR = ROOT / "tests" / ".run"
+RUN_DIR = Path(os.environ.get("JERP_SERVICES_DIR") or ROOT / "tests" / ".run")
 ADMIN_PASSWORD = "Adm1n-bench-Secret"
 
 #: Every stand-in command a migrate or migrate-all can run; each gets the fixed delay.
@@ -601,6 +601,8 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
     machine_before = machine_cpu_seconds()
     services_before = {name: pid_cpu(pid) if pid else None for name, pid in (("redis", redis_pid), ("mariadb", maria_pid))}
     self_before = time.process_time()
+    stats_before = command_stats(rt.redis)
+    polls = 0
     t_submit = time.time()
     with CpuSampler() as cpu, monitor as mon:
         parent = submit(rt, "migrate-all", params={"concurrency": args.concurrency, "budget": 0, "canary": None})
@@ -609,6 +611,7 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
         last_report = 0.0
         while True:
             job = rt.store.get(parent.id)
+            polls += 1
             if job.finished:
                 break
             if time.monotonic() > deadline:
@@ -622,6 +625,7 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
         ports = redis_client_pids(urlparse(args.redis_url).port or 6379) if args.redis_monitor else {}
         pool_pids = {pid for pid, (ppid, _n, _t) in _proc_table().items() if ppid in worker_pids}
     t_seen = time.time()
+    stats_after = command_stats(rt.redis)
     cpu_after = tree_cpu(worker_pids)
     machine_after = machine_cpu_seconds()
     services_after = {name: pid_cpu(pid) if pid else None for name, pid in (("redis", redis_pid), ("mariadb", maria_pid))}
@@ -685,8 +689,73 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
             "by_owner": dict(mon.by_owner.most_common()),
             "inside_lua_scripts": sum(mon.lua.values()),
         }
+    calls = stats_after - stats_before
+    calls.pop("info", None)
+    calls["hgetall"] -= polls  # this script's own polling of the parent
+    total = sum(calls.values())
+    result["redis_commands"] = {
+        "total": total,
+        "per_step": round(total / max(1, steps), 1),
+        "script_calls_per_step": round((calls["evalsha"] + calls["eval"]) / max(1, steps), 2),
+        "top": dict(calls.most_common(15)),
+    }
     result["profile"] = profile
     return result
+
+
+def command_stats(client: Any) -> Counter:
+    """Calls per command since the Redis server started (INFO commandstats): every database,
+    and the commands a Lua script runs counted as well as the script's own call."""
+    return Counter({name.removeprefix("cmdstat_"): stat["calls"] for name, stat in client.info("commandstats").items()})
+
+
+def run_floor(args: argparse.Namespace, env: dict[str, str], work: Path, cleanup: Cleanup) -> dict[str, Any]:
+    """The floor: bare Celery hops (benchmarks/hop_app.py) on the same Redis and configuration,
+    one chain per slot of concurrency, each task publishing the next as a step does."""
+    import redis as redis_lib
+
+    from benchmarks.hop_app import HOPS_KEY, start_hop
+
+    client = redis_lib.Redis.from_url(args.redis_url)
+    client.delete(HOPS_KEY)
+    per_worker = args.worker_concurrency or args.concurrency
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    worker = Worker({**env, "PYTHONPATH": path}, name="floor", concurrency=per_worker,
+                    log_path=work / "floor.log", app="benchmarks.hop_app")
+    cleanup.add("stop the floor worker", worker.stop)
+    worker.wait_ready()
+    def run(hops: int, chains: int) -> tuple[list[float], int]:
+        client.delete(HOPS_KEY)
+        for _ in range(chains):
+            start_hop(hops - 1)
+        deadline = time.monotonic() + 60 + hops
+        polls = 0
+        while client.llen(HOPS_KEY) < chains * hops:
+            polls += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the floor's hops did not arrive in time; see {worker.log_path}")
+            time.sleep(0.1)
+        return [float(v) for v in client.lrange(HOPS_KEY, 0, -1)], polls + 1
+
+    run(3, args.concurrency)  # warm-up: first-use imports and connections
+    out: dict[str, Any] = {}
+    for label, chains in (("one_chain", 1), ("concurrent", args.concurrency)):
+        before = command_stats(client)
+        hops, polls = run(args.floor_hops, chains)
+        calls = command_stats(client) - before
+        calls.pop("info", None)
+        calls["llen"] -= polls
+        calls.pop("del", None)  # this script's clean-up of the list
+        calls["lrange"] -= 1
+        out[label] = {
+            "chains": chains,
+            "hops": len(hops),
+            "hop_ms": summary_ms(hops),
+            "redis_commands_per_hop": round(sum(calls.values()) / max(1, len(hops)), 1),
+        }
+    worker.stop()
+    client.delete(HOPS_KEY)
+    return out
 
 
 def _read_pid(path: Path) -> int | None:
@@ -762,7 +831,9 @@ def analyse_jerp(args: argparse.Namespace, parent: Any, children: dict[str, Any]
                 done = facts.done.get((child.id, prev_step.name))
                 task = facts.task_of.get((child.id, step.name))
                 received = facts.received.get(task) if task else None
-                if done is not None and received is not None:
+                if task is not None and task == facts.task_of.get((child.id, prev_step.name)):
+                    gap_parts["inline"].append(gap)  # run by the task that ran the previous step
+                elif done is not None and received is not None:
                     gap_parts["finish_to_publish"].append(done - prev_end)
                     gap_parts["publish_to_received"].append(received - done)
                     gap_parts["received_to_started"].append(step.started_at - received)
@@ -1024,7 +1095,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
             d = j[key]
             p(f"  {label:<44}{_fmt(d.get('median')):>10}{_fmt(d.get('p90')):>10}{_fmt(d.get('p99')):>10}"
               f"{_fmt(d.get('max')):>10}")
-        for key, label in (("finish_to_publish", "    record end -> next step published"),
+        for key, label in (("inline", "    run inline (same task as the step before)"),
+                           ("finish_to_publish", "    record end -> next step published"),
                            ("publish_to_received", "    published -> worker received"),
                            ("received_to_started", "    received -> step record started")):
             d = j["gap_breakdown_ms"].get(key)
@@ -1085,6 +1157,20 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
                   f"workers; by role {r['by_role']}")
                 p("    top: " + ", ".join(f"{k} {v}" for k, v in list(r["top_commands"].items())[:12]))
                 p("    by key: " + ", ".join(f"{k} {v}" for k, v in r["by_owner"].items()))
+    rc = j.get("redis_commands")
+    if rc:
+        p()
+        p(f"  Redis commands per step (INFO commandstats)  {rc['per_step']:>8}   [target <= 12]  "
+          f"({rc['script_calls_per_step']} script calls per step; a script's own commands count too)")
+        p("    top: " + ", ".join(f"{k} {v}" for k, v in rc["top"].items()))
+    floors = result.get("floor") or {}
+    for label, f in floors.items():
+        h = f["hop_ms"]
+        mult = f["overhead_multiple"]
+        p(f"  floor ({label.replace('_', ' ')}): bare Celery hop, {f['chains']} chain(s) x {f['hops'] // f['chains']} hops (ms): "
+          f"median {h['median']}, p90 {h['p90']}, p99 {h['p99']}; {f['redis_commands_per_hop']} Redis commands per hop")
+        p(f"    overhead per step as a multiple of it: median {mult['median']} x, p99 {mult['p99']} x   [target <= 3x]")
+    f = floors.get("one_chain")
     if s:
         p()
         label = "serial loop (runbook, one site after another)"
@@ -1105,6 +1191,11 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         p(f"target: median overhead per step <= 5 ms: {'MET' if ok_o else 'MISSED'} "
           f"({j['overhead_per_step_ms'].get('median')} ms); efficiency >= 90% at concurrency "
           f"{cfg['concurrency']}: {'MET' if ok_e else 'MISSED'} ({j['efficiency']['efficiency_pct']}%)")
+        if rc:
+            p(f"target: Redis commands per step <= 12: {'MET' if rc['per_step'] <= 12 else 'MISSED'} ({rc['per_step']})")
+        if f:
+            m3 = f["overhead_multiple"]["median"]
+            p(f"target: overhead per step <= 3x the floor (one chain): {'MET' if m3 <= 3 else 'MISSED'} ({m3} x)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1138,6 +1229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="-A of the workers (a module wrapping jerp_jobs' app, e.g. to profile the pool processes)")
     ap.add_argument("--redis-monitor", action="store_true",
                     help="count the Redis commands of the run with MONITOR (slows Redis a little; for profiling)")
+    ap.add_argument("--floor-hops", type=int, default=50,
+                    help="bare Celery hops per chain for the floor (one chain per slot of concurrency; 0 skips it)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
     ap.add_argument("--json-out", default=None, metavar="FILE", help="also write the figures as JSON to FILE")
     args = ap.parse_args(argv)
@@ -1218,6 +1311,15 @@ def main(argv: list[str] | None = None) -> int:
             "JERP_FANOUT_CONCURRENCY": str(args.concurrency),
         }
         result["jerp"] = run_jerp(args, jerp_bench, [s for s, _ in jerp_sites], env, work, cleanup)
+        if args.floor_hops:
+            log(f"floor: {args.concurrency} chains of {args.floor_hops} bare Celery hops")
+            result["floor"] = run_floor(args, env, work, cleanup)
+            overhead = result["jerp"]["overhead_per_step_ms"]
+            for floor in result["floor"].values():
+                floor["overhead_multiple"] = {
+                    "median": round(overhead["median"] / floor["hop_ms"]["median"], 2),
+                    "p99": round(overhead["p99"] / floor["hop_ms"]["p99"], 2),
+                }
         if serial_sites:
             log(f"serial loop over {len(serial_sites)} sites")
             result["serial"] = run_serial(args, serial_bench, [s for s, _ in serial_sites])

@@ -10,7 +10,10 @@ Settings follow docs/celery.md (Celery on Redis for long operations work):
   deliver twice because they take a heartbeat lock and consult the job record first.
 - One visibility timeout (``JERP_VISIBILITY_TIMEOUT``) set in all three places; the hard time
   limit (``JERP_TASK_TIME_LIMIT``) below it and the soft limit below that.
-- UTC everywhere, task events on, STARTED state tracked, results kept one day.
+- UTC everywhere, STARTED state tracked, results kept one day.
+- Task events off unless ``JERP_TASK_EVENTS`` is set: nothing reads them unless a monitor runs,
+  and each step would otherwise publish four. Flower switches the workers' events on at run time
+  (``celery -A jerp_jobs control enable_events``, which Flower sends itself by default).
 - Broker outages are outlived: a worker reconnects for as long as it takes
   (``broker_connection_max_retries=None``), and Beat's scheduler (``jerp_jobs.beat``) backs
   off and carries on when Redis is back.
@@ -72,8 +75,8 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "task_time_limit": hard,
         "task_soft_time_limit": max(hard - 300, hard // 2),
         "task_track_started": True,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        "task_send_sent_event": settings.task_events,
+        "worker_send_task_events": settings.task_events,
         "result_expires": 86400,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -109,13 +112,16 @@ def _setup_logging(**_: Any) -> None:
 def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any = (), kwargs: Any = None, **_: Any) -> None:
     import structlog
 
+    from jerp_jobs.log import redactor
+
     structlog.contextvars.clear_contextvars()
     context = {"task_id": task_id, "task": getattr(task, "name", None)}
     kwargs = kwargs or {}
     for name in ("job_id", "step", "site"):
         if name in kwargs:
             context[name] = kwargs[name]
-    structlog.contextvars.bind_contextvars(**context)
+    # redacted once here, not again on every line the task logs
+    structlog.contextvars.bind_contextvars(**redactor.value(context))
 
 
 @signals.task_postrun.connect

@@ -93,6 +93,92 @@ return 1
 """
 
 
+# Starts a step, atomically: the attention check, the site's claim, the execution lock, and the
+# step's record (running, attempt counted) with the job's own state (queued -> running).
+# A refusal takes nothing, but for the site's claim when only the lock was busy (a claim is the
+# job's until its end: it is not given back between steps).
+# KEYS: job hash, attention mark, site owner, lock (for a job without a site, the two site keys
+#       are unused). ARGV: 1 job id, 2 step field, 3 the step's JSON as read, 4 the started
+#       step's JSON ("" when the step already ended: only the claim and the lock are checked),
+#       5 job state as read, 6 cancel flag as read, 7 now, 8 job TTL, 9 state index prefix,
+#       10 lock value, 11 lock TTL ms, 12 site owner TTL s ("0": no site), 13 an attention mark
+#       the caller accepts (its own), 14 job key prefix, 15 final job states, space-separated.
+# Returns {outcome, detail}: gone | finished STATE | changed (the record moved since it was
+# read: read again) | attention MARK | site-busy OWNER | lock-busy HOLDER | ended | started.
+# A site owned by a job that ended or expired is taken over.
+_BEGIN_STEP = """
+local finals = ' ' .. ARGV[15] .. ' '
+local f = redis.call('hmget', KEYS[1], 'state', ARGV[2], 'cancel_requested', 'note:waiting_for', 'note:waiting_since')
+local state = f[1]
+if not state then return {'gone', ''} end
+if string.find(finals, ' ' .. state .. ' ', 1, true) then return {'finished', state} end
+if state ~= ARGV[5] or f[2] ~= ARGV[3] or (f[3] or '0') ~= ARGV[6] then return {'changed', ''} end
+if ARGV[12] ~= '0' then
+  local mark = redis.call('get', KEYS[2])
+  if mark and mark ~= ARGV[13] then return {'attention', mark} end
+  local owner = redis.call('get', KEYS[3])
+  if owner and owner ~= ARGV[1] then
+    local other = redis.call('hget', ARGV[14] .. owner, 'state')
+    if other and not string.find(finals, ' ' .. other .. ' ', 1, true) then return {'site-busy', owner} end
+    owner = false
+  end
+  if not owner then redis.call('set', KEYS[3], ARGV[1], 'EX', ARGV[12]) end
+end
+if not redis.call('set', KEYS[4], ARGV[10], 'NX', 'PX', ARGV[11]) then
+  return {'lock-busy', redis.call('get', KEYS[4]) or ''}
+end
+if ARGV[4] == '' then
+  redis.call('del', KEYS[4])
+  return {'ended', ''}
+end
+if state == 'queued' then
+  redis.call('zrem', ARGV[9] .. 'queued', ARGV[1])
+  redis.call('zadd', ARGV[9] .. 'running', redis.call('hget', KEYS[1], 'created_at'), ARGV[1])
+  redis.call('hsetnx', KEYS[1], 'started_at', ARGV[7])
+  redis.call('expire', KEYS[1], ARGV[8])
+end
+redis.call('hset', KEYS[1], ARGV[2], ARGV[4], 'updated_at', ARGV[7], 'state', 'running')
+if f[4] or f[5] then redis.call('hdel', KEYS[1], 'note:waiting_for', 'note:waiting_since') end
+return {'started', ''}
+"""
+
+# Ends a step, atomically: records it and releases its execution lock, if the lock is still
+# this holder's (else nothing is written: the step's other delivery decides), and reads what
+# advancing needs. KEYS: job hash, lock. ARGV: step field, step JSON, now, job TTL, lock value,
+# advance-guard field. Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced}.
+_END_STEP = """
+if redis.call('get', KEYS[2]) ~= ARGV[5] then return {'lost'} end
+redis.call('del', KEYS[2])
+local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6])
+if not f[1] then return {'gone'} end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
+redis.call('expire', KEYS[1], ARGV[4])
+return {'ended', f[1], f[2] or '0', f[3] and '1' or '0'}
+"""
+
+
+@dataclass(frozen=True)
+class StepKeys:
+    """The keys a step's start and end touch besides the job's record."""
+
+    lock: str
+    lock_value: str
+    lock_ttl_ms: int
+    #: the site's attention mark and owner keys, and the owner's TTL; None for a job without a site
+    attention: str | None = None
+    owner: str | None = None
+    owner_ttl_s: int = 0
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What :meth:`JobStore.end_step` found: the job's state, its cancel flag, the advance guard."""
+
+    state: str
+    cancel_requested: bool
+    advanced: bool
+
+
 @dataclass
 class Step:
     name: str
@@ -151,6 +237,8 @@ class JobStore:
         self.ttl = ttl_days * 86400
         self._set_state = client.register_script(_SET_STATE)
         self._update_step = client.register_script(_UPDATE_STEP)
+        self._begin_step = client.register_script(_BEGIN_STEP)
+        self._end_step = client.register_script(_END_STEP)
 
     # -- creation and reading ----------------------------------------------------------------
 
@@ -206,10 +294,15 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job:
+        return self.read(job_id)[0]
+
+    def read(self, job_id: str) -> tuple[Job, dict[str, str]]:
+        """The job, and its record's fields as stored (what :meth:`begin_step` compares)."""
         raw = self._r.hgetall(self._key(job_id))
         if not raw:
             raise JobNotFound(job_id)
-        return _decode_job(raw)
+        data = {as_text(k): as_text(v) for k, v in raw.items()}
+        return _decode_fields(data), data
 
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(self._key(job_id)))
@@ -286,6 +379,76 @@ class JobStore:
         if written == -1:
             raise StoreError(f"job {job_id} has no planned step {step.name!r}")
 
+    def begin_step(
+        self, job: Job, fields: Mapping[str, str], step: Step, *, worker: str, keys: StepKeys,
+        accept_attention: str = "",
+    ) -> tuple[str, str]:
+        """Claim the site, take the lock and start ``step`` in one atomic script (``_BEGIN_STEP``).
+
+        ``job``, ``fields`` and ``step`` are as read by :meth:`read`; a record that changed
+        since answers ``changed``. A step already ended is not started again: only the claim
+        and the lock are checked (``ended``). On ``started``, ``step`` holds the running record
+        and ``job`` the running state. Returns (outcome, detail) as the script documents.
+        """
+        field_name = f"step:{step.name}"
+        now = time.time()
+        started = ""
+        if not step.done:
+            running = Step(**{**asdict(step), "state": "running", "started_at": now, "ended_at": None,
+                              "duration_s": None, "exit_code": None, "output": "", "error": None,
+                              "attempts": step.attempts + 1, "worker": worker, "waiting": False})
+            started = json.dumps(asdict(running))
+        job_key = self._key(job.id)
+        args = [job.id, field_name, fields.get(field_name, ""), started, job.state,
+                "1" if job.cancel_requested else "0", repr(now), self.ttl, PREFIX + "jobs:state:",
+                keys.lock_value, keys.lock_ttl_ms, keys.owner_ttl_s if keys.owner else 0, accept_attention,
+                PREFIX + "job:", " ".join(sorted(FINAL_JOB_STATES))]
+        try:
+            outcome, detail = self._begin_step(
+                keys=[job_key, keys.attention or job_key, keys.owner or job_key, keys.lock], args=args)
+        except redis.RedisError as exc:
+            raise StoreError(f"could not start step {step.name} of job {job.id}: {exc}") from exc
+        outcome, detail = as_text(outcome), as_text(detail)
+        if outcome == "started":
+            for name, value in asdict(running).items():
+                setattr(step, name, value)
+            if job.state == "queued":
+                job.state, job.started_at = "running", job.started_at or now
+        return outcome, detail
+
+    def end_step(self, job_id: str, step: Step, *, lock: str, lock_value: str) -> StepEnd | None:
+        """Record a step's end and release its lock in one atomic script (``_END_STEP``).
+
+        None when the lock is no longer this holder's (nothing written). Output and error are
+        redacted on the way in, as :meth:`update_step` does.
+        """
+        step.output = redactor.text(step.output)
+        if step.error:
+            step.error = redactor.text(step.error)
+        args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl, lock_value,
+                f"advanced:{step.name}"]
+        reply = [as_text(v) for v in self._end_step(keys=[self._key(job_id), lock], args=args)]
+        if reply[0] == "lost":
+            return None
+        if reply[0] == "gone":
+            raise JobNotFound(job_id)
+        return StepEnd(state=reply[1], cancel_requested=reply[2] == "1", advanced=reply[3] == "1")
+
+    @staticmethod
+    def ended(step: Step, state: str, *, exit_code: int | None = None, output: str = "",
+              error: str | None = None) -> Step:
+        """``step`` given its final state and timings, in memory (for :meth:`end_step`)."""
+        if state not in FINAL_STEP_STATES:
+            raise InvalidInput(f"a step ends success, failed or skipped, not {state!r}")
+        step.state = state
+        step.ended_at = time.time()
+        if step.started_at is not None:
+            step.duration_s = round(step.ended_at - step.started_at, 3)
+        step.exit_code = exit_code
+        step.output = output
+        step.error = error
+        return step
+
     def start_step(self, job_id: str, name: str, *, worker: str, current: Step | None = None) -> Step:
         """Mark a step running (``current``: its record, when the caller has just read it)."""
         step = current if current is not None else self.get(job_id).step(name)
@@ -310,15 +473,7 @@ class JobStore:
         output: str = "",
         error: str | None = None,
     ) -> Step:
-        if state not in FINAL_STEP_STATES:
-            raise InvalidInput(f"a step ends success, failed or skipped, not {state!r}")
-        step.state = state
-        step.ended_at = time.time()
-        if step.started_at is not None:
-            step.duration_s = round(step.ended_at - step.started_at, 3)
-        step.exit_code = exit_code
-        step.output = output
-        step.error = error
+        self.ended(step, state, exit_code=exit_code, output=output, error=error)
         self.update_step(job_id, step)
         return step
 
@@ -394,7 +549,10 @@ def _refuse_secrets(params: Mapping[str, Any]) -> None:
 
 
 def _decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
-    data = {as_text(k): as_text(v) for k, v in raw.items()}
+    return _decode_fields({as_text(k): as_text(v) for k, v in raw.items()})
+
+
+def _decode_fields(data: Mapping[str, str]) -> Job:
     plan = json.loads(data.get("plan", "[]"))
     steps = [Step(**json.loads(data[f"step:{name}"])) for name in plan if f"step:{name}" in data]
     return Job(

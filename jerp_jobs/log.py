@@ -36,8 +36,19 @@ _OPTION_VALUE = re.compile(
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?P<at>@)")
 
 
+class Redacted(str):
+    """Text that went through the redactor: the log processor passes it on as it is."""
+
+    __slots__ = ()
+
+
 class Redactor:
-    """Replaces secret values with ``***`` in strings and nested containers."""
+    """Replaces secret values with ``***`` in strings and nested containers.
+
+    Every value is redacted once: the results are :class:`Redacted` strings (and lists of
+    them), which a later pass — the log processor over a value already cleaned for a job
+    record or a logged argv — returns untouched.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
@@ -51,14 +62,21 @@ class Redactor:
         self._secrets = sorted(merged, key=len, reverse=True)
 
     def text(self, value: str) -> str:
+        if isinstance(value, Redacted):
+            return value
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
-        value = _OPTION_VALUE.sub(lambda m: f"{m['opt']}{m['sep']}{MASK}", value)
-        return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", value)
+        if "--" in value:  # every secret option starts so
+            value = _OPTION_VALUE.sub(lambda m: f"{m['opt']}{m['sep']}{MASK}", value)
+        if "://" in value:
+            value = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", value)
+        return Redacted(value)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
-        out: list[str] = []
+        if isinstance(argv, _RedactedList):
+            return argv
+        out: list[str] = _RedactedList()
         hide_next = False
         for item in argv:
             if hide_next:
@@ -77,6 +95,8 @@ class Redactor:
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
+        if isinstance(value, _RedactedList) or value is None or isinstance(value, (int, float)):
+            return value
         if isinstance(value, (list, tuple)):
             if all(isinstance(v, str) for v in value):
                 return self.argv(value)
@@ -90,6 +110,10 @@ class Redactor:
     def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         """structlog processor."""
         return {k: self.value(v) for k, v in event_dict.items()}
+
+
+class _RedactedList(list):  # type: ignore[type-arg]
+    """An argv that went through :meth:`Redactor.argv`."""
 
 
 #: The process-wide redactor, filled with the settings' secrets by :func:`configure`.

@@ -20,6 +20,7 @@ The job record, not Celery's result backend, says what is done.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import traceback
@@ -28,10 +29,11 @@ from typing import Literal
 
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, LockLost, TransientError
 from jerp_jobs.executors.base import TAIL_LINES
-from jerp_jobs.jobs import Job, Step
-from jerp_jobs.locks import HeldLock, bench_lock_name, site_lock_name
+from jerp_jobs.jobs import FINAL_JOB_STATES, Job, Step, StepEnd, StepKeys
+from jerp_jobs.locks import HeldLock, bench_lock_name, holder_of, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
+from jerp_jobs.sitestate import ATTENTION, OWNER
 from jerp_jobs.workflow import WAITING, StepContext, Workflow
 
 log = get_logger(__name__)
@@ -42,15 +44,42 @@ RETRY_CAP_S = 300.0
 
 @dataclass(frozen=True)
 class StepRun:
-    outcome: Literal["advanced", "finished", "ignored", "waiting", "retry"]
+    #: "inline": the advance guard is set and ``next_step`` is for the caller to run itself
+    outcome: Literal["advanced", "finished", "ignored", "waiting", "retry", "inline"]
     next_step: str | None = None
     detail: str = ""
     #: for "retry": seconds to wait before the step is delivered again
     countdown: float = 0.0
 
 
-def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
-    job = rt.store.get(job_id)
+#: how many times a step re-reads a record that changed between its read and its start
+_READS = 3
+
+
+def run_step(rt: Runtime, job_id: str, step: str, *, worker: str, inline_until: float = 0.0) -> StepRun:
+    """Run one delivery of ``step``: read the job once, start the step in one script (the
+    attention check, the site's claim, the lock, the running record), run it, end it in one
+    script (the record, the lock's release, what advancing needs), and advance.
+
+    Before ``inline_until`` (``time.monotonic()``), a step that succeeded hands its successor
+    to the caller (``inline``) instead of publishing it: the advance guard is set first, so a
+    caller that dies before the next step starts leaves a job the resumer moves on."""
+    accept_attention = ""
+    for _ in range(_READS):
+        job, fields = rt.store.read(job_id)
+        result = _run_once(rt, job, fields, step, worker=worker, accept_attention=accept_attention,
+                           inline_until=inline_until)
+        if isinstance(result, StepRun):
+            return result
+        accept_attention = result  # the job's own attention mark, or "" when the record changed
+    raise LockBusy(f"job {job_id}", {"job_id": job_id, "step": step, "detail": "its record kept changing"})
+
+
+def _run_once(
+    rt: Runtime, job: Job, fields: dict[str, str], step: str, *, worker: str, accept_attention: str,
+    inline_until: float,
+) -> StepRun | str:
+    """One attempt at ``run_step``; a string asks for another read (see ``run_step``)."""
     if job.finished:
         return StepRun("ignored", detail=f"job already {job.state}")
     workflow = rt.workflow(job.kind)
@@ -64,55 +93,79 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
         if target != step:
             rt.dispatch(job.id, target)
             return StepRun("advanced", next_step=target, detail="cancelled: " + target)
-
-    if job.site is not None:
-        attention = rt.sites.attention(job.site)
-        if attention and attention.get("job_id") != job.id:
-            return _finished(
-                rt,
-                job.id,
-                "failed",
-                error=f"site {job.site} needs attention (job {attention.get('job_id')}: {attention.get('reason')}); "
-                "no automated workflow touches it until an operator clears the mark",
-            )
-        owner = rt.sites.claim(job.site, job.id)
-        if owner != job.id and _owner_gone(rt, owner):
-            rt.sites.release(job.site, owner)  # left behind by a job that ended or expired
-            owner = rt.sites.claim(job.site, job.id)
-        if owner != job.id:
-            raise LockBusy(f"site {job.site}", {"job_id": owner})
-    else:
+    if job.site is None:
         workflow.admit(rt, job)
 
     lock_name = site_lock_name(job.site) if spec.scope == "site" and job.site else bench_lock_name(
         rt.settings.compose_project
     )
-    held = rt.locks.try_acquire(lock_name, job_id=job.id, step=step)
-    if held is None:
-        holder = rt.locks.holder(lock_name) or {}
-        if holder.get("job_id") == job.id and holder.get("step") == step:
-            return StepRun("ignored", detail="another delivery of this step is running")
-        raise LockBusy(lock_name, {k: str(v) for k, v in holder.items()})
+    keys = _step_keys(rt, job, lock_name, step)
+    outcome, detail = rt.store.begin_step(job, fields, record, worker=worker, keys=keys,
+                                          accept_attention=accept_attention)
+    refused = _refusal(rt, job, step, lock_name, outcome, detail, accept_attention)
+    if refused is not None:
+        return refused
+    if outcome == "ended":  # a delivery of a step already recorded as ended: only advance
+        return _advance(rt, workflow, job.id, step, failed=record.state == "failed")
 
+    held = rt.locks.adopt(lock_name, keys.lock_value)
+    end: StepEnd | None = None
     try:
-        job = rt.store.get(job_id)  # re-read under the lock: the truth now
-        record = job.step(step)
-        countdown = 0.0
-        if record.state == "failed":
-            outcome = "failed"
-        elif record.done:
-            outcome = "done"
-        else:
-            outcome, countdown = _execute(rt, job, step, workflow, worker=worker, held=held)
+        result, countdown, end = _execute(rt, job, record, workflow, held=held)
     finally:
-        held.release()
-    if outcome == "lost":
+        if end is None:
+            held.release()
+        else:
+            held.forget()  # the end script released it
+    if result == "lost":
         return StepRun("ignored", detail=f"lost the lock of {step} while it ran; its other delivery decides")
-    if outcome == WAITING:
+    if result == WAITING:
         return StepRun("waiting", detail=f"{step} goes on outside the worker")
-    if outcome == "retry":
+    if result == "retry":
         return StepRun("retry", detail=f"{step} will be tried again", countdown=countdown)
-    return _advance(rt, workflow, job_id, step, failed=outcome == "failed")
+    if end is not None:
+        return _advance_ended(rt, workflow, job, step, end, inline_until=inline_until)
+    return _advance(rt, workflow, job.id, step, failed=result == "failed")
+
+
+def _step_keys(rt: Runtime, job: Job, lock_name: str, step: str) -> StepKeys:
+    site_keys = {}
+    if job.site is not None:
+        site_keys = {"attention": ATTENTION + job.site, "owner": OWNER + job.site, "owner_ttl_s": rt.sites.owner_ttl_s}
+    return StepKeys(lock=rt.locks.key(lock_name), lock_value=rt.locks.value(job_id=job.id, step=step),
+                    lock_ttl_ms=int(rt.locks.ttl * 1000), **site_keys)
+
+
+def _refusal(
+    rt: Runtime, job: Job, step: str, lock_name: str, outcome: str, detail: str, accepted: str
+) -> StepRun | str | None:
+    """What a start that did not happen means: a StepRun, a request to read again (a string:
+    the attention mark to accept), LockBusy raised — or None when the step started or had ended."""
+    if outcome in ("started", "ended"):
+        return None
+    if outcome == "gone":
+        raise JobNotFound(job.id)
+    if outcome == "finished":
+        return StepRun("ignored", detail=f"job already {detail}")
+    if outcome == "changed":
+        return ""
+    if outcome == "attention":
+        mark = json.loads(detail)
+        if mark.get("job_id") == job.id and detail != accepted:
+            return detail  # the job's own mark: the job goes on (read again, accepting it)
+        return _finished(
+            rt,
+            job.id,
+            "failed",
+            error=f"site {job.site} needs attention (job {mark.get('job_id')}: {mark.get('reason')}); "
+            "no automated workflow touches it until an operator clears the mark",
+        )
+    if outcome == "site-busy":
+        raise LockBusy(f"site {job.site}", {"job_id": detail})
+    holder = holder_of(detail) or {}
+    if holder.get("job_id") == job.id and holder.get("step") == step:
+        return StepRun("ignored", detail="another delivery of this step is running")
+    raise LockBusy(lock_name, {k: str(v) for k, v in holder.items()})
 
 
 def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, error: str | None = None) -> StepRun:
@@ -125,26 +178,28 @@ def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, er
 
 
 def _execute(
-    rt: Runtime, job: Job, step: str, workflow: Workflow, *, worker: str, held: HeldLock
-) -> tuple[str, float]:
-    """Run the step's function and record the outcome: "done", "failed", "retry" (with the
-    delay before the next attempt) or WAITING; "lost" when the lock expired while it ran (the
-    step was published again meanwhile: that delivery records, not this one)."""
-    if job.state == "queued":
-        rt.store.set_state(job.id, "running")
-    record = rt.store.start_step(job.id, step, worker=worker, current=job.step(step))
+    rt: Runtime, job: Job, record: Step, workflow: Workflow, *, held: HeldLock
+) -> tuple[str, float, StepEnd | None]:
+    """Run the started step's function and record the outcome: "done" (with what the end
+    script read when the step succeeded), "failed", "retry" (with the delay before the next
+    attempt) or WAITING; "lost" when the lock expired while it ran (the step was published
+    again meanwhile: that delivery records, not this one)."""
+    step = record.name
     spec = workflow.resolve(step)
     ctx = StepContext(runtime=rt, job=job, step=step, fence=job.site if spec.scope == "site" else "bench")
     log.info("step.start", job_id=job.id, step=step, site=job.site, attempt=record.attempts)
     try:
         state = spec.fn(ctx) or "success"
-        held.ensure_held()
+        if state == WAITING:
+            held.ensure_held()
+        elif held.lost:  # else the end script checks that the lock is still held
+            raise LockLost(f"lock {held.name} was lost (expired while held); stopping")
     except LockLost:
         log.error("step.lock_lost", job_id=job.id, step=step)
-        return "lost", 0.0
+        return "lost", 0.0, None
     except TransientError as exc:
         if record.attempts > spec.retries:
-            return _failed(rt, job.id, record, exc, ctx), 0.0
+            return _failed(rt, job.id, record, exc, ctx), 0.0, None
         delay = min(RETRY_CAP_S, rt.settings.retry_backoff * 2 ** (record.attempts - 1)) * (1 + random.random() / 5)
         record.state = "pending"
         record.ended_at = time.time()
@@ -153,11 +208,11 @@ def _execute(
         rt.store.update_step(job.id, record)
         rt.store.note(job.id, retrying=f"{step}: {record.error}")
         log.warning("step.retry", job_id=job.id, step=step, attempt=record.attempts, delay_s=round(delay, 1), error=str(exc))
-        return "retry", delay
+        return "retry", delay, None
     except JerpError as exc:
         if held.lost:
-            return "lost", 0.0
-        return _failed(rt, job.id, record, exc, ctx), 0.0
+            return "lost", 0.0, None
+        return _failed(rt, job.id, record, exc, ctx), 0.0, None
     except Exception as exc:  # a bug, not an operations failure: record it all the same
         rt.store.finish_step(
             job.id,
@@ -168,25 +223,45 @@ def _execute(
             error=f"unexpected error: {type(exc).__name__}: {exc}",
         )
         log.exception("step.crashed", job_id=job.id, step=step)
-        return "failed", 0.0
+        return "failed", 0.0, None
     if state == WAITING:
         current = rt.store.get(job.id).step(step)
         if current.state != "running":  # its children already ended it
-            return WAITING, 0.0
+            return WAITING, 0.0, None
         current.waiting = True
         rt.store.update_step(job.id, current)
         log.info("step.waiting", job_id=job.id, step=step)
-        return WAITING, 0.0
-    rt.store.finish_step(job.id, record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
+        return WAITING, 0.0, None
+    rt.store.ended(record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
+    end = rt.store.end_step(job.id, record, lock=rt.locks.key(held.name), lock_value=held.value)
+    if end is None:
+        held.lost_now()
+        log.error("step.lock_lost", job_id=job.id, step=step)
+        return "lost", 0.0, None
     log.info("step.end", job_id=job.id, step=step, state=state, duration_s=record.duration_s)
-    return "done", 0.0
+    return "done", 0.0, end
 
 
-def _owner_gone(rt: Runtime, owner: str) -> bool:
-    try:
-        return rt.store.get(owner).finished
-    except JobNotFound:
-        return True
+def _advance_ended(
+    rt: Runtime, workflow: Workflow, job: Job, step: str, end: StepEnd, *, inline_until: float
+) -> StepRun:
+    """Advance after a step ended ``success`` or ``skipped`` (``job`` as read before it, with
+    the step's record updated): the common case, publishing the next step, needs no read;
+    a guard already set, a job ended meanwhile, a cancel or the job's end take ``_advance``."""
+    if end.advanced:
+        return StepRun("ignored", detail=f"the job already moved past {step}")
+    if end.state in FINAL_JOB_STATES:
+        return StepRun("ignored", detail=f"job already {end.state}")
+    following = None if end.cancel_requested else next_pending(workflow, job, after=step)
+    if following is None:
+        return _advance(rt, workflow, job.id, step, failed=False)
+    if time.monotonic() < inline_until:
+        if not rt.store.claim_advance(job.id, step):
+            return StepRun("ignored", detail=f"the job already moved past {step}")
+        return StepRun("inline", next_step=following)
+    rt.dispatch(job.id, following)
+    rt.store.claim_advance(job.id, step)
+    return StepRun("advanced", next_step=following)
 
 
 def readvance(rt: Runtime, job_id: str) -> StepRun | None:

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     audit_days: int = Field(730, ge=1, description="days the audit trail (jerp:audit) keeps an entry")
     legal_hold_days: int = Field(1826, ge=1, description="days an offboarded site's final off-site backup is kept")
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
+    inline_steps_s: float = Field(
+        60.0, ge=0, description="a step task runs the job's next steps itself, without a new message, while it has "
+        "run less than this many seconds; 0: one step per message"
+    )
+    task_events: bool = Field(
+        False, description="workers send task events (and clients task-sent events) from the start; "
+        "a monitor (Flower) switches worker events on at run time without it"
+    )
     resume_interval: int = Field(30, ge=5, description="seconds between two searches for steps that lost their worker")
     retry_backoff: float = Field(10.0, gt=0, description="first wait before a step's retry; doubles each time")
     job_deadline_hours: float = Field(12.0, gt=0, description="a site job still running after this is failed by the reaper")

@@ -35,6 +35,8 @@ class SiteState:
     def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
         self._r = client
         self._ttl = ttl_s
+        #: how long an owner key lives unless released (the job TTL, a backstop)
+        self.owner_ttl_s = ttl_s
         self._release = client.register_script(_RELEASE)
 
     def claim(self, site: str, job_id: str) -> str:

@@ -9,7 +9,10 @@ already in the job record.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
+
+import structlog
 
 from jerp_jobs import runner
 from jerp_jobs.bootstrap import CHILD_DONE_TASK, STEP_TASK, get_runtime
@@ -32,31 +35,60 @@ WAIT_LIMIT_S = 6 * 3600
 # The job record is the source of truth: no result is stored for these tasks.
 @app.task(bind=True, name=STEP_TASK, queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
 def step(self: Any, *, job_id: str, step: str) -> str:
+    """Run ``step``, then the job's following steps in this same task while it has run less
+    than ``JERP_INLINE_STEPS_S`` (each still claims, locks and records as a delivered step
+    does). A step run so that must wait (a busy lock) or try again later gets its own message."""
     rt = get_runtime()
-    try:
-        result = runner.run_step(rt, job_id, step, worker=self.request.hostname or "?")
-    except JobNotFound:
-        log.warning("step.orphan", detail="job record is gone (expired or deleted); nothing to do")
-        return "ignored"
-    except LockBusy as exc:
-        job = rt.store.get(job_id)
-        if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
-            runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
-            return "finished"
-        rt.store.note(job_id, waiting_for=str(exc))
-        log.info("step.waiting", reason=str(exc))
-        raise self.retry(countdown=1 + random.random() * 2, exc=exc)
-    if result.outcome == "retry":
-        log.info("step.retry_later", countdown_s=round(result.countdown, 1))
-        raise self.retry(countdown=result.countdown)
-    log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
-    return result.outcome
+    inline_until = time.monotonic() + rt.settings.inline_steps_s
+    worker = self.request.hostname or "?"
+    current = step
+    while True:
+        try:
+            result = runner.run_step(rt, job_id, current, worker=worker, inline_until=inline_until)
+        except JobNotFound:
+            log.warning("step.orphan", detail="job record is gone (expired or deleted); nothing to do")
+            return "ignored"
+        except LockBusy as exc:
+            if current != step:
+                rt.store.note(job_id, waiting_for=str(exc))
+                log.info("step.waiting", reason=str(exc))
+                _publish_later(job_id, current, countdown=1 + random.random() * 2)
+                return "advanced"
+            return _wait_for_lock(self, rt, job_id, exc)
+        if result.outcome == "retry":
+            log.info("step.retry_later", countdown_s=round(result.countdown, 1))
+            if current != step:
+                _publish_later(job_id, current, countdown=result.countdown)
+                return "retry"
+            raise self.retry(countdown=result.countdown)
+        log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
+        if result.outcome != "inline" or result.next_step is None:
+            return result.outcome
+        current = result.next_step
+        structlog.contextvars.bind_contextvars(step=current)
+
+
+def _wait_for_lock(task: Any, rt: Any, job_id: str, exc: LockBusy) -> str:
+    """The delivered step found its site or lock busy: deliver it again in a few seconds, or
+    give up when a job that never started waited past WAIT_LIMIT_S."""
+    job = rt.store.get(job_id)
+    if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
+        runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
+        return "finished"
+    rt.store.note(job_id, waiting_for=str(exc))
+    log.info("step.waiting", reason=str(exc))
+    raise task.retry(countdown=1 + random.random() * 2, exc=exc)
 
 
 @app.task(name=CHILD_DONE_TASK, queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
 def child_done(*, parent_id: str, child_id: str) -> str:
     result = runner.child_done(get_runtime(), parent_id, child_id)
     return result.outcome if result is not None else "recorded"
+
+
+def _publish_later(job_id: str, name: str, *, countdown: float) -> None:
+    """Publish a step that was run inline and must wait or try again, as its own message."""
+    step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE, countdown=countdown)
 
 
 @app.task(name="jerp.resume", queue=CONTROL_QUEUE)

@@ -78,7 +78,9 @@ class StepContext:
         fence: str | None = None,
         stdin: bytes | None = None,
     ) -> CommandResult:
-        """Run argv through the executor, fenced; output streams to the log and into the step record.
+        """Run argv through the executor, fenced; output goes into the step record.
+
+        Output lines are logged one by one at DEBUG only; ``command.end`` counts them at INFO.
 
         The fence is a kernel file lock (``flock``) in the bench's sites folder, one per site
         (or ``bench`` for bench-wide work), held by the command's own processes for as long as
@@ -98,9 +100,12 @@ class StepContext:
         wait = fence_wait(timeout)
         shown = redactor.argv(argv)
         log.info("command.start", argv=shown, timeout=timeout)
+        lines = 0
 
         def _line(line: str) -> None:
-            log.info("command.output", line=line)
+            nonlocal lines
+            lines += 1
+            log.debug("command.output", line=line)
 
         fence_file = fence_path(fence)
         fenced = ["flock", "-w", f"{wait:g}", "-E", str(FENCE_BUSY), fence_file, *argv]
@@ -109,7 +114,8 @@ class StepContext:
         )
         self.exit_code = result.exit_code
         self.output.append(result.output)
-        log.info("command.end", argv=shown, exit_code=result.exit_code, duration_s=round(result.duration_s, 3))
+        log.info("command.end", argv=shown, exit_code=result.exit_code, duration_s=round(result.duration_s, 3),
+                 output_lines=lines)
         if result.exit_code == FENCE_BUSY:
             raise CommandFailed(
                 f"another process still works on {fence} (its fence stayed busy for {wait:g}s); "

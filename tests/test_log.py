@@ -69,3 +69,14 @@ logging.getLogger("celery").warning("celery says %s", {ROOT_PW!r})
     assert ROOT_PW not in out
     assert lines[0]["job_id"] == "j1" and lines[0]["argv"] == ["bench", "--db-root-password", MASK]
     assert lines[1]["event"] == f"celery says {MASK}"
+
+
+def test_a_value_is_redacted_once_and_passed_on_untouched_afterwards() -> None:
+    redactor = Redactor([ROOT_PW])
+    argv = redactor.argv(["bench", "--db-root-password", ROOT_PW, f"x{ROOT_PW}"])
+    assert argv == ["bench", "--db-root-password", MASK, f"x{MASK}"]
+    assert redactor.value(argv) is argv
+    text = redactor.text(f"ran with {ROOT_PW}")
+    assert redactor.text(text) is text
+    event = redactor(None, "info", {"event": "command.end", "argv": argv, "exit_code": 0})
+    assert event["argv"] is argv and event["exit_code"] == 0

@@ -164,7 +164,10 @@ def test_commands_are_logged_with_context_and_without_secrets(fake_runtime: Runt
     with capture_logs() as logs:
         ctx.run(["bench", "new-site", SITE, "--db-root-password", "T0p-Secret-Root"])
     assert "T0p-Secret-Root" not in json.dumps(logs)
-    assert [e["event"] for e in logs] == ["command.start", "command.output", "command.end"]
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("command.start", "info"), ("command.output", "debug"), ("command.end", "info")
+    ]
+    assert logs[-1]["output_lines"] == 1
     assert logs[0]["argv"][-1] == "***"
 
 
@@ -297,3 +300,32 @@ def test_a_cancelled_provision_says_what_its_recovery_did(settings, fake_redis, 
     assert "left online" not in done.error
     dropped = [a for a in fake_executor.argvs if "drop-site" in a]
     assert len(dropped) == (1 if made else 0)
+
+
+def test_a_step_run_inline_hands_its_successor_to_the_caller_with_the_guard_set(fake_runtime: Runtime) -> None:
+    import time
+
+    _script_backup(fake_runtime)
+    job = create_job(fake_runtime, "backup", site=SITE, params={"with_files": False})
+    result = runner.run_step(fake_runtime, job.id, "backup", worker="w1", inline_until=time.monotonic() + 60)
+    assert (result.outcome, result.next_step) == ("inline", "upload-offsite")
+    assert fake_runtime.dispatched == []  # nothing published: the caller runs it
+    assert fake_runtime.store.advanced(job.id, "backup")
+    # a second delivery of the same step finds it ended and the job moved past it
+    again = runner.run_step(fake_runtime, job.id, "backup", worker="w2", inline_until=time.monotonic() + 60)
+    assert again.outcome == "ignored" and fake_runtime.dispatched == []
+    # past the budget, the successor is published as before
+    result = runner.run_step(fake_runtime, job.id, "upload-offsite", worker="w1", inline_until=time.monotonic() - 1)
+    assert result.outcome == "advanced" and fake_runtime.dispatched == [(job.id, "prune-local")]
+
+
+def test_a_step_starts_in_one_script_that_refuses_a_record_changed_since_it_was_read(fake_runtime: Runtime) -> None:
+    from jerp_jobs.jobs import StepKeys
+
+    job = create_job(fake_runtime, "backup", site=SITE, params={"with_files": False})
+    read, fields = fake_runtime.store.read(job.id)
+    fake_runtime.store.start_step(job.id, "backup", worker="other")  # another delivery got there first
+    keys = StepKeys(lock="jerp:lock:site:" + SITE, lock_value="v", lock_ttl_ms=60000)
+    outcome, _ = fake_runtime.store.begin_step(read, fields, read.step("backup"), worker="w1", keys=keys)
+    assert outcome == "changed"
+    assert fake_runtime.locks.holder(site_lock_name(SITE)) is None  # nothing taken
