@@ -209,3 +209,19 @@ def test_a_child_end_told_twice_counts_once(fake_runtime: Runtime) -> None:
     done = rt.store.get(job.id)
     assert done.state == "succeeded" and done.result["counts"] == {"succeeded": len(SITES)}
     assert len({e["job_id"] for e in done.result["sites"].values()}) == len(SITES)
+
+
+def test_a_fanout_that_kept_only_its_entries_goes_on(fake_runtime: Runtime) -> None:
+    """A fan-out started before the counts and sets existed (only the entries hash) is indexed
+    again at its next child's end, and finishes the same."""
+    rt = fake_runtime
+    job = _start(rt, "backup-all", concurrency=2)
+    drive(rt, lambda child: None)
+    running = [json.loads(v)["job_id"] for k, v in rt.redis.hgetall(fanout.STATE + job.id).items()
+               if not k.startswith(b"#") and json.loads(v)["state"] == "running"]
+    rt.redis.delete(*fanout._keys(job.id)[1:])
+    for child in running:
+        runner.finish_job(rt, child, "succeeded")
+    drive(rt, _always("succeeded"))
+    done = rt.store.get(job.id)
+    assert done.state == "succeeded" and _states(done) == dict.fromkeys(SITES, "succeeded")

@@ -185,6 +185,26 @@ def _stop_pending(rt: Runtime, parent_id: str) -> None:
     pipe.execute()
 
 
+def _index(rt: Runtime, parent_id: str) -> None:
+    """Build the counts and the pending and running sets from the entries when they are missing
+    (a fan-out that an earlier version started, which kept only the entries)."""
+    entries_key, counts_key, pending_key, running_key = _keys(parent_id)
+    if rt.redis.exists(counts_key) or not rt.redis.exists(entries_key):
+        return
+    live = progress(rt.redis, parent_id)
+    if live is None:
+        return
+    places = {site: i for i, site in enumerate(live["order"])}
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.hset(counts_key, mapping=live["counts"])
+    for key, state in ((pending_key, "pending"), (running_key, "running")):
+        members = {s: places[s] for s, e in live["sites"].items() if e["state"] == state}
+        if members:
+            pipe.zadd(key, members)
+    _expire(pipe, rt, parent_id)
+    pipe.execute()
+
+
 def _running_sites(rt: Runtime, parent_id: str) -> list[str]:
     return [as_text(s) for s in rt.redis.zrange(_keys(parent_id)[3], 0, -1)]
 
@@ -278,6 +298,7 @@ def canary(ctx: StepContext) -> str:
 def sites(ctx: StepContext) -> str | None:
     rt, parent = ctx.runtime, ctx.job
     with _fanout_lock(rt, parent.id):
+        _index(rt, parent.id)
         outcome = _top_up(rt, rt.store.get(parent.id))
     if outcome is None:
         return WAITING
@@ -378,6 +399,7 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
         parent = rt.store.get(parent_id)
         if parent.finished:
             return None  # reaped or cancelled: start nothing more
+        _index(rt, parent_id)
         child = rt.store.get(child_id)
         site = child.site or ""
         entry = _entry(rt, parent_id, site) or None
@@ -425,6 +447,8 @@ def _settle(rt: Runtime, parent: Job) -> Any:
 
 def reconcile(rt: Runtime, parent_id: str) -> None:
     """Deliver the end of every child that ended without its parent hearing of it, then settle."""
+    with _fanout_lock(rt, parent_id):
+        _index(rt, parent_id)
     for site in _running_sites(rt, parent_id):
         entry = _entry(rt, parent_id, site)
         if entry.get("state") == "running" and entry.get("job_id"):
