@@ -7,7 +7,9 @@ numbers) — records how many it found (``result.site_count``, ``result.discover
 — a full ``migrate`` or ``backup`` workflow, each tracked on its own — never more than
 ``concurrency`` at once. No worker waits for the children: the parent's step returns
 ``WAITING``, and each child, when it ends, tells the parent (``on_child_done``), which starts
-the next site or ends its step.
+the next site or ends its step. The fan-out's progress lives in its own keys (below), so a
+child's end costs the same whatever the number of sites; the parent's result gets every site
+with its job and outcome (``sites``, ``counts``, ``order``) when the fan-out ends.
 
 ``migrate-all`` first migrates a canary site alone (``canary``, default the first site); its
 chain is the only one that may run ``bench build``: once for the bench, never once per site
