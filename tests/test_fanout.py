@@ -86,6 +86,9 @@ def test_backup_all_starts_every_site_in_order_and_records_the_map_once(fake_run
     assert all(e["attempts"] == 1 for e in done.result["sites"].values())
     # while children ran, the parent's record never held the per-site map
     assert max(writes[:-1]) < 200, writes
+    assert not any(rt.redis.exists(key) for key in fanout._keys(job.id))  # the record holds it all now
+    shown = CliRunner().invoke(cli, ["--json", "status", job.id], obj=Ctx(rt=rt))
+    assert json.loads(shown.output)["result"]["sites"] == done.result["sites"]
 
 
 def test_progress_is_live_in_the_fanout_keys_and_in_jerpctl_status(fake_runtime: Runtime) -> None:

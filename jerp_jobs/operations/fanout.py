@@ -69,8 +69,8 @@ CANARY_KINDS = frozenset({"migrate-all", "install-app-all"})
 #
 # Every change of one site is one MULTI/EXEC, so the counts always match the entries. The
 # parent's record gets the full per-site map (``result.sites``, ``counts``, ``order``) once, when
-# the fan-out ends; :func:`progress` reads the live map meanwhile. Every key expires with the
-# job records' TTL.
+# the fan-out ends, and these keys are then deleted; :func:`progress` reads the live map
+# meanwhile. Every key expires with the job records' TTL.
 
 
 #: field of the fan-out's hash that holds the order of its sites (no site name has a '#')
@@ -522,13 +522,15 @@ def _migrate_all_on_failure(job: Job, step: str) -> str | None:
 
 
 def _publish_at_end(then: Any = None) -> Any:
-    """A fan-out's ``on_end``: its per-site map into its result (however it ended), then ``then``."""
+    """A fan-out's ``on_end``: its per-site map into its result (however it ended) and its own
+    keys deleted (the record holds it all now), then ``then``."""
 
     def on_end(rt: Runtime, job: Job) -> None:
         live = progress(rt.redis, job.id)
         if live is not None:
             rt.store.set_result(job.id, **live)
             job.result.update(live)
+            rt.redis.delete(*_keys(job.id))
         if then is not None:
             then(rt, job)
 
