@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop(name, None)
         os.environ.update(env)
         from jerp_jobs.enqueue import submit
-        from jerp_jobs.runtime import get_runtime
+        from jerp_jobs.bootstrap import get_runtime
 
         rt = get_runtime()
         rt.redis.flushdb()

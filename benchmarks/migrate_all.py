@@ -552,7 +552,7 @@ def run_jerp(args: argparse.Namespace, bench: Path, sites: list[str], env: dict[
              cleanup: Cleanup) -> dict[str, Any]:
     os.environ.update(env)
     from jerp_jobs.enqueue import submit
-    from jerp_jobs.runtime import get_runtime
+    from jerp_jobs.bootstrap import get_runtime
 
     rt = get_runtime()
     rt.redis.flushdb()

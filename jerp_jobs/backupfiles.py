@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jerp_jobs.errors import CommandFailed, InvalidInput
+from jerp_jobs.errors import CommandFailed, ConfigError, InvalidInput
+from jerp_jobs.sites import sites_dir
 
 BACKUPS = ("private", "backups")
 ATTEMPTS = ("private", ".jerp-backup-attempts")
@@ -49,9 +50,6 @@ class UnsafeBackupFile(InvalidInput):
 
 def sites_root(settings: Any) -> Path | None:
     """The sites folder as the worker sees it, or None when it is not configured or not there."""
-    from jerp_jobs.errors import ConfigError
-    from jerp_jobs.operations.offsite import sites_dir
-
     try:
         root = sites_dir(settings)
     except ConfigError:
@@ -60,9 +58,6 @@ def sites_root(settings: Any) -> Path | None:
 
 
 def require_sites_root(settings: Any, why: str) -> Path:
-    from jerp_jobs.errors import ConfigError
-    from jerp_jobs.operations.offsite import sites_dir
-
     root = sites_dir(settings)
     if not root.is_dir():
         raise ConfigError("JERP_SITES_DIR", f"names {root}, which is not a folder; {why}")

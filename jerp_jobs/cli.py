@@ -34,7 +34,7 @@ class Ctx:
     @property
     def rt(self) -> Any:
         if self._rt is None:
-            from jerp_jobs.runtime import get_runtime
+            from jerp_jobs.bootstrap import get_runtime
             from jerp_jobs.settings import get_settings
 
             settings = get_settings()

@@ -15,7 +15,6 @@ from jerp_jobs.errors import BrokerUnavailable, InvalidInput
 from jerp_jobs.jobs import Job
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import bench_app_names, refuse_app_name, validate_site_name
-from jerp_jobs.workflow import get_workflow
 
 
 def create_job(
@@ -31,7 +30,7 @@ def create_job(
 
     The audit trail gets who started it: ``actor`` (``jerpctl user@host``, ``beat ENTRY``,
     ``webhook ...``), or the parent job for a child."""
-    workflow = get_workflow(kind)
+    workflow = rt.workflow(kind)
     if workflow.needs_site:
         site = validate_site_name(site)
         refuse_app_name(site, _app_names(rt))

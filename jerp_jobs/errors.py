@@ -38,6 +38,8 @@ status or a failed step, never into a traceback for an operator to read.
 
 from __future__ import annotations
 
+from jerp_jobs.failures import LOCK_HELD_BY_OTHER, NO_WORKERS, RUN_AS_ROOT, TIMED_OUT, BenchFailure, classify_failure
+
 
 class JerpError(Exception):
     """Base of every error the project raises on purpose."""
@@ -90,9 +92,7 @@ class CommandRefused(ExecutorUnavailable):
     nothing, so a workflow refused at its first step has nothing to bring back or mark."""
 
     @property
-    def failure(self):  # type: ignore[no-untyped-def]
-        from jerp_jobs.bench import RUN_AS_ROOT, BenchFailure
-
+    def failure(self) -> BenchFailure:
         return BenchFailure(RUN_AS_ROOT, "refused before it started: the worker runs as root with no bench user "
                             "(JERP_BENCH_USER)")
 
@@ -104,29 +104,25 @@ class CommandTimeout(ExecutorError):
         self.output_tail = output_tail
 
     @property
-    def failure(self):  # type: ignore[no-untyped-def]
-        """Always the ``timed-out`` class (:class:`jerp_jobs.bench.BenchFailure`)."""
-        from jerp_jobs.bench import TIMED_OUT, BenchFailure
-
+    def failure(self) -> BenchFailure:
+        """Always the ``timed-out`` class (:class:`jerp_jobs.failures.BenchFailure`)."""
         return BenchFailure(TIMED_OUT, f"the command ran past its timeout of {self.timeout:g}s and was killed")
 
 
 class CommandFailed(JerpError):
     """A command exited non-zero. ``failure`` is its class (a
-    :class:`jerp_jobs.bench.BenchFailure`): given, or read from the exit status and the output
-    by :func:`jerp_jobs.bench.classify_failure`. The runner records it in the job's result."""
+    :class:`jerp_jobs.failures.BenchFailure`): given, or read from the exit status and the output
+    by :func:`jerp_jobs.failures.classify_failure`. The runner records it in the job's result."""
 
-    def __init__(self, message: str, *, exit_code: int, output_tail: str = "", failure: object = None) -> None:
+    def __init__(self, message: str, *, exit_code: int, output_tail: str = "", failure: BenchFailure | None = None) -> None:
         super().__init__(message, exit_code=exit_code)
         self.exit_code = exit_code
         self.output_tail = output_tail
         self._failure = failure
 
     @property
-    def failure(self):  # type: ignore[no-untyped-def]
+    def failure(self) -> BenchFailure:
         if self._failure is None:
-            from jerp_jobs.bench import classify_failure
-
             self._failure = classify_failure(self.exit_code, self.output_tail)
         return self._failure
 
@@ -137,8 +133,6 @@ class ForeignLockHeld(CommandFailed):
 
     def __init__(self, message: str, *, lock: str, waited_s: float, exit_code: int = 1, output_tail: str = "",
                  lock_path: str | None = None) -> None:
-        from jerp_jobs.bench import LOCK_HELD_BY_OTHER, BenchFailure
-
         super().__init__(message, exit_code=exit_code, output_tail=output_tail,
                          failure=BenchFailure(LOCK_HELD_BY_OTHER, f"another process holds {lock}", lock=lock,
                                               lock_path=lock_path))
@@ -151,8 +145,6 @@ class NoWorkers(CommandFailed):
     """A step waits for background jobs that nothing will run: no Frappe worker is online."""
 
     def __init__(self, message: str, *, exit_code: int = 1, output_tail: str = "") -> None:
-        from jerp_jobs.bench import NO_WORKERS, BenchFailure
-
         super().__init__(message, exit_code=exit_code, output_tail=output_tail,
                          failure=BenchFailure(NO_WORKERS, "no Frappe worker consumes the site's queues"))
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jerp_jobs.sites import find_sites, sites_folder
 from jerp_jobs.sitestate import OWNER
 
 LOCAL = "jerp:backups:"
@@ -32,7 +33,7 @@ def _times(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sites(client: Any, prefix: str) -> set[str]:
-    return {key.decode()[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=1000)}
+    return {key.decode()[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=10_000)}
 
 
 def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = None,
@@ -41,9 +42,12 @@ def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = No
     off-site store configured) the newest local backup instead (``where`` says which)."""
     now = time.time() if now is None else now
     source, where = (OFFSITE, "off-site") if offsite else (LOCAL, "local")
+    sites = sorted(_sites(client, LOCAL) | _sites(client, OFFSITE))
+    pipe = client.pipeline(transaction=False)
+    for site in sites:
+        pipe.zrevrange(source + site, 0, 0, withscores=True)
     rows = []
-    for site in sorted(_sites(client, LOCAL) | _sites(client, OFFSITE)):
-        newest = client.zrevrange(source + site, 0, 0, withscores=True)
+    for site, newest in zip(sites, pipe.execute()):
         if newest:
             manifest, at = json.loads(newest[0][0]), float(newest[0][1])
             age = (now - at) / 3600
@@ -77,11 +81,9 @@ def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
     and every site with an attention mark, even one whose folder is gone (``exists`` false).
 
     The sites come from the platform's sites folder itself, checked against the bench's own
-    count (:func:`jerp_jobs.operations.common.find_sites`: every site, never an output tail);
+    count (:func:`jerp_jobs.sites.find_sites`: every site, never an output tail);
     the maintenance flag from each ``site_config.json``. The Redis reads go in one pipeline.
     """
-    from jerp_jobs.operations.common import find_sites, sites_folder
-
     now = time.time() if now is None else now
     listing = find_sites(rt.settings, rt.executor)
     folder = sites_folder(rt.settings)

@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -36,10 +37,35 @@ from jerp_jobs.log import redactor
 
 PREFIX = "jerp:"
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "recovered", "cancelled", "rolled-back", "superseded")
-FINAL_JOB_STATES = frozenset({"succeeded", "failed", "recovered", "cancelled", "rolled-back", "superseded"})
-STEP_STATES = ("pending", "running", "success", "failed", "skipped")
-FINAL_STEP_STATES = frozenset({"success", "failed", "skipped"})
+
+
+class JobState(StrEnum):
+    """A job's state; stored as its value (readable in Redis and in ``--json``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RECOVERED = "recovered"  # a step failed and the recovery path brought the site back as it was
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled-back"  # a release that failed; the previous tag runs again
+    SUPERSEDED = "superseded"  # a release replaced by a newer one before it started
+
+
+class StepState(StrEnum):
+    """A step's state; stored as its value."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+JOB_STATES = tuple(JobState)
+FINAL_JOB_STATES = frozenset(JobState) - {JobState.QUEUED, JobState.RUNNING}
+STEP_STATES = tuple(StepState)
+FINAL_STEP_STATES = frozenset({StepState.SUCCESS, StepState.FAILED, StepState.SKIPPED})
 
 #: fields every job record has from its creation on; a hash without one is not a job record
 REQUIRED_FIELDS = ("id", "kind", "state", "created_at")

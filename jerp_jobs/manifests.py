@@ -28,6 +28,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from jerp_jobs import bench
 from jerp_jobs.backupfiles import BACKUPS, UnsafeBackupFile, open_dir
 from jerp_jobs.errors import CommandFailed
 
@@ -137,13 +138,6 @@ def artifact(manifest: dict[str, Any], rel: str) -> dict[str, Any] | None:
     return next((a for a in manifest.get("artifacts", []) if isinstance(a, dict) and a.get("path") == rel), None)
 
 
-def timestamp_of(name: str) -> str | None:
-    from jerp_jobs.operations.offsite import BACKUP_NAME_PREFIX_LEN, _is_timestamp
-
-    stamp = name[:BACKUP_NAME_PREFIX_LEN]
-    return stamp if _is_timestamp(stamp) else None
-
-
 def trusted_manifest(
     redis_copies: list[dict[str, Any]], root: Path, site: str, rel: str, key: bytes | None
 ) -> tuple[dict[str, Any] | None, str]:
@@ -153,7 +147,7 @@ def trusted_manifest(
     Raises :class:`ManifestAltered` when a copy was edited.
     """
     name = rel.rsplit("/", 1)[-1]
-    stamp = timestamp_of(name)
+    stamp = bench.stamp_of(name)
     side = read_side(root, site, stamp) if stamp else None
     if side is not None and artifact(side, rel) is None:
         side = None

@@ -20,8 +20,8 @@ from typing import Any
 from jerp_jobs.jobs import Job
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
+from jerp_jobs.runner import fail_lost_step, finish_job, first_step, readvance, reconcile_children
 from jerp_jobs.runtime import Runtime
-from jerp_jobs.workflow import get_workflow
 
 log = get_logger(__name__)
 
@@ -61,7 +61,6 @@ def resume_stalled(rt: Runtime, *, now: float | None = None) -> list[tuple[str, 
 def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
     """A queued job that nothing touched for a while lost its message (a job waiting for its
     site or the release slot notes it every few seconds): publish its first step again."""
-    from jerp_jobs.runner import first_step
 
     if now - job.updated_at <= QUEUED_STRANDED_AFTER_S or any(s.attempts for s in job.steps):
         return []
@@ -73,9 +72,8 @@ def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
 
 
 def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
-    from jerp_jobs.runner import fail_lost_step, readvance
 
-    workflow = get_workflow(job.kind)
+    workflow = rt.workflow(job.kind)
     running = [s for s in job.steps if s.state == "running"]
     if not running:
         if now - job.updated_at > STRANDED_AFTER_S:
@@ -108,9 +106,7 @@ def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
 
 
 def _reconcile_fanout(rt: Runtime, parent_id: str) -> None:
-    from jerp_jobs.operations import children
-
-    children.reconcile(rt, parent_id)
+    reconcile_children(rt, parent_id)
 
 
 def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
@@ -123,8 +119,6 @@ def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
     ended at twice its deadline is failed outright, and its site marked as needing attention:
     nobody knows what state it is in.
     """
-    from jerp_jobs.runner import fail_lost_step, finish_job
-
     now = time.time() if now is None else now
     reaped = []
     for state in ("running", "queued"):
@@ -153,7 +147,7 @@ def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: An
     if not job.cancel_requested:
         rt.store.request_cancel(job.id)
         rt.store.note(job.id, deadline=f"past its {hours:g} h deadline: cancelled, taking its safe path")
-    workflow = get_workflow(job.kind)
+    workflow = rt.workflow(job.kind)
     for step in job.steps:
         if step.state == "running" and not step.waiting:
             scope = workflow.resolve(step.name).scope

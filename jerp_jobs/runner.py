@@ -32,7 +32,7 @@ from jerp_jobs.jobs import Job, Step
 from jerp_jobs.locks import HeldLock, bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
-from jerp_jobs.workflow import WAITING, StepContext, Workflow, get_workflow
+from jerp_jobs.workflow import WAITING, StepContext, Workflow
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ def run_step(rt: Runtime, job_id: str, step: str, *, worker: str) -> StepRun:
     job = rt.store.get(job_id)
     if job.finished:
         return StepRun("ignored", detail=f"job already {job.state}")
-    workflow = get_workflow(job.kind)
+    workflow = rt.workflow(job.kind)
     spec = workflow.resolve(step)
     record = job.step(step)
 
@@ -121,7 +121,7 @@ def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, er
     if record.done:
         return StepRun("ignored", detail=f"{step} already ended")
     rt.store.finish_step(job_id, record, state, error=error)
-    return _advance(rt, get_workflow(rt.store.get(job_id).kind), job_id, step, failed=state == "failed")
+    return _advance(rt, rt.workflow(rt.store.get(job_id).kind), job_id, step, failed=state == "failed")
 
 
 def _execute(
@@ -199,7 +199,7 @@ def readvance(rt: Runtime, job_id: str) -> StepRun | None:
     if not ended:
         return None
     last = max(ended, key=lambda s: s.ended_at or 0.0)
-    workflow = get_workflow(job.kind)
+    workflow = rt.workflow(job.kind)
     if not rt.store.advanced(job_id, last.name):
         return _advance(rt, workflow, job_id, last.name, failed=last.state == "failed")
     following = _next_after(workflow, job, last.name, failed=last.state == "failed")
@@ -214,7 +214,7 @@ def fail_lost_step(rt: Runtime, job_id: str, step: str, *, reason: str) -> StepR
     path (restore, back online, drop a half-made site...)."""
     record = rt.store.get(job_id).step(step)
     rt.store.finish_step(job_id, record, "failed", error=reason, output=record.output)
-    return _advance(rt, get_workflow(rt.store.get(job_id).kind), job_id, step, failed=True)
+    return _advance(rt, rt.workflow(rt.store.get(job_id).kind), job_id, step, failed=True)
 
 
 def _last_done(job: Job) -> str | None:
@@ -272,7 +272,7 @@ def _next_after(workflow: Workflow, job: Job, step: str, *, failed: bool) -> str
 def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
     job = rt.store.get(job_id)
     if state == "succeeded" and job.cancel_requested:
-        workflow = get_workflow(job.kind)
+        workflow = rt.workflow(job.kind)
         if any(s.state == "pending" and not workflow.is_recovery(s.name) for s in job.steps):
             state, error = "cancelled", f"cancelled by an operator; {workflow.cancel_outcome(job)}"
     finish_job(rt, job_id, state, error=error)
@@ -306,16 +306,28 @@ def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None
         rt.sites.release(job.site, job_id)
     log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)
     try:
-        get_workflow(job.kind).on_end(rt, job)
+        rt.workflow(job.kind).on_end(rt, job)
     except Exception:  # noqa: BLE001 - the job has ended; what follows must not undo that
         log.exception("job.on_end_failed", job_id=job_id, kind=job.kind)
     if job.parent:
         rt.notify_parent(job.parent, job_id)
 
 
+def child_done(rt: Runtime, parent_id: str, child_id: str) -> StepRun | None:
+    """Tell the parent that ``child_id`` ended, through its workflow's ``on_child_done``;
+    returns the StepRun when the parent's waiting step ended."""
+    result: StepRun | None = rt.workflow(rt.store.get(parent_id).kind).on_child_done(rt, parent_id, child_id)
+    return result
+
+
+def reconcile_children(rt: Runtime, parent_id: str) -> None:
+    """Deliver the end of every child whose notification was lost, then settle the parent."""
+    rt.workflow(rt.store.get(parent_id).kind).reconcile(rt, parent_id)
+
+
 def first_step(rt: Runtime, job_id: str) -> str:
     job = rt.store.get(job_id)
-    workflow = get_workflow(job.kind)
+    workflow = rt.workflow(job.kind)
     name = next_pending(workflow, job, after=None)
     if name is None:
         raise InvalidInput(f"job {job_id} has no step to run")

@@ -17,8 +17,9 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from jerp_jobs.errors import InvalidInput, InvalidSiteName
+from jerp_jobs.errors import CommandFailed, ConfigError, InvalidInput, InvalidSiteName, JerpError, OutputParseError
 
 MAX_NAME = 253
 MAX_LABEL = 63
@@ -173,3 +174,85 @@ def list_site_folders(folder: Path | str) -> SiteListing:
             ignored.append(f"{name!r}: {exc.rule}")
     return SiteListing(folder=str(root), sites=tuple(sorted(sites)), ignored=tuple(sorted(ignored)),
                        candidates=candidates)
+
+
+def sites_dir(settings: Any) -> Path:
+    """The bench's sites folder as the worker sees it: ``JERP_SITES_DIR``, or for the local
+    executor ``JERP_BENCH_DIR/sites``; ConfigError when neither says."""
+    if settings.sites_dir is not None:
+        return Path(settings.sites_dir)
+    if settings.executor == "local" and settings.bench_dir is not None:
+        return Path(settings.bench_dir) / "sites"
+    raise ConfigError(
+        "JERP_SITES_DIR",
+        "is not set; the worker needs the platform's sites volume mounted to copy backups off-site",
+    )
+
+
+#: Counts the bench's site folders in one line of output (one "." per ``site_config.json``), so
+#: that no output tail can cut it; the same rule as :func:`jerp_jobs.sites.list_site_folders`
+#: (``-P``: linked folders are not entered, linked files are not regular files).
+BENCH_SITE_COUNT = ("find", "-P", "sites", "-mindepth", "2", "-maxdepth", "2", "-name", SITE_CONFIG,
+                    "-type", "f", "-printf", ".")
+#: how long the bench's count may take
+COUNT_TIMEOUT_S = 300
+#: listings taken again while the bench's count changes under them (a site being created)
+DISCOVERY_ATTEMPTS = 3
+
+
+def sites_folder(settings: Any) -> Path:
+    """The platform's sites folder as the worker sees it (``JERP_SITES_DIR``; for the local
+    executor, ``JERP_BENCH_DIR/sites``)."""
+    try:
+        return sites_dir(settings)
+    except ConfigError:
+        raise ConfigError(
+            "JERP_SITES_DIR",
+            "is not set; site discovery reads the platform's sites folder: mount the sites volume in the "
+            "worker and point JERP_SITES_DIR at it",
+        ) from None
+
+
+def count_bench_sites(executor: Any) -> int:
+    """How many site folders the bench itself sees, counted where bench runs (one line of output)."""
+    result = executor.run(list(BENCH_SITE_COUNT), timeout=COUNT_TIMEOUT_S)
+    text = result.output.strip()
+    if not result.ok:
+        raise CommandFailed(f"counting the bench's sites failed (exit {result.exit_code}): {text[-500:]}",
+                            exit_code=result.exit_code, output_tail=result.output)
+    if text.strip("."):
+        raise OutputParseError(f"counting the bench's sites printed more than a count: {text[-500:]!r}")
+    return len(text)
+
+
+def find_sites(settings: Any, executor: Any) -> SiteListing:
+    """Every site of the bench, read from the sites folder and checked against the bench's count.
+
+    The list comes from the folder itself (:func:`jerp_jobs.sites.list_site_folders`), never from
+    a command's output. The bench counts its site folders in its own view, through the executor;
+    when the two numbers differ — the worker sees another folder, an old copy, a folder only
+    partly mounted — nothing is guessed: a :class:`JerpError` names both numbers. A count that
+    changes between two looks (a site created meanwhile) makes the listing be taken again.
+    """
+    folder = sites_folder(settings)
+    seen: list[tuple[int, int, int]] = []
+    for _ in range(DISCOVERY_ATTEMPTS):
+        before = count_bench_sites(executor)
+        listing = list_site_folders(folder)
+        after = count_bench_sites(executor)
+        seen.append((before, listing.candidates, after))
+        if before == after == listing.candidates:
+            return listing
+        if before == after:
+            raise JerpError(
+                f"site discovery disagrees: the sites folder {str(folder)!r} lists {listing.candidates} "
+                f"site folders but the bench counts {after}; refusing to work on a partial list of sites "
+                "(is JERP_SITES_DIR the platform's sites volume?)",
+                listed=listing.candidates, counted=after, folder=str(folder),
+            )
+    shown = "; ".join(f"bench {b} -> {a}, folder {n}" for b, n, a in seen)
+    raise JerpError(
+        f"site discovery disagrees: the bench's sites kept changing while they were listed "
+        f"({DISCOVERY_ATTEMPTS} attempts: {shown}); try again when no site is being created or dropped",
+        listed=seen[-1][1], counted=seen[-1][2], folder=str(folder),
+    )

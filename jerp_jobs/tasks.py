@@ -11,9 +11,16 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from jerp_jobs import runner
+from jerp_jobs.bootstrap import CHILD_DONE_TASK, STEP_TASK, get_runtime
 from jerp_jobs.celery import CONTROL_QUEUE, SITE_QUEUE, app
-from jerp_jobs.errors import JobNotFound, LockBusy
+from jerp_jobs.enqueue import submit
+from jerp_jobs.errors import JerpError, JobNotFound, LockBusy
 from jerp_jobs.log import get_logger
+from jerp_jobs.offsite.s3 import OffsiteStore
+from jerp_jobs.operations.drill import pick_for_rotation
+from jerp_jobs.operations.offsite import list_offsite_sites
+from jerp_jobs.resume import reap_stuck, resume_stalled
 
 log = get_logger(__name__)
 
@@ -23,11 +30,8 @@ WAIT_LIMIT_S = 6 * 3600
 
 
 # The job record is the source of truth: no result is stored for these tasks.
-@app.task(bind=True, name="jerp.step", queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
+@app.task(bind=True, name=STEP_TASK, queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
 def step(self: Any, *, job_id: str, step: str) -> str:
-    from jerp_jobs import runner
-    from jerp_jobs.runtime import get_runtime
-
     rt = get_runtime()
     try:
         result = runner.run_step(rt, job_id, step, worker=self.request.hostname or "?")
@@ -49,38 +53,21 @@ def step(self: Any, *, job_id: str, step: str) -> str:
     return result.outcome
 
 
-@app.task(name="jerp.child_done", queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
+@app.task(name=CHILD_DONE_TASK, queue=CONTROL_QUEUE, acks_late=True, ignore_result=True)
 def child_done(*, parent_id: str, child_id: str) -> str:
-    from jerp_jobs.operations import children
-    from jerp_jobs.runtime import get_runtime
-
-    result = children.child_done(get_runtime(), parent_id, child_id)
+    result = runner.child_done(get_runtime(), parent_id, child_id)
     return result.outcome if result is not None else "recorded"
-
-
-def notify_parent(parent_id: str, child_id: str) -> None:
-    child_done.apply_async(kwargs={"parent_id": parent_id, "child_id": child_id}, queue=CONTROL_QUEUE)
-
-
-def enqueue_step(job_id: str, name: str) -> None:
-    step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE)
 
 
 @app.task(name="jerp.resume", queue=CONTROL_QUEUE)
 def resume() -> int:
     """Publish again the steps whose worker died (see jerp_jobs.resume)."""
-    from jerp_jobs.resume import resume_stalled
-    from jerp_jobs.runtime import get_runtime
-
     return len(resume_stalled(get_runtime()))
 
 
 @app.task(name="jerp.reap", queue=CONTROL_QUEUE)
 def reap() -> int:
     """Fail the jobs stuck past their deadline (see jerp_jobs.resume.reap_stuck)."""
-    from jerp_jobs.resume import reap_stuck
-    from jerp_jobs.runtime import get_runtime
-
     return len(reap_stuck(get_runtime()))
 
 
@@ -89,8 +76,6 @@ def nightly_backup() -> str:
     """Beat: back up every site, with its off-site copy when an off-site store is configured
     (``JERP_S3_BUCKET``; without one, local-only: local retention prunes); a failed site is
     tried once more."""
-    from jerp_jobs.enqueue import submit
-    from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
     params = {"offsite": bool(rt.settings.s3_bucket), "with_files": True, "retries": 1, "site_limit": rt.settings.nightly_site_limit}
@@ -100,11 +85,6 @@ def nightly_backup() -> str:
 @app.task(name="jerp.prune_all", queue=CONTROL_QUEUE)
 def prune_all() -> list[str]:
     """Beat: apply the retention policy to the off-site backups of every site in the bucket."""
-    from jerp_jobs.enqueue import submit
-    from jerp_jobs.errors import JerpError
-    from jerp_jobs.offsite.s3 import OffsiteStore
-    from jerp_jobs.operations.offsite import list_offsite_sites
-    from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
     if not rt.settings.s3_bucket:
@@ -122,9 +102,6 @@ def prune_all() -> list[str]:
 @app.task(name="jerp.drill_rotation", queue=CONTROL_QUEUE)
 def drill_rotation() -> list[str]:
     """Beat: drill the sites drilled longest ago, enough for each to be drilled every quarter."""
-    from jerp_jobs.enqueue import submit
-    from jerp_jobs.operations.drill import pick_for_rotation
-    from jerp_jobs.runtime import get_runtime
 
     rt = get_runtime()
     if not rt.settings.s3_bucket:

@@ -120,7 +120,7 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
             if isinstance(runtime, Runtime):
                 state["rt"] = runtime
             else:
-                from jerp_jobs.runtime import get_runtime
+                from jerp_jobs.bootstrap import get_runtime
 
                 state["rt"] = (runtime or get_runtime)()
         return state["rt"]

@@ -10,7 +10,7 @@ the Celery tasks (``jerp_jobs.tasks``) only carry them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -186,21 +186,33 @@ class Workflow:
         return self.resolve(step).recovery
 
 
-_REGISTRY: dict[str, Workflow] = {}
+class Catalog(Mapping[str, Workflow]):
+    """The job kinds a process knows, built explicitly from the workflows given (no import side
+    effects): ``jerp_jobs.catalog.CATALOG`` lists the built-in ones."""
 
+    def __init__(self, workflows: Sequence[Workflow] = ()) -> None:
+        self._by_kind: dict[str, Workflow] = {}
+        for workflow in workflows:
+            if workflow.kind in self._by_kind:
+                raise ValueError(f"two workflows of kind {workflow.kind!r}")
+            self._by_kind[workflow.kind] = workflow
 
-def register(workflow: Workflow) -> Workflow:
-    _REGISTRY[workflow.kind] = workflow
-    return workflow
+    def __getitem__(self, kind: str) -> Workflow:
+        return self._by_kind[kind]
 
+    def workflow(self, kind: str) -> Workflow:
+        """The workflow of ``kind``; InvalidInput naming the known kinds if there is none."""
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            known = ", ".join(sorted(self._by_kind)) or "none"
+            raise InvalidInput(f"unknown job kind {kind!r}; known: {known}") from None
 
-def get_workflow(kind: str) -> Workflow:
-    import jerp_jobs.operations  # noqa: F401  (registers the built-in workflows)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_kind)
 
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise InvalidInput(f"unknown job kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    def __len__(self) -> int:
+        return len(self._by_kind)
 
 
 def table_resolver(kind: str, table: Mapping[str, StepSpec]) -> Callable[[str], StepSpec]:
@@ -216,12 +228,10 @@ def table_resolver(kind: str, table: Mapping[str, StepSpec]) -> Callable[[str], 
 def simple(kind: str, steps: Sequence[tuple[str, StepSpec]], *, needs_site: bool = True, **extra: Any) -> Workflow:
     """A workflow whose plan is a fixed list of steps."""
     names = [name for name, _ in steps]
-    return register(
-        Workflow(
-            kind=kind,
-            needs_site=needs_site,
-            plan=lambda params: list(names),
-            resolve=table_resolver(kind, dict(steps)),
-            **extra,
-        )
+    return Workflow(
+        kind=kind,
+        needs_site=needs_site,
+        plan=lambda params: list(names),
+        resolve=table_resolver(kind, dict(steps)),
+        **extra,
     )

@@ -10,8 +10,9 @@ import fakeredis
 import pytest
 import redis
 
-from jerp_jobs.executors.fake import FakeExecutor
-from jerp_jobs.runtime import Runtime, build_runtime
+from tests.fake_executor import FakeExecutor
+from jerp_jobs.bootstrap import build_runtime
+from jerp_jobs.runtime import Runtime
 from jerp_jobs.settings import Settings, load_settings
 
 pytest_plugins = ["tests.docker_backend", "tests.e2e_support", "tests.s3_server"]

@@ -23,7 +23,7 @@ SITE = "a.example.com"
 
 @pytest.fixture
 def rt(settings, real_redis: redis.Redis, fake_executor) -> Runtime:
-    from jerp_jobs.runtime import build_runtime
+    from jerp_jobs.bootstrap import build_runtime
 
     return recording(build_runtime(settings, client=real_redis, executor=fake_executor))
 

@@ -79,7 +79,7 @@ def control_worker(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.P
 def _stranded_job(broker: PrivateRedis) -> str:
     """A backup job whose step is running in its record but held by no worker (lost 2 min ago)."""
     from jerp_jobs.enqueue import create_job
-    from jerp_jobs.runtime import build_runtime
+    from jerp_jobs.bootstrap import build_runtime
     from jerp_jobs.settings import load_settings
 
     settings = load_settings(_env_file=None, broker_url=broker.url, executor="local",

@@ -100,8 +100,8 @@ def test_site_named_like_an_app_is_refused_at_enqueue(env: dict[str, str], bench
 
 
 def test_worker_refuses_a_site_named_like_an_app_before_new_site(fake_redis: object) -> None:
-    from jerp_jobs.executors.fake import FakeExecutor
-    from jerp_jobs.runtime import build_runtime
+    from tests.fake_executor import FakeExecutor
+    from jerp_jobs.bootstrap import build_runtime
     from jerp_jobs.settings import load_settings
     from tests.test_runner import cmd
 
@@ -178,7 +178,7 @@ def test_a_job_on_a_root_worker_without_a_bench_user_fails_at_once_naming_the_fi
     """Through the workflow (bench inside its fence), not only a bare ``bench`` argv: the job
     fails at its first command with the fix named, before bench or a lock probe ran."""
     from jerp_jobs.enqueue import submit
-    from jerp_jobs.runtime import build_runtime
+    from jerp_jobs.bootstrap import build_runtime
     from jerp_jobs.settings import load_settings
     from tests.conftest import recording
     from tests.site_folders import make_site_folders

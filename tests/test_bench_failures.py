@@ -10,8 +10,9 @@ import pytest
 from jerp_jobs import bench
 from jerp_jobs.enqueue import create_job
 from jerp_jobs.errors import CommandFailed, CommandTimeout, ForeignLockHeld, NoWorkers, OutputParseError
-from jerp_jobs.executors.fake import FakeExecutor
-from jerp_jobs.runtime import Runtime, build_runtime
+from tests.fake_executor import FakeExecutor
+from jerp_jobs.bootstrap import build_runtime
+from jerp_jobs.runtime import Runtime
 from jerp_jobs.settings import Settings, load_settings
 
 SITE = "acme.example.com"

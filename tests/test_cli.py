@@ -226,7 +226,7 @@ def test_backups_without_an_offsite_store_measure_the_local_backups(run, fake_ru
 
 
 def test_broker_down_exits_3_with_the_password_masked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from jerp_jobs.runtime import get_runtime
+    from jerp_jobs.bootstrap import get_runtime
     from jerp_jobs.settings import get_settings
 
     monkeypatch.setenv("JERP_BROKER_URL", "redis://:S3cret-pw@127.0.0.1:1/0")

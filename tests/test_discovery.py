@@ -22,9 +22,10 @@ from jerp_jobs.enqueue import create_job
 from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError, OutputParseError
 from jerp_jobs.executors.base import CommandResult
 from jerp_jobs.executors.local import LocalExecutor
-from jerp_jobs.operations import children
-from jerp_jobs.operations.common import BENCH_SITE_COUNT, find_sites
-from jerp_jobs.runtime import Runtime, build_runtime
+from jerp_jobs.runner import child_done
+from jerp_jobs.sites import BENCH_SITE_COUNT, find_sites
+from jerp_jobs.bootstrap import build_runtime
+from jerp_jobs.runtime import Runtime
 from jerp_jobs.settings import load_settings
 from jerp_jobs.sites import list_site_folders
 from tests.conftest import MARIADB_PORT, recording
@@ -66,7 +67,7 @@ def drive(rt: Runtime, *, child_state: str = "succeeded", until: int = 1_000_000
                 runner.run_step(rt, job_id, step, worker="w1")
         elif rt.notified:  # type: ignore[attr-defined]
             parent, child = rt.notified.pop(0)  # type: ignore[attr-defined]
-            children.child_done(rt, parent, child)
+            child_done(rt, parent, child)
         else:
             return started
     raise AssertionError("the jobs did not settle")

@@ -95,7 +95,7 @@ def test_celery_and_the_webhook_read_settings_through_the_env_file(tmp_path: Pat
     code = (
         "from jerp_jobs.celery import app\n"
         "print(app.conf.broker_url)\n"
-        "from jerp_jobs.runtime import get_runtime\n"
+        "from jerp_jobs.bootstrap import get_runtime\n"
         "print(get_runtime().settings.webhook_max_body)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(),

@@ -17,7 +17,7 @@ from jerp_jobs import runner
 from jerp_jobs.cli import Ctx, cli
 from jerp_jobs.enqueue import create_job
 from jerp_jobs.jobs import Job
-from jerp_jobs.operations import children, fanout
+from jerp_jobs.operations import fanout
 from jerp_jobs.runtime import Runtime
 
 SITES = [f"s{i}.example.com" for i in range(6)]
@@ -49,7 +49,7 @@ def drive(rt: Runtime, outcome: Outcome, *, until: int = 100_000, on_end: Callab
         elif rt.notified:  # type: ignore[attr-defined]
             parent, child = rt.notified.pop(0)  # type: ignore[attr-defined]
             if not drop(child):
-                children.child_done(rt, parent, child)
+                runner.child_done(rt, parent, child)
                 if on_end is not None:
                     on_end(child)
         else:
@@ -206,7 +206,7 @@ def test_a_child_end_told_twice_counts_once(fake_runtime: Runtime) -> None:
     job = _start(rt, "backup-all", concurrency=2)
 
     def twice(child_id: str) -> None:
-        children.child_done(rt, job.id, child_id)
+        runner.child_done(rt, job.id, child_id)
 
     drive(rt, _always("succeeded"), on_end=twice)
     done = rt.store.get(job.id)

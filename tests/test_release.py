@@ -23,7 +23,7 @@ from jerp_jobs.errors import (
     RolloutTimeout,
     SmokeFailed,
 )
-from jerp_jobs.operations import children
+from jerp_jobs.runner import child_done
 from jerp_jobs.operations.release import BAD, GOOD, Declined, Requested, list_releases, request_release
 from jerp_jobs.runtime import Runtime
 
@@ -99,7 +99,7 @@ def pump(rt: Runtime, platform: FakePlatform, *, migrate_fails_on: set[str] = fr
     for _ in range(until):
         if rt.notified:
             parent, child = rt.notified.pop(0)
-            children.child_done(rt, parent, child)
+            child_done(rt, parent, child)
             continue
         if not rt.dispatched:
             return waited

@@ -209,7 +209,7 @@ def test_bench_wide_step_of_a_site_job_runs_in_the_bench_fence(fake_runtime: Run
 
 def test_transient_failure_is_retried_with_backoff_then_fails_when_attempts_run_out(fake_runtime: Runtime) -> None:
     from jerp_jobs.errors import TransientError
-    from jerp_jobs.workflow import StepSpec, simple
+    from jerp_jobs.workflow import Catalog, StepSpec, simple
 
     calls: list[int] = []
 
@@ -217,7 +217,8 @@ def test_transient_failure_is_retried_with_backoff_then_fails_when_attempts_run_
         calls.append(1)
         raise TransientError("store unreachable")
 
-    simple("test-flaky", [("flaky", StepSpec(flaky, retries=2))], needs_site=False)
+    flaky_kind = simple("test-flaky", [("flaky", StepSpec(flaky, retries=2))], needs_site=False)
+    fake_runtime.workflows = Catalog([*fake_runtime.workflows.values(), flaky_kind])
     job = create_job(fake_runtime, "test-flaky")
     first = runner.run_step(fake_runtime, job.id, "flaky", worker="w1")
     second = runner.run_step(fake_runtime, job.id, "flaky", worker="w1")
@@ -261,7 +262,7 @@ def test_cancel_of_a_job_without_a_safe_path_just_ends_it(fake_runtime: Runtime)
 def test_a_cancelled_provision_says_what_its_recovery_did(settings, fake_redis, fake_executor, made: bool) -> None:
     """A provision cancelled after new-site drops the half-made site: its final message says so
     (a provision has no site to leave online)."""
-    from jerp_jobs.runtime import build_runtime
+    from jerp_jobs.bootstrap import build_runtime
     from tests.conftest import recording
 
     settings = settings.model_copy(update={"mariadb_root_password": SecretStr("root-Secret-1"),

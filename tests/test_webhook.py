@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 
 from jerp_jobs.cli import Ctx, cli
 from jerp_jobs.operations.release import ACTIVE, list_releases
-from jerp_jobs.runtime import Runtime, build_runtime
+from jerp_jobs.bootstrap import build_runtime
+from jerp_jobs.runtime import Runtime
 from jerp_jobs.settings import load_settings
 from jerp_jobs.webhook import create_app, recent_deliveries
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from jerp_jobs.runtime import build_runtime
+from jerp_jobs.bootstrap import build_runtime
 from jerp_jobs.settings import load_settings
 from jerp_jobs.webhook import create_app
 
@@ -16,7 +16,7 @@ from jerp_jobs.webhook import create_app
 def _app():
     import fakeredis
 
-    from jerp_jobs.executors.fake import FakeExecutor
+    from tests.fake_executor import FakeExecutor
 
     config = load_settings(
         _env_file=None, broker_url="redis://127.0.0.1:1/0", executor="local", bench_dir=Path("/nonexistent"),

@@ -66,12 +66,4 @@ def offsite_stamp(manifest: dict[str, Any]) -> str:
     return str(manifest.get("utc_timestamp") or manifest["timestamp"])
 
 
-def __getattr__(name: str) -> Any:
-    if name == "OffsiteStore":
-        from jerp_jobs.offsite.s3 import OffsiteStore
-
-        return OffsiteStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["offsite_stamp", "BackupNotFound", "ChecksumMismatch", "DecryptionFailed", "OffsiteError", "OffsiteStore"]
+__all__ = ["offsite_stamp", "BackupNotFound", "ChecksumMismatch", "DecryptionFailed", "OffsiteError"]

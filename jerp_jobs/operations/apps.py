@@ -48,7 +48,7 @@ from jerp_jobs.operations.common import (
     scheduler_resume,
 )
 from jerp_jobs.operations.restore import manifest_files, restore_verified, verify_backup_files
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
 #: the steps that run before the site's database is changed: a failure there only brings it back
 BEFORE_CHANGE = ("maintenance-on", "scheduler-pause", "backup")
@@ -218,17 +218,20 @@ def _apps_txt(root: Any) -> set[str]:
 #: what install-app (and install-app-all, for its children) accepts
 validate_install_app = _validate("install-app")
 
-for _kind, _fn in (("install-app", install), ("uninstall-app", uninstall)):
-    _table = _steps(_kind, _fn)
-    register(
-        Workflow(
-            kind=_kind,
-            needs_site=True,
-            plan=lambda params, _table=_table: list(_table),
-            resolve=table_resolver(_kind, _table),
-            validate=_validate(_kind),
-            on_failure=_on_failure,
-            on_cancel=_on_cancel,
-            final_state=_final_state,
-        )
+
+def _app_workflow(kind: str, fn: Any) -> Workflow:
+    table = _steps(kind, fn)
+    return Workflow(
+        kind=kind,
+        needs_site=True,
+        plan=lambda params: list(table),
+        resolve=table_resolver(kind, table),
+        validate=_validate(kind),
+        on_failure=_on_failure,
+        on_cancel=_on_cancel,
+        final_state=_final_state,
     )
+
+
+INSTALL_APP = _app_workflow("install-app", install)
+UNINSTALL_APP = _app_workflow("uninstall-app", uninstall)

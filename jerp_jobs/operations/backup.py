@@ -272,7 +272,7 @@ def notify_if_failed(rt: Runtime, job: Job) -> None:
         rt.notify(*backup_failed(job))
 
 
-simple(
+BACKUP = simple(
     "backup",
     [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(upload, retries=3)), ("prune-local", StepSpec(prune_local))],
     on_end=notify_if_failed,

@@ -17,13 +17,12 @@ import time
 from typing import Any
 
 from jerp_jobs import bench
-from jerp_jobs.dumpstats import compare_stats, dump_stats
-from jerp_jobs.errors import CommandFailed
 from jerp_jobs.jobs import Job
 from jerp_jobs.operations.common import site_exists
-from jerp_jobs.operations.offsite import fetch_offsite, sites_dir
+from jerp_jobs.operations.offsite import fetch_offsite, offsite_sites
+from jerp_jobs.operations.restore import check_restored, verify_backup_files
 from jerp_jobs.sites import db_name_for
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
 DRILLS = "jerp:drills"
 
@@ -50,8 +49,6 @@ def fetch(ctx: StepContext) -> None:
 
 
 def restore(ctx: StepContext) -> None:
-    from jerp_jobs.operations.restore import verify_backup_files
-
     scratch = scratch_name(ctx.job.id)
     fetched = ctx.job.result["fetched"]
     files = fetched["files"]
@@ -69,27 +66,6 @@ def restore(ctx: StepContext) -> None:
 
 def verify(ctx: StepContext) -> None:
     check_restored(ctx, scratch_name(ctx.job.id), ctx.job.result["fetched"].get("stats"))
-
-
-def check_restored(ctx: StepContext, site: str, expected: dict[str, int] | None) -> None:
-    """A restored site holds what its backup's manifest says (every table and its row count, from
-    a fresh dump of it) and answers ``frappe.ping``; CommandFailed naming the differences if not.
-    The fresh dump is removed again."""
-    summary = bench.parse_backup_summary(
-        ctx.run(bench.backup(site, with_files=False, bench=ctx.bench), fence=site).output, site
-    )
-    database = summary.artifact("database")
-    assert database is not None
-    dump = sites_dir(ctx.settings) / database.path.removeprefix("./")
-    actual = dump_stats(dump)
-    ctx.run(["rm", "-f", "--", *("sites/" + a.path.removeprefix("./") for a in summary.artifacts)], fence=site)
-    problems = compare_stats(expected, actual) if expected is not None else ["the manifest has no statistics"]
-    pong = ctx.run(bench.ping(site, bench=ctx.bench), fence=site, check=False)
-    if not pong.ok or "pong" not in pong.output:
-        problems.append(f"frappe.ping did not answer pong (exit {pong.exit_code})")
-    ctx.record(verified={"tables": len(actual), "rows": sum(actual.values()), "problems": problems})
-    if problems:
-        raise CommandFailed("restored copy differs: " + "; ".join(problems[:10]), exit_code=1)
 
 
 def drop_scratch(ctx: StepContext) -> str | None:
@@ -129,8 +105,6 @@ def pick_for_rotation(rt: Any) -> list[str]:
     """The sites to drill this run: those with an off-site copy, drilled longest ago (never
     drilled first), ``ceil(sites / JERP_DRILL_RUNS_PER_QUARTER)`` of them, so that with one
     run a week every site is drilled at least once a quarter."""
-    from jerp_jobs.operations.offsite import offsite_sites
-
     sites = offsite_sites(rt.redis)
     drills = last_drills(rt.redis)
     per_run = -(-len(sites) // rt.settings.drill_runs_per_quarter)
@@ -152,13 +126,11 @@ def _on_failure(job: Job, step: str) -> str | None:
     return None if step == "cleanup" else "cleanup"
 
 
-register(
-    Workflow(
-        kind="drill",
-        needs_site=True,
-        plan=lambda params: list(STEPS),
-        resolve=table_resolver("drill", STEPS),
-        on_failure=_on_failure,
-        on_cancel=lambda job, step: None if step is None else "cleanup",
-    )
+DRILL = Workflow(
+    kind="drill",
+    needs_site=True,
+    plan=lambda params: list(STEPS),
+    resolve=table_resolver("drill", STEPS),
+    on_failure=_on_failure,
+    on_cancel=lambda job, step: None if step is None else "cleanup",
 )

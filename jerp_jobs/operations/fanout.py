@@ -2,7 +2,7 @@
 
 A parent job discovers the sites — every folder of the platform's sites folder with a
 ``site_config.json``, read from the folder itself and checked against the bench's own count
-(``jerp_jobs.operations.common.find_sites``: a mismatch fails the discover step, naming both
+(``jerp_jobs.sites.find_sites``: a mismatch fails the discover step, naming both
 numbers) — records how many it found (``result.site_count``, ``result.discovered``), and starts one child job per site
 — a full ``migrate`` or ``backup`` workflow, each tracked on its own — never more than
 ``concurrency`` at once. No worker waits for the children: the parent's step returns
@@ -42,7 +42,7 @@ from jerp_jobs.operations.backup import notify_if_failed
 from jerp_jobs.operations.common import discover_sites
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
-from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, table_resolver
 
 log = get_logger(__name__)
 
@@ -539,12 +539,12 @@ def _publish_at_end(then: Any = None) -> Any:
 
 def _fanout(kind: str, table: dict[str, StepSpec], validate: Any, on_end: Any = None, **extra: Any) -> Workflow:
     """A fan-out workflow: its fixed steps, its children's ends settled by :func:`on_child_done`."""
-    return register(Workflow(kind=kind, needs_site=False, plan=lambda params: list(table),
-                             resolve=table_resolver(kind, table), validate=validate, on_child_done=on_child_done,
-                             reconcile=reconcile, on_end=_publish_at_end(on_end), **extra))
+    return Workflow(kind=kind, needs_site=False, plan=lambda params: list(table),
+                    resolve=table_resolver(kind, table), validate=validate, on_child_done=on_child_done,
+                    reconcile=reconcile, on_end=_publish_at_end(on_end), **extra)
 
 
-_fanout("migrate-all", MIGRATE_ALL, _validate, on_failure=_migrate_all_on_failure)
-_fanout("backup-all", BACKUP_ALL, _validate, on_end=notify_if_failed)
-_fanout("install-app-all", INSTALL_APP_ALL, _validate_install_all)
-_fanout("restore-all", RESTORE_ALL, _validate_restore_all)
+MIGRATE_ALL_WORKFLOW = _fanout("migrate-all", MIGRATE_ALL, _validate, on_failure=_migrate_all_on_failure)
+BACKUP_ALL_WORKFLOW = _fanout("backup-all", BACKUP_ALL, _validate, on_end=notify_if_failed)
+INSTALL_APP_ALL_WORKFLOW = _fanout("install-app-all", INSTALL_APP_ALL, _validate_install_all)
+RESTORE_ALL_WORKFLOW = _fanout("restore-all", RESTORE_ALL, _validate_restore_all)

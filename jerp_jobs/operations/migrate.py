@@ -67,7 +67,7 @@ from jerp_jobs.operations.common import (
     wait_for_frappe_lock,
 )
 from jerp_jobs.operations.restore import manifest_files, restore_verified, verify_backup_files
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
 log = get_logger(__name__)
 
@@ -287,15 +287,13 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
     return out
 
 
-register(
-    Workflow(
-        kind="migrate",
-        needs_site=True,
-        plan=lambda params: [name for name in STEPS if name != "build-assets" or params.get("build_assets", True)],
-        resolve=table_resolver("migrate", STEPS),
-        validate=_validate,
-        on_failure=_on_failure,
-        on_cancel=_on_cancel,
-        final_state=_final_state,
-    )
+MIGRATE = Workflow(
+    kind="migrate",
+    needs_site=True,
+    plan=lambda params: [name for name in STEPS if name != "build-assets" or params.get("build_assets", True)],
+    resolve=table_resolver("migrate", STEPS),
+    validate=_validate,
+    on_failure=_on_failure,
+    on_cancel=_on_cancel,
+    final_state=_final_state,
 )

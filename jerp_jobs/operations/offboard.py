@@ -54,7 +54,7 @@ from jerp_jobs.operations.common import (
 from jerp_jobs.operations.drill import DRILLS
 from jerp_jobs.operations.offsite import store_for, upload
 from jerp_jobs.sitestate import ATTENTION
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
 log = get_logger(__name__)
 
@@ -293,17 +293,15 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
     return {"dry_run": True} if dry_run else {"confirm": True, "offsite": True}
 
 
-register(
-    Workflow(
-        kind=KIND,
-        needs_site=True,
-        plan=_plan,
-        resolve=table_resolver(KIND, STEPS),
-        validate=_validate,
-        on_failure=_on_failure,
-        on_cancel=_on_cancel,
-        cancel_outcome=lambda job: ("the site was left online" if all(s.name != "drop-site" or s.state != "success"
-                                                                      for s in job.steps)
-                                    else "the offboarding was finished"),
-    )
+OFFBOARD = Workflow(
+    kind=KIND,
+    needs_site=True,
+    plan=_plan,
+    resolve=table_resolver(KIND, STEPS),
+    validate=_validate,
+    on_failure=_on_failure,
+    on_cancel=_on_cancel,
+    cancel_outcome=lambda job: ("the site was left online" if all(s.name != "drop-site" or s.state != "success"
+                                                                  for s in job.steps)
+                                else "the offboarding was finished"),
 )

@@ -27,23 +27,12 @@ from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE
 from jerp_jobs.log import get_logger
 from jerp_jobs.manifests import artifact, confirm_recorded, manifest_key, read_side, seal, write_side
+from jerp_jobs.sites import sites_dir
 from jerp_jobs.offsite import offsite_stamp
 from jerp_jobs.workflow import StepContext, StepSpec, simple
 
 log = get_logger(__name__)
 
-BACKUP_NAME_PREFIX_LEN = len("YYYYMMDD_HHMMSS")
-
-
-def sites_dir(settings: Any) -> Path:
-    if settings.sites_dir is not None:
-        return Path(settings.sites_dir)
-    if settings.executor == "local" and settings.bench_dir is not None:
-        return Path(settings.bench_dir) / "sites"
-    raise ConfigError(
-        "JERP_SITES_DIR",
-        "is not set; the worker needs the platform's sites volume mounted to copy backups off-site",
-    )
 
 
 def store_for(ctx: StepContext) -> Any:
@@ -142,8 +131,8 @@ def prune_local(ctx: StepContext) -> str | None:
     folder = sites_dir(ctx.settings) / ctx.site / "private" / "backups"
     sets: dict[str, list[Path]] = {}
     for path in folder.iterdir() if folder.is_dir() else []:
-        stamp = path.name[:BACKUP_NAME_PREFIX_LEN]
-        if path.is_file() and _is_timestamp(stamp):
+        stamp = path.name[:bench.STAMP_LEN]
+        if path.is_file() and bench.is_stamp(stamp):
             sets.setdefault(stamp, []).append(path)
     doomed = [stamp for stamp in sorted(sets, reverse=True)[keep:] if stamp in safe]
     paths = [f"sites/{ctx.site}/private/backups/{p.name}" for stamp in doomed for p in sorted(sets[stamp])]
@@ -176,14 +165,6 @@ def _forget_local(ctx: StepContext, stamps: set[str]) -> None:
             continue
         if stamp in stamps:
             ctx.runtime.redis.zrem(key, raw)
-
-
-def _is_timestamp(text: str) -> bool:
-    try:
-        datetime.strptime(text, "%Y%m%d_%H%M%S")
-    except ValueError:
-        return False
-    return True
 
 
 def backup_time(stamp: str) -> datetime:
@@ -265,7 +246,7 @@ def rescan(ctx: StepContext) -> None:
         added = 0
         for side in sorted(backups.glob("*" + SIDE_SUFFIX)):
             stamp = side.name[: -len(SIDE_SUFFIX)]
-            if stamp in known or not _is_timestamp(stamp):
+            if stamp in known or not bench.is_stamp(stamp):
                 continue
             manifest = read_side(root, site, stamp)
             if manifest is None or not all((root / a["path"]).is_file() for a in manifest["artifacts"]):
@@ -279,7 +260,7 @@ def rescan(ctx: StepContext) -> None:
                       f"{sum(v.get('local_added', 0) for v in found.values())} local backups added")
 
 
-simple("rescan", [("rescan", StepSpec(rescan))], needs_site=False)
+RESCAN = simple("rescan", [("rescan", StepSpec(rescan))], needs_site=False)
 
 
 def _prune_held(ctx: StepContext, store: Any, hold: dict[str, Any]) -> None:
@@ -309,7 +290,7 @@ def _prune_held(ctx: StepContext, store: Any, hold: dict[str, Any]) -> None:
     ctx.record(legal_hold={**hold, "expired": expired}, deleted=deleted)
 
 
-simple("prune", [("prune-offsite", StepSpec(prune_offsite))])
+PRUNE = simple("prune", [("prune-offsite", StepSpec(prune_offsite))])
 
 
 # -- restore from off-site ------------------------------------------------------------------------
@@ -333,7 +314,7 @@ def normalise_at(at: str) -> str:
     time, UTC unless it carries its own offset (``Z``, ``+14:00``, ``-10:00``), which is then
     converted to UTC."""
     text = at.strip() if isinstance(at, str) else ""
-    if _is_timestamp(text):
+    if bench.is_stamp(text):
         return text
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))

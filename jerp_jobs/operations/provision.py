@@ -19,7 +19,7 @@ from jerp_jobs.jobs import Job
 from jerp_jobs.operations.backup import take_backup
 from jerp_jobs.operations.common import bench_apps, mark_attention, scheduler_enable, site_exists
 from jerp_jobs.sites import APP_NAMES, db_name_for, refuse_app_name
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow
 
 APP_STEP = "install-app:"
 
@@ -134,15 +134,13 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
     return {**params, "apps": list(dict.fromkeys(a for a in apps if a != "frappe"))}
 
 
-register(
-    Workflow(
-        kind="provision",
-        needs_site=True,
-        plan=_plan,
-        resolve=_resolve,
-        on_failure=_on_failure,
-        on_cancel=lambda job, step: None if step in (None, "check-new") else "drop-site",
-        cancel_outcome=_cancel_outcome,
-        validate=_validate,
-    )
+PROVISION = Workflow(
+    kind="provision",
+    needs_site=True,
+    plan=_plan,
+    resolve=_resolve,
+    on_failure=_on_failure,
+    on_cancel=lambda job, step: None if step in (None, "check-new") else "drop-site",
+    cancel_outcome=_cancel_outcome,
+    validate=_validate,
 )

@@ -39,7 +39,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from jerp_jobs.errors import (
     BrokerUnavailable,
@@ -54,18 +54,17 @@ from jerp_jobs.errors import (
 from jerp_jobs.hooks import format_time, validate_tag
 from jerp_jobs.jobs import Job, as_text
 from jerp_jobs.log import get_logger
+from jerp_jobs.platform import Platform
 from jerp_jobs.workflow import (
     WAITING,
     StepContext,
     StepSpec,
     Workflow,
-    register,
     table_resolver,
 )
 
 if TYPE_CHECKING:
     from jerp_jobs.runtime import Runtime
-    from jerp_jobs.settings import Settings
 
 log = get_logger(__name__)
 
@@ -87,91 +86,8 @@ _FREE_SLOT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('d
 
 
 
-# -- the platform as a release sees it ----------------------------------------------------------
-
-
-class SmokeResult(Protocol):
-    @property
-    def ok(self) -> bool: ...
-
-    def summary(self) -> str: ...
-
-    def as_dict(self) -> dict[str, Any]: ...
-
-
-class Platform(Protocol):
-    """What a release does to the platform; :class:`DockerPlatform` is the real one."""
-
-    def running_tag(self) -> str | None: ...
-
-    def deploy(self, tag: str) -> str: ...
-
-    def wait_rollout(self, tag: str, *, since: float, deadline_s: float) -> str: ...
-
-    def ping(self, site: str) -> None: ...
-
-    def smoke(self, site: str) -> SmokeResult: ...
-
-
-@dataclass
-class DockerPlatform:
-    """The platform stack on the Docker Engine (through the socket proxy in the jobs stack):
-    Portainer's stack webhook or the Docker API to deploy, the containers to confirm, the
-    frontend to ping and smoke-test."""
-
-    settings: Settings
-    client: Any = None
-
-    def _client(self) -> Any:
-        if self.client is None:
-            import docker
-
-            self.client = docker.from_env(timeout=60)
-        return self.client
-
-    @property
-    def repository(self) -> str:
-        if not self.settings.release_image:
-            from jerp_jobs.errors import ConfigError
-
-            raise ConfigError("JERP_RELEASE_IMAGE", "is not set; releases need the platform image (registry/name)")
-        return self.settings.release_image
-
-    def running_tag(self) -> str | None:
-        from jerp_jobs.deploy import running_tag
-
-        return running_tag(self._client(), self.settings.compose_project, self.settings.backend_service,
-                           self.repository)
-
-    def deploy(self, tag: str) -> str:
-        from jerp_jobs.deploy import deployer_from_settings
-
-        _ = self.repository
-        return deployer_from_settings(self.settings, self._client()).deploy(tag)
-
-    def wait_rollout(self, tag: str, *, since: float, deadline_s: float) -> str:
-        from jerp_jobs.deploy import wait_rollout
-
-        seen = wait_rollout(self._client(), project=self.settings.compose_project,
-                            service=self.settings.backend_service, image_ref=f"{self.repository}:{tag}",
-                            deadline_s=deadline_s, since=since)
-        return f"{self.settings.backend_service} runs {self.repository}:{tag} in {len(seen)} container(s)"
-
-    def ping(self, site: str) -> None:
-        from jerp_jobs.smoke import ping
-
-        ping(site, base_url=self.settings.frontend_url, timeout=min(10.0, self.settings.smoke_timeout))
-
-    def smoke(self, site: str) -> SmokeResult:
-        from jerp_jobs.smoke import smoke_site
-
-        password = self.settings.secret("smoke_password") if self.settings.smoke_password else None
-        return smoke_site(site, base_url=self.settings.frontend_url, user=self.settings.smoke_user,
-                          password=password, timeout=self.settings.smoke_timeout)
-
-
 def _platform(rt: Runtime) -> Platform:
-    return rt.platform  # type: ignore[no-any-return]
+    return rt.platform
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -754,21 +670,19 @@ STEPS: dict[str, StepSpec] = {
     "rollback-finish": StepSpec(rollback_finish, scope="bench", recovery=True, last=True),
 }
 
-register(
-    Workflow(
-        kind=KIND,
-        needs_site=False,
-        plan=lambda params: list(STEPS),
-        resolve=table_resolver(KIND, STEPS),
-        on_failure=_on_failure,
-        on_cancel=_on_cancel,
-        final_state=_final_state,
-        admit=admit,
-        on_end=on_end,
-        on_child_done=on_child_done,
-        reconcile=reconcile,
-        validate=_validate,
-    )
+RELEASE = Workflow(
+    kind=KIND,
+    needs_site=False,
+    plan=lambda params: list(STEPS),
+    resolve=table_resolver(KIND, STEPS),
+    on_failure=_on_failure,
+    on_cancel=_on_cancel,
+    final_state=_final_state,
+    admit=admit,
+    on_end=on_end,
+    on_child_done=on_child_done,
+    reconcile=reconcile,
+    validate=_validate,
 )
 
 

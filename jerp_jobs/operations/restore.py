@@ -45,18 +45,23 @@ from jerp_jobs.backupfiles import (
     sites_root,
     stage,
 )
+from jerp_jobs.dumpstats import compare_stats, dump_stats
 from jerp_jobs.errors import CommandFailed, InvalidInput
 from jerp_jobs.jobs import Job
-from jerp_jobs.manifests import ManifestAltered, artifact, manifest_key, read_side, signature, timestamp_of, trusted_manifest
+from jerp_jobs.manifests import ManifestAltered, artifact, manifest_key, read_side, signature, trusted_manifest
 from jerp_jobs.operations.backup import local_manifests, take_backup
 from jerp_jobs.operations.common import (
+    bench_apps,
     clear_cache,
     maintenance_off,
     maintenance_on,
     mark_attention,
     refuse_missing_site,
+    site_exists,
 )
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, register, table_resolver
+from jerp_jobs.operations.offsite import choose_backup, fetch_offsite, normalise_at, store_for
+from jerp_jobs.sites import db_name_for, sites_dir
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
 BENCH_ROOT = "/home/frappe/frappe-bench/"
 #: File archives: only what Frappe's ``extract_files`` extracts (``.tar``, ``.tgz``).
@@ -124,8 +129,6 @@ def validate_restore(site: str | None, params: dict[str, Any], settings: Any) ->
         if any(params.get(name) for name in FILE_PARAMS):
             raise InvalidInput("--from-offsite takes no backup file: it restores the off-site copy")
         if params.get("at"):
-            from jerp_jobs.operations.offsite import normalise_at
-
             out["at"] = normalise_at(params["at"])
         return out
     if params.get("at"):
@@ -228,7 +231,7 @@ def _expected_sha(
         want = expected.get(name)
         if unverified:
             return want, "off-site manifest"
-        stamp = timestamp_of(rel.rsplit("/", 1)[-1])
+        stamp = bench.stamp_of(rel.rsplit("/", 1)[-1])
         side = read_side(root, folder_site, stamp) if stamp else None
         entry = artifact(side, rel) if side else None
         if entry is None:
@@ -294,7 +297,6 @@ def _requested(ctx: StepContext) -> dict[str, str]:
 def fetch(ctx: StepContext) -> str | None:
     if not ctx.params.get("from_offsite"):
         return "skipped"
-    from jerp_jobs.operations.offsite import fetch_offsite
 
     ctx.settings.secret("mariadb_root_password")  # fail before a long download
     refuse_missing_site(ctx)
@@ -314,9 +316,6 @@ def create_site(ctx: StepContext) -> str | None:
     """``--create`` (disaster recovery on a new host, restore-all): a site that is not on the bench
     is made empty first — after checking that every app of its backup is in the bench — so the
     restore has a site to restore into. An existing site is left to the normal restore."""
-    from jerp_jobs.operations.common import bench_apps, site_exists
-    from jerp_jobs.operations.offsite import choose_backup, store_for
-    from jerp_jobs.sites import db_name_for
 
     if ctx.job.result.get("created_site") is None and site_exists(ctx, ctx.site):
         ctx.record(created_site=False)
@@ -346,7 +345,6 @@ def create_site(ctx: StepContext) -> str | None:
 def drop_created_site(ctx: StepContext) -> str | None:
     """A site this job created and could not restore is dropped again: no empty site is left
     where a customer's site should be."""
-    from jerp_jobs.operations.common import site_exists
 
     if site_exists(ctx, ctx.site):
         call = bench.drop_site(ctx.site, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
@@ -356,13 +354,32 @@ def drop_created_site(ctx: StepContext) -> str | None:
     return None
 
 
+def check_restored(ctx: StepContext, site: str, expected: dict[str, int] | None) -> None:
+    """A restored site holds what its backup's manifest says (every table and its row count, from
+    a fresh dump of it) and answers ``frappe.ping``; CommandFailed naming the differences if not.
+    The fresh dump is removed again."""
+    summary = bench.parse_backup_summary(
+        ctx.run(bench.backup(site, with_files=False, bench=ctx.bench), fence=site).output, site
+    )
+    database = summary.artifact("database")
+    assert database is not None
+    dump = sites_dir(ctx.settings) / database.path.removeprefix("./")
+    actual = dump_stats(dump)
+    ctx.run(["rm", "-f", "--", *("sites/" + a.path.removeprefix("./") for a in summary.artifacts)], fence=site)
+    problems = compare_stats(expected, actual) if expected is not None else ["the manifest has no statistics"]
+    pong = ctx.run(bench.ping(site, bench=ctx.bench), fence=site, check=False)
+    if not pong.ok or "pong" not in pong.output:
+        problems.append(f"frappe.ping did not answer pong (exit {pong.exit_code})")
+    ctx.record(verified={"tables": len(actual), "rows": sum(actual.values()), "problems": problems})
+    if problems:
+        raise CommandFailed("restored copy differs: " + "; ".join(problems[:10]), exit_code=1)
+
+
 def verify_restored(ctx: StepContext) -> str | None:
     """``--verify``: the drill's checks on the restored site — every table and its row count
     against the backup's manifest, and ``frappe.ping`` — before it migrates."""
     if not ctx.params.get("verify"):
         return "skipped"
-    from jerp_jobs.operations.drill import check_restored
-
     check_restored(ctx, ctx.site, ctx.job.result["fetched"].get("stats"))
     return None
 
@@ -491,15 +508,13 @@ def _final_state(job: Job) -> str:
     return "failed"
 
 
-register(
-    Workflow(
-        kind="restore",
-        needs_site=True,
-        plan=_plan,
-        resolve=table_resolver("restore", STEPS),
-        on_failure=_on_failure,
-        on_cancel=_on_cancel,
-        final_state=_final_state,
-        validate=validate_restore,
-    )
+RESTORE = Workflow(
+    kind="restore",
+    needs_site=True,
+    plan=_plan,
+    resolve=table_resolver("restore", STEPS),
+    on_failure=_on_failure,
+    on_cancel=_on_cancel,
+    final_state=_final_state,
+    validate=validate_restore,
 )

@@ -17,7 +17,7 @@ real executors check them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from jerp_jobs.executors._argv import check_argv, check_holders_of, check_stdin, check_timeout, describe_argv
