@@ -441,11 +441,24 @@ def _report(obj: Ctx, job: Any, *, wait: bool) -> None:
         sys.exit(_exit_for(final.state))
 
 
+def _read_job(obj: Ctx, job_id: str, *, live: bool = True) -> Any:
+    """The job's record; a fan-out's result carries its live per-site map (``sites``, ``counts``,
+    ``order``), which its record gets only when it ends."""
+    job = obj.rt.store.get(job_id)
+    if live and job.kind.endswith("-all"):
+        from jerp_jobs.operations.fanout import progress
+
+        current = progress(obj.rt.redis, job.id)
+        if current is not None:
+            job.result.update(current)
+    return job
+
+
 def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
     """Print each step as it changes state until the job ends; returns the final job."""
     seen: dict[str, str] = {}
     while True:
-        job = obj.rt.store.get(job_id)
+        job = _read_job(obj, job_id, live=False)
         if not obj.as_json:
             for step in job.steps:
                 if seen.get(step.name) != step.state:
@@ -453,6 +466,7 @@ def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
                     if step.state != "pending":
                         click.echo(f"  {step.name:<28} {_state(step.state)}{_duration(step)}", err=True)
         if job.finished:
+            job = _read_job(obj, job_id)
             if not obj.as_json:
                 click.echo(f"job {job.id} {_state(job.state)}" + (f": {job.error}" if job.error else ""), err=True)
             return job
@@ -509,7 +523,7 @@ def jobs(obj: Ctx, site: str | None, state: str | None, limit: int) -> None:
 @_guard
 def status(obj: Ctx, job_id: str) -> None:
     """A job with its steps; the output tail of a failed step."""
-    job = obj.rt.store.get(job_id)
+    job = _read_job(obj, job_id)
     if obj.as_json:
         click.echo(json.dumps(job.to_dict(), sort_keys=True))
         return

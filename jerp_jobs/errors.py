@@ -27,6 +27,7 @@ status or a failed step, never into a traceback for an operator to read.
     ├── SmokeFailed            a site failed its smoke checks (names the checks)
     ├── StoreError             the job store (Redis) misbehaved
     │   ├── JobNotFound
+    │   ├── PartialRecord      a job's hash lacks a required field (names the job and fields)
     │   └── BrokerUnavailable
     ├── LockError
     │   ├── LockBusy           someone else holds it (names the holder's job)
@@ -176,6 +177,19 @@ class JobNotFound(StoreError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job {job_id!r} (unknown id, or expired)", job_id=job_id)
         self.job_id = job_id
+
+
+class PartialRecord(StoreError):
+    """A job's hash lacks fields every job record has (written to after it expired, or by hand)."""
+
+    def __init__(self, job_id: str, missing: list[str]) -> None:
+        super().__init__(
+            f"job {job_id} has a partial record: it lacks {', '.join(missing)} (expired and written to "
+            f"again, or changed by hand); read it with: redis-cli HGETALL jerp:job:{job_id}",
+            job_id=job_id, missing=missing,
+        )
+        self.job_id = job_id
+        self.missing = missing
 
 
 class BrokerUnavailable(StoreError):

@@ -32,8 +32,10 @@ from typing import Any
 
 import redis
 
-from jerp_jobs.errors import InvalidInput, JobNotFound, StoreError
-from jerp_jobs.log import redactor
+from jerp_jobs.errors import InvalidInput, JobNotFound, PartialRecord, StoreError
+from jerp_jobs.log import get_logger, redactor
+
+log = get_logger(__name__)
 
 PREFIX = "jerp:"
 
@@ -66,6 +68,9 @@ JOB_STATES = tuple(JobState)
 FINAL_JOB_STATES = frozenset(JobState) - {JobState.QUEUED, JobState.RUNNING}
 STEP_STATES = tuple(StepState)
 FINAL_STEP_STATES = frozenset({StepState.SUCCESS, StepState.FAILED, StepState.SKIPPED})
+
+#: fields every job record has from its creation on; a hash without one is not a job record
+REQUIRED_FIELDS = ("id", "kind", "state", "created_at")
 
 _SECRET_WORDS = ("password", "secret", "token", "passwd", "key")
 
@@ -294,6 +299,8 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job:
+        """The job's record; JobNotFound when there is none, PartialRecord when it lacks a
+        required field."""
         return self.read(job_id)[0]
 
     def read(self, job_id: str) -> tuple[Job, dict[str, str]]:
@@ -302,7 +309,7 @@ class JobStore:
         if not raw:
             raise JobNotFound(job_id)
         data = {as_text(k): as_text(v) for k, v in raw.items()}
-        return _decode_fields(data), data
+        return _decode_fields(data, job_id), data
 
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(self._key(job_id)))
@@ -327,7 +334,11 @@ class JobStore:
                 if not raw:
                     self._r.zrem(index, job_id)
                     continue
-                job = _decode_job(raw)
+                try:
+                    job = _decode_job(raw, as_text(job_id))
+                except PartialRecord as exc:
+                    log.warning("job.partial_record", job_id=as_text(job_id), detail=str(exc))
+                    continue  # listed without it: one broken record never hides the others
                 if state is not None and job.state != state:
                     continue
                 jobs.append(job)
@@ -360,12 +371,28 @@ class JobStore:
         return as_text(old)
 
     def set_result(self, job_id: str, **values: Any) -> None:
-        """Merge values into the job's result (e.g. a backup manifest). Redacted on the way in."""
+        """Merge values into the job's result (e.g. a backup manifest). Redacted on the way in.
+
+        Atomic: the merge is retried when another writer changed the record meanwhile, so
+        concurrent writers of different values all land. JobNotFound when the job is gone."""
         key = self._key(job_id)
-        raw = self._r.hget(key, "result")
-        result = json.loads(raw) if raw else {}
-        result.update(redactor.value(values))
-        self._r.hset(key, mapping={"result": json.dumps(result, sort_keys=True), "updated_at": repr(time.time())})
+        values = redactor.value(values)
+        while True:
+            with self._r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key)
+                    if not pipe.exists(key):
+                        raise JobNotFound(job_id)
+                    raw = pipe.hget(key, "result")
+                    result = json.loads(raw) if raw else {}
+                    result.update(values)
+                    pipe.multi()
+                    pipe.hset(key, mapping={"result": json.dumps(result, sort_keys=True),
+                                            "updated_at": repr(time.time())})
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def update_step(self, job_id: str, step: Step) -> None:
         step.output = redactor.text(step.output)
@@ -548,11 +575,14 @@ def _refuse_secrets(params: Mapping[str, Any]) -> None:
             raise InvalidInput(f"job parameter {name!r} looks like a secret; secrets stay in the worker's environment")
 
 
-def _decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
-    return _decode_fields({as_text(k): as_text(v) for k, v in raw.items()})
+def _decode_job(raw: Mapping[bytes | str, bytes | str], job_id: str) -> Job:
+    return _decode_fields({as_text(k): as_text(v) for k, v in raw.items()}, job_id)
 
 
-def _decode_fields(data: Mapping[str, str]) -> Job:
+def _decode_fields(data: Mapping[str, str], job_id: str) -> Job:
+    missing = [name for name in REQUIRED_FIELDS if not data.get(name)]
+    if missing:
+        raise PartialRecord(job_id, missing)
     plan = json.loads(data.get("plan", "[]"))
     steps = [Step(**json.loads(data[f"step:{name}"])) for name in plan if f"step:{name}" in data]
     return Job(

@@ -102,3 +102,60 @@ def test_skip_pending_and_cancel_request(store: JobStore) -> None:
     assert store.skip_pending(job.id, reason="cancelled") == ["b", "c"]
     read = store.get(job.id)
     assert read.cancel_requested and [s.state for s in read.steps] == ["success", "skipped", "skipped"]
+
+
+def test_concurrent_set_result_writers_lose_no_update(real_redis: redis.Redis, redis_url: str) -> None:
+    """Two writers merging different values into one result at once (real Redis, two clients):
+    every value of both lands."""
+    import threading
+
+    job = JobStore(real_redis).create("backup-all", ["sites"])
+
+    def writer(prefix: str) -> None:
+        store = JobStore(redis.Redis.from_url(redis_url))
+        for i in range(150):
+            store.set_result(job.id, **{f"{prefix}{i}": i})
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result = JobStore(real_redis).get(job.id).result
+    assert sorted(result) == sorted(f"{p}{i}" for p in "ab" for i in range(150))
+
+
+def test_set_result_of_a_missing_job_is_refused_and_writes_nothing(store: JobStore) -> None:
+    with pytest.raises(JobNotFound, match="gone"):
+        store.set_result("gone", counts={"failed": 1})
+    assert not store.exists("gone")
+
+
+@pytest.mark.parametrize("fields", [["id"], ["kind", "state"]])
+def test_a_partial_record_is_an_error_naming_the_job_and_its_missing_fields(
+    store: JobStore, fake_redis: redis.Redis, fields: list[str]
+) -> None:
+    from jerp_jobs.errors import PartialRecord
+
+    whole = store.create("backup", ["backup"], site="b.example.com")
+    job = store.create("backup", ["backup"], site="a.example.com")
+    store._r.hdel(f"jerp:job:{job.id}", *fields)
+    with pytest.raises(PartialRecord) as raised:
+        store.get(job.id)
+    assert raised.value.missing == fields and job.id in str(raised.value)
+    assert all(f in str(raised.value) for f in fields)
+    # a listing (jerpctl jobs, the resumer's pass) goes on without it: one broken record never hides the rest
+    assert [j.id for j in store.list()] == [whole.id]
+
+
+def test_jerpctl_wait_on_a_partial_record_prints_the_error(fake_runtime) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from jerp_jobs.cli import Ctx, cli
+
+    rt = fake_runtime
+    rt.dispatch = lambda job_id, step: rt.redis.hdel(f"jerp:job:{job_id}", "id")  # the record loses its id
+    result = CliRunner().invoke(cli, ["enqueue", "backup", "a.example.com", "--wait"], obj=Ctx(rt=rt))
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "partial record" in result.output and "lacks id" in result.output, result.output
+    assert "Traceback" not in result.output and "KeyError" not in result.output

@@ -7,7 +7,9 @@ numbers) — records how many it found (``result.site_count``, ``result.discover
 — a full ``migrate`` or ``backup`` workflow, each tracked on its own — never more than
 ``concurrency`` at once. No worker waits for the children: the parent's step returns
 ``WAITING``, and each child, when it ends, tells the parent (``on_child_done``), which starts
-the next site or ends its step.
+the next site or ends its step. The fan-out's progress lives in its own keys (below), so a
+child's end costs the same whatever the number of sites; the parent's result gets every site
+with its job and outcome (``sites``, ``counts``, ``order``) when the fan-out ends.
 
 ``migrate-all`` first migrates a canary site alone (``canary``, default the first site); its
 chain is the only one that may run ``bench build``: once for the bench, never once per site
@@ -65,19 +67,52 @@ CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup", "install-app-all
 CANARY_KINDS = frozenset({"migrate-all", "install-app-all"})
 
 
-# -- state of one fan-out (a Redis hash), changed only under the fan-out's lock ----------------
+# -- state of one fan-out, changed only under the fan-out's lock -------------------------------
+#
+# A fan-out keeps its progress in its own keys, never in its parent's record, so one child's
+# end costs the same at the 10th site as at the 10,000th:
+#
+# - ``jerp:fanout:<id>`` — hash: site -> its entry (JSON: state, child job id, attempts,
+#   error), and ``#order`` -> the sites in the order they run (JSON list);
+# - ``jerp:fanout:<id>:counts`` — hash: state -> how many sites are in it;
+# - ``jerp:fanout:<id>:pending`` / ``:running`` — sorted sets of the sites waiting to start and
+#   of those whose child runs, scored by their place in the order.
+#
+# Every change of one site is one MULTI/EXEC, so the counts always match the entries. The
+# parent's record gets the full per-site map (``result.sites``, ``counts``, ``order``) once, when
+# the fan-out ends, and these keys are then deleted; :func:`progress` reads the live map
+# meanwhile. Every key expires with the job records' TTL.
 
 
 #: field of the fan-out's hash that holds the order of its sites (no site name has a '#')
 ORDER = "#order"
 
 
-def _entries(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
-    raw = {as_text(k): v for k, v in rt.redis.hgetall(STATE + parent_id).items()}
+def _keys(parent_id: str) -> tuple[str, str, str, str]:
+    """The fan-out's entries, counts, pending and running keys."""
+    base = STATE + parent_id
+    return base, base + ":counts", base + ":pending", base + ":running"
+
+
+def progress(client: Any, parent_id: str) -> dict[str, Any] | None:
+    """The live ``sites``, ``counts`` and ``order`` of a fan-out, as its result shows them when
+    it ends; None when the job is no fan-out (or its state expired)."""
+    raw = {as_text(k): v for k, v in client.hgetall(STATE + parent_id).items()}
     order_raw = raw.pop(ORDER, None)
+    if order_raw is None:
+        return None
     entries = {site: json.loads(v) for site, v in raw.items()}
-    order = json.loads(order_raw) if order_raw else rt.store.get(parent_id).result.get("order", sorted(entries))
-    return {site: entries[site] for site in order if site in entries}
+    order = json.loads(order_raw)
+    sites = {site: entries[site] for site in order if site in entries}
+    counts: dict[str, int] = {}
+    for entry in sites.values():
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    return {"sites": sites, "counts": counts, "order": order}
+
+
+def _entries(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
+    live = progress(rt.redis, parent_id)
+    return live["sites"] if live is not None else {}
 
 
 def _entry(rt: Runtime, parent_id: str, site: str) -> dict[str, Any]:
@@ -85,28 +120,114 @@ def _entry(rt: Runtime, parent_id: str, site: str) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def _counts(rt: Runtime, parent_id: str) -> dict[str, int]:
+    raw = rt.redis.hgetall(_keys(parent_id)[1])
+    return {as_text(k): int(v) for k, v in raw.items() if int(v)}
+
+
 def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> dict[str, Any]:
-    rt.redis.hset(STATE + parent_id, site, json.dumps(entry, sort_keys=True))
-    rt.redis.expire(STATE + parent_id, rt.store.ttl)
+    """Record one site's entry, moving its count and its place in the pending/running sets."""
+    entries, counts, pending, running = _keys(parent_id)
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.hget(entries, site)
+    pipe.zscore(pending, site)
+    pipe.zscore(running, site)
+    old_raw, pending_at, running_at = pipe.execute()
+    old_state = json.loads(old_raw)["state"] if old_raw else None
+    place = pending_at if pending_at is not None else running_at
+    place = _place(rt, parent_id, site) if place is None else place
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.hset(entries, site, json.dumps(entry, sort_keys=True))
+    if old_state is not None:
+        pipe.hincrby(counts, old_state, -1)
+    pipe.hincrby(counts, entry["state"], 1)
+    for key, state in ((pending, "pending"), (running, "running")):
+        if entry["state"] == state:
+            pipe.zadd(key, {site: place})
+        else:
+            pipe.zrem(key, site)
+    _expire(pipe, rt, parent_id)
+    pipe.execute()
     return entry
 
 
+def _place(rt: Runtime, parent_id: str, site: str) -> float:
+    """A site's place in the order (read only for a site in neither set: rare)."""
+    raw = rt.redis.hget(STATE + parent_id, ORDER)
+    order = json.loads(raw) if raw else []
+    return float(order.index(site)) if site in order else float(len(order))
+
+
+def _expire(pipe: Any, rt: Runtime, parent_id: str) -> None:
+    for key in _keys(parent_id):
+        pipe.expire(key, rt.store.ttl)
+
+
 def _set_many(rt: Runtime, parent_id: str, entries: dict[str, dict[str, Any]]) -> None:
-    """Every site's first entry, and their order, in one write."""
-    mapping = {site: json.dumps(e, sort_keys=True) for site, e in entries.items()}
-    rt.redis.hset(STATE + parent_id, mapping={**mapping, ORDER: json.dumps(list(entries))})
-    rt.redis.expire(STATE + parent_id, rt.store.ttl)
-
-
-def _publish_summary(rt: Runtime, parent_id: str,
-                     entries: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Copy the entries (read again unless given, current) and their counts into the job's result."""
-    entries = _entries(rt, parent_id) if entries is None else entries
+    """Every site's first entry, their order and counts, in one transaction (any earlier state of
+    this fan-out is replaced)."""
+    keys = _keys(parent_id)
+    entries_key, counts_key, pending_key, _ = keys
     counts: dict[str, int] = {}
     for entry in entries.values():
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    rt.store.set_result(parent_id, sites=entries, counts=counts)
-    return entries
+    pending = {site: i for i, (site, e) in enumerate(entries.items()) if e["state"] == "pending"}
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.delete(*keys)
+    mapping = {site: json.dumps(e, sort_keys=True) for site, e in entries.items()}
+    pipe.hset(entries_key, mapping={**mapping, ORDER: json.dumps(list(entries))})
+    pipe.hset(counts_key, mapping=counts)
+    if pending:
+        pipe.zadd(pending_key, pending)
+    _expire(pipe, rt, parent_id)
+    pipe.execute()
+
+
+def _stop_pending(rt: Runtime, parent_id: str) -> None:
+    """Every site still waiting to start is marked not-started (one transaction)."""
+    entries_key, counts_key, pending_key, _ = _keys(parent_id)
+    waiting = [as_text(s) for s in rt.redis.zrange(pending_key, 0, -1)]
+    if not waiting:
+        return
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.hset(entries_key, mapping={s: json.dumps({"state": "not-started"}) for s in waiting})
+    pipe.zrem(pending_key, *waiting)
+    pipe.hincrby(counts_key, "pending", -len(waiting))
+    pipe.hincrby(counts_key, "not-started", len(waiting))
+    _expire(pipe, rt, parent_id)
+    pipe.execute()
+
+
+def _index(rt: Runtime, parent_id: str) -> None:
+    """Build the counts and the pending and running sets from the entries when they are missing
+    (a fan-out that an earlier version started, which kept only the entries)."""
+    entries_key, counts_key, pending_key, running_key = _keys(parent_id)
+    if rt.redis.exists(counts_key) or not rt.redis.exists(entries_key):
+        return
+    live = progress(rt.redis, parent_id)
+    if live is None:
+        return
+    places = {site: i for i, site in enumerate(live["order"])}
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.hset(counts_key, mapping=live["counts"])
+    for key, state in ((pending_key, "pending"), (running_key, "running")):
+        members = {s: places[s] for s, e in live["sites"].items() if e["state"] == state}
+        if members:
+            pipe.zadd(key, members)
+    _expire(pipe, rt, parent_id)
+    pipe.execute()
+
+
+def _running_sites(rt: Runtime, parent_id: str) -> list[str]:
+    return [as_text(s) for s in rt.redis.zrange(_keys(parent_id)[3], 0, -1)]
+
+
+def _publish_summary(rt: Runtime, parent_id: str) -> None:
+    """Write the fan-out's per-site map, counts and order into the parent's result (once, when
+    the fan-out ends)."""
+    live = progress(rt.redis, parent_id)
+    if live is not None:
+        rt.store.set_result(parent_id, **live)
 
 
 def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
@@ -147,8 +268,7 @@ def discover(ctx: StepContext) -> None:
         entries[site] = {"state": "skipped", "reason": f"over the per-run limit of {limit} sites"}
     _set_many(rt, ctx.job.id, entries)
     total = len(sites) + len(deferred)
-    rt.store.set_result(ctx.job.id, order=sites + deferred, canary=canary, site_count=total)
-    _publish_summary(rt, ctx.job.id)
+    rt.store.set_result(ctx.job.id, canary=canary, site_count=total)
     ctx.output.append(f"{total} sites" + (f" ({len(deferred)} over the per-run limit)" if deferred else "")
                       + (f", canary {canary}" if canary else ""))
 
@@ -176,7 +296,7 @@ def canary(ctx: StepContext) -> str:
     rt, parent = ctx.runtime, ctx.job
     site = parent.result["canary"]
     with _fanout_lock(rt, parent.id):
-        entry = _entries(rt, parent.id)[site]
+        entry = _entry(rt, parent.id, site)
         if entry["state"] == "skipped":
             raise InvalidInput(f"canary {site} needs attention; choose another canary")
         if entry["state"] == "pending":
@@ -187,6 +307,7 @@ def canary(ctx: StepContext) -> str:
 def sites(ctx: StepContext) -> str | None:
     rt, parent = ctx.runtime, ctx.job
     with _fanout_lock(rt, parent.id):
+        _index(rt, parent.id)
         outcome = _top_up(rt, rt.store.get(parent.id))
     if outcome is None:
         return WAITING
@@ -201,7 +322,7 @@ def clear_canary_cache(ctx: StepContext) -> str | None:
     before build-assets in a migrate): clear them again now that the new assets exist. Every
     other site migrated after the build and cleared its own caches then."""
     rt, site = ctx.runtime, ctx.job.result.get("canary")
-    entry = _entries(rt, ctx.job.id).get(site or "", {})
+    entry = _entry(rt, ctx.job.id, site) if site else {}
     if entry.get("state") != "succeeded":
         return "skipped"
     owner = rt.sites.owner(site)
@@ -241,24 +362,24 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
 
 
 def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
-    """Start sites up to the concurrency; returns (state, error) when the fan-out is over."""
-    entries = _entries(rt, parent.id)
-    failures = [s for s, e in entries.items() if e["state"] in FAILED]
-    running = [s for s, e in entries.items() if e["state"] == "running"]
-    pending = [s for s, e in entries.items() if e["state"] == "pending"]
+    """Start sites up to the concurrency; returns (state, error) when the fan-out is over (its
+    per-site map then published into the parent's result)."""
+    counts = _counts(rt, parent.id)
+    failures = sum(n for state, n in counts.items() if state in FAILED)
+    running = counts.get("running", 0)
     budget = int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS else None
-    stop = parent.cancel_requested or (budget is not None and len(failures) > budget)
+    stop = parent.cancel_requested or (budget is not None and failures > budget)
     if stop:
-        for site in pending:
-            entries[site] = _set(rt, parent.id, site, state="not-started")
-        pending = []
-    concurrency = int(parent.params.get("concurrency") or rt.settings.fanout_concurrency)
-    for site in pending[: max(0, concurrency - len(running))]:
-        entries[site] = _start_child(rt, parent, site)
-        running.append(site)
-    _publish_summary(rt, parent.id, entries)
+        _stop_pending(rt, parent.id)
+    else:
+        concurrency = int(parent.params.get("concurrency") or rt.settings.fanout_concurrency)
+        room = concurrency - running
+        for site in (rt.redis.zrange(_keys(parent.id)[2], 0, room - 1) if room > 0 else []):
+            _start_child(rt, parent, as_text(site))
+            running += 1
     if running:
         return None
+    _publish_summary(rt, parent.id)
     return ("failed", _summary(rt, parent.id)) if failures or stop else ("success", None)
 
 
@@ -286,12 +407,13 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
         parent = rt.store.get(parent_id)
         if parent.finished:
             return None  # reaped or cancelled: start nothing more
+        _index(rt, parent_id)
         child = rt.store.get(child_id)
         site = child.site or ""
         entry = _entry(rt, parent_id, site) or None
         if entry is not None and entry.get("job_id") == child.id and entry["state"] == "running" and child.finished:
             _record_child_end(rt, parent, site, entry, child)
-        return _settle(rt, rt.store.get(parent_id))
+        return _settle(rt, parent)
 
 
 def _record_child_end(rt: Runtime, parent: Job, site: str, entry: dict[str, Any], child: Job) -> None:
@@ -311,14 +433,11 @@ def _settle(rt: Runtime, parent: Job) -> Any:
     waiting = next((s.name for s in parent.steps if s.state == "running"), None)
     if waiting == "canary":
         canary_site = parent.result.get("canary")
-        entry = _entries(rt, parent.id).get(canary_site or "", {})
+        entry = _entry(rt, parent.id, canary_site) if canary_site else {}
         if entry.get("state") == "succeeded":
-            _publish_summary(rt, parent.id)
             return complete_waiting_step(rt, parent.id, "canary", "success")
         if entry.get("state") in FAILED:
-            for site, e in _entries(rt, parent.id).items():
-                if e["state"] == "pending":
-                    _set(rt, parent.id, site, state="not-started")
+            _stop_pending(rt, parent.id)
             _publish_summary(rt, parent.id)
             return complete_waiting_step(
                 rt, parent.id, "canary", "failed",
@@ -329,14 +448,16 @@ def _settle(rt: Runtime, parent: Job) -> Any:
         if outcome is not None:
             state, error = outcome
             return complete_waiting_step(rt, parent.id, "sites", state, error=error)
-    _publish_summary(rt, parent.id)
     return None
 
 
 def reconcile(rt: Runtime, parent_id: str) -> None:
     """Deliver the end of every child that ended without its parent hearing of it, then settle."""
-    for entry in _entries(rt, parent_id).values():
-        if entry["state"] == "running" and entry.get("job_id"):
+    with _fanout_lock(rt, parent_id):
+        _index(rt, parent_id)
+    for site in _running_sites(rt, parent_id):
+        entry = _entry(rt, parent_id, site)
+        if entry.get("state") == "running" and entry.get("job_id"):
             try:
                 child = rt.store.get(entry["job_id"])
             except JobNotFound:
@@ -400,11 +521,27 @@ def _migrate_all_on_failure(job: Job, step: str) -> str | None:
     return None
 
 
-def _fanout(kind: str, table: dict[str, StepSpec], validate: Any, **extra: Any) -> Workflow:
+def _publish_at_end(then: Any = None) -> Any:
+    """A fan-out's ``on_end``: its per-site map into its result (however it ended) and its own
+    keys deleted (the record holds it all now), then ``then``."""
+
+    def on_end(rt: Runtime, job: Job) -> None:
+        live = progress(rt.redis, job.id)
+        if live is not None:
+            rt.store.set_result(job.id, **live)
+            job.result.update(live)
+            rt.redis.delete(*_keys(job.id))
+        if then is not None:
+            then(rt, job)
+
+    return on_end
+
+
+def _fanout(kind: str, table: dict[str, StepSpec], validate: Any, on_end: Any = None, **extra: Any) -> Workflow:
     """A fan-out workflow: its fixed steps, its children's ends settled by :func:`on_child_done`."""
     return Workflow(kind=kind, needs_site=False, plan=lambda params: list(table),
                     resolve=table_resolver(kind, table), validate=validate, on_child_done=on_child_done,
-                    reconcile=reconcile, **extra)
+                    reconcile=reconcile, on_end=_publish_at_end(on_end), **extra)
 
 
 MIGRATE_ALL_WORKFLOW = _fanout("migrate-all", MIGRATE_ALL, _validate, on_failure=_migrate_all_on_failure)
