@@ -25,7 +25,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-STREAM = "jerp:audit"
+from jerp_jobs import keys
+
+STREAM = keys.AUDIT
 DAY_MS = 86_400_000
 DEFAULT_DAYS = 730
 #: fields of an entry, in the order they are printed

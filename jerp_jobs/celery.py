@@ -29,6 +29,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from jerp_jobs import keys
+
 SITE_QUEUE = "jerp.site"
 CONTROL_QUEUE = "jerp.control"
 
@@ -91,7 +93,7 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "redbeat_redis_url": settings.broker_url,
         # Beat's own Redis client: a Redis that stops answering fails a tick instead of hanging it
         "redbeat_redis_options": {"socket_connect_timeout": 5, "socket_timeout": 10, "health_check_interval": 30},
-        "redbeat_key_prefix": "jerp:redbeat:",
+        "redbeat_key_prefix": keys.REDBEAT,
         "redbeat_lock_timeout": 30,
     }
 

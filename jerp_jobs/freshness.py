@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jerp_jobs import keys
 from jerp_jobs.sites import find_sites, sites_folder
 from jerp_jobs.sitestate import OWNER
 
-LOCAL = "jerp:backups:"
-OFFSITE = "jerp:offsite:"
+LOCAL = keys.LOCAL_BACKUPS
+OFFSITE = keys.OFFSITE_BACKUPS
 
 
 def _times(m: dict[str, Any]) -> dict[str, Any]:

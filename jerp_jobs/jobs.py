@@ -33,11 +33,13 @@ from typing import Any
 import redis
 
 from jerp_jobs.errors import InvalidInput, JobNotFound, PartialRecord, StoreError
+from jerp_jobs.keys import JOB, JOBS, JOBS_BY_SITE, JOBS_BY_STATE
+from jerp_jobs.keys import PREFIX as KEY_PREFIX
 from jerp_jobs.log import get_logger, redactor
 
 log = get_logger(__name__)
 
-PREFIX = "jerp:"
+PREFIX = KEY_PREFIX
 
 
 
@@ -318,7 +320,7 @@ class JobStore:
         """Jobs newest first, filtered by site and/or state."""
         if state is not None and state not in JOB_STATES:
             raise InvalidInput(f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
-        index = self._index_site(site) if site else self._index_state(state) if state else PREFIX + "jobs"
+        index = self._index_site(site) if site else self._index_state(state) if state else JOBS
         jobs: list[Job] = []
         start = 0
         batch = max(limit * 2, 20)
@@ -365,7 +367,7 @@ class JobStore:
             extra[name] = json.dumps(redactor.value(value), sort_keys=True)
         if extra:
             self._r.hset(key, mapping=extra)
-        old = self._set_state(keys=[key], args=[job_id, state, repr(now), PREFIX + "jobs:state:", self.ttl])
+        old = self._set_state(keys=[key], args=[job_id, state, repr(now), JOBS_BY_STATE, self.ttl])
         if old is None:
             raise JobNotFound(job_id)
         return as_text(old)
@@ -427,9 +429,9 @@ class JobStore:
             started = json.dumps(asdict(running))
         job_key = self._key(job.id)
         args = [job.id, field_name, fields.get(field_name, ""), started, job.state,
-                "1" if job.cancel_requested else "0", repr(now), self.ttl, PREFIX + "jobs:state:",
+                "1" if job.cancel_requested else "0", repr(now), self.ttl, JOBS_BY_STATE,
                 keys.lock_value, keys.lock_ttl_ms, keys.owner_ttl_s if keys.owner else 0, accept_attention,
-                PREFIX + "job:", " ".join(sorted(FINAL_JOB_STATES))]
+                JOB, " ".join(sorted(FINAL_JOB_STATES))]
         try:
             outcome, detail = self._begin_step(
                 keys=[job_key, keys.attention or job_key, keys.owner or job_key, keys.lock], args=args)
@@ -543,18 +545,18 @@ class JobStore:
 
     @staticmethod
     def _key(job_id: str) -> str:
-        return f"{PREFIX}job:{job_id}"
+        return JOB + job_id
 
     @staticmethod
     def _index_site(site: str) -> str:
-        return f"{PREFIX}jobs:site:{site}"
+        return JOBS_BY_SITE + site
 
     @staticmethod
     def _index_state(state: str) -> str:
-        return f"{PREFIX}jobs:state:{state}"
+        return JOBS_BY_STATE + state
 
     def _indexes(self, site: str | None, state: str) -> Iterable[str]:
-        yield PREFIX + "jobs"
+        yield JOBS
         yield self._index_state(state)
         if site:
             yield self._index_site(site)

@@ -25,9 +25,10 @@ from typing import Any
 
 import redis
 
+from jerp_jobs import keys
 from jerp_jobs.errors import LockBusy, LockLost
 
-PREFIX = "jerp:lock:"
+PREFIX = keys.LOCK
 
 _EXTEND = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -35,12 +36,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
+_RELEASE = keys.COMPARE_AND_DELETE
 
 
 def site_lock_name(site: str) -> str:

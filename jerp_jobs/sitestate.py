@@ -20,15 +20,13 @@ from typing import Any
 
 import redis
 
+from jerp_jobs import keys
 from jerp_jobs.jobs import as_text
 
-OWNER = "jerp:site-owner:"
-ATTENTION = "jerp:attention:"
+OWNER = keys.SITE_OWNER
+ATTENTION = keys.ATTENTION
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
+_RELEASE = keys.COMPARE_AND_DELETE
 
 
 class SiteState:

@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from jerp_jobs import hooks
+from jerp_jobs import hooks, keys
 from jerp_jobs.errors import (
     ConfigError,
     InvalidInput,
@@ -62,7 +62,7 @@ from jerp_jobs.runtime import Runtime
 
 log = get_logger(__name__)
 
-RECENT = "jerp:hooks:recent"  # the last deliveries and what was done with them
+RECENT = keys.HOOKS_RECENT  # the last deliveries and what was done with them
 RECENT_KEPT = 500
 _JSON_TYPES = ("application/json", "application/vnd.docker.distribution.events.v1+json",
                "application/vnd.docker.distribution.events.v2+json")

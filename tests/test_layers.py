@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module imports from its own layer and the ones below, never above):
 
-- foundation: errors and failure classes, settings, logging, site names and folders, bench
+- foundation: errors and failure classes, settings, logging, Redis key names, site names and folders, bench
   commands and their output, hooks, retention, the backup files on disk;
 - store: everything kept in Redis (jobs, locks, site state, audit, freshness, manifests);
 - adapters: the outside world (executors, the off-site store, NPM, the Docker platform,
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {
         "jerp_jobs", "jerp_jobs.errors", "jerp_jobs.failures", "jerp_jobs.settings", "jerp_jobs.envfile",
         "jerp_jobs.log", "jerp_jobs.sites", "jerp_jobs.bench", "jerp_jobs.hooks", "jerp_jobs.retention",
-        "jerp_jobs.dumpstats", "jerp_jobs.backupfiles",
+        "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys",
     }),
     ("store", {
         "jerp_jobs.jobs", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit", "jerp_jobs.freshness",
@@ -165,6 +165,16 @@ def test_no_import_cycle() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_redis_key_is_named_in_one_module() -> None:
+    spelled = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}"
+        for path in MODULES.values() if path.name != "keys.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if '"jerp:' in line or "'jerp:" in line
+    ]
+    assert not spelled, f"Redis keys spelled outside jerp_jobs/keys.py: {spelled}"
 
 
 def test_the_engine_imports_no_workflow_and_no_transport() -> None:

@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any
 
-from jerp_jobs import bench
+from jerp_jobs import bench, keys
 from jerp_jobs.jobs import Job
 from jerp_jobs.operations.common import site_exists
 from jerp_jobs.operations.offsite import fetch_offsite, offsite_sites
@@ -24,7 +24,7 @@ from jerp_jobs.operations.restore import check_restored, verify_backup_files
 from jerp_jobs.sites import db_name_for
 from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
 
-DRILLS = "jerp:drills"
+DRILLS = keys.DRILLS
 
 
 def scratch_name(job_id: str) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jerp_jobs import bench
+from jerp_jobs import bench, keys
 from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import Job, as_text
@@ -57,7 +57,7 @@ from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, table_r
 
 log = get_logger(__name__)
 
-STATE = "jerp:fanout:"  # hash per parent job: site -> {"state", "job_id"}
+STATE = keys.FANOUT  # hash per parent job: site -> {"state", "job_id"}
 FAILED = frozenset({"failed", "recovered", "cancelled"})
 ENDED = FAILED | {"succeeded", "not-started", "skipped"}
 

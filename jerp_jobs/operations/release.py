@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jerp_jobs import keys
 from jerp_jobs.enqueue import create_job, publish, start_job
 from jerp_jobs.errors import (
     DeployBusy,
@@ -71,20 +72,20 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 KIND = "release"
-ACTIVE = "jerp:release:active"  # the job id of the release that holds the slot
-WAITING_SET = "jerp:release:waiting"  # releases requested and not yet holding the slot
-INDEX = "jerp:releases"  # every release, scored by creation time
-GOOD = "jerp:release:good"  # tags that passed a release, newest first
-BAD = "jerp:release:bad"  # tags rolled back from, or whose release failed: never a rollback target
-REQUESTED = "jerp:release:requested"  # tag -> its last request (JSON); never expires
-LATEST = "jerp:release:latest"  # the newest request: requested_at, job, tag; never expires
-BY_DELIVERY = "jerp:release:delivery:"
+ACTIVE = keys.RELEASE_ACTIVE  # the job id of the release that holds the slot
+WAITING_SET = keys.RELEASE_WAITING  # releases requested and not yet holding the slot
+INDEX = keys.RELEASES  # every release, scored by creation time
+GOOD = keys.RELEASE_GOOD  # tags that passed a release, newest first
+BAD = keys.RELEASE_BAD  # tags rolled back from, or whose release failed: never a rollback target
+REQUESTED = keys.RELEASE_REQUESTED  # tag -> its last request (JSON); never expires
+LATEST = keys.RELEASE_LATEST  # the newest request: requested_at, job, tag; never expires
+BY_DELIVERY = keys.RELEASE_BY_DELIVERY
 ADMISSION = "release-admission"
 GOOD_KEPT = 50
 #: how long "this delivery was ignored" is remembered: a redelivery after a fixed setting counts
 IGNORED_TTL_S = 3600
 #: compare-and-delete of the release slot
-_FREE_SLOT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_FREE_SLOT = keys.COMPARE_AND_DELETE
 
 
 
