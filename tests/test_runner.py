@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+import structlog
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -161,8 +163,14 @@ def test_commands_are_logged_with_context_and_without_secrets(fake_runtime: Runt
     fake_runtime.executor.on(cmd("bench"), output=["ok"])
     job = create_job(fake_runtime, "backup", site=SITE)
     ctx = StepContext(runtime=fake_runtime, job=job, step="backup")
-    with capture_logs() as logs:
-        ctx.run(["bench", "new-site", SITE, "--db-root-password", "T0p-Secret-Root"])
+    previous = structlog.get_config()
+    # the output lines are DEBUG events: seen whatever level an earlier test configured
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            ctx.run(["bench", "new-site", SITE, "--db-root-password", "T0p-Secret-Root"])
+    finally:
+        structlog.configure(**previous)
     assert "T0p-Secret-Root" not in json.dumps(logs)
     assert [(e["event"], e["log_level"]) for e in logs] == [
         ("command.start", "info"), ("command.output", "debug"), ("command.end", "info")
