@@ -606,11 +606,9 @@ def watch(obj: Ctx, job_id: str, poll: float) -> None:
 @_guard
 def cancel(obj: Ctx, job_id: str) -> None:
     """Cancel JOB: no new step starts; the running one finishes; the site is left online."""
-    job = obj.rt.store.get(job_id)
-    if job.finished:
-        raise click.ClickException(f"job {job_id} already ended {job.state}")
-    job = obj.rt.store.request_cancel(job_id)
-    _audit(obj, "job.cancel-requested", job_id=job.id, kind=job.kind, site=job.site)
+    from jerp_jobs.actions import cancel_job
+
+    job = cancel_job(obj.rt, job_id, actor=_actor())
     if obj.as_json:
         click.echo(json.dumps({"job_id": job.id, "state": job.state, "cancel_requested": True}))
     else:
@@ -656,11 +654,9 @@ def site() -> None:
 @_guard
 def clear_attention(obj: Ctx, site: str) -> None:
     """Clear SITE's needs-attention mark once it has been repaired by hand."""
-    mark = obj.rt.sites.attention(site)
-    if mark is None:
-        raise click.ClickException(f"{site} is not marked as needing attention")
-    obj.rt.sites.clear_attention(site)
-    _audit(obj, "site.attention-cleared", job_id=mark.get("job_id"), site=site, detail=str(mark.get("reason"))[:500])
+    from jerp_jobs.actions import clear_attention as clear
+
+    mark = clear(obj.rt, site, actor=_actor())
     if obj.as_json:
         click.echo(json.dumps({"site": site, "cleared": mark}, sort_keys=True))
     else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -347,6 +347,86 @@ class JobStore:
                 if len(jobs) == limit:
                     break
         return jobs
+
+    #: the fields a listing reads of each job: never its steps, whose output can be long
+    SUMMARY_FIELDS = ("id", "kind", "site", "state", "created_at", "updated_at", "started_at", "ended_at",
+                      "parent", "error", "cancel_requested")
+
+    def page(self, *, site: str | None = None, state: str | None = None,
+             kind: str | Collection[str] | None = None,
+             since: float | None = None, until: float | None = None, before: float | None = None,
+             limit: int = 50, scan_limit: int = 20_000, batch: int = 500) -> tuple[list[dict[str, Any]], float | None]:
+        """One page of job summaries (:data:`SUMMARY_FIELDS`, times as floats), newest first.
+
+        Reads the narrowest index there is (the site's, else the state's, else every job) by
+        creation time, from ``until`` (or ``before``, exclusive: the cursor of the previous page)
+        down to ``since``; the other filters (state with a site, kind) are checked on the
+        summaries, read ``batch`` at a time with one HMGET each in a pipeline. At most
+        ``scan_limit`` index entries are read per call. Returns the rows and the cursor of the
+        next page (the creation time to pass as ``before``), None when the index is exhausted.
+        """
+        if state is not None and state not in JOB_STATES:
+            raise InvalidInput(f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
+        index = self._index_site(site) if site else self._index_state(state) if state else JOBS
+        kinds = {kind} if isinstance(kind, str) else set(kind) if kind is not None else None
+        high: str = f"({before!r}" if before is not None else repr(until) if until is not None else "+inf"
+        low = repr(since) if since is not None else "-inf"
+        rows: list[dict[str, Any]] = []
+        scanned = 0
+        while scanned < scan_limit:
+            entries = self._r.zrevrangebyscore(index, high, low, start=0, num=min(batch, scan_limit - scanned),
+                                               withscores=True)
+            if not entries:
+                return rows, None
+            scanned += len(entries)
+            pipe = self._r.pipeline(transaction=False)
+            for job_id, _ in entries:
+                pipe.hmget(self._key(as_text(job_id)), self.SUMMARY_FIELDS)
+            for (job_id, score), values in zip(entries, pipe.execute()):
+                high = f"({score!r}"
+                row = dict(zip(self.SUMMARY_FIELDS, (as_text(v) if v is not None else None for v in values)))
+                if not row["id"]:
+                    if not any(values):
+                        self._r.zrem(index, job_id)  # the record expired
+                    continue
+                if (state is not None and row["state"] != state) or (kinds is not None and row["kind"] not in kinds):
+                    continue
+                for name in ("created_at", "updated_at", "started_at", "ended_at"):
+                    row[name] = float(row[name]) if row[name] else None
+                row["site"] = row["site"] or None
+                row["parent"] = row["parent"] or None
+                row["cancel_requested"] = row["cancel_requested"] == "1"
+                rows.append(row)
+                if len(rows) == limit:
+                    return rows, score
+        return rows, float(high[1:]) if high.startswith("(") else None
+
+    def latest_of_kind(self, sites: Sequence[str], kind: str, *, depth: int = 50) -> dict[str, dict[str, Any]]:
+        """Each site's newest job of ``kind`` among its ``depth`` newest jobs, as a summary
+        (two pipelines whatever the number of sites); sites without one are left out."""
+        pipe = self._r.pipeline(transaction=False)
+        for site in sites:
+            pipe.zrevrange(self._index_site(site), 0, depth - 1)
+        ids = [[as_text(i) for i in found] for found in pipe.execute()]
+        pipe = self._r.pipeline(transaction=False)
+        for found in ids:
+            for job_id in found:
+                pipe.hmget(self._key(job_id), self.SUMMARY_FIELDS)
+        replies = iter(pipe.execute())
+        latest: dict[str, dict[str, Any]] = {}
+        for site, found in zip(sites, ids):
+            for _ in found:
+                values = next(replies)
+                row = dict(zip(self.SUMMARY_FIELDS, (as_text(v) if v is not None else None for v in values)))
+                if site not in latest and row["id"] and row["kind"] == kind:
+                    for name in ("created_at", "updated_at", "started_at", "ended_at"):
+                        row[name] = float(row[name]) if row[name] else None
+                    latest[site] = row
+        return latest
+
+    def count(self, *, state: str | None = None) -> int:
+        """How many jobs the index holds (of one state if given); expired ones not yet dropped count."""
+        return int(self._r.zcard(self._index_state(state) if state else JOBS))
 
     # -- transitions ---------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ HOOKS_RECENT = PREFIX + "hooks:recent"  # the last deliveries and what was done 
 AUDIT = PREFIX + "audit"  # stream: who started what
 REDBEAT = PREFIX + "redbeat:"  # Beat's schedule and lock (RedBeat's key prefix)
 
+# the dashboard (jerp_jobs.dashboard)
+DASHBOARD_LOGIN_FAILS = PREFIX + "dashboard:login-fails:"  # failed logins per user and per client address
+
 #: delete KEYS[1] only while it holds ARGV[1] (a lock's or a slot's owner): never a successor's
 COMPARE_AND_DELETE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then

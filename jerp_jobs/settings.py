@@ -34,6 +34,8 @@ SECRET_VARIABLES: dict[str, str] = {
     "portainer_webhook_url": "PORTAINER_WEBHOOK_URL",
     "notify_urls": "JERP_NOTIFY_URLS",
     "manifest_key": "JERP_MANIFEST_KEY",
+    "dashboard_secret": "JERP_DASHBOARD_SECRET",
+    "dashboard_users": "JERP_DASHBOARD_USERS",
 }
 
 
@@ -140,6 +142,23 @@ class Settings(BaseSettings):
     smoke_user: str | None = None
     smoke_timeout: float = Field(30.0, gt=0)
 
+    # The dashboard (jerp_jobs.dashboard, docs/dashboard.md)
+    dashboard_proxy_header: str | None = Field(
+        None, description="a header naming the user, set by a trusted reverse proxy (e.g. X-Forwarded-User)"
+    )
+    dashboard_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        [], description="addresses or networks (CIDR) whose requests may name the user in the proxy header"
+    )
+    dashboard_proxy_operators: Annotated[list[str], NoDecode] = Field(
+        [], description="users named by the proxy header who get the operator role (the others are read-only)"
+    )
+    dashboard_session_hours: float = Field(12.0, gt=0, le=720, description="hours a dashboard login lasts")
+    dashboard_secure_cookie: bool = Field(False, description="send the session cookie over HTTPS only")
+    dashboard_poll_s: float = Field(1.0, ge=0.1, le=60, description="seconds between two reads of a job a live page follows")
+    dashboard_login_attempts: int = Field(
+        5, ge=1, description="failed logins of one user or from one address before further tries wait 15 minutes"
+    )
+
     # Secrets: read from their conventional names, never passed through the broker.
     mariadb_root_password: SecretStr | None = Field(None, validation_alias=_env("MARIADB_ROOT_PASSWORD"))
     frappe_admin_password: SecretStr | None = Field(None, validation_alias=_env("FRAPPE_ADMIN_PASSWORD"))
@@ -154,6 +173,10 @@ class Settings(BaseSettings):
     portainer_webhook_url: SecretStr | None = Field(None, validation_alias=_env("PORTAINER_WEBHOOK_URL"))
     notify_urls: SecretStr | None = None
     manifest_key: SecretStr | None = Field(None, description="HMAC key of backup manifests (worker-side)")
+    dashboard_secret: SecretStr | None = Field(None, description="key that signs the dashboard's session cookies")
+    dashboard_users: SecretStr | None = Field(
+        None, description="dashboard users: name:role:hash, comma-separated (python -m jerp_jobs.dashboard hash)"
+    )
 
     @field_validator("backup_age_recipients", mode="before")
     @classmethod
@@ -162,7 +185,8 @@ class Settings(BaseSettings):
             return [r.strip() for r in value.replace("\n", ",").split(",") if r.strip()]
         return value
 
-    @field_validator("install_apps", "mutable_tags", "deploy_services", mode="before")
+    @field_validator("install_apps", "mutable_tags", "deploy_services", "dashboard_trusted_proxies",
+                     "dashboard_proxy_operators", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     }),
     ("engine", {
         "jerp_jobs.workflow", "jerp_jobs.runtime", "jerp_jobs.enqueue", "jerp_jobs.runner", "jerp_jobs.resume",
+        "jerp_jobs.actions",
     }),
     ("workflows", {"jerp_jobs.catalog", "jerp_jobs.operations", *(
         f"jerp_jobs.operations.{p.stem}" for p in (PACKAGE / "operations").glob("*.py") if p.stem != "__init__"
@@ -55,6 +56,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("app", {
         "jerp_jobs.celery", "jerp_jobs.tasks", "jerp_jobs.bootstrap", "jerp_jobs.beat", "jerp_jobs.cli",
         "jerp_jobs.webhook", "jerp_jobs.supervise", "jerp_jobs.socket_proxy",
+        "jerp_jobs.dashboard", *(f"jerp_jobs.dashboard.{p.stem}" for p in (PACKAGE / "dashboard").glob("*.py")
+                                 if p.stem != "__init__"),
     }),
 ]
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
