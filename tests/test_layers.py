@@ -55,7 +55,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("app", {
         "jerp_jobs.celery", "jerp_jobs.tasks", "jerp_jobs.bootstrap", "jerp_jobs.beat", "jerp_jobs.cli",
         "jerp_jobs.webhook", "jerp_jobs.supervise", "jerp_jobs.socket_proxy",
-        "jerp_jobs.observe",
+        "jerp_jobs.observe", "jerp_jobs.metrics",
     }),
 ]
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
