@@ -33,6 +33,8 @@ from jerp_jobs import keys
 
 SITE_QUEUE = "jerp.site"
 CONTROL_QUEUE = "jerp.control"
+#: the header every message carries: its publish time (epoch seconds), stamped by _stamp_sent_at
+SENT_AT_HEADER = "jerp_sent_at"
 
 
 def _configuration() -> dict[str, Any]:
@@ -131,3 +133,13 @@ def _clear_task_context(**_: Any) -> None:
     import structlog
 
     structlog.contextvars.clear_contextvars()
+
+
+@signals.before_task_publish.connect
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every message carries its publish time (``jerp_sent_at``, epoch seconds): what the age
+    of the oldest waiting message of a queue is read from (jerp_jobs.observe, /metrics)."""
+    import time
+
+    if headers is not None:
+        headers[SENT_AT_HEADER] = time.time()

@@ -15,6 +15,11 @@ Storage (Redis, every key under ``jerp:``):
 - ``jerp:jobs`` / ``jerp:jobs:site:<site>`` / ``jerp:jobs:state:<state>`` — sorted sets of job
   ids scored by creation time, for listing newest first. Entries of expired jobs are dropped
   as they are met.
+- ``jerp:stats:steps`` / ``jerp:stats:jobs`` — counters for ``/metrics`` (jerp_jobs.metrics),
+  kept in the scripts that write a step's or a job's end, so every end counts once whichever
+  worker process writes it: per kind, step and final state, the steps ended and a histogram
+  of their durations (:data:`STEP_BUCKETS`); per kind and final state, the jobs ended. They
+  never expire (counters: Prometheus takes their rate).
 
 Job records carry no secret: parameters are checked for secret-looking keys on creation, and
 output passes through the log redactor.
@@ -33,7 +38,7 @@ from typing import Any
 import redis
 
 from jerp_jobs.errors import InvalidInput, JobNotFound, PartialRecord, StoreError
-from jerp_jobs.keys import JOB, JOBS, JOBS_BY_SITE, JOBS_BY_STATE
+from jerp_jobs.keys import JOB, JOBS, JOBS_BY_SITE, JOBS_BY_STATE, STATS_JOBS, STATS_STEPS
 from jerp_jobs.keys import PREFIX as KEY_PREFIX
 from jerp_jobs.log import get_logger, redactor
 
@@ -85,17 +90,51 @@ redis.call('zrem', ARGV[4] .. old, ARGV[1])
 redis.call('zadd', ARGV[4] .. ARGV[2], created, ARGV[1])
 redis.call('hset', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
 redis.call('expire', KEYS[1], ARGV[5])
+local finals = ' ' .. ARGV[6] .. ' '
+if string.find(finals, ' ' .. ARGV[2] .. ' ', 1, true) and not string.find(finals, ' ' .. old .. ' ', 1, true) then
+  redis.call('hincrby', KEYS[2], (redis.call('hget', KEYS[1], 'kind') or '?') .. '\t' .. ARGV[2], 1)
+end
 return old
 """
 
 
-# Writes one step of an existing job. KEYS: job hash. ARGV: field, JSON, now, ttl.
+#: Upper bounds (s) of the step-duration histogram's buckets: a second to eight hours.
+STEP_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+
+# Counts a step that reaches a final state (success, failed, skipped) from another one, in the
+# stats hash (jerp:stats:steps): fields "<kind>\t<step>\t<state>\t" + "ended" (every end),
+# "le:<bucket>" and "sum" (the steps that ran: a duration). Once per step end, whichever
+# worker process writes it: the record's previous state is read in the same script.
+# Arguments: stats key, the job's key, the step's previous JSON (or false), the new state,
+# the duration ("" for none), its bucket label, the step's name.
+_COUNT_STEP_END = """
+local function count_step_end(stats, job, old, state, duration, bucket, step)
+  if state ~= 'success' and state ~= 'failed' and state ~= 'skipped' then return end
+  if old then
+    local ok, was = pcall(cjson.decode, old)
+    if ok and type(was) == 'table' and (was.state == 'success' or was.state == 'failed' or was.state == 'skipped') then
+      return
+    end
+  end
+  local base = (redis.call('hget', job, 'kind') or '?') .. '\t' .. step .. '\t' .. state .. '\t'
+  redis.call('hincrby', stats, base .. 'ended', 1)
+  if duration ~= '' then
+    redis.call('hincrby', stats, base .. 'le:' .. bucket, 1)
+    redis.call('hincrbyfloat', stats, base .. 'sum', duration)
+  end
+end
+"""
+
+# Writes one step of an existing job. KEYS: job hash, stats hash. ARGV: field, JSON, now, ttl,
+# then the step end's state, duration, bucket and name (see _COUNT_STEP_END).
 # Returns 0 when the job is gone, -1 when it has no such step, 1 when written.
-_UPDATE_STEP = """
+_UPDATE_STEP = _COUNT_STEP_END + """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
-if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then return -1 end
+local old = redis.call('hget', KEYS[1], ARGV[1])
+if not old then return -1 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
 redis.call('expire', KEYS[1], ARGV[4])
+count_step_end(KEYS[2], KEYS[1], old, ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 return 1
 """
 
@@ -152,14 +191,16 @@ return {'started', ''}
 # Ends a step, atomically: records it and releases its execution lock, if the lock is still
 # this holder's (else nothing is written: the step's other delivery decides), and reads what
 # advancing needs. KEYS: job hash, lock. ARGV: step field, step JSON, now, job TTL, lock value,
-# advance-guard field. Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced}.
-_END_STEP = """
+# advance-guard field, then the step end's state, duration, bucket and name (_COUNT_STEP_END; KEYS[3]:
+# the stats hash). Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced}.
+_END_STEP = _COUNT_STEP_END + """
 if redis.call('get', KEYS[2]) ~= ARGV[5] then return {'lost'} end
 redis.call('del', KEYS[2])
-local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6])
+local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1])
 if not f[1] then return {'gone'} end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
 redis.call('expire', KEYS[1], ARGV[4])
+count_step_end(KEYS[3], KEYS[1], f[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 return {'ended', f[1], f[2] or '0', f[3] and '1' or '0'}
 """
 
@@ -447,7 +488,8 @@ class JobStore:
             extra[name] = json.dumps(redactor.value(value), sort_keys=True)
         if extra:
             self._r.hset(key, mapping=extra)
-        old = self._set_state(keys=[key], args=[job_id, state, repr(now), JOBS_BY_STATE, self.ttl])
+        old = self._set_state(keys=[key, STATS_JOBS], args=[job_id, state, repr(now), JOBS_BY_STATE, self.ttl,
+                                                           " ".join(sorted(FINAL_JOB_STATES))])
         if old is None:
             raise JobNotFound(job_id)
         return as_text(old)
@@ -481,8 +523,8 @@ class JobStore:
         if step.error:
             step.error = redactor.text(step.error)
         key = self._key(job_id)
-        written = self._update_step(keys=[key], args=[f"step:{step.name}", json.dumps(asdict(step)),
-                                                      repr(time.time()), self.ttl])
+        written = self._update_step(keys=[key, STATS_STEPS], args=[f"step:{step.name}", json.dumps(asdict(step)),
+                                                                   repr(time.time()), self.ttl, *_end_args(step)])
         if written == 0:
             raise JobNotFound(job_id)
         if written == -1:
@@ -535,8 +577,8 @@ class JobStore:
         if step.error:
             step.error = redactor.text(step.error)
         args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl, lock_value,
-                f"advanced:{step.name}"]
-        reply = [as_text(v) for v in self._end_step(keys=[self._key(job_id), lock], args=args)]
+                f"advanced:{step.name}", *_end_args(step)]
+        reply = [as_text(v) for v in self._end_step(keys=[self._key(job_id), lock, STATS_STEPS], args=args)]
         if reply[0] == "lost":
             return None
         if reply[0] == "gone":
@@ -640,6 +682,21 @@ class JobStore:
         yield self._index_state(state)
         if site:
             yield self._index_site(site)
+
+
+def step_bucket(duration_s: float) -> str:
+    """The label of the histogram bucket a step of ``duration_s`` seconds falls in."""
+    for bound in STEP_BUCKETS:
+        if duration_s <= bound:
+            return f"{bound:g}"
+    return "+Inf"
+
+
+def _end_args(step: Step) -> list[str]:
+    """What _COUNT_STEP_END needs of a step being written: its state, duration, bucket, name."""
+    duration = "" if step.duration_s is None else repr(max(0.0, float(step.duration_s)))
+    bucket = step_bucket(float(duration)) if duration else ""
+    return [step.state, duration, bucket, step.name]
 
 
 def new_job_id() -> str:

@@ -41,6 +41,12 @@ RELEASE_BY_DELIVERY = PREFIX + "release:delivery:"  # webhook delivery id -> the
 HOOKS_RECENT = PREFIX + "hooks:recent"  # the last deliveries and what was done with them
 AUDIT = PREFIX + "audit"  # stream: who started what
 REDBEAT = PREFIX + "redbeat:"  # Beat's schedule and lock (RedBeat's key prefix)
+REDBEAT_SCHEDULE = REDBEAT + ":schedule"  # RedBeat: sorted set of entry keys scored by their next run
+REDBEAT_LOCK = REDBEAT + ":lock"  # RedBeat: the lock of the one Beat that schedules
+
+# monitoring (jerp_jobs.jobs writes them as steps and jobs end; jerp_jobs.metrics reads them)
+STATS_STEPS = PREFIX + "stats:steps"  # hash: step-duration histogram buckets, sums and counts
+STATS_JOBS = PREFIX + "stats:jobs"  # hash: jobs ended, per kind and final state
 
 # the dashboard (jerp_jobs.dashboard)
 DASHBOARD_LOGIN_FAILS = PREFIX + "dashboard:login-fails:"  # failed logins per user and per client address

@@ -22,6 +22,8 @@ from jerp_jobs.errors import ConfigError
 
 #: Secret fields and the environment variable each is read from.
 SECRET_VARIABLES: dict[str, str] = {
+    "metrics_token": "JERP_METRICS_TOKEN",
+    "sentry_dsn": "JERP_SENTRY_DSN",
     "mariadb_root_password": "MARIADB_ROOT_PASSWORD",
     "frappe_admin_password": "FRAPPE_ADMIN_PASSWORD",
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
@@ -67,6 +69,14 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(10.0, gt=0, description="first wait before a step's retry; doubles each time")
     job_deadline_hours: float = Field(12.0, gt=0, description="a site job still running after this is failed by the reaper")
     fanout_deadline_hours: float = Field(48.0, gt=0, description="the same for migrate-all and backup-all")
+
+    # Monitoring (docs/monitoring.md): /metrics, the workers' broadcast, Sentry
+    worker_ping_timeout: float = Field(
+        1.0, gt=0, le=30, description="seconds workers have to answer a broadcast (jerpctl workers, --wait, /metrics)"
+    )
+    metrics_token: SecretStr | None = Field(None, description="set: /metrics needs Authorization: Bearer <it>")
+    sentry_dsn: SecretStr | None = Field(None, description="set: errors of workers, Beat and the web apps go to Sentry")
+    sentry_environment: str | None = Field(None, description="the environment Sentry files events under")
 
     # Beat (cron expressions, UTC: minute hour day-of-month month day-of-week)
     nightly_backup_cron: str = "0 3 * * *"

@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "jerp_jobs.webhook", "jerp_jobs.supervise", "jerp_jobs.socket_proxy",
         "jerp_jobs.dashboard", *(f"jerp_jobs.dashboard.{p.stem}" for p in (PACKAGE / "dashboard").glob("*.py")
                                  if p.stem != "__init__"),
+        "jerp_jobs.observe", "jerp_jobs.metrics",
     }),
 ]
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
