@@ -65,7 +65,7 @@ def _no_login_delay(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def client(rt: Runtime) -> Iterator[TestClient]:
-    with TestClient(dashboard_app.create_app(rt), base_url=BASE, follow_redirects=False) as c:
+    with TestClient(dashboard_app.create_app(rt, celery_app=None), base_url=BASE, follow_redirects=False) as c:
         yield c
 
 
@@ -113,7 +113,7 @@ def test_the_hash_command_prints_a_hash_of_the_password_read_from_stdin() -> Non
 def test_the_app_refuses_to_start_without_a_session_secret(rt: Runtime) -> None:
     rt.settings = load_settings(_env_file=None, dashboard_users=f"alice:operator:{HASHES['alice']}")
     with pytest.raises(ConfigError, match="JERP_DASHBOARD_SECRET"):
-        with TestClient(dashboard_app.create_app(rt)):
+        with TestClient(dashboard_app.create_app(rt, celery_app=None)):
             pass
 
 
@@ -196,7 +196,7 @@ def test_a_user_removed_from_the_settings_loses_access_at_once(client: TestClien
     assert client.get("/jobs").status_code == 200
     rt.settings = load_settings(_env_file=None, dashboard_secret=SECRET,
                                 dashboard_users=f"alice:operator:{HASHES['alice']}")
-    with TestClient(dashboard_app.create_app(rt), base_url=BASE, follow_redirects=False,
+    with TestClient(dashboard_app.create_app(rt, celery_app=None), base_url=BASE, follow_redirects=False,
                     cookies=dict(client.cookies)) as other:
         assert other.get("/jobs").status_code == 303
 
@@ -214,7 +214,7 @@ def test_logout_needs_the_csrf_token_and_ends_the_session(client: TestClient) ->
 
 
 def test_the_proxy_header_counts_only_from_a_trusted_proxy(rt: Runtime) -> None:
-    app = dashboard_app.create_app(rt)
+    app = dashboard_app.create_app(rt, celery_app=None)
     with TestClient(app, base_url=BASE, follow_redirects=False, client=("10.9.3.4", 5000)) as trusted:
         page = trusted.get("/jobs", headers={"X-Forwarded-User": "dave"})
         assert page.status_code == 200 and "dave" in page.text and "read-only" in page.text
@@ -227,7 +227,7 @@ def test_the_proxy_header_counts_only_from_a_trusted_proxy(rt: Runtime) -> None:
 def test_a_proxy_operator_acts_with_the_csrf_token_of_the_session_issued_to_them(rt: Runtime) -> None:
     job = rt.store.create("backup", ["backup"], site=SITES[0])
     who = {"X-Forwarded-User": "carol"}
-    with TestClient(dashboard_app.create_app(rt), base_url=BASE, follow_redirects=False,
+    with TestClient(dashboard_app.create_app(rt, celery_app=None), base_url=BASE, follow_redirects=False,
                     client=("10.9.0.2", 5000), headers=who) as c:
         token = csrf_of(c, f"/actions/cancel?target={job.id}")
         answer = c.post("/actions/cancel", data={"csrf": token, "target": job.id, "confirm": "yes"}, headers=ORIGIN)
@@ -511,3 +511,20 @@ def test_ten_thousand_jobs_are_listed_a_page_at_a_time(client: TestClient, rt: R
     rare = client.get("/jobs?kind=drill").text  # one in 100 seeded jobs is a drill
     assert len(re.findall(r'class="mono"', rare)) == 50
     assert client.get(f"/jobs/{ids[0]}").status_code == 200
+
+
+def test_metrics_and_healthz_answer_without_a_session(client: TestClient, rt: Runtime) -> None:
+    rt.store.create("backup", ["backup"], site=SITES[0])
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and "jerp_" in answer.text
+
+
+def test_the_workers_page_shows_queue_depths_and_beat(client: TestClient, rt: Runtime) -> None:
+    from jerp_jobs.celery import SITE_QUEUE
+
+    rt.redis.lpush(SITE_QUEUE, json.dumps({"headers": {"jerp_sent_at": time.time() - 120}}))
+    login(client, "bob")
+    page = client.get("/workers").text
+    queues = page.split('id="queues"')[1].split("</table>")[0]
+    assert SITE_QUEUE in queues and ">1<" in queues and "2m0" in queues
+    assert "no Beat holds the schedule lock" in page

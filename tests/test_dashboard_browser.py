@@ -210,3 +210,9 @@ def test_an_operator_follows_and_acts_in_the_browser(
     driver.get(dashboard + "/jobs?state=recovered")  # type: ignore[attr-defined]
     assert failing in driver.find_element(By.ID, "jobs").text  # type: ignore[attr-defined]
     _shot(driver, "10-jobs-recovered")
+
+    # workers and queues: the worker of this test answers the broadcast
+    driver.get(dashboard + "/workers")  # type: ignore[attr-defined]
+    assert f"{worker.name}@" in driver.find_element(By.ID, "workers").text  # type: ignore[attr-defined]
+    assert "jerp.site" in driver.find_element(By.ID, "queues").text  # type: ignore[attr-defined]
+    _shot(driver, "11-workers")

@@ -4,7 +4,8 @@ Served by ``uvicorn jerp_jobs.dashboard:app`` (compose.jobs.yml's ``jobs-dashboa
 ``dashboard``); its own app, never the public webhook's. Settings are read when the service
 starts (a bad or missing one stops it, named), not at import.
 
-Routes: ``GET /healthz`` (open), ``GET|POST /login``, ``POST /logout``; pages ``/jobs``
+Routes: ``GET /healthz`` and ``GET /metrics`` (:mod:`jerp_jobs.metrics`; open, or a bearer
+token) answer without a session; ``GET|POST /login``, ``POST /logout``; pages ``/jobs``
 (filters ``kind``, ``state``, ``site``, ``window``; cursor ``before``), ``/jobs/{id}``,
 ``/sites``, ``/releases``, ``/fanouts``, ``/workers``, ``/audit``; ``GET /jobs/{id}/events``
 (server-sent events: the live part of the job's page whenever it changes, until the job ends);
@@ -39,6 +40,7 @@ from jerp_jobs.dashboard.auth import LOGIN_WINDOW_S, Auth, User, same_origin
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import JOB_STATES
 from jerp_jobs.log import get_logger
+from jerp_jobs.metrics import make_router as make_metrics_router
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
 
@@ -112,9 +114,17 @@ def _fmt_hours(hours: float | None) -> str:
     return "never" if hours is None else _fmt_duration(hours * 3600)
 
 
-def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAPI:
+def _default_celery_app() -> Any:
+    from jerp_jobs.celery import app
+
+    return app
+
+
+def create_app(runtime: Runtime | Callable[[], Runtime] | None = None,
+               celery_app: Callable[[], Any] | None = _default_celery_app) -> FastAPI:
     """The ASGI app; ``runtime`` (or a factory) for tests, else the process's runtime, built
-    from the environment when the service starts."""
+    from the environment when the service starts; ``celery_app`` gives the Celery app whose
+    workers the workers page asks (None: no workers are asked)."""
     state: dict[str, Any] = {}
 
     def rt() -> Runtime:
@@ -143,6 +153,8 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
 
     app = FastAPI(title="jerp-jobs dashboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    # GET /metrics: open to scrapers (or a bearer token, JERP_METRICS_TOKEN), never a session
+    app.include_router(make_metrics_router(rt, celery_app))
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(time=_fmt_time, age=_fmt_age, duration=_fmt_duration, hours=_fmt_hours)
     templates.env.globals.update(states=JOB_STATES, quote=quote)
@@ -388,8 +400,8 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
     @app.get("/workers")
     def workers(request: Request) -> Response:
         _, session = require(request)
-        return _page(request, "workers.html", {"title": "Workers and queues", **views.workers_view(rt())},
-                     session=session)
+        seen = views.workers_view(rt(), celery_app() if celery_app else None)
+        return _page(request, "workers.html", {"title": "Workers and queues", **seen}, session=session)
 
     @app.get("/audit")
     def audit_page(request: Request) -> Response:

@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from jerp_jobs import observe
 from jerp_jobs.errors import JerpError
 from jerp_jobs.freshness import site_states, sites_freshness
 from jerp_jobs.jobs import FINAL_JOB_STATES, JOB_STATES, Job, Step
@@ -204,6 +205,20 @@ def _current_tag(rt: Runtime) -> str | None:
     return None
 
 
-def workers_view(rt: Runtime) -> dict[str, Any]:
-    """Alive workers, what each runs, queue depth, Beat's next runs."""
-    return {"workers": [], "queues": [], "beat": [], "problem": "the workers' read model is not available here"}
+def workers_view(rt: Runtime, celery_app: Any | None) -> dict[str, Any]:
+    """Alive workers and what each runs, queue depths and their oldest message, Beat's next runs
+    (:func:`jerp_jobs.observe.overview`, as ``jerpctl workers``). Workers are asked by a
+    broadcast that waits ``JERP_WORKER_PING_TIMEOUT`` seconds for answers."""
+    seen = observe.overview(rt, celery_app, timeout=rt.settings.worker_ping_timeout)
+    workers = []
+    for worker in seen.workers or []:
+        running = [{"job_id": t.job_id, "label": " ".join(x for x in (t.step, t.site) if x) or t.name,
+                    "started_at": t.started_at} for t in worker.tasks]
+        workers.append({"name": worker.name, "queues": worker.queues or [], "running": running})
+    beat = [{"name": e.name, "task": e.task, "next_run_at": e.next_run_at, "last_run_at": e.last_run_at,
+             "schedule": e.task or ""} for e in seen.beat.entries]
+    problem = None
+    if celery_app is not None and not workers:
+        problem = "no worker answered: jobs wait in their queues until one runs"
+    return {"workers": workers, "queues": [q.__dict__ for q in seen.queues], "beat": beat,
+            "beat_lock": seen.beat.lock_held, "problem": problem}
