@@ -205,6 +205,51 @@ return {'ended', f[1], f[2] or '0', f[3] and '1' or '0'}
 """
 
 
+# One page of a listing, filtered inside Redis. KEYS: the index (a sorted set of job ids by
+# creation time). ARGV: 1 highest score (or "(score", exclusive), 2 lowest, 3 rows wanted, 4 most
+# index entries read, 5 entries read at a time, 6 job key prefix, 7 the state a job must be in
+# ("" any), 8... the kinds it must be of (none: any). Returns {id, score, id, score, ...} of the
+# matching jobs, newest first, and where the next page starts ("" when the index is exhausted).
+_PAGE = """
+local high, low = ARGV[1], ARGV[2]
+local limit, scan_limit, batch = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local kinds, any_kind = {}, #ARGV < 8
+for i = 8, #ARGV do kinds[ARGV[i]] = true end
+local found, scanned = {}, 0
+while scanned < scan_limit do
+  local entries = redis.call('zrevrangebyscore', KEYS[1], high, low, 'WITHSCORES', 'LIMIT', 0,
+                             math.min(batch, scan_limit - scanned))
+  if #entries == 0 then return {found, ''} end
+  for i = 1, #entries, 2 do
+    local id, score = entries[i], entries[i + 1]
+    scanned = scanned + 1
+    high = '(' .. score
+    local f = redis.call('hmget', ARGV[6] .. id, 'kind', 'state')
+    if f[1] and (any_kind or kinds[f[1]]) and (ARGV[7] == '' or f[2] == ARGV[7]) then
+      found[#found + 1] = id
+      found[#found + 1] = score
+      if #found >= 2 * limit then return {found, high} end
+    end
+  end
+end
+return {found, high}
+"""
+
+# Each site's newest job of a kind. ARGV: 1 site index prefix, 2 job key prefix, 3 kind, 4 how
+# many of the site's newest jobs to look at, 5... the sites. Returns one job id per site ("" none).
+_LATEST_OF_KIND = """
+local out = {}
+for i = 5, #ARGV do
+  local hit = ''
+  for _, id in ipairs(redis.call('zrevrange', ARGV[1] .. ARGV[i], 0, tonumber(ARGV[4]) - 1)) do
+    if redis.call('hget', ARGV[2] .. id, 'kind') == ARGV[3] then hit = id break end
+  end
+  out[#out + 1] = hit
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class StepKeys:
     """The keys a step's start and end touch besides the job's record."""
@@ -287,6 +332,8 @@ class JobStore:
         self._update_step = client.register_script(_UPDATE_STEP)
         self._begin_step = client.register_script(_BEGIN_STEP)
         self._end_step = client.register_script(_END_STEP)
+        self._page = client.register_script(_PAGE)
+        self._latest_of_kind = client.register_script(_LATEST_OF_KIND)
 
     # -- creation and reading ----------------------------------------------------------------
 
@@ -394,75 +441,61 @@ class JobStore:
                       "parent", "error", "cancel_requested")
 
     def page(self, *, site: str | None = None, state: str | None = None,
-             kind: str | Collection[str] | None = None,
-             since: float | None = None, until: float | None = None, before: float | None = None,
-             limit: int = 50, scan_limit: int = 20_000, batch: int = 500) -> tuple[list[dict[str, Any]], float | None]:
+             kind: str | Collection[str] | None = None, since: float | None = None, until: float | None = None,
+             before: float | None = None, limit: int = 50,
+             scan_limit: int = 20_000) -> tuple[list[dict[str, Any]], float | None]:
         """One page of job summaries (:data:`SUMMARY_FIELDS`, times as floats), newest first.
 
         Reads the narrowest index there is (the site's, else the state's, else every job) by
         creation time, from ``until`` (or ``before``, exclusive: the cursor of the previous page)
-        down to ``since``; the other filters (state with a site, kind) are checked on the
-        summaries, read ``batch`` at a time with one HMGET each in a pipeline. At most
-        ``scan_limit`` index entries are read per call. Returns the rows and the cursor of the
-        next page (the creation time to pass as ``before``), None when the index is exhausted.
+        down to ``since``; the other filters (state with a site, kind) are checked inside Redis
+        (``_PAGE``: at most ``scan_limit`` index entries per call), then the summaries of the
+        matching jobs are read with one HMGET each, pipelined. Returns the rows and the cursor of
+        the next page (the creation time to pass as ``before``), None when the index is exhausted.
         """
         if state is not None and state not in JOB_STATES:
             raise InvalidInput(f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
         index = self._index_site(site) if site else self._index_state(state) if state else JOBS
-        kinds = {kind} if isinstance(kind, str) else set(kind) if kind is not None else None
-        high: str = f"({before!r}" if before is not None else repr(until) if until is not None else "+inf"
+        kinds = [kind] if isinstance(kind, str) else sorted(kind) if kind is not None else []
+        high = f"({before!r}" if before is not None else repr(until) if until is not None else "+inf"
         low = repr(since) if since is not None else "-inf"
-        rows: list[dict[str, Any]] = []
-        scanned = 0
-        while scanned < scan_limit:
-            entries = self._r.zrevrangebyscore(index, high, low, start=0, num=min(batch, scan_limit - scanned),
-                                               withscores=True)
-            if not entries:
-                return rows, None
-            scanned += len(entries)
-            pipe = self._r.pipeline(transaction=False)
-            for job_id, _ in entries:
-                pipe.hmget(self._key(as_text(job_id)), self.SUMMARY_FIELDS)
-            for (job_id, score), values in zip(entries, pipe.execute()):
-                high = f"({score!r}"
-                row = dict(zip(self.SUMMARY_FIELDS, (as_text(v) if v is not None else None for v in values)))
-                if not row["id"]:
-                    if not any(values):
-                        self._r.zrem(index, job_id)  # the record expired
-                    continue
-                if (state is not None and row["state"] != state) or (kinds is not None and row["kind"] not in kinds):
-                    continue
+        check_state = state if (site and state) else ""
+        found, cursor = self._page(keys=[index], args=[high, low, limit, scan_limit, 500, JOB, check_state, *kinds])
+        ids = [as_text(v) for v in found[0::2]]
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._key(job_id), self.SUMMARY_FIELDS)
+        rows = []
+        for values in pipe.execute():
+            row = dict(zip(self.SUMMARY_FIELDS, (as_text(v) if v is not None else None for v in values)))
+            if not row["id"] or not row["created_at"]:
+                continue  # expired or partial since the script read it
+            for name in ("created_at", "updated_at", "started_at", "ended_at"):
+                row[name] = float(row[name]) if row[name] else None
+            row["site"] = row["site"] or None
+            row["parent"] = row["parent"] or None
+            row["cancel_requested"] = row["cancel_requested"] == "1"
+            rows.append(row)
+        cursor = as_text(cursor)
+        return rows, float(cursor.lstrip("(")) if cursor else None
+
+    def latest_of_kind(self, sites: Sequence[str], kind: str, *, depth: int = 200) -> dict[str, dict[str, Any]]:
+        """Each site's newest job of ``kind`` among its ``depth`` newest jobs, as a summary
+        (one script, ``_LATEST_OF_KIND``, then one pipeline); sites without one are left out."""
+        if not sites:
+            return {}
+        hits = [as_text(v) for v in self._latest_of_kind(args=[JOBS_BY_SITE, JOB, kind, depth, *sites])]
+        found = [(site, job_id) for site, job_id in zip(sites, hits) if job_id]
+        pipe = self._r.pipeline(transaction=False)
+        for _, job_id in found:
+            pipe.hmget(self._key(job_id), self.SUMMARY_FIELDS)
+        latest: dict[str, dict[str, Any]] = {}
+        for (site, _), values in zip(found, pipe.execute()):
+            row = dict(zip(self.SUMMARY_FIELDS, (as_text(v) if v is not None else None for v in values)))
+            if row["id"]:
                 for name in ("created_at", "updated_at", "started_at", "ended_at"):
                     row[name] = float(row[name]) if row[name] else None
-                row["site"] = row["site"] or None
-                row["parent"] = row["parent"] or None
-                row["cancel_requested"] = row["cancel_requested"] == "1"
-                rows.append(row)
-                if len(rows) == limit:
-                    return rows, score
-        return rows, float(high[1:]) if high.startswith("(") else None
-
-    def latest_of_kind(self, sites: Sequence[str], kind: str, *, depth: int = 50) -> dict[str, dict[str, Any]]:
-        """Each site's newest job of ``kind`` among its ``depth`` newest jobs, as a summary
-        (two pipelines whatever the number of sites); sites without one are left out."""
-        pipe = self._r.pipeline(transaction=False)
-        for site in sites:
-            pipe.zrevrange(self._index_site(site), 0, depth - 1)
-        ids = [[as_text(i) for i in found] for found in pipe.execute()]
-        pipe = self._r.pipeline(transaction=False)
-        for found in ids:
-            for job_id in found:
-                pipe.hmget(self._key(job_id), self.SUMMARY_FIELDS)
-        replies = iter(pipe.execute())
-        latest: dict[str, dict[str, Any]] = {}
-        for site, found in zip(sites, ids):
-            for _ in found:
-                values = next(replies)
-                row = dict(zip(self.SUMMARY_FIELDS, (as_text(v) if v is not None else None for v in values)))
-                if site not in latest and row["id"] and row["kind"] == kind:
-                    for name in ("created_at", "updated_at", "started_at", "ended_at"):
-                        row[name] = float(row[name]) if row[name] else None
-                    latest[site] = row
+                latest[site] = row
         return latest
 
     def count(self, *, state: str | None = None) -> int:

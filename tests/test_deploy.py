@@ -88,6 +88,10 @@ def test_jobs_stack_reaches_docker_only_through_the_proxy(rendered):
     assert {"jobs-redis", "jobs-worker", "jobs-control", "jobs-beat", "jobs-flower", "jobs-webhook",
             "docker-proxy"} <= set(services)
     assert services["jobs-flower"]["profiles"] == ["flower"]
+    dashboard = services["jobs-dashboard"]
+    assert dashboard["profiles"] == ["dashboard"] and set(dashboard["networks"]) == {"default"}
+    assert dashboard["volumes"] == ["platform-sites:/home/frappe/frappe-bench/sites:ro"]
+    assert dashboard["command"] == ["dashboard"] and dashboard["expose"] == ["8000"]
     socket_mounts = {name for name, s in services.items() for v in s.get("volumes", []) if "docker.sock" in str(v)}
     assert socket_mounts == {"docker-proxy"}
     assert services["jobs-worker"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"

@@ -5,6 +5,7 @@
 #   beat            Celery Beat (celery-redbeat; run exactly one)
 #   flower          Flower, the Celery monitor, on port 5555
 #   webhook         the release webhook (uvicorn), on port JERP_WEBHOOK_PORT (8000)
+#   dashboard       the operators' dashboard (uvicorn), on port JERP_DASHBOARD_PORT (8000)
 #   socket-proxy    the Docker API proxy the workers reach Docker through, on port 2375
 # Anything else is run as a command (jerpctl ..., celery ..., sh).
 # Settings and secrets come from the environment; nothing here prints them.
@@ -38,6 +39,12 @@ case "$role" in
         fi
         exec uvicorn jerp_jobs.webhook:app --host 0.0.0.0 --port "${JERP_WEBHOOK_PORT:-8000}" \
             --proxy-headers --forwarded-allow-ips '*' "$@"
+        ;;
+    dashboard)
+        # no --proxy-headers: the dashboard trusts a proxy's user header only from
+        # JERP_DASHBOARD_TRUSTED_PROXIES, by the peer address uvicorn sees
+        exec uvicorn jerp_jobs.dashboard:app --host 0.0.0.0 --port "${JERP_DASHBOARD_PORT:-8000}" \
+            --timeout-keep-alive 5 "$@"
         ;;
     socket-proxy)
         exec python -m jerp_jobs.socket_proxy "$@"
