@@ -313,6 +313,13 @@ class JobStore:
         data = {as_text(k): as_text(v) for k, v in raw.items()}
         return _decode_fields(data, job_id), data
 
+    def kind_and_site(self, job_id: str) -> tuple[str, str | None] | None:
+        """The job's kind and site (one HMGET; they never change); None when the job is gone."""
+        kind, site = self._r.hmget(self._key(job_id), "kind", "site")
+        if not kind:
+            return None
+        return as_text(kind), (as_text(site) if site else None) or None
+
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(self._key(job_id)))
 
