@@ -84,7 +84,7 @@ def celery_notify_parent(parent_id: str, child_id: str) -> None:
 
 def build_runtime(settings: Settings, *, client: redis.Redis | None = None, executor: Executor | None = None) -> Runtime:
     client = client or redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
-    store = JobStore(client, ttl_days=settings.job_ttl_days)
+    store = JobStore(client, ttl_days=settings.job_ttl_days, output_lines=settings.live_output_lines)
     return Runtime(
         settings=settings,
         redis=client,

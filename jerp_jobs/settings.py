@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(21600, ge=60)
     task_time_limit: int = Field(18000, ge=30)
     job_ttl_days: int = Field(30, ge=1)
+    live_output_lines: int = Field(
+        1000, ge=0, description="lines of a job's live command output kept in Redis while and after it runs "
+        "(jerpctl --wait follows them); 0: none"
+    )
     audit_days: int = Field(730, ge=1, description="days the audit trail (jerp:audit) keeps an entry")
     legal_hold_days: int = Field(1826, ge=1, description="days an offboarded site's final off-site backup is kept")
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
