@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     github_repository: str | None = Field(None, description="owner/name of the repository whose pipeline builds the image")
     github_branch: str = "main"
     registry_repository: str | None = Field(None, description="the image's repository as registry hooks name it")
+    webhook_docs: bool = Field(False, description="the webhook serves /docs, /redoc and /openapi.json (off: 404)")
     webhook_max_body: int = Field(1024 * 1024, ge=1024, description="largest hook body accepted, bytes")
     webhook_max_age: int = Field(600, ge=10, description="seconds a signed /hooks/release request stays valid")
     webhook_read_timeout: float = Field(
