@@ -785,6 +785,7 @@ def sites(obj: Ctx) -> None:
     else:
         for row in rows:
             age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
+            age = f"{row['backup_where']} {age}" + ("  STALE" if row["backup_stale"] else "")
             extra = "  (no site folder)" if not row["exists"] else ""
             mark = row["attention"]
             if mark:

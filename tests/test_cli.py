@@ -422,3 +422,22 @@ def test_wait_streams_the_running_commands_output(run, fake_runtime: Runtime) ->
     assert result.exit_code == EXIT_OK, result.output
     assert "$ bench --site acme.example.com backup" in result.output
     assert "| Backup Summary for acme.example.com" in result.output
+
+
+def test_sites_and_backups_agree_on_staleness(run, fake_runtime: Runtime, tmp_path) -> None:
+    from tests.site_folders import count_output, is_count, make_site_folders, use_sites_dir
+
+    fake_runtime.settings = fake_runtime.settings.model_copy(update={"s3_bucket": "jerp-backups"})
+    make_site_folders(tmp_path / "sites", [SITE])
+    use_sites_dir(fake_runtime, tmp_path / "sites")
+    fake_runtime.executor.on(is_count, output=count_output(1))
+    # a fresh local backup, an off-site copy three days old: stale for both commands
+    fake_runtime.redis.zadd(f"jerp:backups:{SITE}", {json.dumps({"timestamp": "20261204_030000", "artifacts": []}):
+                                                      time.time() - 3600})
+    fake_runtime.redis.zadd(f"jerp:offsite:{SITE}", {json.dumps({"timestamp": "20261201_030000", "artifacts": []}):
+                                                      time.time() - 3 * 86400})
+    [backup_row] = json.loads(run("--json", "backups").output)
+    [site_row] = json.loads(run("--json", "sites").output)
+    assert backup_row["stale"] is site_row["backup_stale"] is True
+    assert backup_row["age_hours"] == site_row["backup_age_hours"] and site_row["backup_where"] == "off-site"
+    assert "STALE" in run("backups").output and "STALE" in run("sites").output
