@@ -9,6 +9,7 @@ tasks module), Apprise notifications, Redis. Workers, Beat, ``jerpctl`` and the 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import redis
 
@@ -27,11 +28,51 @@ STEP_TASK = "jerp.step"
 CHILD_DONE_TASK = "jerp.child_done"
 
 
-def celery_dispatch(job_id: str, step: str) -> None:
-    """Publish one step of a job on the site queue."""
+def celery_dispatch(job_id: str, step: str, *, name: str | None = None, countdown: float | None = None) -> None:
+    """Publish one step of a job on the site queue; ``name`` is the task's name in Flower and in
+    the worker's log (Celery's ``shadow``; see :class:`StepTaskNames`), ``countdown`` delays it."""
     from jerp_jobs.celery import SITE_QUEUE, app  # Celery only once something is sent (jerpctl jobs never)
 
-    app.send_task(STEP_TASK, kwargs={"job_id": job_id, "step": step}, queue=SITE_QUEUE)
+    app.send_task(STEP_TASK, kwargs={"job_id": job_id, "step": step}, queue=SITE_QUEUE, shadow=name,
+                  countdown=countdown)
+
+
+def step_task_name(kind: str, site: str | None, step: str) -> str:
+    """``KIND:SITE:STEP`` (``KIND:STEP`` for a job without a site), e.g.
+    ``migrate:a.example.com:migrate`` — what Flower lists instead of ``jerp.step``."""
+    return ":".join(part for part in (kind, site, step) if part)
+
+
+class StepTaskNames:
+    """Readable names of step tasks for monitors (Celery's ``shadow`` name, set when the step is
+    sent; Flower and the worker's log show it): :func:`step_task_name` of the job's kind and site.
+
+    A job's kind and site never change: they are read once per job and process (one HMGET) and
+    kept for the last jobs seen. A job whose record is gone keeps the task's own name."""
+
+    def __init__(self, store: JobStore, *, size: int = 4096) -> None:
+        self._store = store
+        self._labels = functools.lru_cache(maxsize=size)(self._label)
+
+    def __call__(self, job_id: str, step: str) -> str:
+        try:
+            label = self._labels(job_id)
+        except redis.RedisError:  # a name is never worth a step not sent: publishing reports the outage
+            label = None
+        return f"{label}:{step}" if label else STEP_TASK
+
+    def _label(self, job_id: str) -> str | None:
+        found = self._store.kind_and_site(job_id)
+        return None if found is None else ":".join(part for part in found if part)
+
+
+def named_dispatch(names: StepTaskNames) -> Callable[[str, str], None]:
+    """The runtime's ``dispatch``: each step sent under its readable name."""
+
+    def dispatch(job_id: str, step: str) -> None:
+        celery_dispatch(job_id, step, name=names(job_id, step))
+
+    return dispatch
 
 
 def celery_notify_parent(parent_id: str, child_id: str) -> None:
@@ -43,15 +84,16 @@ def celery_notify_parent(parent_id: str, child_id: str) -> None:
 
 def build_runtime(settings: Settings, *, client: redis.Redis | None = None, executor: Executor | None = None) -> Runtime:
     client = client or redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
+    store = JobStore(client, ttl_days=settings.job_ttl_days, output_lines=settings.live_output_lines)
     return Runtime(
         settings=settings,
         redis=client,
-        store=JobStore(client, ttl_days=settings.job_ttl_days),
+        store=store,
         locks=LockManager(client, ttl=settings.lock_ttl),
         sites=SiteState(client, ttl_s=settings.job_ttl_days * 86400),
         workflows=CATALOG,
         _executor=executor,
-        dispatch=celery_dispatch,
+        dispatch=named_dispatch(StepTaskNames(store)),
         notify_parent=celery_notify_parent,
         notify=Notifier.from_settings(settings).send,
     )

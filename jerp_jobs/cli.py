@@ -105,8 +105,18 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+class _JsonAnywhere(click.Group):
+    """``--json`` is taken before or after the subcommand (``jerpctl jobs --json``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head = args[: args.index("--")] if "--" in args else args
+        if "--json" in head:
+            args = ["--json", *(a for i, a in enumerate(args) if not (a == "--json" and i < len(head)))]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_JsonAnywhere, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (before or after the command).")
 @click.pass_context
 def cli(ctx: click.Context, as_json: bool) -> None:
     """Drive and watch jerp-jobs, the job orchestrator of the ERPNext platform."""
@@ -410,9 +420,32 @@ def _release_row(job: Any) -> dict[str, Any]:
     }
 
 
+#: kinds that work on a site that must already exist (restore too, unless it may create it)
+_EXISTING_SITE_KINDS = frozenset({"backup", "migrate", "install-app", "uninstall-app", "clear-cache", "offboard",
+                                  "restore"})
+
+
+def _refuse_missing_site(rt: Any, kind: str, site: str | None, params: dict[str, Any]) -> None:
+    """A job for a site the sites folder does not have is refused here (exit 2), when this process
+    sees the folder (the local executor's bench, or JERP_SITES_DIR); else the job's first step says."""
+    if site is None or kind not in _EXISTING_SITE_KINDS or (kind == "restore" and params.get("create")):
+        return
+    from jerp_jobs.errors import ConfigError, InvalidInput
+    from jerp_jobs.sites import SITE_CONFIG, list_site_folders, sites_folder
+
+    try:
+        listing = list_site_folders(sites_folder(rt.settings))
+    except (ConfigError, InvalidInput):
+        return  # the folder is not visible here: cannot tell
+    if site not in listing.sites:
+        raise InvalidInput(f"site {site} does not exist in the bench (no {listing.folder}/{site}/{SITE_CONFIG}); "
+                           f"nothing enqueued")
+
+
 def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None, wait: bool) -> None:
     from jerp_jobs.enqueue import submit
 
+    _refuse_missing_site(obj.rt, kind, site, params or {})
     _report(obj, submit(obj.rt, kind, site=site, params=params, actor=_actor()), wait=wait)
 
 
@@ -455,8 +488,14 @@ def _read_job(obj: Ctx, job_id: str, *, live: bool = True) -> Any:
 
 
 def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
-    """Print each step as it changes state until the job ends; returns the final job."""
+    """Print each step as it changes state until the job ends, with the running commands' output
+    as it comes (the job's live output stream) and, for a fan-out, a line of counts each time they
+    change (done / failed / running / queued, the running sites, an ETA from earlier runs of the
+    same kind); returns the final job."""
     seen: dict[str, str] = {}
+    cursors: dict[str, str | None] = {}
+    last_progress = ""
+    eta: float | None = None
     while True:
         job = _read_job(obj, job_id, live=False)
         if not obj.as_json:
@@ -465,12 +504,67 @@ def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
                     seen[step.name] = step.state
                     if step.state != "pending":
                         click.echo(f"  {step.name:<28} {_state(step.state)}{_duration(step)}", err=True)
+            _echo_output(obj, job.id, cursors, prefix="")
+            if job.kind.endswith("-all") and not job.finished:
+                if eta is None:
+                    eta = _typical_duration(obj, job)
+                line = _fanout_line(obj, job, eta, cursors)
+                if line and line != last_progress:
+                    last_progress = line
+                    click.echo(line, err=True)
         if job.finished:
             job = _read_job(obj, job_id)
             if not obj.as_json:
+                _echo_output(obj, job.id, cursors, prefix="")
                 click.echo(f"job {job.id} {_state(job.state)}" + (f": {job.error}" if job.error else ""), err=True)
             return job
         time.sleep(poll)
+
+
+def _echo_output(obj: Ctx, job_id: str, cursors: dict[str, str | None], *, prefix: str) -> None:
+    """The job's live output since the last call (commands as ``$ argv``, lines as ``| text``)."""
+    for line in obj.rt.store.output_since(job_id, cursors.get(job_id)):
+        cursors[job_id] = line.cursor
+        mark = "$" if line.kind == "command" else "|"
+        click.echo(f"      {prefix}{mark} {line.text}", err=True)
+
+
+def _fanout_line(obj: Ctx, job: Any, eta: float | None, cursors: dict[str, str | None]) -> str:
+    """``sites 12/30 done, 1 failed, 4 running, 13 queued — running: a, b — ETA 3 min``; the
+    output of the running children streams below it."""
+    from jerp_jobs.cliformat import duration
+    from jerp_jobs.operations.fanout import progress
+
+    current = progress(obj.rt.redis, job.id)
+    if current is None:
+        return ""
+    sites = current["sites"]
+    states = [entry["state"] for entry in sites.values()]
+    done = sum(state == "succeeded" for state in states)
+    failed = sum(state in ("failed", "recovered", "cancelled") for state in states)
+    running = [site for site, entry in sites.items() if entry["state"] == "running"]
+    queued = sum(state in ("pending", "not-started") for state in states)
+    parts = [f"sites {done + failed}/{len(sites)} done", f"{failed} failed", f"{len(running)} running",
+             f"{queued} queued"]
+    if running:
+        parts.append("running: " + ", ".join(running[:6]) + (" ..." if len(running) > 6 else ""))
+    if eta is not None and job.started_at:
+        left = eta - (time.time() - job.started_at)
+        parts.append(f"ETA {duration(left)}" if left > 0 else "ETA past the usual time")
+    for site in running:
+        child = sites[site].get("job_id")
+        if child:
+            _echo_output(obj, child, cursors, prefix=f"{site} ")
+    return "  " + ", ".join(parts[:4]) + "".join(f" — {p}" for p in parts[4:])
+
+
+def _typical_duration(obj: Ctx, job: Any) -> float | None:
+    """The median duration of the last successful jobs of the same kind (from their records)."""
+    import statistics
+
+    done = [j for j in obj.rt.store.list(state="succeeded", limit=200) if j.kind == job.kind and j.id != job.id
+            and j.started_at and j.ended_at][:5]
+    return statistics.median(j.ended_at - j.started_at for j in done) if done else None
 
 
 _COLOURS = {
@@ -496,7 +590,9 @@ def _exit_for(state: str) -> int:
 
 
 def _when(epoch: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch)) if epoch else "-"
+    from jerp_jobs.cliformat import when
+
+    return when(epoch)
 
 
 @cli.command()
@@ -513,8 +609,13 @@ def jobs(obj: Ctx, site: str | None, state: str | None, limit: int) -> None:
         return
     if not found:
         click.echo("no jobs", err=True)
-    for job in found:
-        click.echo(f"{job.id}  {_when(job.created_at)}  {job.kind:<12} {job.site or '-':<36} {_state(job.state)}")
+        return
+    from jerp_jobs.cliformat import ago, table, utc
+
+    rows = [[job.id, utc(job.created_at), ago(job.created_at), job.kind, job.site or "-", _state(job.state)]
+            for job in found]
+    for line in table(["JOB", "REQUESTED (UTC)", "AGE", "KIND", "SITE", "STATE"], rows):
+        click.echo(line)
 
 
 @cli.command()
@@ -532,18 +633,71 @@ def status(obj: Ctx, job_id: str) -> None:
     if job.error:
         click.echo(f"error: {job.error}")
     for note, text in job.notes.items():
-        click.echo(f"{note}: {text}")
+        click.echo(f"{note}: {_when(float(text)) if note.endswith('_since') and _is_number(text) else text}")
+    from jerp_jobs.cliformat import table
+
+    rows, details = [], {}
     for step in job.steps:
-        code = f" exit {step.exit_code}" if step.exit_code else ""
-        click.echo(f"  {step.name:<28} {_state(step.state)}{_duration(step)}{code}")
-        if step.state == "failed" and step.output:
-            for line in step.output.splitlines()[-20:]:
-                click.echo(f"      | {line}")
+        state, detail, extra = _step_view(obj, job, step)
+        took = f"{step.duration_s:.1f}s" if step.duration_s is not None else ""
+        code = f"exit {step.exit_code}" if step.state == "failed" and step.exit_code else ""
+        rows.append([step.name, _state(state), took, " ".join(x for x in (code, detail) if x)])
+        details[step.name] = extra
+    for line, step in zip(table(["STEP", "STATE", "TOOK", "DETAIL"], rows, right=(2,))[1:], job.steps):
+        click.echo(f"  {line}")
+        for extra in details[step.name]:
+            click.echo(f"      | {extra}")
     sites = job.result.get("sites")
     if isinstance(sites, dict):
-        for site, entry in sites.items():
-            click.echo(f"  {site:<40} {_state(entry['state'])} {entry.get('job_id') or ''}")
+        site_rows = [[site, _state(entry["state"]), entry.get("job_id") or "-", entry.get("reason") or ""]
+                     for site, entry in sites.items()]
+        for line in table(["SITE", "STATE", "JOB", "REASON"], site_rows):
+            click.echo(f"  {line}")
     sys.exit(EXIT_OK if job.state in ("succeeded", "queued", "running") else EXIT_JOB_FAILED)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _step_view(obj: Ctx, job: Any, step: Any) -> tuple[str, str, list[str]]:
+    """How ``status`` shows a step: its state (``manual`` for a proxy host left to do by hand),
+    a short detail (why it was skipped), and lines below it (a failed step's output tail, the
+    manual instructions)."""
+    if step.state == "failed":
+        return "failed", step.error or "", step.output.splitlines()[-20:]
+    if step.name == "proxy-host" and step.state == "success":
+        wanted = job.result.get("proxy_host") or {}
+        if wanted and not wanted.get("created"):
+            return "manual", "Nginx Proxy Manager is not configured: create the proxy host by hand", \
+                [wanted.get("summary", ""), *wanted.get("steps", [])]
+    if step.state == "skipped":
+        return "skipped", _skip_reason(obj, job, step), []
+    return step.state, "", []
+
+
+def _skip_reason(obj: Ctx, job: Any, step: Any) -> str:
+    """Why a step did not run: what it printed, or, for a step the job never reached, the step
+    that failed, a cancel, or a recovery step not needed."""
+    said = [line for line in step.output.splitlines() if line.strip()]
+    if said:
+        return said[-1]
+    try:
+        recovery = obj.rt.workflow(job.kind).is_recovery(step.name)
+    except Exception:  # noqa: BLE001 - an unknown kind or step: no finer reason
+        recovery = False
+    if recovery:
+        return "recovery step: not needed"
+    failed = [s.name for s in job.steps if s.state == "failed"]
+    if failed:
+        return f"not run: {failed[0]} failed"
+    if job.cancel_requested:
+        return "not run: cancelled"
+    return step.error or ""
 
 
 @cli.command()
@@ -629,6 +783,7 @@ def sites(obj: Ctx) -> None:
     else:
         for row in rows:
             age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
+            age = f"{row['backup_where']} {age}" + ("  STALE" if row["backup_stale"] else "")
             extra = "  (no site folder)" if not row["exists"] else ""
             mark = row["attention"]
             if mark:

@@ -37,29 +37,37 @@ def _sites(client: Any, prefix: str) -> set[str]:
     return {key.decode()[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=10_000)}
 
 
+def freshness(newest: list[Any], *, max_age_hours: float, now: float, offsite: bool) -> dict[str, Any]:
+    """The one staleness rule, for ``jerpctl backups`` and ``jerpctl sites`` alike: the newest
+    backup that counts — the off-site copy when an off-site store is configured, else the local
+    backup (``newest`` is that sorted set's top entry, with its score) — and its age; stale when
+    older than ``JERP_BACKUP_MAX_AGE_HOURS`` or missing."""
+    where = "off-site" if offsite else "local"
+    if not newest:
+        return {"where": where, "last_at": None, "age_hours": None, "stale": True, "manifest": None}
+    manifest, at = json.loads(newest[0][0]), float(newest[0][1])
+    age = (now - at) / 3600
+    return {"where": where, "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours,
+            "manifest": manifest}
+
+
 def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = None,
                     offsite: bool = True) -> list[dict[str, Any]]:
     """Each site's newest off-site copy and its age; with ``offsite`` false (local-only mode, no
     off-site store configured) the newest local backup instead (``where`` says which)."""
     now = time.time() if now is None else now
-    source, where = (OFFSITE, "off-site") if offsite else (LOCAL, "local")
+    source = OFFSITE if offsite else LOCAL
     sites = sorted(_sites(client, LOCAL) | _sites(client, OFFSITE))
     pipe = client.pipeline(transaction=False)
     for site in sites:
         pipe.zrevrange(source + site, 0, 0, withscores=True)
     rows = []
     for site, newest in zip(sites, pipe.execute()):
-        if newest:
-            manifest, at = json.loads(newest[0][0]), float(newest[0][1])
-            age = (now - at) / 3600
-            times = _times(manifest)
-            rows.append({"site": site, "last_timestamp": times["timestamp"],
-                         "last_utc_timestamp": times["utc_timestamp"], "time_zone": times["time_zone"],
-                         "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours,
-                         "where": where})
-        else:
-            rows.append({"site": site, "last_timestamp": None, "last_utc_timestamp": None, "time_zone": None,
-                         "last_at": None, "age_hours": None, "stale": True, "where": where})
+        fresh = freshness(newest, max_age_hours=max_age_hours, now=now, offsite=offsite)
+        manifest = fresh.pop("manifest")
+        times = _times(manifest) if manifest else {"timestamp": None, "utc_timestamp": None, "time_zone": None}
+        rows.append({"site": site, "last_timestamp": times["timestamp"], "last_utc_timestamp": times["utc_timestamp"],
+                     "time_zone": times["time_zone"], **fresh})
     return rows
 
 
@@ -78,7 +86,8 @@ def site_backups(client: Any, site: str) -> list[dict[str, Any]]:
 
 
 def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
-    """Every site of the bench with its state and the age of its last backup (local or off-site),
+    """Every site of the bench with its state and the age of its last backup by the rule of
+    ``jerpctl backups`` (:func:`freshness`: off-site when an off-site store is configured, else local),
     and every site with an attention mark, even one whose folder is gone (``exists`` false).
 
     The sites come from the platform's sites folder itself, checked against the bench's own
@@ -98,17 +107,19 @@ def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
         pipe.get(OWNER + site)
     replies = pipe.execute()
     rows = []
+    use_offsite = bool(rt.settings.s3_bucket)
     for i, site in enumerate(names):
         local, offsite, owner = replies[3 * i: 3 * i + 3]
-        latest = [float(score) for _, score in [*local, *offsite]]
-        age = round((now - max(latest)) / 3600, 2) if latest else None
+        fresh = freshness(offsite if use_offsite else local, max_age_hours=rt.settings.backup_max_age_hours,
+                          now=now, offsite=use_offsite)
         exists = site in present
         maintenance = _maintenance(folder / site / "site_config.json") if exists else None
         attention = marks.get(site)
         state = ("needs attention" if attention else "unreadable config" if maintenance is None and exists
                  else "in maintenance" if maintenance else "ok")
         rows.append({"site": site, "state": state, "exists": exists, "maintenance": maintenance,
-                     "attention": attention, "backup_age_hours": age,
+                     "attention": attention, "backup_age_hours": fresh["age_hours"],
+                     "backup_where": fresh["where"], "backup_stale": fresh["stale"],
                      "owner_job": owner.decode() if isinstance(owner, bytes) else owner})
     return rows
 

@@ -20,6 +20,9 @@ Storage (Redis, every key under ``jerp:``):
   worker process writes it: per kind, step and final state, the steps ended and a histogram
   of their durations (:data:`STEP_BUCKETS`); per kind and final state, the jobs ended. They
   never expire (counters: Prometheus takes their rate).
+- ``jerp:output:<id>`` — a stream: the job's commands and their output lines while they run
+  (:class:`LiveOutput` writes it in batches, :meth:`JobStore.output_since` reads it), the last
+  ``JERP_LIVE_OUTPUT_LINES`` kept, expiring with the record. The step records keep their own tail.
 
 Job records carry no secret: parameters are checked for secret-looking keys on creation, and
 output passes through the log redactor.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +42,7 @@ from typing import Any
 import redis
 
 from jerp_jobs.errors import InvalidInput, JobNotFound, PartialRecord, StoreError
-from jerp_jobs.keys import JOB, JOBS, JOBS_BY_SITE, JOBS_BY_STATE, STATS_JOBS, STATS_STEPS
+from jerp_jobs.keys import JOB, JOBS, JOBS_BY_SITE, JOBS_BY_STATE, OUTPUT, STATS_JOBS, STATS_STEPS
 from jerp_jobs.keys import PREFIX as KEY_PREFIX
 from jerp_jobs.log import get_logger, redactor
 
@@ -324,10 +328,25 @@ class Job:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class OutputLine:
+    """One entry of a job's live output: a command started (``kind`` "command", its argv
+    redacted) or a line it printed (``kind`` "output"), with the step and the time it was stored."""
+
+    step: str
+    text: str
+    kind: str
+    at: float
+    #: the entry's place in the stream: pass the last one read back to read what follows
+    cursor: str
+
+
 class JobStore:
-    def __init__(self, client: redis.Redis, *, ttl_days: int = 30) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_days: int = 30, output_lines: int = 1000) -> None:
         self._r = client
         self.ttl = ttl_days * 86400
+        #: lines of live output kept per job (0: none written)
+        self.output_lines = output_lines
         self._set_state = client.register_script(_SET_STATE)
         self._update_step = client.register_script(_UPDATE_STEP)
         self._begin_step = client.register_script(_BEGIN_STEP)
@@ -400,6 +419,13 @@ class JobStore:
             raise JobNotFound(job_id)
         data = {as_text(k): as_text(v) for k, v in raw.items()}
         return _decode_fields(data, job_id), data
+
+    def kind_and_site(self, job_id: str) -> tuple[str, str | None] | None:
+        """The job's kind and site (one HMGET; they never change); None when the job is gone."""
+        kind, site = self._r.hmget(self._key(job_id), "kind", "site")
+        if not kind:
+            return None
+        return as_text(kind), (as_text(site) if site else None) or None
 
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(self._key(job_id)))
@@ -696,6 +722,41 @@ class JobStore:
         self._r.hset(self._key(job_id), "cancel_requested", "1")
         return self.get(job_id)
 
+    # -- live output -----------------------------------------------------------------------------
+
+    def live_output(self, job_id: str, step: str) -> LiveOutput:
+        """A writer of ``step``'s output to the job's stream while its command runs; close it when
+        the command ends."""
+        return LiveOutput(self, job_id, step)
+
+    def append_output(self, job_id: str, step: str, entries: Sequence[tuple[str, str]]) -> None:
+        """Append ``(kind, text)`` entries of ``step`` to the job's output stream, redacted, in one
+        round trip; the stream keeps about the last ``output_lines`` and expires with the record."""
+        if not entries or self.output_lines <= 0:
+            return
+        key = OUTPUT + job_id
+        pipe = self._r.pipeline(transaction=False)
+        for kind, text in entries:
+            pipe.xadd(key, {"step": step, "kind": kind, "text": redactor.text(text)},
+                      maxlen=self.output_lines, approximate=True)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def output_since(self, job_id: str, cursor: str | None = None, *, limit: int = 1000) -> list[OutputLine]:
+        """The job's live output after ``cursor`` (the ``cursor`` of the last line read; None: from
+        the oldest kept), oldest first, at most ``limit`` lines. Never blocks: a follower calls it
+        again with the last cursor (jerpctl ``--wait``; the dashboard's server-sent events)."""
+        start = f"({cursor}" if cursor else "-"
+        rows = self._r.xrange(OUTPUT + job_id, min=start, max="+", count=limit)
+        lines = []
+        for entry_id, fields in rows:
+            data = {as_text(k): as_text(v) for k, v in fields.items()}
+            entry = as_text(entry_id)
+            lines.append(OutputLine(step=data.get("step", ""), text=data.get("text", ""),
+                                    kind=data.get("kind", "output"), at=int(entry.split("-")[0]) / 1000,
+                                    cursor=entry))
+        return lines
+
     # -- keys ----------------------------------------------------------------------------------
 
     @staticmethod
@@ -730,6 +791,68 @@ def _end_args(step: Step) -> list[str]:
     duration = "" if step.duration_s is None else repr(max(0.0, float(step.duration_s)))
     bucket = step_bucket(float(duration)) if duration else ""
     return [step.state, duration, bucket, step.name]
+
+
+class LiveOutput:
+    """Takes a running command's lines as they come and appends them to the job's output stream
+    (:meth:`JobStore.append_output`) in batches: a batch is written :data:`OUTPUT_BATCH_S`
+    after its first line (a timer thread), the rest when the command ends (:meth:`close`). So a
+    chatty command costs a few writes a second, a quick one a single write, and a line printed
+    before a long silence still shows within the interval. Writes keep the order of the lines.
+    A write that fails is logged and dropped: live output never fails a step."""
+
+    def __init__(self, store: JobStore, job_id: str, step: str, *, interval: float | None = None) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._step = step
+        self._interval = OUTPUT_BATCH_S if interval is None else interval
+        self._pending: list[tuple[str, str]] = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()  # the pending lines and the timer
+        self._writing = threading.Lock()  # one write at a time, in order
+        self._enabled = store.output_lines > 0
+
+    def command(self, argv: Sequence[str]) -> None:
+        """A command starts (``argv`` already redacted for display)."""
+        self._add("command", " ".join(argv))
+
+    def line(self, text: str) -> None:
+        """A line the command printed."""
+        self._add("output", text)
+
+    def _add(self, kind: str, text: str) -> None:
+        if not self._enabled:
+            return
+        with self._lock:
+            self._pending.append((kind, text))
+            if self._timer is None:
+                self._timer = threading.Timer(self._interval, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Write what is pending now."""
+        with self._writing:
+            with self._lock:
+                entries, self._pending = self._pending, []
+                timer, self._timer = self._timer, None
+            if timer is not None and timer is not threading.current_thread():
+                timer.cancel()
+            if not entries:
+                return
+            try:
+                self._store.append_output(self._job_id, self._step, entries)
+            except redis.RedisError as exc:
+                log.warning("output.not_streamed", job_id=self._job_id, step=self._step, lines=len(entries),
+                            error=str(exc))
+
+    def close(self) -> None:
+        """The command ended: write the rest."""
+        self.flush()
+
+
+#: seconds between two writes of a running command's output (see LiveOutput)
+OUTPUT_BATCH_S = 0.25
 
 
 def new_job_id() -> str:

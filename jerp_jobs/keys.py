@@ -13,6 +13,7 @@ JOB = PREFIX + "job:"  # hash per job: its fields and one field per step
 JOBS = PREFIX + "jobs"  # every job id, scored by creation time
 JOBS_BY_SITE = PREFIX + "jobs:site:"
 JOBS_BY_STATE = PREFIX + "jobs:state:"
+OUTPUT = PREFIX + "output:"  # stream per job: its commands and their output lines as they run (redacted, capped)
 
 # locks and site state (jerp_jobs.locks, jerp_jobs.sitestate)
 LOCK = PREFIX + "lock:"  # heartbeat locks with an owner token

@@ -24,7 +24,7 @@ import json
 import random
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, LockLost, TransientError
@@ -50,6 +50,9 @@ class StepRun:
     detail: str = ""
     #: for "retry": seconds to wait before the step is delivered again
     countdown: float = 0.0
+    #: the step whose delivery failed: it ran and was recorded failed (the job went on to its
+    #: failure path), or the job was failed instead of starting it (its site needs attention)
+    failed_step: str | None = None
 
 
 #: how many times a step re-reads a record that changed between its read and its start
@@ -125,7 +128,9 @@ def _run_once(
         return StepRun("retry", detail=f"{step} will be tried again", countdown=countdown)
     if end is not None:
         return _advance_ended(rt, workflow, job, step, end, inline_until=inline_until)
-    return _advance(rt, workflow, job.id, step, failed=result == "failed")
+    if result == "failed":
+        return replace(_advance(rt, workflow, job.id, step, failed=True), failed_step=step)
+    return _advance(rt, workflow, job.id, step, failed=False)
 
 
 def _step_keys(rt: Runtime, job: Job, lock_name: str, step: str) -> StepKeys:
@@ -153,13 +158,13 @@ def _refusal(
         mark = json.loads(detail)
         if mark.get("job_id") == job.id and detail != accepted:
             return detail  # the job's own mark: the job goes on (read again, accepting it)
-        return _finished(
+        return replace(_finished(
             rt,
             job.id,
             "failed",
             error=f"site {job.site} needs attention (job {mark.get('job_id')}: {mark.get('reason')}); "
             "no automated workflow touches it until an operator clears the mark",
-        )
+        ), failed_step=step)
     if outcome == "site-busy":
         raise LockBusy(f"site {job.site}", {"job_id": detail})
     holder = holder_of(detail) or {}

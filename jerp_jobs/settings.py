@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(21600, ge=60)
     task_time_limit: int = Field(18000, ge=30)
     job_ttl_days: int = Field(30, ge=1)
+    live_output_lines: int = Field(
+        1000, ge=0, description="lines of a job's live command output kept in Redis while and after it runs "
+        "(jerpctl --wait follows them); 0: none"
+    )
     audit_days: int = Field(730, ge=1, description="days the audit trail (jerp:audit) keeps an entry")
     legal_hold_days: int = Field(1826, ge=1, description="days an offboarded site's final off-site backup is kept")
     lock_ttl: int = Field(60, ge=5, description="seconds a lock outlives its last heartbeat")
@@ -138,6 +142,7 @@ class Settings(BaseSettings):
     github_repository: str | None = Field(None, description="owner/name of the repository whose pipeline builds the image")
     github_branch: str = "main"
     registry_repository: str | None = Field(None, description="the image's repository as registry hooks name it")
+    webhook_docs: bool = Field(False, description="the webhook serves /docs, /redoc and /openapi.json (off: 404)")
     webhook_max_body: int = Field(1024 * 1024, ge=1024, description="largest hook body accepted, bytes")
     webhook_max_age: int = Field(600, ge=10, description="seconds a signed /hooks/release request stays valid")
     webhook_read_timeout: float = Field(

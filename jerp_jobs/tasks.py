@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from jerp_jobs import runner
-from jerp_jobs.bootstrap import CHILD_DONE_TASK, STEP_TASK, get_runtime
+from jerp_jobs.bootstrap import CHILD_DONE_TASK, STEP_TASK, StepTaskNames, celery_dispatch, get_runtime, step_task_name
 from jerp_jobs.celery import CONTROL_QUEUE, SITE_QUEUE, app
 from jerp_jobs.enqueue import submit
 from jerp_jobs.errors import JerpError, JobNotFound, LockBusy
-from jerp_jobs.log import get_logger
+from jerp_jobs.log import get_logger, redactor
 from jerp_jobs.offsite.s3 import OffsiteStore
 from jerp_jobs.operations.drill import pick_for_rotation
 from jerp_jobs.operations.offsite import list_offsite_sites
@@ -32,49 +32,80 @@ log = get_logger(__name__)
 WAIT_LIMIT_S = 6 * 3600
 
 
-# The job record is the source of truth: no result is stored for these tasks.
-@app.task(bind=True, name=STEP_TASK, queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True)
+class StepFailed(Exception):
+    """A step this task ran failed, or the job ended failed: the task ends FAILURE, so Flower
+    counts it as failed. Expected (``throws``): logged without a traceback, never retried, and
+    the message is acknowledged as any ended task is — the job's own path (its recovery steps,
+    already published by the runner) goes on. The text names the job and step and the step's
+    recorded error, redacted: it reaches monitors through task events."""
+
+
+# The job record is the source of truth: no result is stored for these tasks. Sent under a
+# readable name (KIND:SITE:STEP, jerp_jobs.bootstrap.StepTaskNames).
+@app.task(bind=True, name=STEP_TASK, queue=SITE_QUEUE, acks_late=True, max_retries=None, ignore_result=True,
+          throws=(StepFailed,))
 def step(self: Any, *, job_id: str, step: str) -> str:
     """Run ``step``, then the job's following steps in this same task while it has run less
     than ``JERP_INLINE_STEPS_S`` (each still claims, locks and records as a delivered step
-    does). A step run so that must wait (a busy lock) or try again later gets its own message."""
+    does). A step run so that must wait (a busy lock) or try again later gets its own message.
+
+    Returns the last outcome (``advanced``, ``finished``...); raises :class:`StepFailed` when a
+    step it ran failed or the job ended failed here (after the runner published what follows)."""
     rt = get_runtime()
     inline_until = time.monotonic() + rt.settings.inline_steps_s
     worker = self.request.hostname or "?"
     current = step
+    failed: str | None = None
     while True:
         try:
             result = runner.run_step(rt, job_id, current, worker=worker, inline_until=inline_until)
         except JobNotFound:
             log.warning("step.orphan", detail="job record is gone (expired or deleted); nothing to do")
-            return "ignored"
+            return _outcome(rt, job_id, "ignored", failed)
         except LockBusy as exc:
             if current != step:
                 rt.store.note(job_id, waiting_for=str(exc))
                 log.info("step.waiting", reason=str(exc))
-                _publish_later(job_id, current, countdown=1 + random.random() * 2)
-                return "advanced"
-            return _wait_for_lock(self, rt, job_id, exc)
+                _publish_later(rt, job_id, current, countdown=1 + random.random() * 2)
+                return _outcome(rt, job_id, "advanced", failed)
+            _wait_for_lock(self, rt, job_id, exc)
+        failed = result.failed_step or failed
         if result.outcome == "retry":
             log.info("step.retry_later", countdown_s=round(result.countdown, 1))
             if current != step:
-                _publish_later(job_id, current, countdown=result.countdown)
-                return "retry"
+                _publish_later(rt, job_id, current, countdown=result.countdown)
+                return _outcome(rt, job_id, "retry", failed)
             raise self.retry(countdown=result.countdown)
         log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
         if result.outcome != "inline" or result.next_step is None:
-            return result.outcome
+            return _outcome(rt, job_id, result.outcome, failed)
         current = result.next_step
         structlog.contextvars.bind_contextvars(step=current)
 
 
-def _wait_for_lock(task: Any, rt: Any, job_id: str, exc: LockBusy) -> str:
+def _outcome(rt: Any, job_id: str, outcome: str, failed: str | None) -> str:
+    """``outcome``, or StepFailed naming ``failed``, the step that failed (with its recorded error)."""
+    if failed is None:
+        return outcome
+    try:
+        job = rt.store.get(job_id)
+    except JerpError:
+        raise StepFailed(f"job {job_id}: step {failed} failed") from None
+    record = next((s for s in job.steps if s.name == failed), None)
+    error = (record.error if record is not None and record.state == "failed" else None) or job.error or "failed"
+    then = f"the job ended {job.state}" if job.finished else "the job goes on with its failure path"
+    name = step_task_name(job.kind, job.site, failed)
+    raise StepFailed(redactor.text(f"{name} (job {job.id}) failed: {error[:500]}; {then} "
+                                   f"(jerpctl status {job.id})"))
+
+
+def _wait_for_lock(task: Any, rt: Any, job_id: str, exc: LockBusy) -> NoReturn:
     """The delivered step found its site or lock busy: deliver it again in a few seconds, or
-    give up when a job that never started waited past WAIT_LIMIT_S."""
+    give up (StepFailed) when a job that never started waited past WAIT_LIMIT_S."""
     job = rt.store.get(job_id)
     if job.state == "queued" and runner.waited_too_long(job, limit_s=WAIT_LIMIT_S):
         runner.finish_job(rt, job_id, "failed", error=f"gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}")
-        return "finished"
+        raise StepFailed(redactor.text(f"job {job_id} failed: gave up after waiting {WAIT_LIMIT_S // 3600} h: {exc}"))
     rt.store.note(job_id, waiting_for=str(exc))
     log.info("step.waiting", reason=str(exc))
     raise task.retry(countdown=1 + random.random() * 2, exc=exc)
@@ -86,9 +117,9 @@ def child_done(*, parent_id: str, child_id: str) -> str:
     return result.outcome if result is not None else "recorded"
 
 
-def _publish_later(job_id: str, name: str, *, countdown: float) -> None:
+def _publish_later(rt: Any, job_id: str, name: str, *, countdown: float) -> None:
     """Publish a step that was run inline and must wait or try again, as its own message."""
-    step.apply_async(kwargs={"job_id": job_id, "step": name}, queue=SITE_QUEUE, countdown=countdown)
+    celery_dispatch(job_id, name, name=StepTaskNames(rt.store)(job_id, name), countdown=countdown)
 
 
 @app.task(name="jerp.resume", queue=CONTROL_QUEUE)

@@ -3,7 +3,8 @@
 Run it as ``uvicorn jerp_jobs.webhook:app --http jerp_jobs.webhook:GuardedH11Protocol
 --limit-concurrency N`` (compose.jobs.yml does).
 
-Endpoints (the OpenAPI schema is served at ``/openapi.json``):
+Endpoints (the OpenAPI schema at ``/openapi.json``, ``/docs`` and ``/redoc`` only with
+``JERP_WEBHOOK_DOCS=1``; 404 otherwise):
 
 - ``POST /hooks/github`` — GitHub deliveries, signed (``X-Hub-Signature-256``, key
   ``JERP_WEBHOOK_SECRET``): a successful ``workflow_run`` of ``JERP_GITHUB_REPOSITORY`` on
@@ -133,7 +134,33 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
         logs.configure(secrets=runtime_.settings.secret_values())
         yield
 
-    app = FastAPI(title="jerp-jobs webhooks", version="1", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json on this public service unless JERP_WEBHOOK_DOCS turns them on
+    # (read per request: settings are read at start, never at import, where this app is made).
+    app = FastAPI(title="jerp-jobs webhooks", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    def _docs_on() -> None:
+        if not rt().settings.webhook_docs:
+            raise _Refused(404, "Not Found")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> Any:
+        _docs_on()
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Any:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        _docs_on()
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title + " - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Any:
+        from fastapi.openapi.docs import get_redoc_html
+
+        _docs_on()
+        return get_redoc_html(openapi_url="/openapi.json", title=app.title + " - ReDoc")
 
     @app.exception_handler(_Refused)
     async def _refused(_: Request, exc: _Refused) -> JSONResponse:

@@ -81,6 +81,8 @@ class StepContext:
         """Run argv through the executor, fenced; output goes into the step record.
 
         Output lines are logged one by one at DEBUG only; ``command.end`` counts them at INFO.
+        While the command runs, its argv and its lines go to the job's live output stream
+        (redacted, in batches: :class:`jerp_jobs.jobs.LiveOutput`), which ``jerpctl --wait`` follows.
 
         The fence is a kernel file lock (``flock``) in the bench's sites folder, one per site
         (or ``bench`` for bench-wide work), held by the command's own processes for as long as
@@ -101,17 +103,23 @@ class StepContext:
         shown = redactor.argv(argv)
         log.info("command.start", argv=shown, timeout=timeout)
         lines = 0
+        live = self.runtime.store.live_output(self.job.id, self.step)
+        live.command(shown)
 
         def _line(line: str) -> None:
             nonlocal lines
             lines += 1
             log.debug("command.output", line=line)
+            live.line(line)
 
         fence_file = fence_path(fence)
         fenced = ["flock", "-w", f"{wait:g}", "-E", str(FENCE_BUSY), fence_file, *argv]
-        result = self.runtime.executor.run(
-            fenced, timeout=timeout, on_output=_line, stdin=stdin, holders_of=fence_file
-        )
+        try:
+            result = self.runtime.executor.run(
+                fenced, timeout=timeout, on_output=_line, stdin=stdin, holders_of=fence_file
+            )
+        finally:
+            live.close()
         self.exit_code = result.exit_code
         self.output.append(result.output)
         log.info("command.end", argv=shown, exit_code=result.exit_code, duration_s=round(result.duration_s, 3),

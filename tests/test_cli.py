@@ -325,3 +325,119 @@ def test_releases_lists_tags_outcome_and_timings(run, fake_runtime: Runtime) -> 
     assert [(r["job_id"], r["tag"], r["state"]) for r in rows] == [(second, "r2", "queued"), (first, "r1", "rolled-back")]
     assert rows[1]["duration_s"] is not None and rows[0]["duration_s"] is None
     assert rows[1]["previous_tag"] == "r0" and rows[1]["detail"] == "smoke failed"
+
+
+def test_json_is_accepted_after_the_subcommand_too(run, fake_runtime: Runtime) -> None:
+    job_id = run("enqueue", "backup", SITE).output.strip()
+    assert [j["id"] for j in json.loads(run("jobs", "--json").output)] == [job_id]
+    assert json.loads(run("status", job_id, "--json").output)["id"] == job_id
+    assert json.loads(run("enqueue", "migrate", SITE, "--json").output)["kind"] == "migrate"
+
+
+def test_jobs_is_an_aligned_table_with_a_header_and_ages(run, fake_runtime: Runtime) -> None:
+    from jerp_jobs.cliformat import visible_len
+
+    run("enqueue", "backup", SITE)
+    run("enqueue", "build-assets")
+    lines = run("jobs").output.splitlines()
+    assert lines[0].split()[:3] == ["JOB", "REQUESTED", "(UTC)"] and "STATE" in lines[0]
+    assert all("s ago" in line for line in lines[1:])
+    assert len({line.index("queued") for line in lines[1:]}) == 1  # the STATE column lines up
+    assert lines[0].index("STATE") == lines[1].index("queued")
+    assert all(visible_len(line) == len(line) for line in lines)  # no colour when not a terminal
+
+
+def test_table_widths_ignore_colour_codes() -> None:
+    import click
+
+    from jerp_jobs.cliformat import table
+
+    lines = table(["A", "B", "C"], [[click.style("failed", fg="red"), "x", "end"], ["ok", "yy", "end"]])
+    import re
+
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
+    assert plain[1].index("x") == plain[2].index("yy") == plain[0].index("B")
+
+
+def test_a_site_the_sites_folder_lacks_is_refused_at_enqueue(run, fake_runtime: Runtime, tmp_path) -> None:
+    from tests.site_folders import make_site_folders, use_sites_dir
+
+    make_site_folders(tmp_path / "sites", [SITE])
+    use_sites_dir(fake_runtime, tmp_path / "sites")
+    result = run("enqueue", "migrate", "nosuch.example.com")
+    assert result.exit_code == EXIT_USAGE and "does not exist" in result.output
+    assert fake_runtime.dispatched == [] and fake_runtime.store.list() == []
+    assert run("enqueue", "migrate", SITE).exit_code == EXIT_OK
+    assert run("enqueue", "provision", "new.example.com").exit_code == EXIT_OK  # a new site, of course
+    assert run("enqueue", "restore", "gone.example.com", "--from-offsite", "--create").exit_code == EXIT_OK
+
+
+def test_status_shows_why_steps_were_skipped_and_exit_codes_only_of_failures(run, fake_runtime: Runtime) -> None:
+    rt = fake_runtime
+    job_id = run("enqueue", "migrate", SITE).output.strip()
+    for name in ("maintenance-on", "scheduler-pause"):
+        record = rt.store.start_step(job_id, name, worker="w")
+        rt.store.finish_step(job_id, record, "success", exit_code=1)  # a probe's exit code: not a failure
+    record = rt.store.start_step(job_id, "wait-ready", worker="w")
+    rt.store.finish_step(job_id, record, "failed", exit_code=2, output="NOT READY", error="not ready")
+    rt.store.skip_pending(job_id, reason="job ended failed")
+    rt.store.set_state(job_id, "failed", error="step wait-ready failed")
+    text = run("status", job_id).output
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert "exit" not in lines["maintenance-on"] and "exit 2" in lines["wait-ready"]
+    assert "skipped" in lines["migrate"] and "not run: wait-ready failed" in lines["migrate"]
+    assert "recovery step: not needed" in lines["restore-pre-migrate"]
+
+
+def test_status_shows_a_proxy_host_left_to_do_by_hand_with_its_instructions(run, fake_runtime: Runtime) -> None:
+    from jerp_jobs.integrations import npm
+
+    rt = fake_runtime
+    job_id = run("enqueue", "provision", "new.example.com").output.strip()
+    record = rt.store.start_step(job_id, "proxy-host", worker="w")
+    rt.store.finish_step(job_id, record, "success")
+    rt.store.set_result(job_id, proxy_host={**npm.manual_instructions("new.example.com"), "created": False})
+    text = run("status", job_id).output
+    line = next(line for line in text.splitlines() if line.strip().startswith("proxy-host"))
+    assert "manual" in line and "success" not in line
+    assert "Hosts > Proxy Hosts > Add Proxy Host" in text and "new.example.com -> http://frontend:8080" in text
+
+
+def test_wait_streams_the_running_commands_output(run, fake_runtime: Runtime) -> None:
+    import threading
+
+    rt = fake_runtime
+    job_id = run("enqueue", "backup", SITE).output.strip()
+
+    def work() -> None:
+        record = rt.store.start_step(job_id, "backup", worker="w")
+        rt.store.append_output(job_id, "backup", [("command", "bench --site acme.example.com backup"),
+                                                  ("output", "Backup Summary for acme.example.com")])
+        time.sleep(0.2)
+        rt.store.finish_step(job_id, record, "success")
+        rt.store.set_state(job_id, "succeeded")
+
+    threading.Timer(0.2, work).start()
+    result = CliRunner().invoke(cli, ["watch", job_id, "--poll", "0.05"], obj=Ctx(rt=rt))
+    assert result.exit_code == EXIT_OK, result.output
+    assert "$ bench --site acme.example.com backup" in result.output
+    assert "| Backup Summary for acme.example.com" in result.output
+
+
+def test_sites_and_backups_agree_on_staleness(run, fake_runtime: Runtime, tmp_path) -> None:
+    from tests.site_folders import count_output, is_count, make_site_folders, use_sites_dir
+
+    fake_runtime.settings = fake_runtime.settings.model_copy(update={"s3_bucket": "jerp-backups"})
+    make_site_folders(tmp_path / "sites", [SITE])
+    use_sites_dir(fake_runtime, tmp_path / "sites")
+    fake_runtime.executor.on(is_count, output=count_output(1))
+    # a fresh local backup, an off-site copy three days old: stale for both commands
+    fake_runtime.redis.zadd(f"jerp:backups:{SITE}", {json.dumps({"timestamp": "20261204_030000", "artifacts": []}):
+                                                      time.time() - 3600})
+    fake_runtime.redis.zadd(f"jerp:offsite:{SITE}", {json.dumps({"timestamp": "20261201_030000", "artifacts": []}):
+                                                      time.time() - 3 * 86400})
+    [backup_row] = json.loads(run("--json", "backups").output)
+    [site_row] = json.loads(run("--json", "sites").output)
+    assert backup_row["stale"] is site_row["backup_stale"] is True
+    assert backup_row["age_hours"] == site_row["backup_age_hours"] and site_row["backup_where"] == "off-site"
+    assert "STALE" in run("backups").output and "STALE" in run("sites").output

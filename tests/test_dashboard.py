@@ -471,6 +471,8 @@ def test_the_event_stream_follows_a_running_job_to_its_end(client: TestClient, r
     login(client, "bob")
     assert 'data-events="/jobs/' in client.get(f"/jobs/{job.id}").text
 
+    rt.store.append_output(job.id, "backup", [("command", "bench --site x backup"), ("output", "dumping tabNote")])
+
     def advance() -> None:
         time.sleep(0.5)
         rt.store.finish_step(job.id, step, "success", output="Backup Summary done")
@@ -486,6 +488,8 @@ def test_the_event_stream_follows_a_running_job_to_its_end(client: TestClient, r
             seen.append((event, data.get("state")))
             if event == "update":
                 assert 'id="step-backup"' in data["html"]
+                if not seen[:-1]:  # the first: the step runs, its live output shown
+                    assert "$ bench --site x backup" in data["html"] and "dumping tabNote" in data["html"]
             if event == "end":
                 break
     worker.join()

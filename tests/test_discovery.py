@@ -253,14 +253,15 @@ def test_jerpctl_sites_lists_every_one_of_1200_sites_and_every_attention_mark(
     assert result.exit_code == EXIT_JOB_FAILED  # sites need attention
     assert rows["gone.example.com"] | {"attention": None} == {
         "site": "gone.example.com", "state": "needs attention", "exists": False, "maintenance": None,
-        "attention": None, "backup_age_hours": None, "owner_job": None}
+        "attention": None, "backup_age_hours": None, "backup_where": "local", "backup_stale": True, "owner_job": None}
     assert rows["gone.example.com"]["attention"]["reason"] == "migrate failed"
     assert rows[names[1100]]["state"] == "needs attention" and rows[names[1100]]["exists"] is True
     assert [r["site"] for r in rows.values() if r["state"] == "in maintenance"] == names[1000:1010]
     assert rows[names[3]]["state"] == "unreadable config" and rows[names[3]]["maintenance"] is None
     assert rows[names[1199]]["backup_age_hours"] > 0 and rows[names[1198]]["owner_job"] == "job42"
     assert rows[names[0]] == {"site": names[0], "state": "ok", "exists": True, "maintenance": False,
-                              "attention": None, "backup_age_hours": None, "owner_job": None}
+                              "attention": None, "backup_age_hours": None, "backup_where": "local",
+                              "backup_stale": True, "owner_job": None}
 
     table = CliRunner().invoke(cli, ["sites"], obj=Ctx(rt=real_runtime), catch_exceptions=False)
     lines = table.stdout.splitlines()

@@ -54,7 +54,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         f"jerp_jobs.operations.{p.stem}" for p in (PACKAGE / "operations").glob("*.py") if p.stem != "__init__"
     )}),
     ("app", {
-        "jerp_jobs.celery", "jerp_jobs.tasks", "jerp_jobs.bootstrap", "jerp_jobs.beat", "jerp_jobs.cli",
+        "jerp_jobs.celery", "jerp_jobs.tasks", "jerp_jobs.bootstrap", "jerp_jobs.beat", "jerp_jobs.cli", "jerp_jobs.cliformat",
         "jerp_jobs.webhook", "jerp_jobs.supervise", "jerp_jobs.socket_proxy",
         "jerp_jobs.dashboard", *(f"jerp_jobs.dashboard.{p.stem}" for p in (PACKAGE / "dashboard").glob("*.py")
                                  if p.stem != "__init__"),

@@ -124,8 +124,11 @@ def test_no_secret_in_redis_or_logs_after_provision_backup_migrate_restore(
             values += real_redis.zrange(key, 0, -1)
         elif kind == b"string":
             values.append(real_redis.get(key) or b"")
+        elif kind == b"stream":  # a job's live output
+            values += [v for _, fields in real_redis.xrange(key) for v in fields.values()]
         for secret in secrets:
             assert not any(secret in v for v in values), f"secret found under {key!r}"
+    assert any(k.startswith(b"jerp:output:") for k in keys)  # the live output was scanned too
     logs = worker.logs()
     assert "command.start" in logs and "new-site" in logs
     assert not any(s.decode() in logs for s in secrets)

@@ -371,10 +371,20 @@ def test_signed_hooks_are_refused_when_no_secret_is_configured(fake_redis, fake_
         assert client.post("/hooks/registry", content=b"{}").status_code == 503
 
 
-def test_health_and_the_openapi_schema_are_served(client):
+def test_health_is_served_and_the_docs_are_not_by_default(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    schema = client.get("/openapi.json").json()
-    assert {"/hooks/github", "/hooks/registry", "/hooks/release", "/healthz"} <= set(schema["paths"])
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_the_docs_are_served_when_the_setting_turns_them_on(fake_redis, fake_executor):
+    settings = load_settings(_env_file=None, broker_url="redis://127.0.0.1:1/0", executor="local",
+                             bench_dir=Path("/nonexistent"), webhook_docs=True)
+    with TestClient(create_app(build_runtime(settings, client=fake_redis, executor=fake_executor))) as client:
+        schema = client.get("/openapi.json").json()
+        assert {"/hooks/github", "/hooks/registry", "/hooks/release", "/healthz"} <= set(schema["paths"])
+        assert "/docs" not in schema["paths"]
+        assert "swagger" in client.get("/docs").text.lower() and "redoc" in client.get("/redoc").text.lower()
 
 
 def test_health_is_503_when_the_job_store_is_down(fake_executor):

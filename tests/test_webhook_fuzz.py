@@ -21,7 +21,7 @@ def _app():
     config = load_settings(
         _env_file=None, broker_url="redis://127.0.0.1:1/0", executor="local", bench_dir=Path("/nonexistent"),
         webhook_secret="fuzz-secret", registry_token="fuzz-token", github_repository="acme/erp-image",
-        release_image="registry.example.com/erpnext-custom",
+        release_image="registry.example.com/erpnext-custom", webhook_docs=True,
     )
     runtime = build_runtime(config, client=fakeredis.FakeRedis(), executor=FakeExecutor())
     runtime.dispatch = lambda job_id, step: None

@@ -87,9 +87,27 @@ def job_view(rt: Runtime, job_id: str) -> dict[str, Any]:
         "result_json": json.dumps(result, indent=2, sort_keys=True, default=str) if result else "",
         "fanout": _fanout(job),
         "running": next((s for s in steps if s["state"] == "running"), None),
+        "live_output": _live_output(rt, job, steps),
         "finished": job.state in FINAL_JOB_STATES,
         "duration_s": round((job.ended_at or time.time()) - job.started_at, 1) if job.started_at else None,
     }
+
+
+#: lines of a running step's live output a job's page shows (the newest)
+LIVE_LINES = 200
+
+
+def _live_output(rt: Runtime, job: Job, steps: list[dict[str, Any]]) -> dict[str, str]:
+    """The live output of each running step (its commands and their lines so far, from the job's
+    output stream, :meth:`~jerp_jobs.jobs.JobStore.output_since`), the newest lines, by step."""
+    running = {s["name"] for s in steps if s["state"] == "running"}
+    if not running:
+        return {}
+    found: dict[str, list[str]] = {name: [] for name in running}
+    for line in rt.store.output_since(job.id, limit=5000):
+        if line.step in found:
+            found[line.step].append(f"$ {line.text}" if line.kind == "command" else line.text)
+    return {name: "\n".join(lines[-LIVE_LINES:]) for name, lines in found.items() if lines}
 
 
 def _fanout(job: Job) -> dict[str, Any] | None:
@@ -108,6 +126,7 @@ def fingerprint(view: dict[str, Any]) -> str:
     """What changes on a job's page when anything shown changes (for the live stream)."""
     job = view["job"]
     steps = [(s["name"], s["state"], s["ended_at"], len(s["output"] or "")) for s in view["steps"]]
+    steps.append(sorted((k, len(v)) for k, v in view["live_output"].items()))
     fanout = view["fanout"] and sorted((site, e.get("state")) for site, e in view["fanout"]["sites"].items())
     return json.dumps([job.state, job.updated_at, job.cancel_requested, steps, fanout], default=str)
 
