@@ -178,8 +178,9 @@ def test_an_operator_follows_and_acts_in_the_browser(
     write_faults(bench_dir, {"delay": {"migrate": 6}})
     running = _enqueue(env, "migrate", slow)
     driver.get(f"{dashboard}/jobs/{running}")  # type: ignore[attr-defined]
-    _until(driver, lambda d: d.find_elements(By.ID, "cancel"), "the cancel button")
-    driver.find_element(By.ID, "cancel").click()  # type: ignore[attr-defined]
+    # the button is inside the live part, which the stream may replace as it is clicked: retried
+    _until(driver, lambda d: d.find_element(By.ID, "cancel").click() or True, "the cancel button")
+    _until(driver, lambda d: d.find_elements(By.ID, "what"), "the confirmation page")
     assert running in driver.find_element(By.ID, "what").text  # type: ignore[attr-defined]
     _shot(driver, "05-cancel-confirm", full=False)
     driver.find_element(By.ID, "confirm").click()  # type: ignore[attr-defined]
