@@ -131,6 +131,9 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
 
         runtime_ = rt()  # settings are read at start: a bad variable stops the service here, named
         logs.configure(secrets=runtime_.settings.secret_values())
+        from jerp_jobs import sentry
+
+        sentry.init(runtime_.settings)
         yield
 
     app = FastAPI(title="jerp-jobs webhooks", version="1", lifespan=lifespan)
