@@ -143,3 +143,13 @@ def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
     if headers is not None:
         headers[SENT_AT_HEADER] = time.time()
+
+
+@signals.celeryd_init.connect
+@signals.beat_init.connect
+def _start_sentry(**_: Any) -> None:
+    """Error reports to Sentry when JERP_SENTRY_DSN is set (jerp_jobs.sentry); nothing otherwise."""
+    from jerp_jobs import sentry
+    from jerp_jobs.settings import get_settings
+
+    sentry.init(get_settings())

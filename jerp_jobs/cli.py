@@ -493,6 +493,7 @@ def _follow(obj: Ctx, job_id: str, *, poll: float = 0.5) -> Any:
     change (done / failed / running / queued, the running sites, an ETA from earlier runs of the
     same kind); returns the final job."""
     seen: dict[str, str] = {}
+    _warn_without_workers(obj, job_id)
     cursors: dict[str, str | None] = {}
     last_progress = ""
     eta: float | None = None
@@ -852,6 +853,90 @@ def _utc_epoch(text: str) -> float:
         except ValueError:
             continue
     raise click.BadParameter(f"{text!r} is not a UTC time (YYYY-MM-DD[ HH:MM[:SS]])", param_hint="--since")
+
+
+# -- workers, queues, Beat (jerp_jobs.observe) ----------------------------------------------
+
+
+def _celery_app(obj: Ctx) -> Any:
+    """The Celery app whose broadcasts reach the workers: ``obj.celery_app`` when a test gives
+    one, else the process's app — None when that app's broker is not the runtime's (a test's
+    runtime on another Redis: nothing to ask)."""
+    given = getattr(obj, "celery_app", None)
+    if given is not None:
+        return given
+    from jerp_jobs.celery import app
+
+    return app if app.conf.broker_url == obj.rt.settings.broker_url else None
+
+
+def _warn_without_workers(obj: Ctx, job_id: str) -> None:
+    """Say so on stderr when no worker answers a ping: the job would wait, silently, for one."""
+    from jerp_jobs import observe
+
+    app = _celery_app(obj)
+    if app is None or obj.rt.store.get(job_id).finished:
+        return
+    try:
+        alive = observe.any_worker_alive(app, timeout=obj.rt.settings.worker_ping_timeout)
+    except Exception:  # noqa: BLE001 - a broadcast that fails says nothing about the job: follow it anyway
+        return
+    if not alive:
+        click.echo(click.style("warning:", fg="yellow") + " no worker is alive: the job waits in the queue until "
+                   "one starts (`jerp-run`, or `celery -A jerp_jobs worker`; `jerpctl workers` shows them)", err=True)
+
+
+def _ago(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "-"
+    seconds = now - epoch
+    sign, seconds = ("in ", -seconds) if seconds < 0 else ("", seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            text = f"{seconds / size:.0f}{unit}"
+            break
+    else:
+        text = f"{seconds:.0f}s"
+    return sign + text + ("" if sign else " ago")
+
+
+@cli.command("workers")
+@click.pass_obj
+@_guard
+def workers_cmd(obj: Ctx) -> None:
+    """Alive workers and what each runs, the queues and their depth, Beat's next runs.
+    Exit 1 when no worker answers (JERP_WORKER_PING_TIMEOUT)."""
+    from jerp_jobs import observe
+
+    view = observe.overview(obj.rt, _celery_app(obj), timeout=obj.rt.settings.worker_ping_timeout)
+    workers = view.workers or []
+    if obj.as_json:
+        click.echo(json.dumps(view.to_dict(), sort_keys=True))
+        sys.exit(EXIT_OK if workers else EXIT_JOB_FAILED)
+    now = view.at
+    click.echo(f"WORKERS ({len(workers)} alive)")
+    if not workers:
+        click.echo("  " + click.style("none answered", fg="red") + " (start one: `jerp-run`, or `celery -A jerp_jobs worker`)")
+    for worker in workers:
+        queues = ",".join(worker.queues or []) or "-"
+        click.echo(f"  {worker.name}  queues {queues}  running {len(worker.tasks)}")
+        for task in worker.tasks:
+            what = f"job {task.job_id} step {task.step}" if task.step else (f"job {task.job_id}" if task.job_id else "")
+            click.echo(f"    {task.name:<20} {what:<40} started {_ago(task.started_at, now)}")
+    click.echo("QUEUES")
+    click.echo(f"  {'QUEUE':<16} {'WAITING':>8}  OLDEST")
+    for queue in view.queues:
+        oldest = _ago(queue.oldest_sent_at, now) if queue.depth else "-"
+        click.echo(f"  {queue.name:<16} {queue.depth:>8}  {oldest}")
+    lock = "held" if view.beat.lock_held else click.style("not held: no Beat is scheduling", fg="red")
+    click.echo(f"BEAT (lock {lock})")
+    click.echo(f"  {'ENTRY':<24} {'NEXT RUN (UTC)':<22} {'':<12} LAST RUN")
+    for entry in view.beat.entries:
+        click.echo(f"  {entry.name:<24} {_when(entry.next_run_at):<22} {_ago(entry.next_run_at, now):<12} "
+                   f"{_ago(entry.last_run_at, now)}")
+    if not view.beat.entries:
+        click.echo("  no schedule in Redis: Beat never ran against this broker")
+    sys.exit(EXIT_OK if workers else EXIT_JOB_FAILED)
 
 
 def main() -> None:

@@ -132,6 +132,9 @@ def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAP
 
         runtime_ = rt()  # settings are read at start: a bad variable stops the service here, named
         logs.configure(secrets=runtime_.settings.secret_values())
+        from jerp_jobs import sentry
+
+        sentry.init(runtime_.settings)
         yield
 
     # No /docs, /redoc or /openapi.json on this public service unless JERP_WEBHOOK_DOCS turns them on

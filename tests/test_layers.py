@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {
         "jerp_jobs", "jerp_jobs.errors", "jerp_jobs.failures", "jerp_jobs.settings", "jerp_jobs.envfile",
         "jerp_jobs.log", "jerp_jobs.sites", "jerp_jobs.bench", "jerp_jobs.hooks", "jerp_jobs.retention",
-        "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys",
+        "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys", "jerp_jobs.sentry",
     }),
     ("store", {
         "jerp_jobs.jobs", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit", "jerp_jobs.freshness",

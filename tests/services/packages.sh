@@ -14,7 +14,8 @@ group=${1:-test}
 demo=(redis-server:redis-server redis-cli:redis-server mariadbd:mariadb-server mariadb:mariadb-client
       mariadb-dump:mariadb-client)
 test=("${demo[@]}" debootstrap:debootstrap age:age flock:util-linux docker-compose:docker-compose
-      openssl:openssl curl:curl gzip:gzip tar:tar chromium:chromium chromedriver:chromium-driver)
+      openssl:openssl curl:curl gzip:gzip tar:tar chromium:chromium chromedriver:chromium-driver
+      promtool:prometheus prometheus:prometheus)
 case "$group" in
     demo) wanted=("${demo[@]}") ;;
     test) wanted=("${test[@]}") ;;
