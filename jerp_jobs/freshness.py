@@ -2,8 +2,9 @@
 backups known for one site.
 
 Read from the records the backup workflow writes (``jerp:backups:<site>`` for local backups,
-``jerp:offsite:<site>`` for verified off-site copies): no S3 call, so ``jerpctl backups`` is
-quick. A site whose last off-site copy is older than ``JERP_BACKUP_MAX_AGE_HOURS`` (or that
+``jerp:offsite:<site>`` for verified off-site copies, and the set of sites that have any,
+``jerp:backup-sites``), each newest record picked inside Redis by a script that answers with one
+JSON text: no S3 call, no SCAN, no reply per site, so ``jerpctl backups`` is quick. A site whose last off-site copy is older than ``JERP_BACKUP_MAX_AGE_HOURS`` (or that
 has local backups but none off-site) is flagged stale.
 
 Every row gives a backup's time in UTC (``utc_timestamp``, ``taken_at_utc``) beside bench's
@@ -15,12 +16,12 @@ in both (it was then taken to be UTC) and no zone.
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 from jerp_jobs import keys
-from jerp_jobs.sites import find_sites, sites_folder
+from jerp_jobs.sites import SITE_CONFIG, find_sites, sites_folder
 from jerp_jobs.sitestate import OWNER
 
 LOCAL = keys.LOCAL_BACKUPS
@@ -37,18 +38,45 @@ def _sites(client: Any, prefix: str) -> set[str]:
     return {key.decode()[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=10_000)}
 
 
-def freshness(newest: list[Any], *, max_age_hours: float, now: float, offsite: bool) -> dict[str, Any]:
+def freshness(at: float | None, *, max_age_hours: float, now: float, offsite: bool) -> dict[str, Any]:
     """The one staleness rule, for ``jerpctl backups`` and ``jerpctl sites`` alike: the newest
     backup that counts — the off-site copy when an off-site store is configured, else the local
-    backup (``newest`` is that sorted set's top entry, with its score) — and its age; stale when
-    older than ``JERP_BACKUP_MAX_AGE_HOURS`` or missing."""
+    backup (``at``: its time, None when there is none) — and its age; stale when older than
+    ``JERP_BACKUP_MAX_AGE_HOURS`` or missing."""
     where = "off-site" if offsite else "local"
-    if not newest:
-        return {"where": where, "last_at": None, "age_hours": None, "stale": True, "manifest": None}
-    manifest, at = json.loads(newest[0][0]), float(newest[0][1])
+    if at is None:
+        return {"where": where, "last_at": None, "age_hours": None, "stale": True}
     age = (now - at) / 3600
-    return {"where": where, "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours,
-            "manifest": manifest}
+    return {"where": where, "last_at": at, "age_hours": round(age, 2), "stale": age > max_age_hours}
+
+
+def index_site(client: Any, site: str) -> None:
+    """Add ``site`` to the set of sites with backup records (``client`` may be a pipeline):
+    called wherever a backup is recorded, so listing them needs no SCAN of every key."""
+    client.sadd(keys.BACKUP_SITES, site)
+
+
+def rebuild_site_index(client: Any) -> None:
+    """Rebuild the set of sites with backup records from a SCAN of the backup keys (once, when
+    it was never built: an upgrade, a Redis restored from elsewhere); "" marks it built."""
+    found = _sites(client, LOCAL) | _sites(client, OFFSITE)
+    client.sadd(keys.BACKUP_SITES, "", *found)
+
+
+def _newest(client: Any, source: str) -> list[tuple[str, str, str]]:
+    """Every site with a backup record and the newest member of ``source`` with its score, in
+    pages of one script each (Redis is never held long), the index rebuilt first if needed."""
+    if not client.sismember(keys.BACKUP_SITES, ""):
+        rebuild_site_index(client)
+    script = client.register_script(keys.NEWEST_BACKUPS)
+    found: dict[str, tuple[str, str, str]] = {}
+    cursor: Any = 0
+    while True:
+        cursor, page = script(keys=[keys.BACKUP_SITES], args=[cursor, 1000, LOCAL, OFFSITE, source])
+        for site, member, score in json.loads(page):
+            found[site] = (site, member, score)
+        if int(cursor) == 0:
+            return [found[site] for site in sorted(found)]
 
 
 def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = None,
@@ -57,15 +85,12 @@ def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = No
     off-site store configured) the newest local backup instead (``where`` says which)."""
     now = time.time() if now is None else now
     source = OFFSITE if offsite else LOCAL
-    sites = sorted(_sites(client, LOCAL) | _sites(client, OFFSITE))
-    pipe = client.pipeline(transaction=False)
-    for site in sites:
-        pipe.zrevrange(source + site, 0, 0, withscores=True)
     rows = []
-    for site, newest in zip(sites, pipe.execute()):
-        fresh = freshness(newest, max_age_hours=max_age_hours, now=now, offsite=offsite)
-        manifest = fresh.pop("manifest")
-        times = _times(manifest) if manifest else {"timestamp": None, "utc_timestamp": None, "time_zone": None}
+    for site, member, score in _newest(client, source):
+        fresh = freshness(float(score) if member else None, max_age_hours=max_age_hours, now=now,
+                          offsite=offsite)
+        times = (_times(json.loads(member)) if member
+                 else {"timestamp": None, "utc_timestamp": None, "time_zone": None})
         rows.append({"site": site, "last_timestamp": times["timestamp"], "last_utc_timestamp": times["utc_timestamp"],
                      "time_zone": times["time_zone"], **fresh})
     return rows
@@ -92,43 +117,44 @@ def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
 
     The sites come from the platform's sites folder itself, checked against the bench's own
     count (:func:`jerp_jobs.sites.find_sites`: every site, never an output tail);
-    the maintenance flag from each ``site_config.json``. The Redis reads go in one pipeline.
+    the maintenance flag from each ``site_config.json``. The Redis reads are one script per
+    2,000 sites, in one pipeline, each answering with one JSON text.
     """
     now = time.time() if now is None else now
     listing = find_sites(rt.settings, rt.executor)
-    folder = sites_folder(rt.settings)
+    folder = str(sites_folder(rt.settings))
     marks = rt.sites.attention_marks()
     names = sorted(set(listing.sites) | set(marks))
     present = set(listing.sites)
+    script = rt.redis.register_script(keys.SITES_BACKUPS_OWNERS)
     pipe = rt.redis.pipeline(transaction=False)
-    for site in names:
-        pipe.zrevrange(LOCAL + site, 0, 0, withscores=True)
-        pipe.zrevrange(OFFSITE + site, 0, 0, withscores=True)
-        pipe.get(OWNER + site)
-    replies = pipe.execute()
+    for start in range(0, len(names), 2000):
+        script(args=[LOCAL, OFFSITE, OWNER, "\n".join(names[start:start + 2000])], client=pipe)
+    replies = [entry for page in pipe.execute() for entry in json.loads(page)]
     rows = []
     use_offsite = bool(rt.settings.s3_bucket)
-    for i, site in enumerate(names):
-        local, offsite, owner = replies[3 * i: 3 * i + 3]
-        fresh = freshness(offsite if use_offsite else local, max_age_hours=rt.settings.backup_max_age_hours,
+    for site, (local, offsite, owner) in zip(names, replies):
+        counted = offsite if use_offsite else local
+        fresh = freshness(float(counted) if counted else None, max_age_hours=rt.settings.backup_max_age_hours,
                           now=now, offsite=use_offsite)
         exists = site in present
-        maintenance = _maintenance(folder / site / "site_config.json") if exists else None
+        maintenance = _maintenance(os.path.join(folder, site, SITE_CONFIG)) if exists else None
         attention = marks.get(site)
         state = ("needs attention" if attention else "unreadable config" if maintenance is None and exists
                  else "in maintenance" if maintenance else "ok")
         rows.append({"site": site, "state": state, "exists": exists, "maintenance": maintenance,
                      "attention": attention, "backup_age_hours": fresh["age_hours"],
                      "backup_where": fresh["where"], "backup_stale": fresh["stale"],
-                     "owner_job": owner.decode() if isinstance(owner, bytes) else owner})
+                     "owner_job": owner or None})
     return rows
 
 
-def _maintenance(path: Path) -> bool | None:
+def _maintenance(path: str) -> bool | None:
     """``maintenance_mode`` of a site_config.json, truthy as Frappe reads it; None when the file
     cannot be read as a JSON object."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            config = json.loads(file.read().decode("utf-8"))
     except (OSError, ValueError):
         return None
     return bool(config.get("maintenance_mode")) if isinstance(config, dict) else None

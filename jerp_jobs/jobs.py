@@ -539,7 +539,7 @@ class JobStore:
         extra: dict[str, str] = {}
         if error is not None:
             extra["error"] = redactor.text(error)
-        if state == "running" and not self._r.hexists(key, "started_at"):
+        if state == JobState.RUNNING and not self._r.hexists(key, "started_at"):
             extra["started_at"] = repr(now)
         if state in FINAL_JOB_STATES:
             extra["ended_at"] = repr(now)
@@ -622,7 +622,7 @@ class JobStore:
         if outcome == "started":
             for name, value in asdict(running).items():
                 setattr(step, name, value)
-            if job.state == "queued":
+            if job.state == JobState.QUEUED:
                 job.state, job.started_at = "running", job.started_at or now
         return outcome, detail
 
@@ -691,7 +691,7 @@ class JobStore:
         """Mark every step still pending as skipped; returns their names."""
         skipped = []
         for step in self.get(job_id).steps:
-            if step.state == "pending":
+            if step.state == StepState.PENDING:
                 step.state = "skipped"
                 step.error = reason
                 self.update_step(job_id, step)

@@ -24,6 +24,9 @@ ATTENTION = PREFIX + "attention:"  # a site automation must leave alone, with th
 LOCAL_BACKUPS = PREFIX + "backups:"  # sorted set per site: local backup manifests
 OFFSITE_BACKUPS = PREFIX + "offsite:"  # sorted set per site: verified off-site manifests
 DRILLS = PREFIX + "drills"  # hash: site -> its last restore drill
+#: set: every site with a local or off-site backup record (kept where backups are recorded), plus
+#: the member "" once it was built from a SCAN (jerp_jobs.freshness rebuilds it when "" is missing)
+BACKUP_SITES = PREFIX + "backup-sites"
 
 # fan-outs (jerp_jobs.operations.fanout)
 FANOUT = PREFIX + "fanout:"  # per parent job: its children's entries, counts, pending and running sets
@@ -58,4 +61,38 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
+"""
+
+
+#: one page of the backup sites (KEYS[1], BACKUP_SITES) with the newest record of each in one
+#: source; ARGV: SSCAN cursor, page size, local prefix, off-site prefix, the source's prefix.
+#: Returns {next cursor, JSON [[site, newest member or "", its score or ""], ...]}; a site with
+#: neither sorted set (pruned, offboarded) is left out, as a SCAN of the keys would.
+NEWEST_BACKUPS = """
+local page = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local out = {}
+for _, site in ipairs(page[2]) do
+    if site ~= '' then
+        local newest = redis.call('ZREVRANGE', ARGV[5] .. site, 0, 0, 'WITHSCORES')
+        if newest[1] or redis.call('EXISTS', ARGV[3] .. site, ARGV[4] .. site) > 0 then
+            out[#out + 1] = {site, newest[1] or '', newest[2] or ''}
+        end
+    end
+end
+if #out == 0 then return {page[1], '[]'} end
+return {page[1], cjson.encode(out)}
+"""
+
+#: for each site of ARGV[4] (names joined by newlines): the score of its newest local backup
+#: (prefix ARGV[1]), of its newest off-site copy (ARGV[2]) and its owner job (ARGV[3]), "" when
+#: none; returned as one JSON list of [local, off-site, owner], in the order given
+SITES_BACKUPS_OWNERS = """
+local out = {}
+for site in string.gmatch(ARGV[4], '[^\\n]+') do
+    local l = redis.call('ZREVRANGE', ARGV[1] .. site, 0, 0, 'WITHSCORES')
+    local o = redis.call('ZREVRANGE', ARGV[2] .. site, 0, 0, 'WITHSCORES')
+    out[#out + 1] = {l[2] or '', o[2] or '', redis.call('GET', ARGV[3] .. site) or ''}
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """

@@ -29,7 +29,7 @@ from typing import Literal
 
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, LockLost, TransientError
 from jerp_jobs.executors.base import TAIL_LINES
-from jerp_jobs.jobs import FINAL_JOB_STATES, Job, Step, StepEnd, StepKeys
+from jerp_jobs.jobs import FINAL_JOB_STATES, Job, JobState, Step, StepEnd, StepKeys, StepState
 from jerp_jobs.locks import HeldLock, bench_lock_name, holder_of, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runtime import Runtime
@@ -89,7 +89,7 @@ def _run_once(
     spec = workflow.resolve(step)
     record = job.step(step)
 
-    if job.cancel_requested and record.state == "pending" and not workflow.is_recovery(step):
+    if job.cancel_requested and record.state == StepState.PENDING and not workflow.is_recovery(step):
         target = workflow.on_cancel(job, _last_done(job))
         if target is None:
             return _finished(rt, job.id, "cancelled", error="cancelled by an operator before step " + step)
@@ -109,7 +109,7 @@ def _run_once(
     if refused is not None:
         return refused
     if outcome == "ended":  # a delivery of a step already recorded as ended: only advance
-        return _advance(rt, workflow, job.id, step, failed=record.state == "failed")
+        return _advance(rt, workflow, job.id, step, failed=record.state == StepState.FAILED)
 
     held = rt.locks.adopt(lock_name, keys.lock_value)
     end: StepEnd | None = None
@@ -273,7 +273,7 @@ def readvance(rt: Runtime, job_id: str) -> StepRun | None:
     """Move on a running job that no step is moving: its last step ended but the next was never
     published (the worker died, or the broker failed, in between). Publishing twice is harmless."""
     job = rt.store.get(job_id)
-    if job.finished or any(s.state == "running" for s in job.steps):
+    if job.finished or any(s.state == StepState.RUNNING for s in job.steps):
         return None
     ended = [s for s in job.steps if s.done and s.ended_at]
     if not ended:
@@ -281,9 +281,9 @@ def readvance(rt: Runtime, job_id: str) -> StepRun | None:
     last = max(ended, key=lambda s: s.ended_at or 0.0)
     workflow = rt.workflow(job.kind)
     if not rt.store.advanced(job_id, last.name):
-        return _advance(rt, workflow, job_id, last.name, failed=last.state == "failed")
-    following = _next_after(workflow, job, last.name, failed=last.state == "failed")
-    if following is not None and job.step(following).state == "pending":
+        return _advance(rt, workflow, job_id, last.name, failed=last.state == StepState.FAILED)
+    following = _next_after(workflow, job, last.name, failed=last.state == StepState.FAILED)
+    if following is not None and job.step(following).state == StepState.PENDING:
         rt.dispatch(job_id, following)
         return StepRun("advanced", next_step=following, detail="published again")
     return None
@@ -298,7 +298,7 @@ def fail_lost_step(rt: Runtime, job_id: str, step: str, *, reason: str) -> StepR
 
 
 def _last_done(job: Job) -> str | None:
-    ended = [s for s in job.steps if s.state in ("success", "skipped") and s.ended_at]
+    ended = [s for s in job.steps if s.state in (StepState.SUCCESS, StepState.SKIPPED) and s.ended_at]
     return max(ended, key=lambda s: s.ended_at or 0.0).name if ended else None
 
 
@@ -338,7 +338,7 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
         result = StepRun("advanced", next_step=following)
     else:
         final = workflow.final_state(job)
-        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != "succeeded" else None)
+        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != JobState.SUCCEEDED else None)
     rt.store.claim_advance(job_id, step)
     return result
 
@@ -351,9 +351,9 @@ def _next_after(workflow: Workflow, job: Job, step: str, *, failed: bool) -> str
 
 def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
     job = rt.store.get(job_id)
-    if state == "succeeded" and job.cancel_requested:
+    if state == JobState.SUCCEEDED and job.cancel_requested:
         workflow = rt.workflow(job.kind)
-        if any(s.state == "pending" and not workflow.is_recovery(s.name) for s in job.steps):
+        if any(s.state == StepState.PENDING and not workflow.is_recovery(s.name) for s in job.steps):
             state, error = "cancelled", f"cancelled by an operator; {workflow.cancel_outcome(job)}"
     finish_job(rt, job_id, state, error=error)
     return StepRun("finished", detail=state)

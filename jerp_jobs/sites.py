@@ -28,6 +28,9 @@ MAX_LABEL = 63
 RESERVED = frozenset({"all", "assets", "apps.txt", "apps.json", "currentsite.txt", "locks", "logs", "archived"})
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+#: a whole name every label of which is acceptable: the quick yes of validate_site_name (a name
+#: it does not match goes through the checks one by one, which say what is wrong)
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 #: Apps of every Frappe/ERPNext bench: never a site name, whatever apps.txt says.
@@ -60,6 +63,8 @@ def validate_site_name(name: object) -> str:
     """Return ``name`` if it is an acceptable site name, else raise InvalidSiteName."""
     if not isinstance(name, str):
         raise InvalidSiteName(repr(name), "a site name must be a string")
+    if len(name) <= MAX_NAME and _NAME.fullmatch(name) and name not in RESERVED:
+        return name
     if not name:
         raise InvalidSiteName(name, "a site name may not be empty")
     if len(name) > MAX_NAME:

@@ -39,6 +39,7 @@ from jerp_jobs.backupfiles import (
 )
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
+from jerp_jobs.freshness import index_site
 from jerp_jobs.manifests import manifest_key, seal, write_side
 from jerp_jobs.notify import backup_failed
 from jerp_jobs.operations.offsite import prune_local, upload
@@ -226,7 +227,10 @@ def build_manifest(
 
 def store_manifest(ctx: StepContext, manifest: dict[str, Any]) -> None:
     key = BACKUP_INDEX + manifest["site"]
-    ctx.runtime.redis.zadd(key, {json.dumps(manifest, sort_keys=True): manifest["recorded_at"]})
+    pipe = ctx.runtime.redis.pipeline(transaction=False)
+    pipe.zadd(key, {json.dumps(manifest, sort_keys=True): manifest["recorded_at"]})
+    index_site(pipe, manifest["site"])
+    pipe.execute()
 
 
 def _bench_path(printed: str) -> str:

@@ -42,6 +42,7 @@ from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE
 from jerp_jobs.integrations import npm
 from jerp_jobs.jobs import Job
+from jerp_jobs.keys import BACKUP_SITES
 from jerp_jobs.log import get_logger
 from jerp_jobs.offsite import offsite_stamp
 from jerp_jobs.operations.backup import take_backup
@@ -223,6 +224,7 @@ def forget(ctx: StepContext) -> None:
     r, site = ctx.runtime.redis, ctx.site
     pipe = r.pipeline()
     pipe.delete(LOCAL + site, OFFSITE + site, ATTENTION + site)
+    pipe.srem(BACKUP_SITES, site)
     pipe.hdel(DRILLS, site)
     pipe.execute()
     hold = ctx.job.result["legal_hold"]

@@ -24,7 +24,7 @@ from jerp_jobs import audit, bench
 from jerp_jobs.backupfiles import give_to_owner, sites_root
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import ConfigError, InvalidInput
-from jerp_jobs.freshness import LOCAL, OFFSITE
+from jerp_jobs.freshness import LOCAL, OFFSITE, index_site, rebuild_site_index
 from jerp_jobs.log import get_logger
 from jerp_jobs.manifests import (
     SIDE_SUFFIX,
@@ -92,7 +92,10 @@ def installed_apps(ctx: StepContext) -> tuple[list[str], str]:
 
 
 def record_offsite(client: Any, offsite: dict[str, Any]) -> None:
-    client.zadd(OFFSITE + offsite["site"], {json.dumps(offsite, sort_keys=True): time.time()})
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(OFFSITE + offsite["site"], {json.dumps(offsite, sort_keys=True): time.time()})
+    index_site(pipe, offsite["site"])
+    pipe.execute()
 
 
 def offsite_records(client: Any, site: str) -> list[dict[str, Any]]:
@@ -238,6 +241,7 @@ def rescan(ctx: StepContext) -> None:
             pipe.delete(OFFSITE + site)
             for manifest in manifests:
                 pipe.zadd(OFFSITE + site, {json.dumps(manifest, sort_keys=True): utc_time(manifest).timestamp()})
+            index_site(pipe, site)
             pipe.execute()
             found.setdefault(site, {})["offsite"] = len(manifests)
     root = sites_root(ctx.settings)
@@ -256,8 +260,10 @@ def rescan(ctx: StepContext) -> None:
             if manifest is None or not all((root / a["path"]).is_file() for a in manifest["artifacts"]):
                 continue
             r.zadd(LOCAL + site, {json.dumps(manifest, sort_keys=True): float(manifest.get("recorded_at") or 0)})
+            index_site(r, site)
             added += 1
         found.setdefault(site, {})["local_added"] = added
+    rebuild_site_index(r)
     ctx.record(rescanned=found)
     ctx.output.append(f"{sum(v.get('offsite', 0) for v in found.values())} off-site backups of "
                       f"{sum(1 for v in found.values() if 'offsite' in v)} sites indexed; "
