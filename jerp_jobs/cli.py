@@ -420,32 +420,9 @@ def _release_row(job: Any) -> dict[str, Any]:
     }
 
 
-#: kinds that work on a site that must already exist (restore too, unless it may create it)
-_EXISTING_SITE_KINDS = frozenset({"backup", "migrate", "install-app", "uninstall-app", "clear-cache", "offboard",
-                                  "restore"})
-
-
-def _refuse_missing_site(rt: Any, kind: str, site: str | None, params: dict[str, Any]) -> None:
-    """A job for a site the sites folder does not have is refused here (exit 2), when this process
-    sees the folder (the local executor's bench, or JERP_SITES_DIR); else the job's first step says."""
-    if site is None or kind not in _EXISTING_SITE_KINDS or (kind == "restore" and params.get("create")):
-        return
-    from jerp_jobs.errors import ConfigError, InvalidInput
-    from jerp_jobs.sites import SITE_CONFIG, list_site_folders, sites_folder
-
-    try:
-        listing = list_site_folders(sites_folder(rt.settings))
-    except (ConfigError, InvalidInput):
-        return  # the folder is not visible here: cannot tell
-    if site not in listing.sites:
-        raise InvalidInput(f"site {site} does not exist in the bench (no {listing.folder}/{site}/{SITE_CONFIG}); "
-                           f"nothing enqueued")
-
-
 def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None, wait: bool) -> None:
     from jerp_jobs.enqueue import submit
 
-    _refuse_missing_site(obj.rt, kind, site, params or {})
     _report(obj, submit(obj.rt, kind, site=site, params=params, actor=_actor()), wait=wait)
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from jerp_jobs import audit, runner
 from jerp_jobs.backupfiles import sites_root
-from jerp_jobs.errors import BrokerUnavailable, InvalidInput
+from jerp_jobs.errors import BrokerUnavailable, InvalidInput, JerpError
 from jerp_jobs.jobs import Job
 from jerp_jobs.runtime import Runtime
-from jerp_jobs.sites import bench_app_names, refuse_app_name, validate_site_name
+from jerp_jobs.sites import SITE_CONFIG, bench_app_names, refuse_app_name, site_in_bench, validate_site_name
 
 
 def create_job(
@@ -26,8 +26,13 @@ def create_job(
     params: Mapping[str, Any] | None = None,
     parent: str | None = None,
     actor: str | None = None,
+    check_site: bool = False,
 ) -> Job:
     """Validate the request and write the job with its planned steps; nothing is sent yet.
+
+    ``check_site`` (a request from a person or a schedule): a job whose workflow needs an
+    existing site is refused when the bench shows it has no such site
+    (:func:`refuse_missing_site`), after its parameters were checked.
 
     The audit trail gets who started it: ``actor`` (``jerpctl user@host``, ``beat ENTRY``,
     ``webhook ...``), or the parent job for a child."""
@@ -38,10 +43,29 @@ def create_job(
     elif site is not None:
         raise InvalidInput(f"{kind} works on the whole bench; it takes no site")
     params = workflow.validate(site, dict(params or {}), rt.settings)
+    if check_site and site is not None and workflow.site_must_exist(params):
+        refuse_missing_site(rt, kind, site)
     job = rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent)
     audit.record(rt.redis, actor=actor or (f"job {parent}" if parent else "unknown"), action="job.created",
                  job_id=job.id, kind=kind, site=site, days=rt.settings.audit_days)
     return job
+
+
+#: how long asking the bench whether a site exists may take when a request is made
+SITE_CHECK_TIMEOUT_S = 20.0
+
+
+def refuse_missing_site(rt: Runtime, kind: str, site: str) -> None:
+    """InvalidInput when the bench shows it has no ``site`` (:func:`site_in_bench`: the sites
+    folder when visible here, else ``test -f`` where bench runs). When neither can tell, the
+    request goes on and the job's first step finds out."""
+    try:
+        executor = rt.executor
+    except JerpError:
+        executor = None
+    if site_in_bench(rt.settings, executor, site, timeout=SITE_CHECK_TIMEOUT_S) is False:
+        raise InvalidInput(f"site {site} does not exist in the bench (no sites/{site}/{SITE_CONFIG}); "
+                           f"{kind} not enqueued")
 
 
 def _app_names(rt: Runtime) -> set[str]:
@@ -58,13 +82,14 @@ def start_job(
     parent: str | None = None,
     actor: str | None = None,
     before_publish: Callable[[Job], None] | None = None,
+    check_site: bool = False,
 ) -> Job:
     """The one way a job starts — for jerpctl, Beat, the webhook, fan-outs and releases: the
     request validated and the record written with every step planned (:func:`create_job`),
     ``before_publish`` run (what must be recorded before any step can run, such as the child's
     place in its parent), then the first step published (:func:`publish`). Returns the job as
     created."""
-    job = create_job(rt, kind, site=site, params=params, parent=parent, actor=actor)
+    job = create_job(rt, kind, site=site, params=params, parent=parent, actor=actor, check_site=check_site)
     if before_publish is not None:
         before_publish(job)
     publish(rt, job)
@@ -90,5 +115,6 @@ def publish(rt: Runtime, job: Job, *, undo: Callable[[], None] | None = None) ->
 
 def submit(rt: Runtime, kind: str, *, site: str | None = None, params: Mapping[str, Any] | None = None,
            actor: str | None = None) -> Job:
-    """:func:`start_job` for a request (jerpctl, Beat); returns the job's record as it is now."""
-    return rt.store.get(start_job(rt, kind, site=site, params=params, actor=actor).id)
+    """:func:`start_job` for a request (jerpctl, Beat, the dashboard): a site the bench does not
+    have is refused first (``check_site``); returns the job's record as it is now."""
+    return rt.store.get(start_job(rt, kind, site=site, params=params, actor=actor, check_site=True).id)

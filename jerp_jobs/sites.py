@@ -181,6 +181,39 @@ def list_site_folders(folder: Path | str) -> SiteListing:
                        candidates=candidates)
 
 
+def has_site_folder(folder: Path | str, site: str) -> bool:
+    """Whether ``folder`` holds ``site`` by the rule of :func:`list_site_folders`: a real folder
+    (not a link) with a regular ``site_config.json`` (not a link). One site, no listing."""
+    path = Path(folder) / validate_site_name(site)
+    try:
+        if path.is_symlink():
+            return False
+        return stat.S_ISREG(os.lstat(path / SITE_CONFIG).st_mode)
+    except OSError:
+        return False
+
+
+def site_in_bench(settings: Any, executor: Any, site: str, *, timeout: float) -> bool | None:
+    """Whether the bench has ``site``: read from the sites folder when it is visible here, else
+    asked in the bench container (Docker executor: ``test -f sites/<site>/site_config.json``, as
+    bench decides). None when neither can tell (no folder, the container cannot be reached or
+    answers neither yes nor no)."""
+    site = validate_site_name(site)
+    try:
+        folder = sites_dir(settings)
+    except ConfigError:
+        folder = None
+    if folder is not None and folder.is_dir():
+        return has_site_folder(folder, site)
+    if executor is None or settings.executor != "docker":
+        return None  # the local executor's bench is this folder: without it nothing can tell
+    try:
+        result = executor.run(["test", "-f", f"sites/{site}/{SITE_CONFIG}"], timeout=timeout)
+    except JerpError:
+        return None
+    return {0: True, 1: False}.get(result.exit_code)
+
+
 def sites_dir(settings: Any) -> Path:
     """The bench's sites folder as the worker sees it: ``JERP_SITES_DIR``, or for the local
     executor ``JERP_BENCH_DIR/sites``; ConfigError when neither says."""

@@ -103,7 +103,7 @@ class StepContext:
         shown = redactor.argv(argv)
         log.info("command.start", argv=shown, timeout=timeout)
         lines = 0
-        live = self.runtime.store.live_output(self.job.id, self.step)
+        live = _live_output(self.runtime, self.job, self.step)
         live.command(shown)
 
         def _line(line: str) -> None:
@@ -142,6 +142,29 @@ class StepContext:
     def record(self, **values: Any) -> None:
         """Merge values into the job's result (shown by ``jerpctl status``)."""
         self.runtime.store.set_result(self.job.id, **values)
+
+
+class _NoLiveOutput:
+    """Where the lines of a command run outside any stored job go: nowhere."""
+
+    def command(self, argv: Sequence[str]) -> None:
+        pass
+
+    def line(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _live_output(runtime: Any, job: Any, step: str) -> Any:
+    """The live output writer of ``job``'s ``step``; a context with no job store or no job id
+    (a command run by a check or a tool, not by a stored job) streams nowhere."""
+    store = getattr(runtime, "store", None)
+    job_id = getattr(job, "id", None)
+    if store is None or not job_id:
+        return _NoLiveOutput()
+    return store.live_output(job_id, step)
 
 
 StepFn = Callable[[StepContext], str | None]  # returns None/"success", "skipped", or WAITING
@@ -195,6 +218,9 @@ class Workflow:
     on_end: Callable[[Runtime, Job], None] = lambda rt, job: None
     #: checks and normalises a request's parameters before the job exists (InvalidInput if bad)
     validate: Callable[[str | None, dict[str, Any], Any], dict[str, Any]] = lambda site, params, settings: params
+    #: True when a request with these (validated) parameters works on a site that must already
+    #: exist: such a request for a site the bench does not have is refused before the job exists
+    site_must_exist: Callable[[Mapping[str, Any]], bool] = lambda params: False
 
     def is_recovery(self, step: str) -> bool:
         return self.resolve(step).recovery

@@ -233,6 +233,7 @@ def _app_workflow(kind: str, fn: Any) -> Workflow:
         on_failure=_on_failure,
         on_cancel=_on_cancel,
         final_state=_final_state,
+        site_must_exist=lambda params: True,
     )
 
 

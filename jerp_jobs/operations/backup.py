@@ -280,4 +280,5 @@ BACKUP = simple(
     "backup",
     [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(upload, retries=3)), ("prune-local", StepSpec(prune_local))],
     on_end=notify_if_failed,
+    site_must_exist=lambda params: True,
 )

@@ -9,5 +9,5 @@ from __future__ import annotations
 from jerp_jobs.operations.common import build_assets, clear_cache
 from jerp_jobs.workflow import StepSpec, simple
 
-CLEAR_CACHE = simple("clear-cache", [("clear-cache", StepSpec(clear_cache))])
+CLEAR_CACHE = simple("clear-cache", [("clear-cache", StepSpec(clear_cache))], site_must_exist=lambda params: True)
 BUILD_ASSETS = simple("build-assets", [("build-assets", StepSpec(build_assets, scope="bench"))], needs_site=False)

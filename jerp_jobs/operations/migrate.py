@@ -296,4 +296,5 @@ MIGRATE = Workflow(
     on_failure=_on_failure,
     on_cancel=_on_cancel,
     final_state=_final_state,
+    site_must_exist=lambda params: True,
 )

@@ -302,4 +302,5 @@ OFFBOARD = Workflow(
     cancel_outcome=lambda job: ("the site was left online" if all(s.name != "drop-site" or s.state != "success"
                                                                   for s in job.steps)
                                 else "the offboarding was finished"),
+    site_must_exist=lambda params: True,
 )

@@ -517,4 +517,5 @@ RESTORE = Workflow(
     on_cancel=_on_cancel,
     final_state=_final_state,
     validate=validate_restore,
+    site_must_exist=lambda params: not params.get("create"),
 )
