@@ -210,6 +210,14 @@ def test_every_service_becomes_healthy(deployed: Deployment):
     assert "Beat holds jerp:redbeat::lock" in beat
 
 
+def test_the_platform_database_writes_row_binary_logs_for_point_in_time_recovery(deployed: Deployment):
+    deployed.platform.wait_healthy(["db"])
+    [[log_bin, binlog_format, server_id, expire]] = deployed.sql(
+        "SELECT @@log_bin, @@binlog_format, @@server_id, @@binlog_expire_logs_seconds")
+    assert (log_bin, binlog_format, server_id, expire) == ("1", "ROW", "1", "86400")
+    assert deployed.sql("SHOW BINARY LOGS")[0][0].startswith("binlog.")
+
+
 PROBE = textwrap.dedent("""
     import json, os, docker
     client = docker.from_env()

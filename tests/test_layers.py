@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "jerp_jobs.executors", "jerp_jobs.executors._argv", "jerp_jobs.executors.base", "jerp_jobs.executors.docker",
         "jerp_jobs.executors.local", "jerp_jobs.offsite", "jerp_jobs.offsite.crypto",
         "jerp_jobs.offsite.s3", "jerp_jobs.integrations", "jerp_jobs.integrations.npm", "jerp_jobs.deploy",
-        "jerp_jobs.smoke", "jerp_jobs.platform", "jerp_jobs.notify",
+        "jerp_jobs.smoke", "jerp_jobs.platform", "jerp_jobs.notify", "jerp_jobs.pitr",
     }),
     ("engine", {
         "jerp_jobs.workflow", "jerp_jobs.runtime", "jerp_jobs.enqueue", "jerp_jobs.runner", "jerp_jobs.resume",

@@ -1,0 +1,354 @@
+"""Point-in-time recovery of one site's database, from MariaDB's binary logs.
+
+Three parts, each a plain function of this module:
+
+- **A base dump that knows where it stands.** :meth:`MariaDB.dump` takes one database with
+  ``mariadb-dump --single-transaction --master-data=2``. MariaDB starts the dump's transaction
+  ``WITH CONSISTENT SNAPSHOT`` and reads ``binlog_snapshot_file`` / ``binlog_snapshot_position``
+  in it: the binary log position of exactly that snapshot, taken without a global read lock
+  (the commit order of InnoDB and of the binary log is the same in MariaDB's group commit). The
+  dump holds the position as a ``CHANGE MASTER`` comment, read back into :class:`Coordinates`.
+- **The binary logs shipped as closed files.** :func:`ship` closes the current log
+  (``FLUSH BINARY LOGS``), fetches every closed log not yet archived over the replication
+  protocol (``mariadb-binlog --read-from-remote-server --raw``: no access to the database's
+  volume is needed), and records each in the archive's index with its size, SHA-256 and the
+  time it was closed: every event of a file is older than its ``closed_at``.
+- **A replay of one database up to an instant.** :func:`restore_to` checks every file it needs
+  (present, contiguous, the digest the index recorded) before it touches anything, loads the
+  base dump into the target database and replays only the site's database events
+  (``--database``, renamed with ``--rewrite-db``) from the dump's position up to the instant
+  (``--stop-datetime``, UTC): the state as of that instant. A transaction cut by the instant was
+  not committed at it and is rolled back.
+
+Passwords reach the client tools through an option file readable by this user only, removed
+when the command ends: never an argv, never the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError
+
+#: a binary log file name: ``<basename>.<6 digits>``
+BINLOG_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.[0-9]{6}")
+#: a database name Frappe makes (``_`` and 16 hex digits), or any plain identifier
+DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+_COORDINATES = re.compile(r"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=([0-9]+)")
+_ROW_EVENT = re.compile(rb"\t(?:Write|Update|Delete)_rows(?:_v1|_compressed)?: table id")
+#: how many bytes of a dump's head are searched for its coordinates
+_HEAD_BYTES = 64 * 1024
+
+
+class PitrError(JerpError):
+    """A point-in-time recovery cannot be made as asked; nothing was changed."""
+
+
+class BinlogGap(PitrError):
+    """A binary log the replay needs is missing from the archive."""
+
+
+class BinlogAltered(PitrError):
+    """An archived binary log is not the file that was shipped (digest or size differs)."""
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """A position in the binary logs: the file and the byte offset of the next event."""
+
+    file: str
+    position: int
+
+    def __post_init__(self) -> None:
+        if not BINLOG_NAME.fullmatch(self.file) or self.position < 4:
+            raise InvalidInput(f"{self.file}:{self.position} is not a binary log position")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "position": self.position}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Coordinates:
+        return cls(str(data["file"]), int(data["position"]))
+
+
+@dataclass(frozen=True)
+class DatabaseServer:
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+
+
+def sequence(name: str) -> int:
+    """The number of a binary log file (``binlog.000042`` -> 42)."""
+    if not BINLOG_NAME.fullmatch(name):
+        raise InvalidInput(f"{name!r} is not a binary log file name")
+    return int(name.rsplit(".", 1)[1])
+
+
+def _database(name: str) -> str:
+    if not DATABASE_NAME.fullmatch(name):
+        raise InvalidInput(f"{name!r} is not a database name (letters, digits and _ only)")
+    return name
+
+
+def utc_text(at: float) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` of ``at`` in UTC (what ``--stop-datetime`` reads under TZ=UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+class MariaDB:
+    """The MariaDB client tools (``mariadb``, ``mariadb-dump``, ``mariadb-binlog``) aimed at one
+    server, each run as an argv list with a time limit."""
+
+    def __init__(self, server: DatabaseServer, *, timeout: float = 3600.0) -> None:
+        self.server = server
+        self.timeout = timeout
+
+    @contextlib.contextmanager
+    def _options(self) -> Iterator[str]:
+        """``--defaults-extra-file=<file>`` of a private option file holding the connection."""
+        fd, path = tempfile.mkstemp(prefix="jerp-mariadb-", suffix=".cnf")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                os.fchmod(out.fileno(), 0o600)
+                password = self.server.password.replace("\\", "\\\\").replace('"', '\\"')
+                out.write(f'[client]\nhost={self.server.host}\nport={self.server.port}\nprotocol=tcp\n'
+                          f'user={self.server.user}\npassword="{password}"\n')
+            yield f"--defaults-extra-file={path}"
+        finally:
+            os.unlink(path)
+
+    def _run(self, tool: str, args: Sequence[str], *, stdin: Any = None, stdout: Any = subprocess.PIPE,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        with self._options() as options:
+            argv = [tool, options, *args]
+            try:
+                done = subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=stdout,
+                                      stderr=subprocess.PIPE, timeout=self.timeout,
+                                      env={**os.environ, **(env or {})})
+            except subprocess.TimeoutExpired:
+                raise CommandFailed(f"{tool} {' '.join(args[:3])} ran past {self.timeout:g}s") from None
+            except FileNotFoundError:
+                raise CommandFailed(f"{tool} is not installed here (Debian: mariadb-client)") from None
+        if done.returncode != 0:
+            error = done.stderr.decode("utf-8", "replace").strip()[-1000:]
+            raise CommandFailed(f"{tool} {' '.join(args[:3])} exited {done.returncode}: {error}",
+                                exit_code=done.returncode, output_tail=error)
+        return done
+
+    def query(self, sql: str, *, database: str | None = None) -> list[list[str]]:
+        args = ["--batch", "--skip-column-names", "-e", sql]
+        if database is not None:
+            args.append(_database(database))
+        out = self._run("mariadb", args).stdout.decode("utf-8", "replace")
+        return [line.split("\t") for line in out.splitlines()]
+
+    def binary_logs(self) -> list[tuple[str, int]]:
+        """``SHOW BINARY LOGS``: every log the server keeps, oldest first; the last is open."""
+        rows = self.query("SHOW BINARY LOGS")
+        return [(row[0], int(row[1])) for row in rows]
+
+    def flush(self) -> None:
+        """Close the current binary log and open the next."""
+        self.query("FLUSH BINARY LOGS")
+
+    def download(self, name: str, folder: Path) -> Path:
+        """Fetch binary log ``name`` as it is on the server, into ``folder``."""
+        sequence(name)
+        self._run("mariadb-binlog", ["--read-from-remote-server", "--raw", f"--result-file={folder}/", name])
+        path = folder / name
+        if not path.is_file():
+            raise CommandFailed(f"mariadb-binlog wrote no {name} into {folder}")
+        return path
+
+    def dump(self, database: str, dest: Path) -> Coordinates:
+        """A consistent dump of ``database`` (gzip) and the binary log position it stands at."""
+        database = _database(database)
+        with tempfile.TemporaryFile() as raw:
+            self._run("mariadb-dump", ["--single-transaction", "--master-data=2", "--routines", "--triggers",
+                                       "--hex-blob", database], stdout=raw)
+            raw.seek(0)
+            head = raw.read(_HEAD_BYTES).decode("utf-8", "replace")
+            found = _COORDINATES.search(head)
+            if found is None:
+                raise CommandFailed("mariadb-dump printed no binary log position: is log_bin on on the server?")
+            raw.seek(0)
+            with gzip.open(dest, "wb") as out:
+                shutil.copyfileobj(raw, out, 1 << 20)
+        return Coordinates(found.group(1), int(found.group(2)))
+
+    def load(self, dump: Path, database: str) -> None:
+        """Load a gzip dump into ``database`` (which must exist)."""
+        with tempfile.TemporaryFile() as plain:
+            with gzip.open(dump, "rb") as src:
+                shutil.copyfileobj(src, plain, 1 << 20)
+            plain.seek(0)
+            self._run("mariadb", [_database(database)], stdin=plain)
+
+    def replay(self, files: Sequence[Path], *, start: Coordinates, stop_at: float, database: str,
+               into: str) -> int:
+        """Apply ``database``'s events of ``files`` (consecutive logs, the first being
+        ``start.file``) from ``start`` up to ``stop_at`` to database ``into``; returns the number of
+        row events applied (each a batch of rows written, updated or deleted by one statement)."""
+        database, into = _database(database), _database(into)
+        if not files or files[0].name != start.file:
+            raise InvalidInput(f"a replay from {start.file} must begin with that file")
+        with tempfile.TemporaryFile() as script:
+            self._binlog_tool(["--database", database, f"--rewrite-db={database}->{into}",
+                               f"--start-position={start.position}", f"--stop-datetime={utc_text(stop_at)}",
+                               *map(str, files)], script)
+            script.write(b"\nROLLBACK;\n")  # a transaction the instant cut was not committed at it
+            script.seek(0)
+            events = sum(1 for line in script if _ROW_EVENT.search(line))
+            script.seek(0)
+            self._run("mariadb", [into], stdin=script)
+        return events
+
+    def _binlog_tool(self, args: list[str], out: Any) -> None:
+        """``mariadb-binlog`` on local files; the instant is read in UTC."""
+        done = subprocess.run(["mariadb-binlog", *args], stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.PIPE, timeout=self.timeout, env={**os.environ, "TZ": "UTC"})
+        if done.returncode != 0:
+            error = done.stderr.decode("utf-8", "replace").strip()[-1000:]
+            raise CommandFailed(f"mariadb-binlog exited {done.returncode}: {error}", exit_code=done.returncode,
+                                output_tail=error)
+
+
+# -- the archive of shipped binary logs --------------------------------------------------------
+
+
+class FolderArchive:
+    """Shipped binary logs in a folder, with ``index.json`` listing them. Stands for the
+    off-site store in tests and for a local copy; the same index rules apply to both."""
+
+    INDEX = "index.json"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def index(self) -> list[dict[str, Any]]:
+        path = self.folder / self.INDEX
+        if not path.exists():
+            return []
+        return list(json.loads(path.read_text(encoding="utf-8"))["files"])
+
+    def add(self, entry: dict[str, Any], src: Path) -> None:
+        shutil.copyfile(src, self.folder / entry["name"])
+        files = [e for e in self.index() if e["name"] != entry["name"]] + [entry]
+        files.sort(key=lambda e: sequence(e["name"]))
+        tmp = self.folder / (self.INDEX + ".tmp")
+        tmp.write_text(json.dumps({"files": files}, sort_keys=True, indent=1), encoding="utf-8")
+        tmp.replace(self.folder / self.INDEX)
+
+    def fetch(self, name: str, dest: Path) -> Path | None:
+        src = self.folder / name
+        if not src.is_file():
+            return None
+        target = dest / name
+        shutil.copyfile(src, target)
+        return target
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as src:
+        while chunk := src.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def ship(db: MariaDB, archive: FolderArchive, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Close the current binary log and archive every closed one not archived yet; returns the
+    new index entries (``name``, ``size``, ``sha256``, ``closed_at``)."""
+    db.flush()
+    closed_at = time.time() if now is None else now
+    logs = db.binary_logs()
+    have = {entry["name"] for entry in archive.index()}
+    shipped = []
+    with tempfile.TemporaryDirectory(prefix="jerp-binlog-") as tmp:
+        for name, _size in logs[:-1]:  # the last one is open
+            if name in have:
+                continue
+            path = db.download(name, Path(tmp))
+            size, sha = _digest(path)
+            entry = {"name": name, "size": size, "sha256": sha, "closed_at": closed_at}
+            archive.add(entry, path)
+            path.unlink()
+            shipped.append(entry)
+    return shipped
+
+
+def plan(index: Sequence[dict[str, Any]], start: Coordinates, target: float) -> list[dict[str, Any]]:
+    """The archived logs a replay from ``start`` to ``target`` reads, in order: from
+    ``start.file`` through the first closed at or after ``target``. BinlogGap when one is
+    missing; PitrError when no archived log reaches ``target`` yet."""
+    by_number = {sequence(entry["name"]): entry for entry in index}
+    number = sequence(start.file)
+    if number not in by_number:
+        raise BinlogGap(f"the binary log {start.file}, where the base backup stands, is not in the archive")
+    chosen = []
+    newest = max(by_number)
+    while True:
+        entry = by_number.get(number)
+        if entry is None:
+            if number > newest:
+                reached = by_number[newest]["closed_at"]
+                raise PitrError(f"the archived binary logs reach {utc_text(reached)} UTC; {utc_text(target)} UTC "
+                                f"is after that (ship again, or choose an earlier instant)")
+            raise BinlogGap(f"binary log number {number:06d} is missing from the archive: the events between "
+                            f"{chosen[-1]['name'] if chosen else start.file} and the next log cannot be replayed")
+        chosen.append(entry)
+        if entry["closed_at"] >= target:
+            return chosen
+        number += 1
+
+
+def restore_to(db: MariaDB, archive: FolderArchive, *, dump: Path, start: Coordinates, dumped_at: float,
+               database: str, into: str, target: float) -> dict[str, Any]:
+    """Database ``into`` (created here; it must not exist) as ``database`` was at ``target``:
+    the base dump (taken at ``dumped_at``, before ``target``), then ``database``'s events up to
+    ``target``. Every log is checked before anything is created."""
+    into = _database(into)
+    if target < dumped_at:
+        raise PitrError(f"the base backup was taken at {utc_text(dumped_at)} UTC, after {utc_text(target)} UTC: "
+                        f"use an older backup")
+    chosen = plan(archive.index(), start, target)
+    with tempfile.TemporaryDirectory(prefix="jerp-replay-") as tmp:
+        files = []
+        for entry in chosen:
+            path = archive.fetch(entry["name"], Path(tmp))
+            if path is None:
+                raise BinlogGap(f"binary log {entry['name']} is listed in the archive's index but its file is gone")
+            size, sha = _digest(path)
+            if (size, sha) != (entry["size"], entry["sha256"]):
+                raise BinlogAltered(f"binary log {entry['name']} in the archive is not the file shipped "
+                                    f"({size} B sha256 {sha[:12]}…, shipped {entry['size']} B "
+                                    f"sha256 {entry['sha256'][:12]}…); refusing to replay it")
+            files.append(path)
+        if db.query(f"SHOW DATABASES LIKE '{into}'"):
+            raise PitrError(f"database {into} exists already; a point-in-time restore makes a new one")
+        db.query(f"CREATE DATABASE `{into}`")
+        began = time.monotonic()
+        db.load(dump, into)
+        loaded = time.monotonic()
+        events = db.replay(files, start=start, stop_at=target, database=database, into=into)
+        ended = time.monotonic()
+    return {"binlogs": [entry["name"] for entry in chosen], "events": events,
+            "load_s": round(loaded - began, 3), "replay_s": round(ended - loaded, 3)}
