@@ -255,13 +255,57 @@ class FolderArchive:
         tmp.write_text(json.dumps({"files": files}, sort_keys=True, indent=1), encoding="utf-8")
         tmp.replace(self.folder / self.INDEX)
 
-    def fetch(self, name: str, dest: Path) -> Path | None:
-        src = self.folder / name
+    def fetch(self, entry: dict[str, Any], dest: Path) -> Path:
+        src = self.folder / entry["name"]
         if not src.is_file():
-            return None
-        target = dest / name
+            raise BinlogGap(f"binary log {entry['name']} is listed in the archive's index but its file is gone")
+        target = dest / entry["name"]
         shutil.copyfile(src, target)
         return target
+
+
+class OffsiteArchive:
+    """Shipped binary logs in the off-site store, beside the backups: each log encrypted as
+    backups are (``JERP_BACKUP_AGE_RECIPIENTS``) under ``<prefix>/_binlogs/<server>/``, and
+    ``index.json`` listing them, signed with ``JERP_MANIFEST_KEY`` when it is set. One shipper
+    writes the index at a time (Beat's entry runs alone)."""
+
+    def __init__(self, store: Any, server: str) -> None:
+        self.store = store
+        self.prefix = store.area("_binlogs", server)
+
+    @property
+    def _index_key(self) -> str:
+        return f"{self.prefix}/index.json"
+
+    def index(self) -> list[dict[str, Any]]:
+        from jerp_jobs.offsite import ChecksumMismatch
+
+        try:
+            data = self.store.get_json(self._index_key)
+        except ChecksumMismatch as exc:
+            raise BinlogAltered(f"the index of shipped binary logs was altered: {exc}") from None
+        return [] if data is None else list(data["files"])
+
+    def add(self, entry: dict[str, Any], src: Path) -> None:
+        stored = self.store.put_file(src, f"{self.prefix}/{entry['name']}", kind="binlog", size=entry["size"],
+                                     sha256=entry["sha256"])
+        record = {**entry, **{k: stored[k] for k in ("key", "stored_size", "stored_sha256", "encrypted")}}
+        files = [e for e in self.index() if e["name"] != entry["name"]] + [record]
+        files.sort(key=lambda e: sequence(e["name"]))
+        self.store.put_json(self._index_key, {"files": files})
+
+    def fetch(self, entry: dict[str, Any], dest: Path) -> Path:
+        from jerp_jobs.offsite import ChecksumMismatch, OffsiteError
+
+        try:
+            return self.store.get_file(entry, dest / entry["name"])
+        except ChecksumMismatch as exc:
+            raise BinlogAltered(f"binary log {entry['name']} in the archive is not the file shipped: {exc}; "
+                                "refusing to replay it") from None
+        except OffsiteError as exc:
+            raise BinlogGap(f"binary log {entry['name']} is listed in the archive's index but cannot be read: "
+                            f"{exc}") from None
 
 
 def _digest(path: Path) -> tuple[int, str]:
@@ -274,7 +318,7 @@ def _digest(path: Path) -> tuple[int, str]:
     return size, sha.hexdigest()
 
 
-def ship(db: MariaDB, archive: FolderArchive, *, now: float | None = None) -> list[dict[str, Any]]:
+def ship(db: MariaDB, archive: Any, *, now: float | None = None) -> list[dict[str, Any]]:
     """Close the current binary log and archive every closed one not archived yet; returns the
     new index entries (``name``, ``size``, ``sha256``, ``closed_at``)."""
     db.flush()
@@ -320,7 +364,7 @@ def plan(index: Sequence[dict[str, Any]], start: Coordinates, target: float) -> 
         number += 1
 
 
-def restore_to(db: MariaDB, archive: FolderArchive, *, dump: Path, start: Coordinates, dumped_at: float,
+def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dumped_at: float,
                database: str, into: str, target: float) -> dict[str, Any]:
     """Database ``into`` (created here; it must not exist) as ``database`` was at ``target``:
     the base dump (taken at ``dumped_at``, before ``target``), then ``database``'s events up to
@@ -333,9 +377,7 @@ def restore_to(db: MariaDB, archive: FolderArchive, *, dump: Path, start: Coordi
     with tempfile.TemporaryDirectory(prefix="jerp-replay-") as tmp:
         files = []
         for entry in chosen:
-            path = archive.fetch(entry["name"], Path(tmp))
-            if path is None:
-                raise BinlogGap(f"binary log {entry['name']} is listed in the archive's index but its file is gone")
+            path = archive.fetch(entry, Path(tmp))
             size, sha = _digest(path)
             if (size, sha) != (entry["size"], entry["sha256"]):
                 raise BinlogAltered(f"binary log {entry['name']} in the archive is not the file shipped "

@@ -5,12 +5,14 @@ touched. A log missing or altered in the archive is refused before anything is c
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jerp_jobs.pitr import BinlogAltered, BinlogGap, FolderArchive, PitrError, plan, restore_to, ship
+from jerp_jobs.pitr import BinlogAltered, BinlogGap, FolderArchive, OffsiteArchive, PitrError, plan, restore_to, ship
 from tests.pitr_support import BinlogServer, Writer, binlog_server, make_site_database, table_digest  # noqa: F401
 
 SITE_DB, OTHER_DB = "_0a1b2c3d4e5f6a7b", "_9f8e7d6c5b4a3f2e"
@@ -105,3 +107,54 @@ def test_an_altered_or_missing_log_is_refused_and_nothing_is_created(history: di
     holed = [entry for entry in entries if entry["name"] != chain[1]["name"]]
     with pytest.raises(BinlogGap, match=f"binary log number .* is missing from the archive"):
         plan(holed, history["start"], target)
+
+
+def test_logs_shipped_off_site_encrypted_restore_the_same_and_tampering_is_refused(
+    history: dict, s3_server: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    import pyrage
+
+    from jerp_jobs.offsite.s3 import OffsiteStore
+    from jerp_jobs.operations.offsite import list_offsite_sites
+
+    identity = pyrage.x25519.Identity.generate()
+    identity_file = tmp_path / "identity.txt"
+    identity_file.write_text(f"{identity}\n")
+    identity_file.chmod(0o600)
+    client = s3_server.client()
+    store = OffsiteStore(client, bucket=s3_bucket, prefix="backups", age_recipients=[str(identity.to_public())],
+                         identity_file=identity_file, manifest_key=b"k" * 32)
+    offsite = OffsiteArchive(store, "db-1")
+    local = history["archive"]
+    for entry in local.index():
+        offsite.add(entry, local.folder / entry["name"])
+    entries = offsite.index()
+    assert [e["name"] for e in entries] == [e["name"] for e in local.index()]
+    assert all(e["encrypted"] and e["key"].startswith("backups/_binlogs/db-1/") for e in entries)
+    stored = client.get_object(Bucket=s3_bucket, Key=entries[0]["key"])["Body"].read()
+    assert stored.startswith(b"age-encryption.org/v1") and b"tabInvoice" not in stored
+    assert list_offsite_sites(store) == []  # the logs' area is no site
+
+    db = history["db"]
+    instant = max(t for t in history["states"]
+                  if history["dumped_at"] + 1 <= t <= min(e["closed_at"] for e in entries[1:]))
+    done = restore_to(db, offsite, dump=history["dump"], start=history["start"], dumped_at=history["dumped_at"],
+                      database=SITE_DB, into="_pitr_s3", target=float(instant))
+    assert table_digest(db, "_pitr_s3") == history["states"][instant], done
+
+    # a log altered in the bucket: refused before anything is created
+    victim = plan(entries, history["start"], float(instant))[-1]
+    body = bytearray(client.get_object(Bucket=s3_bucket, Key=victim["key"])["Body"].read())
+    body[-10] ^= 0xFF
+    client.put_object(Bucket=s3_bucket, Key=victim["key"], Body=bytes(body))
+    with pytest.raises(BinlogAltered, match=f"binary log {victim['name']} in the archive is not the file shipped"):
+        restore_to(db, offsite, dump=history["dump"], start=history["start"], dumped_at=history["dumped_at"],
+                   database=SITE_DB, into="_pitr_s3_bad", target=float(instant))
+    assert db.query("SHOW DATABASES LIKE '_pitr_s3_bad'") == []
+    # an index rewritten without the key: refused
+    index_key = "backups/_binlogs/db-1/index.json"
+    index = json.loads(client.get_object(Bucket=s3_bucket, Key=index_key)["Body"].read())
+    index["files"][0]["sha256"] = "0" * 64
+    client.put_object(Bucket=s3_bucket, Key=index_key, Body=json.dumps(index).encode())
+    with pytest.raises(BinlogAltered, match="the index of shipped binary logs was altered"):
+        offsite.index()

@@ -550,6 +550,66 @@ class OffsiteStore:
                 bucket=self.bucket, key=key, expected=sha256, actual=got_sha256,
             )
 
+    # Files beside the backups (binary logs for point-in-time recovery)
+
+    def area(self, *parts: str) -> str:
+        """A key prefix of this store outside every site's backups: ``<prefix>/_<name>/...``
+        (no site name starts with ``_``)."""
+        if not parts or not parts[0].startswith("_"):
+            raise InvalidInput("an area of the store begins with '_' (site names never do)")
+        for part in parts:
+            _safe_name(part)
+        return self._join(*parts)
+
+    def put_file(self, path: Path, key: str, *, kind: str, size: int, sha256: str) -> dict[str, Any]:
+        """Upload ``path`` (``size`` bytes, ``sha256``) to ``key``, encrypted as backups are,
+        and read its digest back from the store; returns its entry (``stored_size``,
+        ``stored_sha256`` and the plain ``size``/``sha256``) for :meth:`get_file`."""
+        artifact = {"path": path.name, "kind": kind, "size": size, "sha256": sha256}
+        entry = self._upload_artifact(artifact, path.name, key, path.parent)
+        entry["encrypted"] = self.encrypted
+        return entry
+
+    def get_file(self, entry: dict[str, Any], dest: Path, *, identity_file: Path | None = None) -> Path:
+        """Download ``entry`` (from :meth:`put_file`) to ``dest``, checked against the digest
+        stored and, once decrypted, the plain one; ChecksumMismatch when either differs, and
+        nothing is left at ``dest`` then."""
+        key = entry["key"]
+        stored = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.download")
+        try:
+            self._download_verified(key, stored, entry)
+            if entry.get("encrypted"):
+                identity = identity_file or self.identity_file
+                if identity is None:
+                    raise ConfigError(IDENTITY_VARIABLE, f"is not set; {self._url(key)} is encrypted")
+                size, digest = decrypt_file(stored, dest, load_identities(identity), what=self._url(key))
+                stored.unlink()
+                self._check(key, "decrypted", entry["size"], entry["sha256"], size, digest)
+            else:
+                os.replace(stored, dest)
+        except BaseException:
+            stored.unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)
+            raise
+        return dest
+
+    def put_json(self, key: str, data: dict[str, Any]) -> None:
+        """Write a JSON document (sealed with the manifest key when there is one), read back."""
+        self._put_manifest(key, seal(data, self.manifest_key))
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        """A JSON document written by :meth:`put_json`; None when there is none. With a manifest
+        key, one whose signature does not verify is refused (ChecksumMismatch)."""
+        data = self._read_json(key)
+        if data is MISSING:
+            return None
+        if not isinstance(data, dict):
+            raise OffsiteError(f"{self._url(key)} is not a JSON object", bucket=self.bucket, key=key)
+        if self.manifest_key and signature(data, self.manifest_key) is False:
+            raise ChecksumMismatch(f"{self._url(key)} has a signature that does not verify (JERP_MANIFEST_KEY): "
+                                   "altered, or written with another key", bucket=self.bucket, key=key)
+        return data
+
     # Legal hold (an offboarded site's final backup)
 
     def put_legal_hold(self, site: str, hold: dict[str, Any]) -> None:

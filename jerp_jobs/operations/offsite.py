@@ -192,12 +192,15 @@ def utc_time(manifest: dict[str, Any]) -> datetime:
 
 
 def list_offsite_sites(store: Any) -> list[str]:
-    """Every site with a folder under the prefix in the bucket (also sites no longer in the bench)."""
+    """Every site with a folder under the prefix in the bucket (also sites no longer in the bench);
+    areas of the store that are no site (``_binlogs``: no site name starts with ``_``) are not listed."""
     prefix = f"{store.prefix}/" if store.prefix else ""
     sites = []
     for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix, Delimiter="/"):
         for common in page.get("CommonPrefixes", []):
-            sites.append(common["Prefix"][len(prefix):].rstrip("/"))
+            name = common["Prefix"][len(prefix):].rstrip("/")
+            if not name.startswith("_"):
+                sites.append(name)
     return sorted(sites)
 
 
