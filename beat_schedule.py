@@ -7,6 +7,8 @@ Built from the settings when the app is configured, so timings are configuration
 - ``retention-prune`` (``JERP_PRUNE_CRON``, default 05:30): the retention policy, per site;
 - ``restore-drill`` (``JERP_DRILL_CRON``, default Sundays 06:00): drills the sites drilled
   longest ago, enough of them that every site is drilled at least once a quarter;
+- ``ship-binlogs`` (every ``JERP_BINLOG_SHIP_MINUTES``, default 5; 0: none): the platform
+  MariaDB's closed binary logs to the off-site store, for point-in-time recovery (docs/pitr.md);
 - ``resume-stalled-steps`` (every ``JERP_RESUME_INTERVAL`` s) and ``reap-stuck-jobs``
   (every 5 minutes): recovery of lost workers, and failure of jobs past their deadline.
 
@@ -39,7 +41,7 @@ def cron(expression: str, variable: str) -> crontab:
 
 def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     control = {"queue": "jerp.control"}
-    return {
+    schedule = {
         "nightly-backup": {
             "task": "jerp.nightly_backup",
             "schedule": cron(settings.nightly_backup_cron, "JERP_NIGHTLY_BACKUP_CRON"),
@@ -66,3 +68,9 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
             "options": {**control, "expires": 300.0},
         },
     }
+    if settings.binlog_ship_minutes > 0:
+        every = float(settings.binlog_ship_minutes) * 60
+        # the site queue: the shipment runs the MariaDB tools where bench runs
+        schedule["ship-binlogs"] = {"task": "jerp.ship_binlogs", "schedule": every,
+                                    "options": {"queue": "jerp.site", "expires": every}}
+    return schedule

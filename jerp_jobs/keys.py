@@ -41,6 +41,10 @@ RELEASE_REQUESTED = PREFIX + "release:requested"  # tag -> its last request (JSO
 RELEASE_LATEST = PREFIX + "release:latest"  # the newest request; never expires
 RELEASE_BY_DELIVERY = PREFIX + "release:delivery:"  # webhook delivery id -> the answer given
 
+# point-in-time recovery (jerp_jobs.pitr)
+PITR_SHIP_LOCK = PREFIX + "pitr:ship-lock"  # held by the one shipment of binary logs under way
+PITR_SHIPPED = PREFIX + "pitr:shipped"  # the last shipment: when, and the newest log archived (JSON)
+
 # the webhook, the audit trail, Beat
 HOOKS_RECENT = PREFIX + "hooks:recent"  # the last deliveries and what was done with them
 AUDIT = PREFIX + "audit"  # stream: who started what

@@ -112,120 +112,130 @@ def utc_text(at: float) -> str:
 
 class MariaDB:
     """The MariaDB client tools (``mariadb``, ``mariadb-dump``, ``mariadb-binlog``) aimed at one
-    server, each run as an argv list with a time limit."""
+    server, run through an executor where bench runs (their image has them; the platform's
+    database network is reachable from there), each an argv list with a time limit.
 
-    def __init__(self, server: DatabaseServer, *, timeout: float = 3600.0) -> None:
+    Files go through a work folder both sides see: ``here`` as this process sees it, ``there``
+    as the executor's commands see it (relative to their working folder), e.g. the sites
+    volume's ``.jerp-pitr`` folder as ``JERP_SITES_DIR/.jerp-pitr`` and ``sites/.jerp-pitr``.
+    The connection, password included, reaches each tool as an option file on its standard
+    input (``--defaults-extra-file=/dev/stdin``): never an argv, never the environment.
+    """
+
+    def __init__(self, server: DatabaseServer, executor: Any, *, here: Path, there: str,
+                 timeout: float = 3600.0) -> None:
         self.server = server
+        self.executor = executor
+        self.here = Path(here)
+        self.there = there.rstrip("/")
         self.timeout = timeout
 
-    @contextlib.contextmanager
-    def _options(self) -> Iterator[str]:
-        """``--defaults-extra-file=<file>`` of a private option file holding the connection."""
-        fd, path = tempfile.mkstemp(prefix="jerp-mariadb-", suffix=".cnf")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                os.fchmod(out.fileno(), 0o600)
-                password = self.server.password.replace("\\", "\\\\").replace('"', '\\"')
-                out.write(f'[client]\nhost={self.server.host}\nport={self.server.port}\nprotocol=tcp\n'
-                          f'user={self.server.user}\npassword="{password}"\n')
-            yield f"--defaults-extra-file={path}"
-        finally:
-            os.unlink(path)
+    def _options(self) -> bytes:
+        password = self.server.password.replace("\\", "\\\\").replace('"', '\\"')
+        return (f'[client]\nhost={self.server.host}\nport={self.server.port}\nprotocol=tcp\n'
+                f'user={self.server.user}\npassword="{password}"\n').encode()
 
-    def _run(self, tool: str, args: Sequence[str], *, stdin: Any = None, stdout: Any = subprocess.PIPE,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-        with self._options() as options:
-            argv = [tool, options, *args]
-            try:
-                done = subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=stdout,
-                                      stderr=subprocess.PIPE, timeout=self.timeout,
-                                      env={**os.environ, **(env or {})})
-            except subprocess.TimeoutExpired:
-                raise CommandFailed(f"{tool} {' '.join(args[:3])} ran past {self.timeout:g}s") from None
-            except FileNotFoundError:
-                raise CommandFailed(f"{tool} is not installed here (Debian: mariadb-client)") from None
-        if done.returncode != 0:
-            error = done.stderr.decode("utf-8", "replace").strip()[-1000:]
-            raise CommandFailed(f"{tool} {' '.join(args[:3])} exited {done.returncode}: {error}",
-                                exit_code=done.returncode, output_tail=error)
-        return done
+    def _run(self, argv: list[str], *, connect: bool = True) -> list[str]:
+        """Run ``argv`` (the tool first); its output lines. CommandFailed when it fails."""
+        if connect:
+            argv = [argv[0], "--defaults-extra-file=/dev/stdin", *argv[1:]]
+        lines: list[str] = []
+        result = self.executor.run(argv, timeout=self.timeout, on_output=lines.append,
+                                   stdin=self._options() if connect else None)
+        if not result.ok:
+            tail = "\n".join(lines[-20:])
+            raise CommandFailed(f"{' '.join(argv[:2] if not connect else argv[:1])} exited {result.exit_code}: "
+                                f"{tail[-1000:]}", exit_code=result.exit_code, output_tail=tail)
+        return lines
+
+    def _work_file(self, suffix: str) -> tuple[Path, str]:
+        """A new file name in the work folder: (as seen here, as seen there)."""
+        self.here.mkdir(parents=True, exist_ok=True)
+        name = f"{int(time.time())}-{os.urandom(4).hex()}{suffix}"
+        return self.here / name, f"{self.there}/{name}"
 
     def query(self, sql: str, *, database: str | None = None) -> list[list[str]]:
-        args = ["--batch", "--skip-column-names", "-e", sql]
+        argv = ["mariadb", "--batch", "--skip-column-names", "-e", sql]
         if database is not None:
-            args.append(_database(database))
-        out = self._run("mariadb", args).stdout.decode("utf-8", "replace")
-        return [line.split("\t") for line in out.splitlines()]
+            argv.append(_database(database))
+        return [line.split("\t") for line in self._run(argv)]
 
     def binary_logs(self) -> list[tuple[str, int]]:
         """``SHOW BINARY LOGS``: every log the server keeps, oldest first; the last is open."""
-        rows = self.query("SHOW BINARY LOGS")
-        return [(row[0], int(row[1])) for row in rows]
+        return [(row[0], int(row[1])) for row in self.query("SHOW BINARY LOGS")]
 
     def flush(self) -> None:
         """Close the current binary log and open the next."""
         self.query("FLUSH BINARY LOGS")
 
-    def download(self, name: str, folder: Path) -> Path:
-        """Fetch binary log ``name`` as it is on the server, into ``folder``."""
+    def download(self, name: str) -> Path:
+        """Fetch binary log ``name`` as it is on the server into the work folder (here)."""
         sequence(name)
-        self._run("mariadb-binlog", ["--read-from-remote-server", "--raw", f"--result-file={folder}/", name])
-        path = folder / name
+        self.here.mkdir(parents=True, exist_ok=True)
+        self._run(["mariadb-binlog", "--read-from-remote-server", "--raw", f"--result-file={self.there}/", name])
+        path = self.here / name
         if not path.is_file():
-            raise CommandFailed(f"mariadb-binlog wrote no {name} into {folder}")
+            raise CommandFailed(f"mariadb-binlog wrote no {name} into {self.there}")
         return path
 
     def dump(self, database: str, dest: Path) -> Coordinates:
-        """A consistent dump of ``database`` (gzip) and the binary log position it stands at."""
+        """A consistent dump of ``database`` (gzip, at ``dest``) and the binary log position
+        it stands at."""
         database = _database(database)
-        with tempfile.TemporaryFile() as raw:
-            self._run("mariadb-dump", ["--single-transaction", "--master-data=2", "--routines", "--triggers",
-                                       "--hex-blob", database], stdout=raw)
-            raw.seek(0)
-            head = raw.read(_HEAD_BYTES).decode("utf-8", "replace")
-            found = _COORDINATES.search(head)
-            if found is None:
-                raise CommandFailed("mariadb-dump printed no binary log position: is log_bin on on the server?")
-            raw.seek(0)
-            with gzip.open(dest, "wb") as out:
-                shutil.copyfileobj(raw, out, 1 << 20)
+        plain, plain_there = self._work_file(".sql")
+        try:
+            self._run(["mariadb-dump", "--single-transaction", "--master-data=2", "--routines", "--triggers",
+                       "--hex-blob", f"--result-file={plain_there}", database])
+            with plain.open("rb") as raw:
+                found = _COORDINATES.search(raw.read(_HEAD_BYTES).decode("utf-8", "replace"))
+                if found is None:
+                    raise CommandFailed("mariadb-dump printed no binary log position: is log_bin on on the server?")
+                raw.seek(0)
+                with gzip.open(dest, "wb") as out:
+                    shutil.copyfileobj(raw, out, 1 << 20)
+        finally:
+            plain.unlink(missing_ok=True)
         return Coordinates(found.group(1), int(found.group(2)))
 
     def load(self, dump: Path, database: str) -> None:
         """Load a gzip dump into ``database`` (which must exist)."""
-        with tempfile.TemporaryFile() as plain:
-            with gzip.open(dump, "rb") as src:
-                shutil.copyfileobj(src, plain, 1 << 20)
-            plain.seek(0)
-            self._run("mariadb", [_database(database)], stdin=plain)
+        plain, plain_there = self._work_file(".sql")
+        try:
+            with gzip.open(dump, "rb") as src, plain.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            self._run(["mariadb", _database(database), "-e", f"source {plain_there}"])
+        finally:
+            plain.unlink(missing_ok=True)
 
-    def replay(self, files: Sequence[Path], *, start: Coordinates, stop_at: float, database: str,
+    def replay(self, names: Sequence[str], *, start: Coordinates, stop_at: float, database: str,
                into: str) -> int:
-        """Apply ``database``'s events of ``files`` (consecutive logs, the first being
-        ``start.file``) from ``start`` up to ``stop_at`` to database ``into``; returns the number of
-        row events applied (each a batch of rows written, updated or deleted by one statement)."""
+        """Apply ``database``'s events of the logs ``names`` (in the work folder; consecutive, the
+        first being ``start.file``) from ``start`` up to ``stop_at`` to database ``into``; returns
+        the number of row events applied (each the rows one statement wrote, changed or deleted)."""
         database, into = _database(database), _database(into)
-        if not files or files[0].name != start.file:
+        if not names or names[0] != start.file:
             raise InvalidInput(f"a replay from {start.file} must begin with that file")
-        with tempfile.TemporaryFile() as script:
-            self._binlog_tool(["--database", database, f"--rewrite-db={database}->{into}",
-                               f"--start-position={start.position}", f"--stop-datetime={utc_text(stop_at)}",
-                               *map(str, files)], script)
-            script.write(b"\nROLLBACK;\n")  # a transaction the instant cut was not committed at it
-            script.seek(0)
-            events = sum(1 for line in script if _ROW_EVENT.search(line))
-            script.seek(0)
-            self._run("mariadb", [into], stdin=script)
+        script, script_there = self._work_file(".sql")
+        try:
+            # the instant is read in the tool's time zone: UTC, whatever the container's is
+            self._run(["env", "TZ=UTC", "mariadb-binlog", "--database", database,
+                       f"--rewrite-db={database}->{into}", f"--start-position={start.position}",
+                       f"--stop-datetime={utc_text(stop_at)}", f"--result-file={script_there}",
+                       *(f"{self.there}/{sequence_name(name)}" for name in names)], connect=False)
+            with script.open("ab") as out:
+                out.write(b"\nROLLBACK;\n")  # a transaction the instant cut was not committed at it
+            with script.open("rb") as src:
+                events = sum(1 for line in src if _ROW_EVENT.search(line))
+            self._run(["mariadb", into, "-e", f"source {script_there}"])
+        finally:
+            script.unlink(missing_ok=True)
         return events
 
-    def _binlog_tool(self, args: list[str], out: Any) -> None:
-        """``mariadb-binlog`` on local files; the instant is read in UTC."""
-        done = subprocess.run(["mariadb-binlog", *args], stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=subprocess.PIPE, timeout=self.timeout, env={**os.environ, "TZ": "UTC"})
-        if done.returncode != 0:
-            error = done.stderr.decode("utf-8", "replace").strip()[-1000:]
-            raise CommandFailed(f"mariadb-binlog exited {done.returncode}: {error}", exit_code=done.returncode,
-                                output_tail=error)
+
+def sequence_name(name: str) -> str:
+    """``name`` if it is a binary log file name (InvalidInput otherwise)."""
+    sequence(name)
+    return name
 
 
 # -- the archive of shipped binary logs --------------------------------------------------------
@@ -326,16 +336,17 @@ def ship(db: MariaDB, archive: Any, *, now: float | None = None) -> list[dict[st
     logs = db.binary_logs()
     have = {entry["name"] for entry in archive.index()}
     shipped = []
-    with tempfile.TemporaryDirectory(prefix="jerp-binlog-") as tmp:
-        for name, _size in logs[:-1]:  # the last one is open
-            if name in have:
-                continue
-            path = db.download(name, Path(tmp))
+    for name, _size in logs[:-1]:  # the last one is open
+        if name in have:
+            continue
+        path = db.download(name)
+        try:
             size, sha = _digest(path)
             entry = {"name": name, "size": size, "sha256": sha, "closed_at": closed_at}
             archive.add(entry, path)
-            path.unlink()
-            shipped.append(entry)
+        finally:
+            path.unlink(missing_ok=True)
+        shipped.append(entry)
     return shipped
 
 
@@ -374,23 +385,63 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
         raise PitrError(f"the base backup was taken at {utc_text(dumped_at)} UTC, after {utc_text(target)} UTC: "
                         f"use an older backup")
     chosen = plan(archive.index(), start, target)
-    with tempfile.TemporaryDirectory(prefix="jerp-replay-") as tmp:
-        files = []
+    db.here.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    try:
         for entry in chosen:
-            path = archive.fetch(entry, Path(tmp))
+            path = archive.fetch(entry, db.here)
+            files.append(path)
             size, sha = _digest(path)
             if (size, sha) != (entry["size"], entry["sha256"]):
                 raise BinlogAltered(f"binary log {entry['name']} in the archive is not the file shipped "
                                     f"({size} B sha256 {sha[:12]}…, shipped {entry['size']} B "
                                     f"sha256 {entry['sha256'][:12]}…); refusing to replay it")
-            files.append(path)
         if db.query(f"SHOW DATABASES LIKE '{into}'"):
             raise PitrError(f"database {into} exists already; a point-in-time restore makes a new one")
         db.query(f"CREATE DATABASE `{into}`")
         began = time.monotonic()
         db.load(dump, into)
         loaded = time.monotonic()
-        events = db.replay(files, start=start, stop_at=target, database=database, into=into)
+        events = db.replay([path.name for path in files], start=start, stop_at=target, database=database,
+                           into=into)
         ended = time.monotonic()
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
     return {"binlogs": [entry["name"] for entry in chosen], "events": events,
             "load_s": round(loaded - began, 3), "replay_s": round(ended - loaded, 3)}
+
+
+#: the work folder of point-in-time recovery in the sites volume (no site has a name like it)
+WORK_FOLDER = ".jerp-pitr"
+
+
+def ship_configured(settings: Any, executor: Any, client: Any) -> dict[str, Any]:
+    """Beat's shipment (``JERP_BINLOG_SHIP_MINUTES``): the platform's MariaDB
+    (``JERP_DB_HOST``/``JERP_DB_PORT``, as root) through the executor, its logs to the off-site
+    store. One shipment at a time (a Redis lock); the last one is recorded in
+    ``jerp:pitr:shipped``. Without an off-site store there is nothing to ship to."""
+    from jerp_jobs import keys
+    from jerp_jobs.offsite.s3 import OffsiteStore
+    from jerp_jobs.sites import sites_dir
+
+    if not settings.s3_bucket:
+        return {"skipped": "JERP_S3_BUCKET is not set: binary logs go to the off-site store"}
+    token = os.urandom(8).hex()
+    hold = max(60, int(settings.binlog_ship_minutes * 60 * 2))
+    if not client.set(keys.PITR_SHIP_LOCK, token, nx=True, ex=hold):
+        return {"skipped": "another shipment is under way"}
+    try:
+        server = DatabaseServer(settings.db_host, settings.db_port, "root", settings.secret("mariadb_root_password"))
+        db = MariaDB(server, executor, here=sites_dir(settings) / WORK_FOLDER, there=f"sites/{WORK_FOLDER}",
+                     timeout=float(settings.command_timeout))
+        archive = OffsiteArchive(OffsiteStore.from_settings(settings), settings.db_host)
+        shipped = ship(db, archive)
+        index = archive.index()
+        newest = index[-1] if index else None
+        record = {"at": time.time(), "shipped": [entry["name"] for entry in shipped],
+                  "newest": newest and {"name": newest["name"], "closed_at": newest["closed_at"]}}
+        client.set(keys.PITR_SHIPPED, json.dumps(record, sort_keys=True))
+        return record
+    finally:
+        client.eval(keys.COMPARE_AND_DELETE, 1, keys.PITR_SHIP_LOCK, token)

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     retention: str = "gfs:7/4/12/10"
     sites_dir: Path | None = None
 
+    # Point-in-time recovery: the platform's MariaDB as seen where bench runs, and the shipping
+    db_host: str = Field("db", description="the platform's MariaDB host as seen from the backend container")
+    db_port: int = Field(3306, ge=1, le=65535)
+    binlog_ship_minutes: float = Field(
+        5.0, ge=0, description="minutes between two shipments of MariaDB's binary logs off-site (0: none)"
+    )
+
     # Nginx Proxy Manager: proxy hosts of new sites are created through its API when set
     npm_url: str | None = Field(None, validation_alias=_env("NPM_URL"))
     npm_identity: str | None = Field(None, validation_alias=_env("NPM_IDENTITY"))

@@ -173,6 +173,17 @@ def drill_rotation() -> list[str]:
     return [submit(rt, "drill", site=site, actor="beat restore-drill").id for site in pick_for_rotation(rt)]
 
 
+@app.task(name="jerp.ship_binlogs", queue=SITE_QUEUE)
+def ship_binlogs() -> dict[str, Any]:
+    """Beat: ship the platform MariaDB's closed binary logs off-site (jerp_jobs.pitr)."""
+    from jerp_jobs.pitr import ship_configured
+
+    rt = get_runtime()
+    done = ship_configured(rt.settings, rt.executor, rt.redis)
+    log.info("pitr.shipped", **{k: v for k, v in done.items() if k != "newest"})
+    return done
+
+
 @app.task(name="jerp.ping", queue=CONTROL_QUEUE)
 def ping() -> str:
     return "pong"

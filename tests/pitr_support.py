@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from jerp_jobs.executors.local import LocalExecutor
 from jerp_jobs.pitr import DatabaseServer, MariaDB
 
 
@@ -38,8 +39,12 @@ class BinlogServer:
     def server(self) -> DatabaseServer:
         return DatabaseServer("127.0.0.1", self.port, "root", self.password)
 
-    def client(self) -> MariaDB:
-        return MariaDB(self.server, timeout=300)
+    def client(self, bench_dir: Path) -> MariaDB:
+        """The tools run by the local executor in ``bench_dir``, the work folder its
+        ``sites/.jerp-pitr`` (as the worker and the backend container share the sites volume)."""
+        (bench_dir / "sites").mkdir(parents=True, exist_ok=True)
+        return MariaDB(self.server, LocalExecutor(bench_dir), here=bench_dir / "sites" / ".jerp-pitr",
+                       there="sites/.jerp-pitr", timeout=300)
 
 
 @pytest.fixture(scope="module")

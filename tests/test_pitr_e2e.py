@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from jerp_jobs.pitr import BinlogAltered, BinlogGap, FolderArchive, OffsiteArchive, PitrError, plan, restore_to, ship
+from jerp_jobs.pitr import DatabaseServer, MariaDB
 from tests.pitr_support import BinlogServer, Writer, binlog_server, make_site_database, table_digest  # noqa: F401
 
 SITE_DB, OTHER_DB = "_0a1b2c3d4e5f6a7b", "_9f8e7d6c5b4a3f2e"
@@ -21,10 +22,10 @@ SITE_DB, OTHER_DB = "_0a1b2c3d4e5f6a7b", "_9f8e7d6c5b4a3f2e"
 @pytest.fixture(scope="module")
 def history(binlog_server: BinlogServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The writer's run: a base dump in the middle, three shipments, the recorded states."""
-    db = binlog_server.client()
+    folder = tmp_path_factory.mktemp("pitr")
+    db = binlog_server.client(folder / "frappe-bench")
     make_site_database(db, SITE_DB)
     make_site_database(db, OTHER_DB)
-    folder = tmp_path_factory.mktemp("pitr")
     archive = FolderArchive(folder / "archive")
     writer = Writer(db, [SITE_DB, OTHER_DB]).start()
     try:
@@ -43,7 +44,7 @@ def history(binlog_server: BinlogServer, tmp_path_factory: pytest.TempPathFactor
     ship_s = time.monotonic() - began
     return {"db": db, "archive": archive, "dump": folder / "base.sql.gz", "start": start, "dumped_at": dumped_at,
             "states": dict(writer.states), "writes": writer.writes, "shipped": shipped, "ship_s": ship_s,
-            "other": table_digest(db, OTHER_DB)}
+            "other": table_digest(db, OTHER_DB), "bench": folder / "frappe-bench"}
 
 
 def test_restoring_to_each_recorded_instant_gives_exactly_the_rows_of_that_instant(history: dict) -> None:
@@ -65,6 +66,8 @@ def test_restoring_to_each_recorded_instant_gives_exactly_the_rows_of_that_insta
         took += done["replay_s"]
     # the other site of the same server: not one of its events was replayed anywhere
     assert table_digest(db, OTHER_DB) == history["other"]
+    # nothing left in the work folder of the sites volume (dumps, logs, replay scripts)
+    assert list((history["bench"] / "sites" / ".jerp-pitr").iterdir()) == []
     print(f"\nPITR: {history['writes']} transactions written, {len(archive.index())} logs shipped, "
           f"last shipment {history['ship_s'] * 1000:.0f} ms; replayed {events} row events in {took:.2f} s "
           f"({events / took if took else 0:.0f} row events/s)")
@@ -158,3 +161,75 @@ def test_logs_shipped_off_site_encrypted_restore_the_same_and_tampering_is_refus
     client.put_object(Bucket=s3_bucket, Key=index_key, Body=json.dumps(index).encode())
     with pytest.raises(BinlogAltered, match="the index of shipped binary logs was altered"):
         offsite.index()
+
+
+def test_a_password_with_quotes_and_backslashes_reaches_the_tools_only_on_stdin(
+    binlog_server: BinlogServer, tmp_path: Path
+) -> None:
+    from tests.test_bench_secrets import CmdlineSampler
+
+    db = binlog_server.client(tmp_path / "frappe-bench")
+    password = 'p"w\\d #x y'
+    quoted = "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    for host in ("localhost", "127.0.0.1"):
+        db.query(f"CREATE USER IF NOT EXISTS 'shipper'@'{host}' IDENTIFIED BY {quoted}")
+        db.query(f"GRANT REPLICATION SLAVE, REPLICATION CLIENT, RELOAD ON *.* TO 'shipper'@'{host}'")
+    shipper = MariaDB(DatabaseServer("127.0.0.1", binlog_server.port, "shipper", password), db.executor,
+                      here=db.here, there=db.there)
+    sampler = CmdlineSampler([password])
+    sampler.start()
+    try:
+        assert shipper.binary_logs()
+        shipper.flush()
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    assert sampler.samples > 0 and sampler.leaks == [], sampler.leaks
+
+
+def test_beats_shipment_uses_the_settings_runs_alone_and_records_the_newest_log(
+    binlog_server: BinlogServer, s3_server: Any, s3_bucket: str, real_redis: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jerp_jobs import keys
+    from jerp_jobs.executors.local import LocalExecutor
+    from jerp_jobs.offsite.s3 import OffsiteStore
+    from jerp_jobs.pitr import ship_configured
+    from jerp_jobs.settings import load_settings
+    from tests.s3_server import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    bench = tmp_path / "frappe-bench"
+    (bench / "sites").mkdir(parents=True)
+    settings = load_settings(_env_file=None, executor="local", bench_dir=bench, db_host="127.0.0.1",
+                             db_port=binlog_server.port, mariadb_root_password=binlog_server.password,
+                             s3_bucket=s3_bucket, s3_endpoint_url=s3_server.endpoint_url, s3_region=s3_server.region)
+    executor = LocalExecutor(bench)
+    assert ship_configured(settings.model_copy(update={"s3_bucket": None}), executor, real_redis) == {
+        "skipped": "JERP_S3_BUCKET is not set: binary logs go to the off-site store"}
+
+    first = ship_configured(settings, executor, real_redis)
+    assert first["shipped"] and first["newest"]["name"] == first["shipped"][-1]
+    assert json.loads(real_redis.get(keys.PITR_SHIPPED))["newest"] == first["newest"]
+    binlog_server.client(tmp_path / "other").query("CREATE DATABASE IF NOT EXISTS `_ship_probe`")
+    second = ship_configured(settings, executor, real_redis)
+    assert second["shipped"] and not set(second["shipped"]) & set(first["shipped"])  # only the new ones
+    archive = OffsiteArchive(OffsiteStore.from_settings(settings), "127.0.0.1")
+    assert [e["name"] for e in archive.index()][-len(second["shipped"]):] == second["shipped"]
+    assert real_redis.get(keys.PITR_SHIP_LOCK) is None
+    assert list((bench / "sites" / ".jerp-pitr").iterdir()) == []
+
+    real_redis.set(keys.PITR_SHIP_LOCK, "someone-else", ex=60)
+    assert ship_configured(settings, executor, real_redis) == {"skipped": "another shipment is under way"}
+    assert real_redis.get(keys.PITR_SHIP_LOCK) == b"someone-else"
+
+
+def test_beat_ships_every_few_minutes_unless_switched_off() -> None:
+    from beat_schedule import beat_schedule
+    from jerp_jobs.settings import load_settings
+
+    entry = beat_schedule(load_settings(_env_file=None))["ship-binlogs"]
+    assert entry["task"] == "jerp.ship_binlogs" and entry["schedule"] == 300.0
+    assert entry["options"]["queue"] == "jerp.site"
+    assert "ship-binlogs" not in beat_schedule(load_settings(_env_file=None, binlog_ship_minutes=0))
