@@ -39,6 +39,13 @@ class BinlogServer:
     def server(self) -> DatabaseServer:
         return DatabaseServer("127.0.0.1", self.port, "root", self.password)
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
     def client(self, bench_dir: Path) -> MariaDB:
         """The tools run by the local executor in ``bench_dir``, the work folder its
         ``sites/.jerp-pitr`` (as the worker and the backend container share the sites volume)."""
@@ -47,12 +54,13 @@ class BinlogServer:
                        there="sites/.jerp-pitr", timeout=300)
 
 
-@pytest.fixture(scope="module")
-def binlog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BinlogServer]:
+def start_binlog_server(root: Path) -> BinlogServer:
+    """mariadbd with binary logs as the platform's (ROW, a server id), its data under ``root``,
+    on a free loopback port, root's password set; RuntimeError naming the cause if it cannot."""
     for tool in ("mariadbd", "mariadb-install-db", "mariadb", "mariadb-binlog", "mariadb-dump"):
         if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: the Debian packages mariadb-server and mariadb-client are needed")
-    root = tmp_path_factory.mktemp("binlog-mariadb")
+            raise RuntimeError(f"{tool} is not installed: the Debian packages mariadb-server and mariadb-client "
+                               "are needed")
     datadir = root / "data"
     subprocess.run(["mariadb-install-db", "--user=root", f"--datadir={datadir}",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)
@@ -73,19 +81,22 @@ def binlog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BinlogSe
                                f"ALTER USER root@localhost IDENTIFIED BY '{password}'"],
                               capture_output=True, timeout=30)
         if done.returncode == 0:
-            break
+            return BinlogServer(datadir, port, password, proc)
         if proc.poll() is not None or time.monotonic() > deadline:
             log = (root / "error.log").read_text(errors="replace")[-2000:] if (root / "error.log").exists() else ""
             proc.kill()
-            pytest.fail(f"the binlog MariaDB did not start: {done.stderr.decode()[-500:]}\n{log}")
+            raise RuntimeError(f"the binlog MariaDB did not start: {done.stderr.decode()[-500:]}\n{log}")
         time.sleep(0.3)
-    server = BinlogServer(datadir, port, password, proc)
-    yield server
-    proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def binlog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BinlogServer]:
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        server = start_binlog_server(tmp_path_factory.mktemp("binlog-mariadb"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
 
 
 def table_digest(db: MariaDB, database: str) -> str:
