@@ -7,8 +7,9 @@ Built from the settings when the app is configured, so timings are configuration
 - ``retention-prune`` (``JERP_PRUNE_CRON``, default 05:30): the retention policy, per site;
 - ``restore-drill`` (``JERP_DRILL_CRON``, default Sundays 06:00): drills the sites drilled
   longest ago, enough of them that every site is drilled at least once a quarter;
-- ``ship-binlogs`` (every ``JERP_BINLOG_SHIP_MINUTES``, default 5; 0: none): the platform
-  MariaDB's closed binary logs to the off-site store, for point-in-time recovery (docs/pitr.md);
+- ``ship-binlogs`` (every ``JERP_BINLOG_SHIP_MINUTES``, default 5; 0: none), when an off-site
+  store is set (``JERP_S3_BUCKET``): the platform MariaDB's closed binary logs to it, for
+  point-in-time recovery (docs/pitr.md);
 - ``resume-stalled-steps`` (every ``JERP_RESUME_INTERVAL`` s) and ``reap-stuck-jobs``
   (every 5 minutes): recovery of lost workers, and failure of jobs past their deadline.
 
@@ -68,7 +69,7 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
             "options": {**control, "expires": 300.0},
         },
     }
-    if settings.binlog_ship_minutes > 0:
+    if settings.binlog_ship_minutes > 0 and settings.s3_bucket:
         every = float(settings.binlog_ship_minutes) * 60
         # the site queue: the shipment runs the MariaDB tools where bench runs
         schedule["ship-binlogs"] = {"task": "jerp.ship_binlogs", "schedule": every,

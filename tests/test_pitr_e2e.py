@@ -229,7 +229,9 @@ def test_beat_ships_every_few_minutes_unless_switched_off() -> None:
     from beat_schedule import beat_schedule
     from jerp_jobs.settings import load_settings
 
-    entry = beat_schedule(load_settings(_env_file=None))["ship-binlogs"]
+    entry = beat_schedule(load_settings(_env_file=None, s3_bucket="backups"))["ship-binlogs"]
     assert entry["task"] == "jerp.ship_binlogs" and entry["schedule"] == 300.0
     assert entry["options"]["queue"] == "jerp.site"
-    assert "ship-binlogs" not in beat_schedule(load_settings(_env_file=None, binlog_ship_minutes=0))
+    assert "ship-binlogs" not in beat_schedule(load_settings(_env_file=None, s3_bucket="backups",
+                                                             binlog_ship_minutes=0))
+    assert "ship-binlogs" not in beat_schedule(load_settings(_env_file=None))  # nowhere to ship to
