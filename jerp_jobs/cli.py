@@ -363,7 +363,7 @@ def enqueue_build_assets(obj: Ctx, wait: bool) -> None:
 @_guard
 def enqueue_release(obj: Ctx, tag: str, wait: bool) -> None:
     """Release image TAG: deploy, confirm, migrate every site, smoke-test; roll back on failure."""
-    from jerp_jobs.operations.release import request_release
+    from jerp_jobs.operations.release.requests import request_release
 
     _report(obj, request_release(obj.rt, tag, source="operator", dedupe=False, actor=_actor()).job, wait=wait)
 
@@ -374,7 +374,7 @@ def enqueue_release(obj: Ctx, tag: str, wait: bool) -> None:
 @_guard
 def enqueue_rollback(obj: Ctx, wait: bool) -> None:
     """Deploy the previous immutable tag that passed a release, migrate and smoke-test."""
-    from jerp_jobs.operations.release import request_release
+    from jerp_jobs.operations.release.requests import request_release
 
     _report(obj, request_release(obj.rt, None, source="operator", dedupe=False, rollback=True, actor=_actor()).job, wait=wait)
 
@@ -385,7 +385,7 @@ def enqueue_rollback(obj: Ctx, wait: bool) -> None:
 @_guard
 def releases(obj: Ctx, limit: int) -> None:
     """Releases, newest first: tags, outcome and timings."""
-    from jerp_jobs.operations.release import list_releases
+    from jerp_jobs.releases import list_releases
 
     rows = [_release_row(job) for job in list_releases(obj.rt, limit=limit)]
     if obj.as_json:

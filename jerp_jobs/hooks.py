@@ -53,7 +53,7 @@ Request times
     arrival, to decide which request is the newer one. GitHub events get no age window: GitHub
     may deliver late and lets an operator redeliver a failed delivery for days; a replayed
     event still starts nothing, because a tag is started by a hook once only and a request
-    older than the newest one is declined (:func:`jerp_jobs.operations.release.request_release`).
+    older than the newest one is declined (:func:`jerp_jobs.operations.release.requests.request_release`).
 """
 
 from __future__ import annotations

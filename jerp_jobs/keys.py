@@ -31,7 +31,7 @@ BACKUP_SITES = PREFIX + "backup-sites"
 # fan-outs (jerp_jobs.operations.fanout)
 FANOUT = PREFIX + "fanout:"  # per parent job: its children's entries, counts, pending and running sets
 
-# releases (jerp_jobs.operations.release)
+# releases (jerp_jobs.operations.release; read by jerp_jobs.releases)
 RELEASE_ACTIVE = PREFIX + "release:active"  # the job id of the release that holds the slot
 RELEASE_WAITING = PREFIX + "release:waiting"  # releases requested and not yet holding the slot
 RELEASES = PREFIX + "releases"  # every release, scored by creation time

@@ -22,7 +22,7 @@ Every function reads; none changes anything. Sources:
 - Sites: the backup indexes (:func:`jerp_jobs.freshness.sites_freshness`, local and
   off-site), the last drills (:func:`jerp_jobs.operations.drill.last_drills`), the attention
   marks (:meth:`jerp_jobs.sitestate.SiteState.attention_marks`).
-- Releases: :func:`jerp_jobs.operations.release.list_releases` and the release slot.
+- Releases: :func:`jerp_jobs.releases.list_releases` and the release slot.
 - Jobs: the job index and each record's ``kind`` and ``state`` (one HMGET per job, pipelined).
 """
 
@@ -40,9 +40,7 @@ from jerp_jobs.celery import CONTROL_QUEUE, SENT_AT_HEADER, SITE_QUEUE
 from jerp_jobs.freshness import sites_freshness
 from jerp_jobs.jobs import JOB, JOBS, as_text
 from jerp_jobs.operations.drill import last_drills
-from jerp_jobs.operations.release import ACTIVE as RELEASE_ACTIVE
-from jerp_jobs.operations.release import WAITING_SET as RELEASE_WAITING
-from jerp_jobs.operations.release import list_releases
+from jerp_jobs.releases import active_release, list_releases, waiting_releases
 
 #: the queues of the project, in the order they are shown
 QUEUES: tuple[str, ...] = (SITE_QUEUE, CONTROL_QUEUE)
@@ -295,7 +293,7 @@ class ReleaseView:
 
 def release(rt: Any) -> ReleaseView:
     newest = list_releases(rt, limit=1)
-    active = rt.redis.get(RELEASE_ACTIVE)
+    active = active_release(rt.redis)
     latest = None
     if newest:
         job = newest[0]
@@ -309,8 +307,7 @@ def release(rt: Any) -> ReleaseView:
             "ended_at": job.ended_at if job.finished else None,
             "detail": job.error or job.result.get("rollback_reason"),
         }
-    return ReleaseView(active_job=as_text(active) if active is not None else None,
-                       waiting_jobs=sorted(as_text(m) for m in rt.redis.smembers(RELEASE_WAITING)),
+    return ReleaseView(active_job=active, waiting_jobs=waiting_releases(rt.redis),
                        latest=latest)
 
 

@@ -17,7 +17,7 @@ Endpoints (the OpenAPI schema at ``/openapi.json``, ``/docs`` and ``/redoc`` onl
 - ``GET /healthz`` — answers 200 when the job store answers.
 
 The service only checks, records and enqueues; the release runs in the workers
-(:mod:`jerp_jobs.operations.release`). Answers: 202 a release was started; 200 the delivery was
+(:mod:`jerp_jobs.operations.release.requests`). Answers: 202 a release was started; 200 the delivery was
 already answered (same ``X-GitHub-Delivery``, or the same tag), the event is not one that
 starts a release, or the release request is declined (its tag was requested before, or a newer
 request was made; the reason is recorded); 400 malformed JSON or payload (a release call
@@ -281,7 +281,7 @@ def _note_rotation(which: int, variable: str, endpoint: str) -> None:
 
 
 def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: Any) -> Any:
-    from jerp_jobs.operations.release import (
+    from jerp_jobs.operations.release.requests import (
         Declined,
         delivery_answer,
         request_release,
@@ -327,7 +327,7 @@ def _act(rt: Runtime, endpoint: str, event: str, delivery: str | None, outcome: 
 
 
 def _ignored(rt: Runtime, endpoint: str, event: str, delivery: str | None, reason: str, *, remember: bool) -> Any:
-    from jerp_jobs.operations.release import remember_delivery
+    from jerp_jobs.operations.release.requests import remember_delivery
 
     if delivery and remember:
         remember_delivery(rt, delivery, "ignored")

@@ -30,6 +30,17 @@ from jerp_jobs.workflow import Workflow
 
 PACKAGE = Path(__file__).resolve().parent.parent / "jerp_jobs"
 
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules_under(folder: str) -> set[str]:
+    """Every module under ``jerp_jobs/<folder>``, in its packages too (``operations.release.steps``)."""
+    return {_module_name(path) for path in (PACKAGE / folder).rglob("*.py")}
+
+
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {
         "jerp_jobs", "jerp_jobs.errors", "jerp_jobs.failures", "jerp_jobs.settings", "jerp_jobs.envfile",
@@ -38,7 +49,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     }),
     ("store", {
         "jerp_jobs.jobs", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit", "jerp_jobs.freshness",
-        "jerp_jobs.manifests",
+        "jerp_jobs.manifests", "jerp_jobs.releases",
     }),
     ("adapters", {
         "jerp_jobs.executors", "jerp_jobs.executors._argv", "jerp_jobs.executors.base", "jerp_jobs.executors.docker",
@@ -50,9 +61,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "jerp_jobs.workflow", "jerp_jobs.runtime", "jerp_jobs.enqueue", "jerp_jobs.runner", "jerp_jobs.resume",
         "jerp_jobs.actions",
     }),
-    ("workflows", {"jerp_jobs.catalog", "jerp_jobs.operations", *(
-        f"jerp_jobs.operations.{p.stem}" for p in (PACKAGE / "operations").glob("*.py") if p.stem != "__init__"
-    )}),
+    ("workflows", {"jerp_jobs.catalog", *_modules_under("operations")}),
     ("app", {
         "jerp_jobs.celery", "jerp_jobs.tasks", "jerp_jobs.bootstrap", "jerp_jobs.beat", "jerp_jobs.cli", "jerp_jobs.cliformat",
         "jerp_jobs.webhook", "jerp_jobs.supervise", "jerp_jobs.socket_proxy",
@@ -66,12 +75,7 @@ LAYER_NAME = {module: LAYERS[rank][0] for module, rank in RANK.items()}
 
 
 def _modules() -> dict[str, Path]:
-    found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        found[name] = path
-    return found
+    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
 MODULES = _modules()

@@ -294,16 +294,16 @@ def test_a_release_cancelled_between_two_deploy_attempts_rolls_back(fake_runtime
 
 def test_a_cancel_that_lands_while_the_last_step_runs_leaves_the_release_succeeded(fake_runtime, platform,
                                                                                   monkeypatch):
-    from jerp_jobs.operations import release
+    from jerp_jobs.operations.release import steps
 
-    remember = release._remember_good
+    remember = steps.remember_good
     job_id = request_release(fake_runtime, "r2", source="pipeline").job.id
 
     def cancelled_meanwhile(rt, tag):
         rt.store.request_cancel(job_id)
         remember(rt, tag)
 
-    monkeypatch.setattr(release, "_remember_good", cancelled_meanwhile)
+    monkeypatch.setattr(steps, "remember_good", cancelled_meanwhile)
     pump(fake_runtime, platform)
     job = fake_runtime.store.get(job_id)
     assert job.cancel_requested and job.state == "succeeded" and platform.deploys == ["r2"]

@@ -5,7 +5,7 @@ indexes, :meth:`~jerp_jobs.jobs.JobStore.page`), one job with its timeline, reco
 fan-out progress (:func:`jerp_jobs.operations.fanout.progress`), the sites
 (:func:`jerp_jobs.freshness.site_states`, :func:`~jerp_jobs.freshness.sites_freshness`, the
 drills of :func:`jerp_jobs.operations.drill.last_drills`), releases
-(:func:`jerp_jobs.operations.release.list_releases`) and fan-outs. Nothing here writes.
+(:func:`jerp_jobs.releases.list_releases`) and fan-outs. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jerp_jobs.jobs import FINAL_JOB_STATES, JOB_STATES, Job, Step
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.drill import last_drills
 from jerp_jobs.operations.fanout import CHILD_KIND, progress
-from jerp_jobs.operations.release import list_releases
+from jerp_jobs.releases import list_releases
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import bench_app_names
 from jerp_jobs.backupfiles import sites_root
