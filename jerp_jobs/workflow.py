@@ -4,8 +4,9 @@ A :class:`Workflow` plans a job's steps up front (``plan``) and maps each step n
 :class:`StepSpec`: the plain function that does the work, and the lock it needs (the site's,
 or the bench's for bench-wide work such as ``build``). Steps marked ``recovery`` run only
 when the workflow's ``on_failure`` sends the job to them; on the normal path they end
-``skipped``. Nothing here imports Celery: the runner (``jerp_jobs.runner``) executes steps and
-the Celery tasks (``jerp_jobs.tasks``) only carry them.
+``skipped``. A workflow with recovery keeps its failure and cancel routes and its final state
+as tables (:class:`Routes`) next to its steps. Nothing here imports Celery: the runner
+(``jerp_jobs.runner``) executes steps and the Celery tasks (``jerp_jobs.tasks``) only carry them.
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ def test_a_recovered_job_ends_where_the_route_of_its_failure_ends(kind: str) -> 
             target = routes.failure_route(step)
             assert target is not None, f"{kind}: failing {step} ends the job unrecovered"
             path = _path(workflow, job, target)
-            assert path[-1] == routes.recovered_by, f"{kind}: failing {step} leads to {path}, not to {routes.recovered_by}"
+            assert path[-1] == routes.recovered_by, (
+                f"{kind}: failing {step} leads to {path}, not to {routes.recovered_by}")
             for name in path:
                 job.step(name).state = StepState.SUCCESS
             assert workflow.final_state(job) == JobState.RECOVERED

@@ -424,7 +424,8 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
         child = rt.store.get(child_id)
         site = child.site or ""
         entry = _entry(rt, parent_id, site) or None
-        if entry is not None and entry.get("job_id") == child.id and entry["state"] == SiteRun.RUNNING and child.finished:
+        if (entry is not None and entry.get("job_id") == child.id and entry["state"] == SiteRun.RUNNING
+                and child.finished):
             _record_child_end(rt, parent, site, entry, child)
         return _settle(rt, parent)
 
