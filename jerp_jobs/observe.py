@@ -38,7 +38,7 @@ from typing import Any
 from jerp_jobs import keys
 from jerp_jobs.celery import CONTROL_QUEUE, SENT_AT_HEADER, SITE_QUEUE
 from jerp_jobs.freshness import sites_freshness
-from jerp_jobs.jobs import JOB, JOBS, as_text
+from jerp_jobs.jobs import JOB, JOBS, JobState, as_text
 from jerp_jobs.operations.drill import last_drills
 from jerp_jobs.releases import active_release, list_releases, waiting_releases
 
@@ -332,8 +332,8 @@ def job_counts(client: Any, *, batch: int = 2000) -> Counter[tuple[str, str]]:
 
 def active_jobs(rt: Any, *, limit: int = 1000) -> list[Any]:
     """Jobs queued or running (their whole records: steps included), newest first."""
-    found = rt.store.list(state="running", limit=limit)
-    return found + rt.store.list(state="queued", limit=max(1, limit - len(found)))
+    found = rt.store.list(state=JobState.RUNNING, limit=limit)
+    return found + rt.store.list(state=JobState.QUEUED, limit=max(1, limit - len(found)))
 
 
 # -- everything at once ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, JobState, StepState
 from jerp_jobs.locks import bench_lock_name, site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.runner import fail_lost_step, finish_job, first_step, readvance, reconcile_children
@@ -45,12 +45,12 @@ def resume_stalled(rt: Runtime, *, now: float | None = None) -> list[tuple[str, 
     """
     now = time.time() if now is None else now
     resumed: list[tuple[str, str]] = []
-    for job in rt.store.list(state="running", limit=100_000):
+    for job in rt.store.list(state=JobState.RUNNING, limit=100_000):
         try:
             resumed.extend(_resume_job(rt, job, now))
         except Exception:  # noqa: BLE001 - a broken record must not stop the others
             log.exception("resume.job_failed", job_id=job.id)
-    for job in rt.store.list(state="queued", limit=100_000):
+    for job in rt.store.list(state=JobState.QUEUED, limit=100_000):
         try:
             resumed.extend(_resume_queued(rt, job, now))
         except Exception:  # noqa: BLE001
@@ -74,7 +74,7 @@ def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
 def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
 
     workflow = rt.workflow(job.kind)
-    running = [s for s in job.steps if s.state == "running"]
+    running = [s for s in job.steps if s.state == StepState.RUNNING]
     if not running:
         if now - job.updated_at > STRANDED_AFTER_S:
             moved = readvance(rt, job.id)
@@ -121,7 +121,7 @@ def reap_stuck(rt: Runtime, *, now: float | None = None) -> list[str]:
     """
     now = time.time() if now is None else now
     reaped = []
-    for state in ("running", "queued"):
+    for state in (JobState.RUNNING, JobState.QUEUED):
         for job in rt.store.list(state=state, limit=100_000):
             try:
                 if _reap(rt, job, now, fail_lost_step, finish_job):
@@ -137,10 +137,10 @@ def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: An
     age = now - job.created_at
     if age <= hours * 3600:
         return False
-    if age > 2 * hours * 3600 or job.state == "queued":
+    if age > 2 * hours * 3600 or job.state == JobState.QUEUED:
         reason = f"reaped: still {job.state} {age / 3600:.1f} h after it was requested"
-        finish_job(rt, job.id, "failed", error=reason)
-        if job.site is not None and job.state == "running":
+        finish_job(rt, job.id, JobState.FAILED, error=reason)
+        if job.site is not None and job.state == JobState.RUNNING:
             rt.mark_attention(job.site, job_id=job.id, reason=reason)
         log.error("job.reaped", job_id=job.id, kind=job.kind, site=job.site)
         return True
@@ -149,7 +149,7 @@ def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: An
         rt.store.note(job.id, deadline=f"past its {hours:g} h deadline: cancelled, taking its safe path")
     workflow = rt.workflow(job.kind)
     for step in job.steps:
-        if step.state == "running" and not step.waiting:
+        if step.state == StepState.RUNNING and not step.waiting:
             scope = workflow.resolve(step.name).scope
             lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_name(
                 rt.settings.compose_project)

@@ -4,8 +4,9 @@ A :class:`Workflow` plans a job's steps up front (``plan``) and maps each step n
 :class:`StepSpec`: the plain function that does the work, and the lock it needs (the site's,
 or the bench's for bench-wide work such as ``build``). Steps marked ``recovery`` run only
 when the workflow's ``on_failure`` sends the job to them; on the normal path they end
-``skipped``. Nothing here imports Celery: the runner (``jerp_jobs.runner``) executes steps and
-the Celery tasks (``jerp_jobs.tasks``) only carry them.
+``skipped``. A workflow with recovery keeps its failure and cancel routes and its final state
+as tables (:class:`Routes`) next to its steps. Nothing here imports Celery: the runner
+(``jerp_jobs.runner``) executes steps and the Celery tasks (``jerp_jobs.tasks``) only carry them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from jerp_jobs.errors import CommandFailed, InvalidInput
+from jerp_jobs.jobs import JobState, StepState
 from jerp_jobs.log import get_logger, redactor
 
 if TYPE_CHECKING:
@@ -167,7 +169,7 @@ def _live_output(runtime: Any, job: Any, step: str) -> Any:
     return store.live_output(job_id, step)
 
 
-StepFn = Callable[[StepContext], str | None]  # returns None/"success", "skipped", or WAITING
+StepFn = Callable[[StepContext], str | None]  # returns None (StepState.SUCCESS), StepState.SKIPPED, or WAITING
 
 #: A step function returns this when the step goes on outside any worker (a fan-out waiting
 #: for its children): the step stays running until ``runner.complete_waiting_step`` ends it.
@@ -194,6 +196,98 @@ class StepSpec:
     retries: int = 0
 
 
+class _GoOn:
+    """The cancel route that finishes the normal path (see :data:`GO_ON`)."""
+
+    def __repr__(self) -> str:
+        return "GO_ON"
+
+
+#: a cancel route: go on with the next pending step of the normal path, to its end (stopping
+#: half-way through a change would leave the site down)
+GO_ON = _GoOn()
+
+#: where a route leads: a step of the workflow, or None (the job ends there)
+Route = str | None
+#: where a cancel route leads: also GO_ON
+CancelRoute = str | None | _GoOn
+
+#: no default route: every step has its row in the table
+_ALL_ROUTED: Any = object()
+
+
+@dataclass(frozen=True)
+class Routes:
+    """A workflow's failure and cancel routes and its final state, as tables.
+
+    - ``failure``: a failed step -> the step the job goes to (a recovery step, or a later step
+      of the normal path), or None: the job ends there. ``failure_otherwise`` is the route of
+      a step without a row (steps named at plan time, one per app say).
+    - ``by_class``: (failed step, class of the bench failure it recorded in ``result.failure``)
+      -> route; it comes before the step's row in ``failure``.
+    - ``cancel``: the last step that ended (None: none yet) -> where a cancelled job goes: a
+      step, None (it ends there) or :data:`GO_ON`; ``cancel_otherwise`` as above.
+    - ``recoverable`` and ``recovered_by``: a job whose failed steps are all in
+      ``recoverable`` ends ``recovered`` once the recovery path's last step, ``recovered_by``,
+      succeeded; otherwise ``failed`` when a step failed, else ``succeeded``.
+
+    ``resolve`` is the workflow's own: :data:`GO_ON` leaves out its recovery steps.
+    """
+
+    resolve: Callable[[str], StepSpec]
+    failure: Mapping[str, Route]
+    cancel: Mapping[str | None, CancelRoute] = field(default_factory=dict)
+    by_class: Mapping[tuple[str, str], Route] = field(default_factory=dict)
+    failure_otherwise: Route = _ALL_ROUTED
+    cancel_otherwise: CancelRoute = _ALL_ROUTED
+    recoverable: frozenset[str] = frozenset()
+    recovered_by: str | None = None
+
+    def failure_route(self, step: str) -> Route:
+        """The row of ``step`` in ``failure`` (KeyError when it has none and no default)."""
+        if step in self.failure:
+            return self.failure[step]
+        if self.failure_otherwise is _ALL_ROUTED:
+            raise KeyError(step)
+        return self.failure_otherwise
+
+    def cancel_route(self, step: str | None) -> CancelRoute:
+        """The row of ``step`` in ``cancel`` (KeyError when it has none and no default)."""
+        if step in self.cancel:
+            return self.cancel[step]
+        if self.cancel_otherwise is _ALL_ROUTED:
+            raise KeyError(step)
+        return self.cancel_otherwise
+
+    def on_failure(self, job: Job, step: str) -> Route:
+        failure = job.result.get("failure") or {}
+        if failure.get("step") == step and (step, failure.get("class")) in self.by_class:
+            return self.by_class[(step, failure["class"])]
+        return self.failure_route(step)
+
+    def on_cancel(self, job: Job, step: str | None) -> Route:
+        route = self.cancel_route(step)
+        if route is GO_ON:
+            return next((s.name for s in job.steps
+                         if s.state == StepState.PENDING and not self.resolve(s.name).recovery), None)
+        return route
+
+    def final_state(self, job: Job) -> JobState:
+        failed = {s.name for s in job.steps if s.state == StepState.FAILED}
+        if not failed:
+            return JobState.SUCCEEDED
+        if (self.recovered_by is not None and failed <= self.recoverable
+                and job.step(self.recovered_by).state == StepState.SUCCESS):
+            return JobState.RECOVERED
+        return JobState.FAILED
+
+    def hooks(self, **override: Any) -> dict[str, Any]:
+        """The Workflow fields these tables give (``routes`` and its three hooks); ``override``
+        replaces one (a hook that reads job facts first, then the table)."""
+        return {"routes": self, "on_failure": self.on_failure, "on_cancel": self.on_cancel,
+                "final_state": self.final_state, **override}
+
+
 @dataclass(frozen=True)
 class Workflow:
     kind: str
@@ -202,7 +296,7 @@ class Workflow:
     resolve: Callable[[str], StepSpec]
     on_failure: Callable[[Job, str], str | None] = lambda job, step: None
     final_state: Callable[[Job], str] = lambda job: (
-        "failed" if any(s.state == "failed" for s in job.steps) else "succeeded"
+        JobState.FAILED if any(s.state == StepState.FAILED for s in job.steps) else JobState.SUCCEEDED
     )
     #: where a cancelled job goes after ``step`` (None: it just ends); e.g. back online
     on_cancel: Callable[[Job, str | None], str | None] = lambda job, step: None
@@ -221,6 +315,9 @@ class Workflow:
     #: True when a request with these (validated) parameters works on a site that must already
     #: exist: such a request for a site the bench does not have is refused before the job exists
     site_must_exist: Callable[[Mapping[str, Any]], bool] = lambda params: False
+    #: the tables behind ``on_failure``, ``on_cancel`` and ``final_state`` when the workflow has
+    #: them (:class:`Routes`), for the checks that read every route without running a job
+    routes: Routes | None = None
 
     def is_recovery(self, step: str) -> bool:
         return self.resolve(step).recovery

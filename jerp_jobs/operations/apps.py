@@ -31,12 +31,13 @@ the worker's sites folder is visible there, and again by the step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from jerp_jobs import bench
 from jerp_jobs.backupfiles import sites_root
 from jerp_jobs.errors import CommandFailed, InvalidInput
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, StepState
 from jerp_jobs.operations.backup import take_backup
 from jerp_jobs.operations.common import (
     bench_apps,
@@ -53,7 +54,7 @@ from jerp_jobs.operations.restore import (
     restore_verified,
     verify_backup_files,
 )
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import GO_ON, Routes, StepContext, StepSpec, Workflow, table_resolver
 
 #: the steps that run before the site's database is changed: a failure there only brings it back
 BEFORE_CHANGE = ("maintenance-on", "scheduler-pause", "backup")
@@ -82,7 +83,7 @@ def install(ctx: StepContext) -> str | None:
     if app in site_apps(ctx):
         ctx.output.append(f"{app} is already installed on {ctx.site}: nothing to do")
         ctx.record(app_change={"app": app, "action": "install", "changed": False})
-        return "skipped"
+        return StepState.SKIPPED
     argv = bench.install_app(ctx.site, app, bench=ctx.bench)
     result = ctx.run(argv, check=False)
     if not result.ok:
@@ -106,7 +107,7 @@ def uninstall(ctx: StepContext) -> str | None:
     if app not in installed:
         ctx.output.append(f"{app} is not installed on {ctx.site}: nothing to do")
         ctx.record(app_change={"app": app, "action": "uninstall", "changed": False})
-        return "skipped"
+        return StepState.SKIPPED
     argv = bench.uninstall_app(ctx.site, app, bench=ctx.bench)
     result = ctx.run(argv, check=False)
     if not result.ok:
@@ -156,43 +157,44 @@ def _steps(change: str, fn: Any) -> dict[str, StepSpec]:
     }
 
 
-def _on_failure(job: Job, step: str) -> str | None:
-    if job.result.get("site_missing"):
-        return None  # the site does not exist: nothing was touched, nothing to mark
-    failure = job.result.get("failure") or {}
-    if step == "maintenance-on" and failure.get("step") == step and failure.get("class") == bench.RUN_AS_ROOT:
-        return None  # refused as root before anything ran
-    if step in BEFORE_CHANGE:
-        return "abort-scheduler-resume"
-    if step == _change_step(job):
-        if (job.result.get("app_change") or {}).get("changed") is False:
+def _routes(kind: str, table: dict[str, StepSpec]) -> Routes:
+    """The routes of install-app or uninstall-app, whose change step is ``kind``."""
+    return Routes(
+        resolve=table_resolver(kind, table),
+        # a failed step -> where the job goes (None: it ends there)
+        failure={
+            # before the database was touched: back online
+            **{name: "abort-scheduler-resume" for name in BEFORE_CHANGE},
+            kind: "restore-pre-change",
+            "clear-cache": "scheduler-resume",  # changed: still bring it online; the job ends failed
+            **{name: "mark-attention" for name in ("scheduler-resume", "maintenance-off", "restore-pre-change",
+                                                   "recovered-scheduler-resume", "recovered-maintenance-off",
+                                                   "abort-scheduler-resume", "abort-maintenance-off")},
+            "mark-attention": None,
+        },
+        # refused as root before anything ran
+        by_class={("maintenance-on", bench.RUN_AS_ROOT): None},
+        # the last step that ended -> where a cancelled job goes: before the change, back online;
+        # from the change on, finish the chain (stopping half-way would leave the site down)
+        cancel={
+            None: None,
+            **{name: "abort-scheduler-resume" for name in BEFORE_CHANGE},
+            **{name: GO_ON for name in table if name not in BEFORE_CHANGE},
+        },
+        recoverable=frozenset({kind}),
+        recovered_by="recovered-maintenance-off",
+    )
+
+
+def _on_failure(routes: Routes) -> Callable[[Job, str], str | None]:
+    def on_failure(job: Job, step: str) -> str | None:
+        if job.result.get("site_missing"):
+            return None  # the site does not exist: nothing was touched, nothing to mark
+        if step == _change_step(job) and (job.result.get("app_change") or {}).get("changed") is False:
             return "abort-scheduler-resume"  # refused before anything changed: nothing to restore
-        return "restore-pre-change"
-    if step == "clear-cache":
-        return "scheduler-resume"  # changed: still bring it online; the job ends failed
-    if step == "mark-attention":
-        return None
-    return "mark-attention"
+        return routes.on_failure(job, step)
 
-
-def _on_cancel(job: Job, step: str | None) -> str | None:
-    """Cancelled before the change: back online. From the change on: finish the chain (stopping
-    half-way would leave the site down)."""
-    if step is None:
-        return None
-    if step in BEFORE_CHANGE:
-        return "abort-scheduler-resume"
-    steps = _steps(_change_step(job), None)
-    return next((s.name for s in job.steps if s.state == "pending" and not steps[s.name].recovery), None)
-
-
-def _final_state(job: Job) -> str:
-    failed = {s.name for s in job.steps if s.state == "failed"}
-    if not failed:
-        return "succeeded"
-    if failed == {_change_step(job)} and job.step("recovered-maintenance-off").state == "success":
-        return "recovered"
-    return "failed"
+    return on_failure
 
 
 def _validate(kind: str) -> Any:
@@ -224,15 +226,14 @@ validate_install_app = _validate("install-app")
 
 def _app_workflow(kind: str, fn: Any) -> Workflow:
     table = _steps(kind, fn)
+    routes = _routes(kind, table)
     return Workflow(
         kind=kind,
         needs_site=True,
         plan=lambda params: list(table),
-        resolve=table_resolver(kind, table),
+        resolve=routes.resolve,
         validate=_validate(kind),
-        on_failure=_on_failure,
-        on_cancel=_on_cancel,
-        final_state=_final_state,
+        **routes.hooks(on_failure=_on_failure(routes)),
         site_must_exist=lambda params: True,
     )
 

@@ -40,6 +40,7 @@ from jerp_jobs.backupfiles import (
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
 from jerp_jobs.freshness import index_site
+from jerp_jobs.jobs import JobState
 from jerp_jobs.manifests import manifest_key, seal, write_side
 from jerp_jobs.notify import backup_failed
 from jerp_jobs.operations.offsite import prune_local, upload
@@ -272,7 +273,7 @@ def notify_if_failed(rt: Runtime, job: Job) -> None:
     A backup started by a backup-all is left to its parent, which may retry it and reports
     every site that failed in one notification.
     """
-    if job.state != "succeeded" and not job.parent:
+    if job.state != JobState.SUCCEEDED and not job.parent:
         rt.notify(*backup_failed(job))
 
 

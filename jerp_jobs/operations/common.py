@@ -6,6 +6,7 @@ import time
 
 from jerp_jobs import bench
 from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError
+from jerp_jobs.jobs import StepState
 from jerp_jobs.log import get_logger
 from jerp_jobs.sites import SITE_CONFIG, find_sites, validate_site_name
 from jerp_jobs.workflow import StepContext
@@ -84,7 +85,7 @@ def _skip_for_missing_site(ctx: StepContext) -> bool:
 
 def maintenance_off(ctx: StepContext) -> str | None:
     if _skip_for_missing_site(ctx):
-        return "skipped"
+        return StepState.SKIPPED
     ctx.run(bench.set_maintenance_mode(ctx.site, False, bench=ctx.bench))
     return None
 
@@ -95,7 +96,7 @@ def scheduler_pause(ctx: StepContext) -> None:
 
 def scheduler_resume(ctx: StepContext) -> str | None:
     if _skip_for_missing_site(ctx):
-        return "skipped"
+        return StepState.SKIPPED
     ctx.run(bench.scheduler(ctx.site, "resume", bench=ctx.bench))
     return None
 
@@ -141,7 +142,7 @@ def scheduler_as_found(ctx: StepContext) -> str | None:
     found = ctx.job.result.get("site_as_found")
     if found and found.get("pause_scheduler"):
         ctx.output.append("the scheduler was paused before this job: left paused")
-        return "skipped"
+        return StepState.SKIPPED
     ctx.run(bench.scheduler(ctx.site, "resume", bench=ctx.bench))
     return None
 
@@ -151,7 +152,7 @@ def maintenance_as_found(ctx: StepContext) -> str | None:
     found = ctx.job.result.get("site_as_found")
     if found and found.get("maintenance_mode"):
         ctx.output.append("the site was in maintenance mode before this job: left in maintenance mode")
-        return "skipped"
+        return StepState.SKIPPED
     ctx.run(bench.set_maintenance_mode(ctx.site, False, bench=ctx.bench))
     return None
 
@@ -224,8 +225,8 @@ def mark_attention(ctx: StepContext) -> str | None:
     """
     if _skip_for_missing_site(ctx):
         ctx.record(needs_attention=None)
-        return "skipped"
-    failed = [s.name for s in ctx.runtime.store.get(ctx.job.id).steps if s.state == "failed"]
+        return StepState.SKIPPED
+    failed = [s.name for s in ctx.runtime.store.get(ctx.job.id).steps if s.state == StepState.FAILED]
     reason = f"{ctx.job.kind} job {ctx.job.id}: steps {', '.join(failed)} failed and automatic recovery did not finish"
     ctx.runtime.mark_attention(ctx.site, job_id=ctx.job.id, reason=reason)
     ctx.record(needs_attention=reason)

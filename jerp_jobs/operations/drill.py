@@ -17,12 +17,12 @@ import time
 from typing import Any
 
 from jerp_jobs import bench, keys
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import StepState
 from jerp_jobs.operations.common import site_exists
 from jerp_jobs.operations.offsite import fetch_offsite, offsite_sites
 from jerp_jobs.operations.restore import check_restored, verify_backup_files
 from jerp_jobs.sites import db_name_for
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import Routes, StepContext, StepSpec, Workflow, table_resolver
 
 DRILLS = keys.DRILLS
 
@@ -83,7 +83,7 @@ def drop_scratch(ctx: StepContext) -> str | None:
 def _record_drill(ctx: StepContext, *, passed: bool) -> None:
     job = ctx.runtime.store.get(ctx.job.id)
     timings = {s.name: s.duration_s for s in job.steps if s.duration_s is not None}
-    failed = [f"{s.name}: {s.error}" for s in job.steps if s.state == "failed"]
+    failed = [f"{s.name}: {s.error}" for s in job.steps if s.state == StepState.FAILED]
     outcome: dict[str, Any] = {
         "site": ctx.site,
         "job_id": ctx.job.id,
@@ -122,15 +122,18 @@ STEPS: dict[str, StepSpec] = {
 }
 
 
-def _on_failure(job: Job, step: str) -> str | None:
-    return None if step == "cleanup" else "cleanup"
+#: any failure, and a cancel once the drill began, drops the scratch site (cleanup)
+ROUTES = Routes(
+    resolve=table_resolver("drill", STEPS),
+    failure={**{name: "cleanup" for name in STEPS if name != "cleanup"}, "cleanup": None},
+    cancel={None: None, **{name: "cleanup" for name in STEPS}},
+)
 
 
 DRILL = Workflow(
     kind="drill",
     needs_site=True,
     plan=lambda params: list(STEPS),
-    resolve=table_resolver("drill", STEPS),
-    on_failure=_on_failure,
-    on_cancel=lambda job, step: None if step is None else "cleanup",
+    resolve=ROUTES.resolve,
+    **ROUTES.hooks(),
 )

@@ -32,12 +32,13 @@ backup), with the same failure budget. A site that has the app already ends its 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Any
 
 from jerp_jobs import bench, keys
 from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
-from jerp_jobs.jobs import Job, as_text
+from jerp_jobs.jobs import Job, JobState, StepState, as_text
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.apps import validate_install_app
@@ -53,13 +54,25 @@ from jerp_jobs.operations.offsite import (
 from jerp_jobs.runner import complete_waiting_step
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sites import validate_site_name
-from jerp_jobs.workflow import WAITING, StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import WAITING, Routes, StepContext, StepSpec, Workflow, table_resolver
 
 log = get_logger(__name__)
 
 STATE = keys.FANOUT  # hash per parent job: site -> {"state", "job_id"}
-FAILED = frozenset({"failed", "recovered", "cancelled"})
-ENDED = FAILED | {"succeeded", "not-started", "skipped"}
+
+
+class SiteRun(StrEnum):
+    """Where one site of a fan-out is before its job ends (then its entry holds the job's
+    final :class:`~jerp_jobs.jobs.JobState`); stored as its value."""
+
+    PENDING = "pending"  # waiting to start
+    RUNNING = "running"  # its job runs
+    NOT_STARTED = "not-started"  # the fan-out stopped before it started
+    SKIPPED = "skipped"  # never started: needs attention, or over the per-run limit
+
+
+FAILED = frozenset({JobState.FAILED, JobState.RECOVERED, JobState.CANCELLED})
+ENDED = FAILED | {JobState.SUCCEEDED, SiteRun.NOT_STARTED, SiteRun.SKIPPED}
 
 CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup", "install-app-all": "install-app",
               "restore-all": "restore"}
@@ -141,7 +154,7 @@ def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> dict[str, Any]
     if old_state is not None:
         pipe.hincrby(counts, old_state, -1)
     pipe.hincrby(counts, entry["state"], 1)
-    for key, state in ((pending, "pending"), (running, "running")):
+    for key, state in ((pending, SiteRun.PENDING), (running, SiteRun.RUNNING)):
         if entry["state"] == state:
             pipe.zadd(key, {site: place})
         else:
@@ -171,7 +184,7 @@ def _set_many(rt: Runtime, parent_id: str, entries: dict[str, dict[str, Any]]) -
     counts: dict[str, int] = {}
     for entry in entries.values():
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    pending = {site: i for i, (site, e) in enumerate(entries.items()) if e["state"] == "pending"}
+    pending = {site: i for i, (site, e) in enumerate(entries.items()) if e["state"] == SiteRun.PENDING}
     pipe = rt.redis.pipeline(transaction=True)
     pipe.delete(*keys)
     mapping = {site: json.dumps(e, sort_keys=True) for site, e in entries.items()}
@@ -190,10 +203,10 @@ def _stop_pending(rt: Runtime, parent_id: str) -> None:
     if not waiting:
         return
     pipe = rt.redis.pipeline(transaction=True)
-    pipe.hset(entries_key, mapping={s: json.dumps({"state": "not-started"}) for s in waiting})
+    pipe.hset(entries_key, mapping={s: json.dumps({"state": SiteRun.NOT_STARTED}) for s in waiting})
     pipe.zrem(pending_key, *waiting)
-    pipe.hincrby(counts_key, "pending", -len(waiting))
-    pipe.hincrby(counts_key, "not-started", len(waiting))
+    pipe.hincrby(counts_key, SiteRun.PENDING, -len(waiting))
+    pipe.hincrby(counts_key, SiteRun.NOT_STARTED, len(waiting))
     _expire(pipe, rt, parent_id)
     pipe.execute()
 
@@ -210,7 +223,7 @@ def _index(rt: Runtime, parent_id: str) -> None:
     places = {site: i for i, site in enumerate(live["order"])}
     pipe = rt.redis.pipeline(transaction=True)
     pipe.hset(counts_key, mapping=live["counts"])
-    for key, state in ((pending_key, "pending"), (running_key, "running")):
+    for key, state in ((pending_key, SiteRun.PENDING), (running_key, SiteRun.RUNNING)):
         members = {s: places[s] for s, e in live["sites"].items() if e["state"] == state}
         if members:
             pipe.zadd(key, members)
@@ -261,11 +274,11 @@ def discover(ctx: StepContext) -> None:
     for site in sites:
         attention = marks.get(site)
         if attention:
-            entries[site] = {"state": "skipped", "reason": f"needs attention: {attention.get('reason')}"}
+            entries[site] = {"state": SiteRun.SKIPPED, "reason": f"needs attention: {attention.get('reason')}"}
         else:
-            entries[site] = {"state": "pending"}
+            entries[site] = {"state": SiteRun.PENDING}
     for site in deferred:
-        entries[site] = {"state": "skipped", "reason": f"over the per-run limit of {limit} sites"}
+        entries[site] = {"state": SiteRun.SKIPPED, "reason": f"over the per-run limit of {limit} sites"}
     _set_many(rt, ctx.job.id, entries)
     total = len(sites) + len(deferred)
     rt.store.set_result(ctx.job.id, canary=canary, site_count=total)
@@ -297,9 +310,9 @@ def canary(ctx: StepContext) -> str:
     site = parent.result["canary"]
     with _fanout_lock(rt, parent.id):
         entry = _entry(rt, parent.id, site)
-        if entry["state"] == "skipped":
+        if entry["state"] == SiteRun.SKIPPED:
             raise InvalidInput(f"canary {site} needs attention; choose another canary")
-        if entry["state"] == "pending":
+        if entry["state"] == SiteRun.PENDING:
             _start_child(rt, parent, site)
     return WAITING
 
@@ -312,7 +325,7 @@ def sites(ctx: StepContext) -> str | None:
     if outcome is None:
         return WAITING
     state, error = outcome
-    if state == "failed":
+    if state == StepState.FAILED:
         raise JerpError(error or "sites failed")
     return None
 
@@ -323,12 +336,12 @@ def clear_canary_cache(ctx: StepContext) -> str | None:
     other site migrated after the build and cleared its own caches then."""
     rt, site = ctx.runtime, ctx.job.result.get("canary")
     entry = _entry(rt, ctx.job.id, site) if site else {}
-    if entry.get("state") != "succeeded":
-        return "skipped"
+    if entry.get("state") != JobState.SUCCEEDED:
+        return StepState.SKIPPED
     owner = rt.sites.owner(site)
     if owner is not None:
         ctx.output.append(f"{site} is busy with job {owner}; it clears its own caches")
-        return "skipped"
+        return StepState.SKIPPED
     with rt.locks.hold(site_lock_name(site), wait=600, job_id=ctx.job.id, step="clear-canary-cache"):
         ctx.run(bench.clear_cache(site, bench=ctx.bench), fence=site)
     return None
@@ -353,7 +366,7 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
 
     def enter(child: Job) -> None:  # in the parent's map before the child can end
-        entries.append(_set(rt, parent.id, site, state="running", job_id=child.id, attempts=attempts))
+        entries.append(_set(rt, parent.id, site, state=SiteRun.RUNNING, job_id=child.id, attempts=attempts))
 
     child = start_job(rt, kind, site=site, params=params, parent=parent.id, before_publish=enter)
     entry = entries[0]
@@ -366,7 +379,7 @@ def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
     per-site map then published into the parent's result)."""
     counts = _counts(rt, parent.id)
     failures = sum(n for state, n in counts.items() if state in FAILED)
-    running = counts.get("running", 0)
+    running = counts.get(SiteRun.RUNNING, 0)
     budget = int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS else None
     stop = parent.cancel_requested or (budget is not None and failures > budget)
     if stop:
@@ -380,20 +393,20 @@ def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
     if running:
         return None
     _publish_summary(rt, parent.id)
-    return ("failed", _summary(rt, parent.id)) if failures or stop else ("success", None)
+    return (StepState.FAILED, _summary(rt, parent.id)) if failures or stop else (StepState.SUCCESS, None)
 
 
 def _summary(rt: Runtime, parent_id: str) -> str:
     entries = _entries(rt, parent_id)
     failed = [f"{s} ({e['state']}, job {e.get('job_id')}: {e.get('error') or 'see the job'})"
               for s, e in entries.items() if e["state"] in FAILED]
-    skipped = [s for s, e in entries.items() if e["state"] in ("not-started", "skipped")]
+    skipped = [s for s, e in entries.items() if e["state"] in (SiteRun.NOT_STARTED, SiteRun.SKIPPED)]
     parts = []
     if failed:
         parts.append("failed sites: " + ", ".join(failed))
     if skipped:
         parts.append("not started: " + ", ".join(skipped))
-    return "; ".join(parts) or "cancelled"
+    return "; ".join(parts) or JobState.CANCELLED
 
 
 def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
@@ -411,7 +424,8 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
         child = rt.store.get(child_id)
         site = child.site or ""
         entry = _entry(rt, parent_id, site) or None
-        if entry is not None and entry.get("job_id") == child.id and entry["state"] == "running" and child.finished:
+        if (entry is not None and entry.get("job_id") == child.id and entry["state"] == SiteRun.RUNNING
+                and child.finished):
             _record_child_end(rt, parent, site, entry, child)
         return _settle(rt, parent)
 
@@ -422,7 +436,7 @@ def _record_child_end(rt: Runtime, parent: Job, site: str, entry: dict[str, Any]
             and not parent.cancel_requested):
         log.warning("fanout.retry", job_id=parent.id, site=site, failed_child=child.id, error=child.error)
         failures = [*entry.get("failures", []), {"job_id": child.id, "error": child.error}]
-        _set(rt, parent.id, site, **{**entry, "state": "pending", "failures": failures})
+        _set(rt, parent.id, site, **{**entry, "state": SiteRun.PENDING, "failures": failures})
     else:
         extra = {"error": child.error} if child.state in FAILED else {}
         _set(rt, parent.id, site, **{**entry, "state": child.state, "job_id": child.id, **extra})
@@ -430,17 +444,17 @@ def _record_child_end(rt: Runtime, parent: Job, site: str, entry: dict[str, Any]
 
 def _settle(rt: Runtime, parent: Job) -> Any:
     """End the parent's waiting step when its children allow it (call under the fan-out lock)."""
-    waiting = next((s.name for s in parent.steps if s.state == "running"), None)
+    waiting = next((s.name for s in parent.steps if s.state == StepState.RUNNING), None)
     if waiting == "canary":
         canary_site = parent.result.get("canary")
         entry = _entry(rt, parent.id, canary_site) if canary_site else {}
-        if entry.get("state") == "succeeded":
-            return complete_waiting_step(rt, parent.id, "canary", "success")
+        if entry.get("state") == JobState.SUCCEEDED:
+            return complete_waiting_step(rt, parent.id, "canary", StepState.SUCCESS)
         if entry.get("state") in FAILED:
             _stop_pending(rt, parent.id)
             _publish_summary(rt, parent.id)
             return complete_waiting_step(
-                rt, parent.id, "canary", "failed",
+                rt, parent.id, "canary", StepState.FAILED,
                 error=f"canary {canary_site} {entry['state']}: {entry.get('error')}; " + _summary(rt, parent.id),
             )
     elif waiting == "sites":
@@ -457,7 +471,7 @@ def reconcile(rt: Runtime, parent_id: str) -> None:
         _index(rt, parent_id)
     for site in _running_sites(rt, parent_id):
         entry = _entry(rt, parent_id, site)
-        if entry.get("state") == "running" and entry.get("job_id"):
+        if entry.get("state") == SiteRun.RUNNING and entry.get("job_id"):
             try:
                 child = rt.store.get(entry["job_id"])
             except JobNotFound:
@@ -515,10 +529,17 @@ INSTALL_APP_ALL: dict[str, StepSpec] = {
 }
 
 
-def _migrate_all_on_failure(job: Job, step: str) -> str | None:
-    if step == "sites":
-        return "clear-canary-cache"  # the canary succeeded: its caches still need clearing
-    return None
+#: migrate-all: a failed step -> where the job goes (None: it ends there); a cancel ends it
+MIGRATE_ALL_ROUTES = Routes(
+    resolve=table_resolver("migrate-all", MIGRATE_ALL),
+    failure={
+        "discover": None,
+        "canary": None,
+        "sites": "clear-canary-cache",  # the canary succeeded: its caches still need clearing
+        "clear-canary-cache": None,
+    },
+    cancel_otherwise=None,
+)
 
 
 def _publish_at_end(then: Any = None) -> Any:
@@ -544,7 +565,7 @@ def _fanout(kind: str, table: dict[str, StepSpec], validate: Any, on_end: Any = 
                     reconcile=reconcile, on_end=_publish_at_end(on_end), **extra)
 
 
-MIGRATE_ALL_WORKFLOW = _fanout("migrate-all", MIGRATE_ALL, _validate, on_failure=_migrate_all_on_failure)
+MIGRATE_ALL_WORKFLOW = _fanout("migrate-all", MIGRATE_ALL, _validate, **MIGRATE_ALL_ROUTES.hooks())
 BACKUP_ALL_WORKFLOW = _fanout("backup-all", BACKUP_ALL, _validate, on_end=notify_if_failed)
 INSTALL_APP_ALL_WORKFLOW = _fanout("install-app-all", INSTALL_APP_ALL, _validate_install_all)
 RESTORE_ALL_WORKFLOW = _fanout("restore-all", RESTORE_ALL, _validate_restore_all)

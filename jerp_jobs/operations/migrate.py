@@ -48,7 +48,7 @@ from typing import Any
 
 from jerp_jobs import bench
 from jerp_jobs.errors import CommandFailed, ForeignLockHeld, InvalidInput, NoWorkers, OutputParseError
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, StepState
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.backup import take_backup
 from jerp_jobs.operations.common import (
@@ -67,7 +67,7 @@ from jerp_jobs.operations.common import (
     wait_for_frappe_lock,
 )
 from jerp_jobs.operations.restore import manifest_files, restore_verified, verify_backup_files
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import GO_ON, CancelRoute, Routes, StepContext, StepSpec, Workflow, table_resolver
 
 log = get_logger(__name__)
 
@@ -175,12 +175,12 @@ def migrate(ctx: StepContext) -> None:
 
 def build_assets_once(ctx: StepContext) -> str | None:
     if not ctx.params.get("build_assets", True):
-        return "skipped"  # a migrate-all builds once for the bench
+        return StepState.SKIPPED  # a migrate-all builds once for the bench
     reason = assets_skip_reason(ctx)
     if reason is not None:
         ctx.output.append(f"assets not built: {reason}")
         ctx.record(assets={"built": False, "reason": reason})
-        return "skipped"
+        return StepState.SKIPPED
     build_assets(ctx)
     ctx.record(assets={"built": True})
     return None
@@ -223,52 +223,63 @@ STEPS: dict[str, StepSpec] = {
 }
 
 
-def _failure_class(job: Job, step: str) -> str | None:
-    """The class of the failure ``step`` just recorded (``result.failure``), if it is that step's."""
-    failure = job.result.get("failure") or {}
-    return failure.get("class") if failure.get("step") == step else None
+#: a failed step -> where the job goes (None: it ends there)
+FAILURE_ROUTES: dict[str, str | None] = {
+    # before the database was touched: back online, nothing to restore
+    "maintenance-on": "abort-scheduler-resume",
+    "scheduler-pause": "abort-scheduler-resume",
+    "wait-ready": "abort-scheduler-resume",
+    "backup": "abort-scheduler-resume",
+    "migrate": "restore-pre-migrate",
+    # migrated: still bring it online; the job ends failed
+    "clear-cache": "scheduler-resume",
+    "build-assets": "scheduler-resume",
+    "scheduler-resume": "mark-attention",
+    "maintenance-off": "mark-attention",
+    "restore-pre-migrate": "mark-attention",
+    "recovered-scheduler-resume": "mark-attention",
+    "recovered-maintenance-off": "mark-attention",
+    "abort-scheduler-resume": "mark-attention",
+    "abort-maintenance-off": "mark-attention",
+    "as-found-scheduler": "mark-attention",
+    "as-found-maintenance": "mark-attention",
+    "mark-attention": None,
+}
+#: (failed step, class of its bench failure) -> where the job goes, before FAILURE_ROUTES
+FAILURE_BY_CLASS: dict[tuple[str, str], str | None] = {
+    # a foreign migrate runs: the job changed nothing and leaves the site to it
+    ("maintenance-on", bench.LOCK_HELD_BY_OTHER): None,
+    # refused as root before anything ran: nothing to bring back (it would be refused too)
+    ("maintenance-on", bench.RUN_AS_ROOT): None,
+    # never restore under another process's migrate
+    ("migrate", bench.LOCK_HELD_BY_OTHER): "as-found-scheduler",
+    # migrate stopped before it touched the database
+    ("migrate", bench.SERVICES_DOWN): "abort-scheduler-resume",
+}
+#: the last step that ended -> where a cancelled job goes: before migrate, back online; from
+#: migrate on, finish the chain (stopping between migrate and maintenance-off would leave the site down)
+CANCEL_ROUTES: dict[str | None, CancelRoute] = {
+    None: None,
+    "maintenance-on": "abort-scheduler-resume",
+    "scheduler-pause": "abort-scheduler-resume",
+    "wait-ready": "abort-scheduler-resume",
+    "backup": "abort-scheduler-resume",
+    **{name: GO_ON for name in STEPS if name not in ("maintenance-on", "scheduler-pause", "wait-ready", "backup")},
+}
+ROUTES = Routes(
+    resolve=table_resolver("migrate", STEPS),
+    failure=FAILURE_ROUTES,
+    by_class=FAILURE_BY_CLASS,
+    cancel=CANCEL_ROUTES,
+    recoverable=frozenset({"migrate"}),
+    recovered_by="recovered-maintenance-off",
+)
 
 
 def _on_failure(job: Job, step: str) -> str | None:
     if job.result.get("site_missing"):
         return None  # the site does not exist: nothing was touched, nothing to mark
-    kind = _failure_class(job, step)
-    if step == "maintenance-on" and kind == bench.LOCK_HELD_BY_OTHER:
-        return None  # a foreign migrate runs: the job changed nothing and leaves the site to it
-    if step == "maintenance-on" and kind == bench.RUN_AS_ROOT:
-        return None  # refused as root before anything ran: nothing to bring back (it would be refused too)
-    if step in ("maintenance-on", "scheduler-pause", "wait-ready", "backup"):
-        return "abort-scheduler-resume"
-    if step == "migrate":
-        if kind == bench.LOCK_HELD_BY_OTHER:
-            return "as-found-scheduler"  # never restore under another process's migrate
-        if kind == bench.SERVICES_DOWN:
-            return "abort-scheduler-resume"  # migrate stopped before it touched the database
-        return "restore-pre-migrate"
-    if step in ("clear-cache", "build-assets"):
-        return "scheduler-resume"  # migrated: still bring it online; the job ends failed
-    if step == "mark-attention":
-        return None
-    return "mark-attention"
-
-
-def _on_cancel(job: Job, step: str | None) -> str | None:
-    """Cancelled before migrate: bring the site back online. From migrate on: finish the chain
-    (stopping between migrate and maintenance-off would leave the site down)."""
-    if step in (None,):
-        return None
-    if step in ("maintenance-on", "scheduler-pause", "wait-ready", "backup"):
-        return "abort-scheduler-resume"
-    return next((s.name for s in job.steps if s.state == "pending" and not STEPS[s.name].recovery), None)
-
-
-def _final_state(job: Job) -> str:
-    failed = {s.name for s in job.steps if s.state == "failed"}
-    if not failed:
-        return "succeeded"
-    if failed == {"migrate"} and job.step("recovered-maintenance-off").state == "success":
-        return "recovered"
-    return "failed"
+    return ROUTES.on_failure(job, step)
 
 
 def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
@@ -291,10 +302,8 @@ MIGRATE = Workflow(
     kind="migrate",
     needs_site=True,
     plan=lambda params: [name for name in STEPS if name != "build-assets" or params.get("build_assets", True)],
-    resolve=table_resolver("migrate", STEPS),
+    resolve=ROUTES.resolve,
     validate=_validate,
-    on_failure=_on_failure,
-    on_cancel=_on_cancel,
-    final_state=_final_state,
+    **ROUTES.hooks(on_failure=_on_failure),
     site_must_exist=lambda params: True,
 )

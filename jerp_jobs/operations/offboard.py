@@ -41,7 +41,7 @@ from jerp_jobs.backupfiles import sites_root
 from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE
 from jerp_jobs.integrations import npm
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, StepState
 from jerp_jobs.keys import BACKUP_SITES
 from jerp_jobs.log import get_logger
 from jerp_jobs.offsite import offsite_stamp
@@ -57,7 +57,7 @@ from jerp_jobs.operations.common import (
 from jerp_jobs.operations.drill import DRILLS
 from jerp_jobs.operations.offsite import store_for, upload
 from jerp_jobs.sitestate import ATTENTION
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import GO_ON, Routes, StepContext, StepSpec, Workflow, table_resolver
 
 log = get_logger(__name__)
 
@@ -163,7 +163,7 @@ def drop_site(ctx: StepContext) -> str | None:
     before = _archived(ctx)
     if not site_exists(ctx, ctx.site):
         if ctx.job.result.get("archived_as"):
-            return "skipped"  # dropped by an earlier attempt of this step
+            return StepState.SKIPPED  # dropped by an earlier attempt of this step
         raise InvalidInput(f"site {ctx.site} is no longer in the bench, and this job did not drop it")
     call = bench.drop_site(ctx.site, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
     ctx.run(call.argv, stdin=call.stdin)
@@ -188,7 +188,7 @@ def _archived(ctx: StepContext) -> list[str]:
 def remove_archive(ctx: StepContext) -> str | None:
     archived = ctx.job.result.get("archived_as")
     if not archived:
-        return "skipped"
+        return StepState.SKIPPED
     ctx.run(["rm", "-rf", "--one-file-system", "--", archived])
     if ctx.run(["test", "-e", archived], check=False).ok:
         raise InvalidInput(f"{archived} is still there after rm")
@@ -201,7 +201,7 @@ def remove_proxy_host(ctx: StepContext) -> str | None:
     if client is None:
         ctx.record(proxy_host={"removed": False, "manual": f"delete the proxy host of {ctx.site} in Nginx Proxy Manager"})
         ctx.output.append(f"Nginx Proxy Manager is not configured: delete the proxy host of {ctx.site} by hand")
-        return "skipped"
+        return StepState.SKIPPED
     host = client.delete_proxy_host(ctx.site)
     ctx.record(proxy_host={"removed": host is not None, "npm_id": host.get("id") if host else None})
     return None
@@ -257,23 +257,39 @@ def _plan(params: dict[str, Any]) -> list[str]:
     return ["inventory"] if params.get("dry_run") else list(STEPS)
 
 
+#: the steps after the drop: once it is done, the offboarding goes on to its end
+AFTER_DROP = ("drop-site", "remove-archive", "remove-proxy-host", "purge-offsite", "forget")
+ROUTES = Routes(
+    resolve=table_resolver(KIND, STEPS),
+    # a failed step -> where the job goes (None: it ends there)
+    failure={
+        "inventory": None,
+        # before anything was deleted: back online
+        **{name: "abort-scheduler-resume" for name in BEFORE_DROP},
+        **{name: "mark-attention" for name in (*AFTER_DROP, "abort-scheduler-resume", "abort-maintenance-off")},
+        "mark-attention": None,
+    },
+    # the last step that ended -> where a cancelled job goes: before the drop, back online; from
+    # the drop on, finish the chain
+    cancel={
+        None: None,
+        "inventory": None,
+        **{name: "abort-scheduler-resume" for name in BEFORE_DROP},
+        **{name: GO_ON for name in (*AFTER_DROP, "abort-scheduler-resume", "abort-maintenance-off", "mark-attention")},
+    },
+)
+
+
 def _on_failure(job: Job, step: str) -> str | None:
-    if step == "inventory" or job.result.get("site_missing"):
-        return None
-    if step in BEFORE_DROP:
-        return "abort-scheduler-resume"
-    if step == "mark-attention":
-        return None
-    return "mark-attention"
+    if job.result.get("site_missing"):
+        return None  # the site does not exist: nothing was touched, nothing to mark
+    return ROUTES.on_failure(job, step)
 
 
-def _on_cancel(job: Job, step: str | None) -> str | None:
-    """Cancelled before the drop: back online. From the drop on: finish the chain."""
-    if step in (None, "inventory"):
-        return None
-    if step in BEFORE_DROP:
-        return "abort-scheduler-resume"
-    return next((s.name for s in job.steps if s.state == "pending" and not STEPS[s.name].recovery), None)
+def _cancel_outcome(job: Job) -> str:
+    if any(s.name == "drop-site" and s.state == StepState.SUCCESS for s in job.steps):
+        return "the offboarding was finished"
+    return "the site was left online"
 
 
 def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
@@ -295,12 +311,9 @@ OFFBOARD = Workflow(
     kind=KIND,
     needs_site=True,
     plan=_plan,
-    resolve=table_resolver(KIND, STEPS),
+    resolve=ROUTES.resolve,
     validate=_validate,
-    on_failure=_on_failure,
-    on_cancel=_on_cancel,
-    cancel_outcome=lambda job: ("the site was left online" if all(s.name != "drop-site" or s.state != "success"
-                                                                  for s in job.steps)
-                                else "the offboarding was finished"),
+    **ROUTES.hooks(on_failure=_on_failure),
+    cancel_outcome=_cancel_outcome,
     site_must_exist=lambda params: True,
 )

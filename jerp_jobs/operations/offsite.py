@@ -25,6 +25,7 @@ from jerp_jobs.backupfiles import give_to_owner, sites_root
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import ConfigError, InvalidInput
 from jerp_jobs.freshness import LOCAL, OFFSITE, index_site, rebuild_site_index
+from jerp_jobs.jobs import StepState
 from jerp_jobs.log import get_logger
 from jerp_jobs.manifests import (
     SIDE_SUFFIX,
@@ -65,7 +66,7 @@ def offsite_wanted(ctx: StepContext) -> bool:
 def upload(ctx: StepContext) -> str | None:
     if not offsite_wanted(ctx):
         ctx.output.append("off-site copy not asked for / not configured: skipped")
-        return "skipped"
+        return StepState.SKIPPED
     manifest = dict(ctx.job.result["backup"])
     folder = sites_dir(ctx.settings)
     confirm_recorded(manifest, folder, manifest_key(ctx.settings))
@@ -128,17 +129,17 @@ def prune_local(ctx: StepContext) -> str | None:
     the newest ``max(JERP_KEEP_LOCAL, 1)`` sets stay and older sets that jerp-jobs took and
     verified (its local index) are removed; sets it does not know (taken by hand or by Frappe's
     scheduler) are never touched."""
-    copied = ctx.job.step("upload-offsite").state == "success"
+    copied = ctx.job.step("upload-offsite").state == StepState.SUCCESS
     if copied:
         keep = ctx.settings.keep_local
         safe = {r["timestamp"] for r in offsite_records(ctx.runtime.redis, ctx.site) if r.get("verified")}
         why = "copied off-site"
-    elif local_only(ctx.settings) and ctx.job.step("backup").state == "success":
+    elif local_only(ctx.settings) and ctx.job.step("backup").state == StepState.SUCCESS:
         keep = max(ctx.settings.keep_local, 1)
         safe = set(local_stamps(ctx.runtime.redis, ctx.site))
         why = "older than the newest kept (local-only: no off-site store)"
     else:
-        return "skipped"
+        return StepState.SKIPPED
     folder = sites_dir(ctx.settings) / ctx.site / "private" / "backups"
     sets: dict[str, list[Path]] = {}
     for path in folder.iterdir() if folder.is_dir() else []:

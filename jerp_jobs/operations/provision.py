@@ -16,7 +16,7 @@ from typing import Any
 from jerp_jobs import bench
 from jerp_jobs.errors import InvalidInput
 from jerp_jobs.integrations import npm
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, StepState
 from jerp_jobs.operations.backup import take_backup
 from jerp_jobs.operations.common import (
     bench_apps,
@@ -25,7 +25,7 @@ from jerp_jobs.operations.common import (
     site_exists,
 )
 from jerp_jobs.sites import APP_NAMES, db_name_for, refuse_app_name
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow
+from jerp_jobs.workflow import Routes, StepContext, StepSpec, Workflow
 
 APP_STEP = "install-app:"
 
@@ -55,7 +55,7 @@ def install_app(ctx: StepContext) -> str | None:
     app = ctx.step.removeprefix(APP_STEP)
     if app not in bench_apps(ctx):
         ctx.output.append(f"{app} is not in this bench (sites/apps.txt): skipped")
-        return "skipped"
+        return StepState.SKIPPED
     ctx.run(bench.install_app(ctx.site, app, bench=ctx.bench))
     return None
 
@@ -85,14 +85,14 @@ def drop_site(ctx: StepContext) -> str | None:
     """
     if not ctx.job.result.get("site_started") or not site_exists(ctx, ctx.site):
         ctx.output.append(f"no site {ctx.site} was made: nothing to drop")
-        return "skipped"
+        return StepState.SKIPPED
     call = bench.drop_site(ctx.site, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
     ctx.run(call.argv, stdin=call.stdin)
     return None
 
 
 def _cancel_outcome(job: Job) -> str:
-    if job.step("drop-site").state == "success":
+    if job.step("drop-site").state == StepState.SUCCESS:
         return f"the half-made site {job.site} was dropped"
     return f"no site {job.site} was made"
 
@@ -121,12 +121,23 @@ def _resolve(name: str) -> StepSpec:
         raise InvalidInput(f"provision has no step {name!r}") from None
 
 
-def _on_failure(job: Job, step: str) -> str | None:
-    if step in ("check-new", "mark-attention"):
-        return None
-    if step == "drop-site":
-        return "mark-attention"
-    return "drop-site"
+#: a failed step -> where the job goes (None: it ends there); a half-made site is dropped
+ROUTES = Routes(
+    resolve=_resolve,
+    failure={
+        "check-new": None,
+        "new-site": "drop-site",
+        "scheduler-enable": "drop-site",
+        "first-backup": "drop-site",
+        "proxy-host": "drop-site",
+        "drop-site": "mark-attention",
+        "mark-attention": None,
+    },
+    failure_otherwise="drop-site",  # the steps of the apps (APP_STEP + app)
+    # the last step that ended -> where a cancelled job goes: from new-site on, drop what was made
+    cancel={None: None, "check-new": None},
+    cancel_otherwise="drop-site",
+)
 
 
 def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
@@ -142,9 +153,8 @@ PROVISION = Workflow(
     kind="provision",
     needs_site=True,
     plan=_plan,
-    resolve=_resolve,
-    on_failure=_on_failure,
-    on_cancel=lambda job, step: None if step in (None, "check-new") else "drop-site",
+    resolve=ROUTES.resolve,
+    **ROUTES.hooks(),
     cancel_outcome=_cancel_outcome,
     validate=_validate,
 )

@@ -47,7 +47,7 @@ from jerp_jobs.backupfiles import (
 )
 from jerp_jobs.dumpstats import compare_stats, dump_stats
 from jerp_jobs.errors import CommandFailed, InvalidInput
-from jerp_jobs.jobs import Job
+from jerp_jobs.jobs import Job, StepState
 from jerp_jobs.manifests import ManifestAltered, artifact, manifest_key, read_side, signature, trusted_manifest
 from jerp_jobs.operations.backup import local_manifests, take_backup
 from jerp_jobs.operations.common import (
@@ -61,7 +61,7 @@ from jerp_jobs.operations.common import (
 )
 from jerp_jobs.operations.offsite import choose_backup, fetch_offsite, normalise_at, store_for
 from jerp_jobs.sites import db_name_for, sites_dir
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import GO_ON, CancelRoute, Routes, StepContext, StepSpec, Workflow, table_resolver
 
 BENCH_ROOT = "/home/frappe/frappe-bench/"
 #: File archives: only what Frappe's ``extract_files`` extracts (``.tar``, ``.tgz``).
@@ -296,7 +296,7 @@ def _requested(ctx: StepContext) -> dict[str, str]:
 
 def fetch(ctx: StepContext) -> str | None:
     if not ctx.params.get("from_offsite"):
-        return "skipped"
+        return StepState.SKIPPED
 
     ctx.settings.secret("mariadb_root_password")  # fail before a long download
     refuse_missing_site(ctx)
@@ -320,9 +320,9 @@ def create_site(ctx: StepContext) -> str | None:
     if ctx.job.result.get("created_site") is None and site_exists(ctx, ctx.site):
         ctx.record(created_site=False)
         ctx.output.append(f"{ctx.site} exists: restored in place")
-        return "skipped"
+        return StepState.SKIPPED
     if ctx.job.result.get("created_site") is False:
-        return "skipped"
+        return StepState.SKIPPED
     manifest = choose_backup(store_for(ctx), ctx.site, ctx.params.get("at"))
     missing = sorted(set(manifest.get("apps") or []) - set(bench_apps(ctx)))
     if missing:
@@ -379,7 +379,7 @@ def verify_restored(ctx: StepContext) -> str | None:
     """``--verify``: the drill's checks on the restored site — every table and its row count
     against the backup's manifest, and ``frappe.ping`` — before it migrates."""
     if not ctx.params.get("verify"):
-        return "skipped"
+        return StepState.SKIPPED
     check_restored(ctx, ctx.site, ctx.job.result["fetched"].get("stats"))
     return None
 
@@ -387,7 +387,7 @@ def verify_restored(ctx: StepContext) -> str | None:
 def safety_backup(ctx: StepContext) -> str | None:
     if ctx.job.result.get("created_site"):
         ctx.output.append(f"{ctx.site} was created empty by this job: nothing to keep")
-        return "skipped"
+        return StepState.SKIPPED
     record_scheduler_state(ctx)
     take_backup(ctx, with_files=True, record_as="safety_backup")
 
@@ -410,7 +410,7 @@ def scheduler_state(ctx: StepContext) -> str | None:
     before = (ctx.job.result.get("scheduler_before") or {}).get("enable_scheduler")
     if not isinstance(before, bool):
         ctx.output.append("the scheduler state before the restore was not recorded: left as bench restore left it")
-        return "skipped"
+        return StepState.SKIPPED
     now = bench.parse_scheduler_setting(ctx.run(bench.scheduler_setting(ctx.site, bench=ctx.bench)).output)
     word = "enabled" if before else "disabled"
     if now == before:
@@ -472,50 +472,70 @@ def _plan(params: dict[str, Any]) -> list[str]:
     return [name for name in STEPS if name not in OPTIONAL or params.get(OPTIONAL[name])]
 
 
+#: a failed step -> where the job goes (None: it ends there)
+FAILURE_ROUTES: dict[str, str | None] = {
+    # nothing was touched
+    "create-site": None,
+    "fetch-offsite": None,
+    "check-backup": None,
+    # before the database was touched: back online
+    "maintenance-on": "abort-maintenance-off",
+    "safety-backup": "abort-maintenance-off",
+    # the database was changed: put the safety backup back
+    "restore": "restore-safety-backup",
+    "verify": "restore-safety-backup",
+    "migrate": "restore-safety-backup",
+    # restored: still bring it online; the job ends failed
+    "clear-cache": "maintenance-off",
+    "scheduler-state": "maintenance-off",
+    "maintenance-off": "mark-attention",
+    "restore-safety-backup": "mark-attention",
+    "recovered-maintenance-off": "mark-attention",
+    "abort-maintenance-off": "mark-attention",
+    "drop-created-site": "mark-attention",
+    "mark-attention": None,
+}
+#: the last step that ended -> where a cancelled job goes: before the database is touched, back
+#: online; from the restore on, finish the chain
+CANCEL_ROUTES: dict[str | None, CancelRoute] = {
+    None: None,
+    "create-site": None,
+    "fetch-offsite": None,
+    "check-backup": None,
+    "maintenance-on": "abort-maintenance-off",
+    "safety-backup": "abort-maintenance-off",
+    **{name: GO_ON for name in STEPS if name not in ("create-site", "fetch-offsite", "check-backup",
+                                                       "maintenance-on", "safety-backup")},
+}
+#: a site this job created is dropped again when any other step fails; these end that route
+_NOT_DROPPED_AFTER = frozenset({"drop-created-site", "mark-attention"})
+ROUTES = Routes(
+    resolve=table_resolver("restore", STEPS),
+    failure=FAILURE_ROUTES,
+    cancel=CANCEL_ROUTES,
+    recoverable=frozenset({"restore", "verify", "migrate"}),
+    recovered_by="recovered-maintenance-off",
+)
+
+
 def _on_failure(job: Job, step: str) -> str | None:
-    if job.result.get("created_site") and step not in ("drop-created-site", "mark-attention"):
-        return "drop-created-site"
-    if step in ("create-site", "fetch-offsite", "check-backup"):
-        return None  # nothing was touched
-    if step in ("maintenance-on", "safety-backup"):
-        return "abort-maintenance-off"
-    if step in ("restore", "verify", "migrate"):
-        return "restore-safety-backup"
-    if step in ("clear-cache", "scheduler-state"):
-        return "maintenance-off"
-    if step == "mark-attention":
-        return None
-    return "mark-attention"
+    if job.result.get("created_site") and step not in _NOT_DROPPED_AFTER:
+        return "drop-created-site"  # a site this job created could not be restored: drop it again
+    return ROUTES.on_failure(job, step)
 
 
 def _on_cancel(job: Job, step: str | None) -> str | None:
-    """Before the database is touched: back online. From the restore on: finish the chain."""
     if job.result.get("created_site"):
         return "drop-created-site"
-    if step in (None, "create-site", "fetch-offsite", "check-backup"):
-        return None
-    if step in ("maintenance-on", "safety-backup"):
-        return "abort-maintenance-off"
-    return next((s.name for s in job.steps if s.state == "pending" and not STEPS[s.name].recovery), None)
-
-
-def _final_state(job: Job) -> str:
-    failed = {s.name for s in job.steps if s.state == "failed"}
-    if not failed:
-        return "succeeded"
-    if failed <= {"restore", "verify", "migrate"} and job.step("recovered-maintenance-off").state == "success":
-        return "recovered"
-    return "failed"
+    return ROUTES.on_cancel(job, step)
 
 
 RESTORE = Workflow(
     kind="restore",
     needs_site=True,
     plan=_plan,
-    resolve=table_resolver("restore", STEPS),
-    on_failure=_on_failure,
-    on_cancel=_on_cancel,
-    final_state=_final_state,
+    resolve=ROUTES.resolve,
+    **ROUTES.hooks(on_failure=_on_failure, on_cancel=_on_cancel),
     validate=validate_restore,
     site_must_exist=lambda params: not params.get("create"),
 )
