@@ -5,7 +5,8 @@
 - beat: Beat runs and the RedBeat lock is held in Redis (one Beat schedules; run one);
 - flower: its /healthcheck page answers OK;
 - webhook: its /healthz answers (the service reaches its Redis);
-- socket-proxy: /_ping through the proxy reaches the Docker Engine.
+- socket-proxy: /_ping through the proxy reaches the Docker Engine; with TLS (client
+  certificates required, which this check has none of) the proxy completes a TLS handshake.
 
 Exit 0 when healthy, 1 otherwise, with one line saying why.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 import urllib.request
 from pathlib import Path
@@ -76,11 +78,30 @@ def http_ok(url: str, expect: bytes) -> str:
     return f"{url} answers"
 
 
+def tls_answers(port: int) -> str:
+    """The proxy on ``port`` speaks TLS: a handshake completes (TLS 1.3: the refusal of a client
+    without a certificate comes after it) or ends in its demand for a client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only whether TLS answers: no secret is sent
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            with context.wrap_socket(sock) as tls:
+                return f"the socket proxy on port {port} speaks {tls.version()}"
+        except ssl.SSLError as exc:
+            if "CERTIFICATE_REQUIRED" in str(exc).upper() or "HANDSHAKE_FAILURE" in str(exc).upper():
+                return f"the socket proxy on port {port} speaks TLS and wants a client certificate"
+            raise
+
+
 def check() -> str:
     argv = main_process()
     if "jerp_jobs.socket_proxy" in argv:
         listen = option(argv, "--listen") or os.environ.get("JERP_PROXY_LISTEN", "0.0.0.0:2375")
-        return http_ok(f"http://127.0.0.1:{listen.rsplit(':', 1)[1]}/_ping", b"OK")
+        port = int(listen.rsplit(":", 1)[1])
+        if option(argv, "--tls-cert") or os.environ.get("JERP_PROXY_TLS_CERT", "").strip():
+            return tls_answers(port)
+        return http_ok(f"http://127.0.0.1:{port}/_ping", b"OK")
     if argv[1:2] and argv[1].endswith("uvicorn"):
         port = int(option(argv, "--port") or 8000)
         return http_ok(f"http://127.0.0.1:{port}/healthz", b'"ok"')
