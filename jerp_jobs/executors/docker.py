@@ -138,9 +138,27 @@ def bench_client_factory(bench: Bench, *, timeout: int = 60) -> Callable[[], doc
 
         tls = TLSConfig(client_cert=(str(tls_files.cert), str(tls_files.key)), ca_cert=str(tls_files.ca),
                         verify=True)
-        return docker.DockerClient(base_url=bench.docker, tls=tls, timeout=timeout)
+        client = docker.DockerClient.__new__(docker.DockerClient)
+        client.api = _pinned_ca_client()(base_url=bench.docker, tls=tls, timeout=timeout)
+        return client
 
     return make
+
+
+def _pinned_ca_client() -> type:
+    """docker-py's API client whose only trust is the CA it was given: requests would otherwise
+    verify against ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` when one is set in the
+    environment, in place of the bench's CA."""
+    from docker.api.client import APIClient
+
+    class PinnedCAClient(APIClient):  # type: ignore[misc]
+        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                       cert: Any) -> dict[str, Any]:
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            merged["verify"] = self.verify
+            return merged
+
+    return PinnedCAClient
 
 
 def bench_executor(bench: Bench, **kwargs: Any) -> DockerExecutor:
