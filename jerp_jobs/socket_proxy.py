@@ -59,8 +59,8 @@ plain HTTP, for the internal network of its own host. With ``--tls-cert``, ``--t
 ``--tls-client-ca`` (``JERP_PROXY_TLS_CERT``, ``JERP_PROXY_TLS_KEY``,
 ``JERP_PROXY_TLS_CLIENT_CA``; all three or none) it speaks TLS only (1.2 or later) and requires
 every client to present a certificate signed by the client CA: a client without one, or with
-one of another CA, is refused during the handshake, before a byte of HTTP is read. The
-allowlist applies unchanged behind it.
+one of another CA, is refused during the handshake, before a byte of HTTP is read, and logged
+with its address. The allowlist applies unchanged behind it.
 
 Run: ``python -m jerp_jobs.socket_proxy --listen 0.0.0.0:2375 --upstream /var/run/docker.sock``
 (or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM``, ``JERP_PROXY_CONTAINER_LABELS``,
@@ -794,9 +794,27 @@ class SocketProxy:
         self._cgroup_v1: bool | None = None
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        """Listen on ``host:port``; with ``tls`` (:func:`server_tls_context`) over TLS only."""
-        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD, ssl=tls,
-                                          ssl_handshake_timeout=HEAD_TIMEOUT if tls is not None else None)
+        """Listen on ``host:port``; with ``tls`` (:func:`server_tls_context`) over TLS only: each
+        connection's handshake is made before anything is read, and a refused one is logged."""
+        if tls is None:
+            return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD)
+
+        async def handle_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")
+            try:
+                await writer.start_tls(tls, ssl_handshake_timeout=HEAD_TIMEOUT)
+            except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                # a connection closed before it said anything (a health check, a port scan) is
+                # not a client that was refused
+                quiet = isinstance(exc, (ssl.SSLEOFError, ConnectionError)) or (
+                    isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING")
+                log.log(logging.DEBUG if quiet else logging.WARNING, "refuse a TLS client from %s: %s",
+                        _peer(peer), _tls_reason(exc))
+                writer.transport.abort()
+                return
+            await self.handle(reader, writer)
+
+        return await asyncio.start_server(handle_tls, host, port, limit=MAX_HEAD)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
@@ -1084,6 +1102,18 @@ def _dechunk(data: bytes) -> bytes:
             return bytes(out)
         out += data[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
+
+
+def _peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "?")
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason
+    return str(exc) or type(exc).__name__
 
 
 def server_tls_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:

@@ -136,6 +136,15 @@ def tls_proxy(certs: Certs, tmp_path: Path) -> Iterator[Callable[[str], Proxy]]:
             proxy.process.wait()
 
 
+def wait_for_log(proxy: Proxy, text: str, *, limit: float = 30.0) -> None:
+    """Wait until the proxy's log holds ``text`` (it writes a refusal after closing the connection)."""
+    deadline = time.monotonic() + limit
+    while text not in proxy.output():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the proxy never logged {text!r}: {proxy.output()}")
+        time.sleep(0.05)
+
+
 def fleet_bench(tmp_path: Path, certs: Certs, port: int, project: str, *, cert: str = "client") -> Bench:
     """The bench as a fleet file declares it: Docker at the proxy, with the client's certificate."""
     path = tmp_path / "fleet.toml"
@@ -265,6 +274,7 @@ def test_a_client_without_a_certificate_of_the_ca_is_refused_in_the_handshake(re
     except (ssl.SSLError, ConnectionError):
         answer = b""
     assert answer == b""
+    wait_for_log(proxy, "refuse a TLS client from 127.0.0.1:")
 
     # the executor of a bench holding such a certificate cannot reach Docker
     if cert is None:
