@@ -95,7 +95,7 @@ _FRAME_HEADER = 8
 
 _WRAPPER_FAILED = re.compile(r"^timeout: (failed to run command|invalid|unrecognized option)")
 _RUNTIME_FAILED = re.compile(r"OCI runtime exec failed|unable to find user|no matching entries")
-_NO_TIMEOUT = re.compile(r"exec: timeout: not found|\"timeout\": executable file not found")
+_NO_TIMEOUT = re.compile(r"exec: timeout: not found|\"timeout\": executable file not found|^sh: \d+: timeout: not found")
 #: Kills, inside the container, every process holding the file "$1" open: TERM, then KILL
 #: after "$2" seconds. The file is compared by device and inode (``stat -L``), paths stay
 #: positional parameters.
