@@ -918,3 +918,58 @@ def workers_cmd(obj: Ctx) -> None:
 
 def main() -> None:
     cli(prog_name="jerpctl")
+
+
+@cli.command("benches")
+@click.pass_obj
+@_guard
+def benches_cmd(obj: Ctx) -> None:
+    """The benches of the fleet (JERP_FLEET_FILE; without it the one bench of this host): role,
+    group, Docker endpoint, Celery queue, the workers consuming that queue, and the number of
+    sites when the bench's sites folder is visible here. Exit 1 when a bench has no live worker."""
+    from jerp_jobs import observe
+    from jerp_jobs.errors import InvalidInput
+    from jerp_jobs.fleet import load_fleet
+    from jerp_jobs.sites import list_site_folders
+
+    fleet = load_fleet(obj.rt.settings)
+    app = _celery_app(obj)
+    consumers: dict[str, list[str]] | None = None
+    if app is not None:
+        consumers = {}
+        for worker in observe.workers(app, timeout=obj.rt.settings.worker_ping_timeout, with_queues=True):
+            for queue in worker.queues or []:
+                consumers.setdefault(queue, []).append(worker.name)
+    rows = []
+    for bench in fleet:
+        sites: int | None = None
+        if bench.sites_dir is not None and bench.sites_dir.is_dir():
+            try:
+                sites = len(list_site_folders(bench.sites_dir).sites)
+            except InvalidInput:
+                sites = None
+        workers = None if consumers is None else sorted(consumers.get(bench.queue, []))
+        rows.append({**bench.to_dict(), "endpoint": bench.endpoint, "workers": workers,
+                     "worker_alive": None if workers is None else bool(workers), "sites": sites})
+    missing = [row["name"] for row in rows if row["worker_alive"] is False]
+    if obj.as_json:
+        click.echo(json.dumps({"fleet_file": None if fleet.source is None else str(fleet.source),
+                               "benches": rows}, sort_keys=True))
+        sys.exit(EXIT_JOB_FAILED if missing else EXIT_OK)
+    source = str(fleet.source) if fleet.source is not None else "none (JERP_FLEET_FILE unset: this host's bench)"
+    click.echo(f"FLEET FILE {source}")
+    click.echo(f"{'BENCH':<20} {'ROLE':<10} {'GROUP':<12} {'DOCKER':<34} {'QUEUE':<26} {'WORKER':<8} SITES")
+    for row in rows:
+        if row["worker_alive"] is None:
+            worker = "?"
+        else:
+            worker = "alive" if row["worker_alive"] else click.style("none", fg="red")
+        sites_text = "-" if row["sites"] is None else str(row["sites"])
+        click.echo(f"{row['name']:<20} {row['role']:<10} {row['group']:<12} {row['endpoint']:<34} "
+                   f"{row['queue']:<26} {worker:<8} {sites_text}")
+    if missing:
+        click.echo(click.style("no worker consumes the queue of: ", fg="red") + ", ".join(missing)
+                   + " (start one: `celery -A jerp_jobs worker -Q <queue>`)")
+    elif consumers is None:
+        click.echo("workers: not asked (the Celery app's broker is not this runtime's)")
+    sys.exit(EXIT_JOB_FAILED if missing else EXIT_OK)

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         None, description="local executor: run commands as this user (bench refuses root); the worker must be root"
     )
     command_timeout: int = Field(7200, ge=1, description="default timeout of one bench command")
+    fleet_file: Path | None = Field(
+        None, description="the fleet file (TOML): the benches, their Docker hosts and roles (docs/fleet.md); "
+        "unset: one bench, this host's"
+    )
     child_env_extra: Annotated[list[str], NoDecode] = Field(
         [], description="more variables the local executor passes from the worker's environment to bench"
     )

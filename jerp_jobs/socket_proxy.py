@@ -54,10 +54,18 @@ twice in two spellings is refused), host settings both under ``HostConfig`` and 
 level (older API versions read them there). Containers are forwarded by their full id, as for
 exec.
 
+TLS (for a bench whose worker runs on another host, docs/fleet.md). By default the proxy speaks
+plain HTTP, for the internal network of its own host. With ``--tls-cert``, ``--tls-key`` and
+``--tls-client-ca`` (``JERP_PROXY_TLS_CERT``, ``JERP_PROXY_TLS_KEY``,
+``JERP_PROXY_TLS_CLIENT_CA``; all three or none) it speaks TLS only (1.2 or later) and requires
+every client to present a certificate signed by the client CA: a client without one, or with
+one of another CA, is refused during the handshake, before a byte of HTTP is read, and logged
+with its address. The allowlist applies unchanged behind it.
+
 Run: ``python -m jerp_jobs.socket_proxy --listen 0.0.0.0:2375 --upstream /var/run/docker.sock``
 (or the ``JERP_PROXY_LISTEN``, ``JERP_PROXY_UPSTREAM``, ``JERP_PROXY_CONTAINER_LABELS``,
-``JERP_PROXY_EXEC_USER``, ``JERP_PROXY_ALLOW_DEPLOY``, ``JERP_PROXY_DEPLOY_LABELS`` and
-``JERP_PROXY_DEPLOY_NETWORKS`` variables). Standard library only.
+``JERP_PROXY_EXEC_USER``, ``JERP_PROXY_ALLOW_DEPLOY``, ``JERP_PROXY_DEPLOY_LABELS``,
+``JERP_PROXY_DEPLOY_NETWORKS`` and ``JERP_PROXY_TLS_*`` variables). Standard library only.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -784,8 +793,28 @@ class SocketProxy:
         self.rules = tuple(rules) + (DEPLOY_RULES if allow_deploy else ())
         self._cgroup_v1: bool | None = None
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD)
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+        """Listen on ``host:port``; with ``tls`` (:func:`server_tls_context`) over TLS only: each
+        connection's handshake is made before anything is read, and a refused one is logged."""
+        if tls is None:
+            return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD)
+
+        async def handle_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")
+            try:
+                await writer.start_tls(tls, ssl_handshake_timeout=HEAD_TIMEOUT)
+            except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                # a connection closed before it said anything (a health check, a port scan) is
+                # not a client that was refused
+                quiet = isinstance(exc, (ssl.SSLEOFError, ConnectionError)) or (
+                    isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING")
+                log.log(logging.DEBUG if quiet else logging.WARNING, "refuse a TLS client from %s: %s",
+                        _peer(peer), _tls_reason(exc))
+                writer.transport.abort()
+                return
+            await self.handle(reader, writer)
+
+        return await asyncio.start_server(handle_tls, host, port, limit=MAX_HEAD)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
@@ -1075,6 +1104,37 @@ def _dechunk(data: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
+def _peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "?")
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason
+    return str(exc) or type(exc).__name__
+
+
+def server_tls_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
+    """TLS for the proxy: its certificate and key; TLS 1.2 or later; every client must present
+    a certificate signed by ``client_ca`` (checked in the handshake). ValueError naming the
+    file that cannot be used."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use the certificate {cert!r} with the key {key!r}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        context.load_verify_locations(cafile=client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use the client CA {client_ca!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
+
+
 def _split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -1084,11 +1144,11 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 async def serve(listen: str, upstream: str, container_labels: Mapping[str, str], *, allow_deploy: bool = False,
                 deploy_labels: Mapping[str, str] | None = None, deploy_networks: Sequence[str] = (),
-                exec_user: str = DEFAULT_EXEC_USER) -> None:
+                exec_user: str = DEFAULT_EXEC_USER, tls: ssl.SSLContext | None = None) -> None:
     host, port = _split_listen(listen)
     proxy = SocketProxy(upstream, container_labels=container_labels, allow_deploy=allow_deploy,
                         deploy_labels=deploy_labels, deploy_networks=deploy_networks, exec_user=exec_user)
-    server = await proxy.start(host, port)
+    server = await proxy.start(host, port, tls=tls)
     if allow_deploy:
         log.info("deploying allowed for containers labelled %s; extra networks %s", proxy.deploy_labels,
                  sorted(proxy.deploy_networks) or "(none)")
@@ -1096,7 +1156,8 @@ async def serve(listen: str, upstream: str, container_labels: Mapping[str, str],
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.close)
-    log.info("listening on %s:%d for the Docker socket %s; container labels %s", host, port, upstream,
+    log.info("listening on %s:%d (%s) for the Docker socket %s; container labels %s", host, port,
+             "TLS, client certificates required" if tls is not None else "plain HTTP", upstream,
              container_labels or "(any container)")
     async with server:
         with contextlib.suppress(asyncio.CancelledError):
@@ -1122,6 +1183,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "(<project>_...)")
     parser.add_argument("--exec-user", default=env.get("JERP_PROXY_EXEC_USER", DEFAULT_EXEC_USER),
                         help="the only user an exec may run as (the bench's; default: frappe)")
+    parser.add_argument("--tls-cert", default=env.get("JERP_PROXY_TLS_CERT", ""),
+                        help="serve TLS with this certificate (PEM; with --tls-key and --tls-client-ca)")
+    parser.add_argument("--tls-key", default=env.get("JERP_PROXY_TLS_KEY", ""), help="the certificate's key (PEM)")
+    parser.add_argument("--tls-client-ca", default=env.get("JERP_PROXY_TLS_CLIENT_CA", ""),
+                        help="clients must present a certificate signed by this CA (PEM)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s socket-proxy: %(message)s")
@@ -1135,10 +1201,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         exec_user = args.exec_user.strip()
         if not exec_user:
             raise ValueError("--exec-user (JERP_PROXY_EXEC_USER) must name the bench's user")
+        tls = tls_from_options(args.tls_cert, args.tls_key, args.tls_client_ca)
     except ValueError as exc:
         parser.error(str(exc))
     asyncio.run(serve(args.listen, args.upstream, labels, allow_deploy=args.allow_deploy,
-                      deploy_labels=deploy_labels, deploy_networks=deploy_networks, exec_user=exec_user))
+                      deploy_labels=deploy_labels, deploy_networks=deploy_networks, exec_user=exec_user,
+                      tls=tls))
+
+
+def tls_from_options(cert: str, key: str, client_ca: str) -> ssl.SSLContext | None:
+    """The TLS context the three options describe; None when none is given; ValueError when
+    only some are (TLS here always requires client certificates)."""
+    given = {"--tls-cert (JERP_PROXY_TLS_CERT)": cert.strip(), "--tls-key (JERP_PROXY_TLS_KEY)": key.strip(),
+             "--tls-client-ca (JERP_PROXY_TLS_CLIENT_CA)": client_ca.strip()}
+    if not any(given.values()):
+        return None
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ValueError(f"TLS needs a certificate, its key and the CA of the clients' certificates: "
+                         f"{', '.join(missing)} not set")
+    return server_tls_context(cert.strip(), key.strip(), client_ca.strip())
 
 
 if __name__ == "__main__":

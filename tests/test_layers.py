@@ -2,8 +2,8 @@
 
 Layers, lowest first (a module imports from its own layer and the ones below, never above):
 
-- foundation: errors and failure classes, settings, logging, Redis key names, site names and folders, bench
-  commands and their output, hooks, retention, the backup files on disk;
+- foundation: errors and failure classes, settings, logging, Redis key names, site names and folders, the
+  fleet of benches, bench commands and their output, hooks, retention, the backup files on disk;
 - store: everything kept in Redis (jobs, locks, site state, audit, freshness, manifests);
 - adapters: the outside world (executors, the off-site store, NPM, the Docker platform,
   smoke tests, notifications);
@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {
         "jerp_jobs", "jerp_jobs.errors", "jerp_jobs.failures", "jerp_jobs.settings", "jerp_jobs.envfile",
         "jerp_jobs.log", "jerp_jobs.sites", "jerp_jobs.bench", "jerp_jobs.hooks", "jerp_jobs.retention",
-        "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys", "jerp_jobs.sentry",
+        "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys", "jerp_jobs.sentry", "jerp_jobs.fleet",
     }),
     ("store", {
         "jerp_jobs.jobs", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit", "jerp_jobs.freshness",

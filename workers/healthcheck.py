@@ -5,7 +5,8 @@
 - beat: Beat runs and the RedBeat lock is held in Redis (one Beat schedules; run one);
 - flower: its /healthcheck page answers OK;
 - webhook: its /healthz answers (the service reaches its Redis);
-- socket-proxy: /_ping through the proxy reaches the Docker Engine.
+- socket-proxy: /_ping through the proxy reaches the Docker Engine; with TLS (client
+  certificates required, which this check has none of) the proxy accepts connections.
 
 Exit 0 when healthy, 1 otherwise, with one line saying why.
 """
@@ -76,11 +77,22 @@ def http_ok(url: str, expect: bytes) -> str:
     return f"{url} answers"
 
 
+def tls_listening(port: int) -> str:
+    """The proxy on ``port`` accepts connections. (With TLS it refuses, and logs, every client
+    without a certificate of its CA, which this check has none of; a connection closed before
+    its first byte is neither.)"""
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        return f"the socket proxy (TLS) accepts connections on port {port}"
+
+
 def check() -> str:
     argv = main_process()
     if "jerp_jobs.socket_proxy" in argv:
         listen = option(argv, "--listen") or os.environ.get("JERP_PROXY_LISTEN", "0.0.0.0:2375")
-        return http_ok(f"http://127.0.0.1:{listen.rsplit(':', 1)[1]}/_ping", b"OK")
+        port = int(listen.rsplit(":", 1)[1])
+        if option(argv, "--tls-cert") or os.environ.get("JERP_PROXY_TLS_CERT", "").strip():
+            return tls_listening(port)
+        return http_ok(f"http://127.0.0.1:{port}/_ping", b"OK")
     if argv[1:2] and argv[1].endswith("uvicorn"):
         port = int(option(argv, "--port") or 8000)
         return http_ok(f"http://127.0.0.1:{port}/healthz", b'"ok"')

@@ -35,6 +35,14 @@ of ``user`` holding that file open (found through ``/proc/*/fd``): SIGTERM, then
 
 The Docker API calls used: containers list, exec create, exec start, exec inspect, and
 container inspect after a failed command. A socket proxy that allows these is enough.
+
+Over TLS (a bench on another Docker host, ``tcp://`` with client certificates:
+:func:`bench_client_factory`) the stream is read from the TLS connection itself, so output
+that arrived is never held back behind the next record. A TLS connection cannot be
+half-closed from Python, so stdin cannot end with the connection's write side there: the
+command then reads its stdin through ``head -c <length>``, which ends it after the bytes given
+(``/bin/sh -c 'n=$1; shift; head -c "$n" | "$@" 2>&1' sh <length> timeout ... ARGV``, argv
+still a list).
 """
 
 from __future__ import annotations
@@ -66,6 +74,8 @@ from jerp_jobs.executors.base import CommandResult, OutputCallback, OutputTail
 if TYPE_CHECKING:
     import docker
 
+    from jerp_jobs.fleet import Bench
+
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
@@ -77,10 +87,15 @@ TIMEOUT_EXIT_CODES = (124, 128 + 9)
 #: stderr is sent into stdout inside the container. argv goes as positional parameters, never
 #: into the script text.
 _MERGE_STDERR = ("/bin/sh", "-c", 'exec "$@" 2>&1', "sh")
+#: The same, for a connection that cannot be half-closed (TLS): stdin is the first "$1" bytes
+#: the client sends, then end of file; "$1" is a number the executor gives, never text.
+_BOUNDED_STDIN = ("/bin/sh", "-c", 'n=$1; shift; head -c "$n" | "$@" 2>&1', "sh")
+#: docker's stream frames: 1 byte stream, 3 bytes padding, 4 bytes length (big-endian)
+_FRAME_HEADER = 8
 
 _WRAPPER_FAILED = re.compile(r"^timeout: (failed to run command|invalid|unrecognized option)")
 _RUNTIME_FAILED = re.compile(r"OCI runtime exec failed|unable to find user|no matching entries")
-_NO_TIMEOUT = re.compile(r"exec: timeout: not found|\"timeout\": executable file not found")
+_NO_TIMEOUT = re.compile(r"exec: timeout: not found|\"timeout\": executable file not found|^sh: \d+: timeout: not found")
 #: Kills, inside the container, every process holding the file "$1" open: TERM, then KILL
 #: after "$2" seconds. The file is compared by device and inode (``stat -L``), paths stay
 #: positional parameters.
@@ -105,6 +120,56 @@ def _default_client() -> docker.DockerClient:
     import docker
 
     return docker.from_env()
+
+
+def bench_client_factory(bench: Bench, *, timeout: int = 60) -> Callable[[], docker.DockerClient]:
+    """What builds the Docker client of a bench of the fleet: ``docker.from_env()`` for a local
+    bench; for a ``tcp://`` bench a client speaking TLS with the bench's client certificate and
+    key, verifying the server's certificate (and its host name) against the bench's CA."""
+    if bench.is_local:
+        return _default_client
+    tls_files = bench.tls
+    if tls_files is None:
+        raise ValueError(f"bench {bench.name!r} reaches Docker at {bench.docker} but has no TLS certificates")
+
+    def make() -> docker.DockerClient:
+        import docker
+        from docker.tls import TLSConfig
+
+        tls = TLSConfig(client_cert=(str(tls_files.cert), str(tls_files.key)), ca_cert=str(tls_files.ca),
+                        verify=True)
+        client = docker.DockerClient.__new__(docker.DockerClient)
+        client.api = _pinned_ca_client()(base_url=bench.docker, tls=tls, timeout=timeout)
+        return client
+
+    return make
+
+
+def _pinned_ca_client() -> type:
+    """docker-py's API client whose only trust is the CA it was given: requests would otherwise
+    verify against ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` when one is set in the
+    environment, in place of the bench's CA."""
+    from docker.api.client import APIClient
+
+    class PinnedCAClient(APIClient):  # type: ignore[misc]
+        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                       cert: Any) -> dict[str, Any]:
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            merged["verify"] = self.verify
+            return merged
+
+    return PinnedCAClient
+
+
+def bench_executor(bench: Bench, **kwargs: Any) -> DockerExecutor:
+    """A DockerExecutor for the backend service of ``bench``, through its Docker API."""
+    kwargs.setdefault("client_factory", bench_client_factory(bench))
+    return DockerExecutor(project=bench.compose_project, service=bench.backend_service, **kwargs)
+
+
+def _is_tls(api: Any) -> bool:
+    """Whether the client talks to Docker over TLS (docker-py turns tcp:// with TLS into https://)."""
+    return str(getattr(api, "base_url", "")).startswith("https://")
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
@@ -293,8 +358,9 @@ class DockerExecutor:
         api = self._api()
         name = _name(container)
         shown = describe_argv(args)
+        bounded = stdin is not None and _is_tls(api)
         wrapped = [
-            *_MERGE_STDERR,
+            *((*_BOUNDED_STDIN, str(len(stdin or b""))) if bounded else _MERGE_STDERR),
             "timeout",
             f"--kill-after={_duration(self.kill_grace)}",
             "--signal=TERM",
@@ -481,7 +547,7 @@ class _ExecStream:
 
     def _read(self) -> None:
         try:
-            if self._stdin is not None:
+            if self._stdin is not None or _is_tls(self._api):
                 self._read_attached()
                 return
             stream = self._api.exec_start(self._exec_id, stream=True, tty=False)
@@ -504,17 +570,24 @@ class _ExecStream:
         from docker.utils.socket import frames_iter
 
         conn = self._api.exec_start(self._exec_id, socket=True, tty=False)
-        raw = getattr(conn, "_sock", conn)  # a SocketIO over TCP or a Unix socket
+        raw = getattr(conn, "_sock", conn)  # a SocketIO over TCP or a Unix socket; the TLS socket itself
+        tls = _is_tls(self._api)
         with self._lock:
             self._stream = conn
             cancelled = self._cancelled
         if cancelled:
             _close(conn)
             return
-        assert self._stdin is not None
-        raw.sendall(self._stdin)
-        raw.shutdown(pysocket.SHUT_WR)
-        for _, data in frames_iter(conn, tty=False):
+        if self._stdin is not None:
+            raw.sendall(self._stdin)
+            if not tls:  # over TLS the command's stdin ends after its length (_BOUNDED_STDIN)
+                raw.shutdown(pysocket.SHUT_WR)
+        if tls:
+            raw.settimeout(None)  # a quiet command is not a dead connection: the caller has the deadline
+            frames = _tls_frames(raw)
+        else:
+            frames = (data for _, data in frames_iter(conn, tty=False))
+        for data in frames:
             self._queue.put(data)
         self._queue.put(self._END)
 
@@ -539,6 +612,35 @@ class _ExecStream:
             stream = self._stream
         if stream is not None:
             _close(stream)
+
+
+def _tls_frames(sock: Any) -> Iterator[bytes]:
+    """The payloads of docker's stream frames, read from a TLS socket with blocking reads.
+
+    (docker-py polls the socket before each read, which waits for the network even when the TLS
+    layer already holds the bytes: output would come one record late.)"""
+    while True:
+        header = _recv_exactly(sock, _FRAME_HEADER, at_start=True)
+        if header is None:
+            return
+        length = int.from_bytes(header[4:8], "big")
+        if length:
+            data = _recv_exactly(sock, length, at_start=False)
+            assert data is not None
+            yield data
+
+
+def _recv_exactly(sock: Any, n: int, *, at_start: bool) -> bytes | None:
+    """``n`` bytes; None at a clean end of the stream before the first (``at_start``)."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            if at_start and not data:
+                return None
+            raise ConnectionError(f"the Docker API ended the stream inside a frame ({len(data)} of {n} bytes)")
+        data += chunk
+    return bytes(data)
 
 
 def _close(stream: Any) -> None:

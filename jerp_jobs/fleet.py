@@ -1,0 +1,329 @@
+"""The fleet: the benches jerp-jobs drives, as data (docs/fleet.md).
+
+A bench is one Frappe bench of the platform: a compose project on a Docker host, with its
+backend service and its sites volume. Each bench has
+
+- ``name``: its id, a DNS label (``a-z``, ``0-9``, ``-``; 1 to 63 characters, no ``-`` at
+  either end); its Celery queue is ``jerp.site.<name>`` (:data:`QUEUE_PREFIX`);
+- ``role``: ``production`` or ``staging``;
+- ``group``: a free label for fan-outs over part of the fleet (default ``default``);
+- ``docker``: how its Docker API is reached: ``local`` (this host: ``DOCKER_HOST`` or the
+  socket, as today) or ``tcp://HOST:PORT``, which needs TLS client certificates: a ``[bench.tls]``
+  table with ``ca`` (the CA that signed the host's proxy certificate), ``cert`` and ``key``
+  (the client certificate and its key), paths of readable files;
+- ``compose_project`` and ``backend_service`` (default: ``JERP_COMPOSE_PROJECT`` and
+  ``JERP_BACKEND_SERVICE``);
+- ``sites_dir``: its sites folder as this bench's worker sees it (optional).
+
+They are declared in one TOML file named by ``JERP_FLEET_FILE``::
+
+    [[bench]]
+    name = "prod-a"
+    role = "production"
+    group = "eu"
+    docker = "tcp://host-a.example.net:2376"
+    compose_project = "jerp"
+    sites_dir = "/mnt/prod-a/sites"
+
+    [bench.tls]
+    ca = "certs/ca.pem"
+    cert = "certs/client-cert.pem"
+    key = "certs/client-key.pem"
+
+Relative paths are read from the file's folder. The file is checked as a whole when it is
+loaded and every problem is a :class:`FleetError` naming the file, the bench and the field:
+unknown keys, a missing or malformed value, two benches with one name, two benches in one
+compose project of one Docker host, a ``tcp://`` bench without its certificates (or with a
+file that cannot be read), a fleet without a production bench.
+
+Without ``JERP_FLEET_FILE`` the fleet is one implicit bench, ``default`` (production), built
+from the settings of a single-host install: ``JERP_COMPOSE_PROJECT``, ``JERP_BACKEND_SERVICE``,
+``JERP_SITES_DIR``; its queue is the site queue workers consume today, ``jerp.site``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jerp_jobs.errors import ConfigError, InvalidInput
+from jerp_jobs.sites import sites_dir as settings_sites_dir
+
+#: the setting naming the fleet file
+VARIABLE = "JERP_FLEET_FILE"
+ROLES = ("production", "staging")
+LOCAL = "local"
+#: a declared bench's Celery queue is this prefix and its name
+QUEUE_PREFIX = "jerp.site."
+#: the queue of the implicit bench: the site queue of a single-host install (jerp_jobs.celery.SITE_QUEUE)
+SITE_QUEUE = "jerp.site"
+IMPLICIT_NAME = "default"
+DEFAULT_GROUP = "default"
+
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+#: what compose accepts as a project name
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TCP = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})/?")
+
+BENCH_KEYS = frozenset({"name", "role", "group", "docker", "tls", "compose_project", "backend_service", "sites_dir"})
+TLS_KEYS = ("ca", "cert", "key")
+TOP_KEYS = frozenset({"bench"})
+
+
+class FleetError(ConfigError):
+    """The fleet file is unusable; names the file, and the bench and field when there is one."""
+
+    def __init__(self, file: Path | str, problem: str, *, bench: str | None = None, field: str | None = None) -> None:
+        where = str(file)
+        if bench is not None:
+            where += f": bench {bench!r}"
+        if field is not None:
+            where += f", field {field!r}" if bench is not None else f": field {field!r}"
+        super().__init__(VARIABLE, f"({where}): {problem}")
+        self.file = str(file)
+        self.bench = bench
+        self.field = field
+
+
+@dataclass(frozen=True)
+class DockerTLS:
+    """TLS client certificates for a ``tcp://`` Docker API: the CA that signed the server's
+    certificate, the client's certificate and its key (file paths)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    role: str
+    group: str
+    #: ``local`` or ``tcp://HOST:PORT``
+    docker: str
+    compose_project: str
+    backend_service: str
+    queue: str
+    tls: DockerTLS | None = None
+    sites_dir: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.docker == LOCAL
+
+    @property
+    def endpoint(self) -> str:
+        """Where its Docker API is, as shown to people: ``local`` or ``tcp://host:port (TLS)``."""
+        return LOCAL if self.is_local else f"{self.docker} (TLS)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "role": self.role, "group": self.group, "docker": self.docker,
+            "tls": None if self.tls is None else {k: str(getattr(self.tls, k)) for k in TLS_KEYS},
+            "compose_project": self.compose_project, "backend_service": self.backend_service,
+            "queue": self.queue, "sites_dir": None if self.sites_dir is None else str(self.sites_dir),
+        }
+
+
+@dataclass(frozen=True)
+class Fleet:
+    benches: tuple[Bench, ...]
+    #: the fleet file, or None for the implicit bench of a single-host install
+    source: Path | None = None
+
+    def __iter__(self) -> Iterator[Bench]:
+        return iter(self.benches)
+
+    def __len__(self) -> int:
+        return len(self.benches)
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.benches]
+
+    def get(self, name: str) -> Bench:
+        for bench in self.benches:
+            if bench.name == name:
+                return bench
+        raise InvalidInput(f"no bench named {name!r} in the fleet (benches: {', '.join(self.names)})")
+
+    def with_role(self, role: str) -> list[Bench]:
+        return [b for b in self.benches if b.role == role]
+
+    def in_group(self, group: str) -> list[Bench]:
+        return [b for b in self.benches if b.group == group]
+
+
+def implicit_fleet(settings: Any) -> Fleet:
+    """The one bench of a single-host install, from today's settings."""
+    try:
+        folder: Path | None = settings_sites_dir(settings)
+    except ConfigError:
+        folder = None
+    bench = Bench(name=IMPLICIT_NAME, role="production", group=DEFAULT_GROUP, docker=LOCAL,
+                  compose_project=settings.compose_project, backend_service=settings.backend_service,
+                  queue=SITE_QUEUE, sites_dir=folder)
+    return Fleet(benches=(bench,), source=None)
+
+
+def load_fleet(settings: Any) -> Fleet:
+    """The fleet of ``JERP_FLEET_FILE``, checked as a whole; the implicit bench without it."""
+    path = getattr(settings, "fleet_file", None)
+    if path is None:
+        return implicit_fleet(settings)
+    return read_fleet_file(Path(path), default_project=settings.compose_project,
+                           default_service=settings.backend_service)
+
+
+def read_fleet_file(path: Path, *, default_project: str = "jerp", default_service: str = "backend") -> Fleet:
+    """Read and check the fleet file at ``path``; FleetError on the first problem found."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FleetError(path, "the file does not exist") from None
+    except IsADirectoryError:
+        raise FleetError(path, "is a folder, not a file") from None
+    except OSError as exc:
+        raise FleetError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FleetError(path, "the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetError(path, f"not valid TOML: {exc}") from None
+    return parse_fleet(data, path, default_project=default_project, default_service=default_service)
+
+
+def parse_fleet(data: Mapping[str, Any], path: Path, *, default_project: str = "jerp",
+                default_service: str = "backend") -> Fleet:
+    """The fleet of a decoded fleet file (``path`` names it in errors and anchors relative paths)."""
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise FleetError(path, f"unknown key(s) {', '.join(map(repr, unknown))} at the top level; "
+                               "benches are declared as [[bench]] tables", field=unknown[0])
+    entries = data.get("bench")
+    if entries is None:
+        raise FleetError(path, "declares no bench: add at least one [[bench]] table")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FleetError(path, "'bench' must be an array of tables ([[bench]])", field="bench")
+    if not entries:
+        raise FleetError(path, "declares no bench: add at least one [[bench]] table")
+    base = path.parent
+    benches: list[Bench] = []
+    names: set[str] = set()
+    places: dict[tuple[str, str], str] = {}
+    for number, entry in enumerate(entries, 1):
+        bench = _bench(entry, number, path, base, default_project, default_service)
+        if bench.name in names:
+            raise FleetError(path, "two benches have this name; bench names are unique", bench=bench.name,
+                             field="name")
+        names.add(bench.name)
+        place = (bench.docker, bench.compose_project)  # docker: normalised by _bench
+        if place in places:
+            raise FleetError(path, f"compose project {bench.compose_project!r} of Docker {bench.docker} is "
+                                   f"already bench {places[place]!r}; one compose project is one bench",
+                             bench=bench.name, field="compose_project")
+        places[place] = bench.name
+        benches.append(bench)
+    if not any(b.role == "production" for b in benches):
+        raise FleetError(path, "no bench has role 'production'; a fleet has at least one production bench",
+                         field="role")
+    return Fleet(benches=tuple(benches), source=path)
+
+
+def _bench(entry: Mapping[str, Any], number: int, path: Path, base: Path, default_project: str,
+           default_service: str) -> Bench:
+    label = entry.get("name") if isinstance(entry.get("name"), str) and entry.get("name") else f"#{number}"
+
+    def fail(field: str, problem: str) -> FleetError:
+        return FleetError(path, problem, bench=label, field=field)
+
+    unknown = sorted(set(entry) - BENCH_KEYS)
+    if unknown:
+        raise fail(unknown[0], f"unknown key; a bench has {', '.join(sorted(BENCH_KEYS))}")
+    if "name" not in entry:
+        raise fail("name", "missing; every bench has a name")
+    name = _text(entry, "name", fail)
+    if not _NAME.fullmatch(name):
+        raise fail("name", f"{name!r} is not a bench name: 1 to 63 of a-z, 0-9 and '-', "
+                           "not starting or ending with '-'")
+    if "role" not in entry:
+        raise fail("role", f"missing; one of {', '.join(ROLES)}")
+    role = _text(entry, "role", fail)
+    if role not in ROLES:
+        raise fail("role", f"{role!r} is not a role; one of {', '.join(ROLES)}")
+    group = _text(entry, "group", fail, DEFAULT_GROUP)
+    if not _GROUP.fullmatch(group):
+        raise fail("group", f"{group!r} is not a group label: 1 to 63 of letters, digits, '.', '_' and '-'")
+    project = _text(entry, "compose_project", fail, default_project)
+    if not _PROJECT.fullmatch(project):
+        raise fail("compose_project", f"{project!r} is not a compose project name (a-z, 0-9, '_', '-')")
+    service = _text(entry, "backend_service", fail, default_service)
+    if not _SERVICE.fullmatch(service):
+        raise fail("backend_service", f"{service!r} is not a compose service name")
+    docker = _text(entry, "docker", fail, LOCAL)
+    tls_entry = entry.get("tls")
+    if docker == LOCAL:
+        if tls_entry is not None:
+            raise fail("tls", "a local bench reaches Docker on this host; TLS certificates are for tcp:// benches")
+        tls = None
+    else:
+        match = _TCP.fullmatch(docker)
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise fail("docker", f"{docker!r} is neither 'local' nor tcp://HOST:PORT")
+        docker = f"tcp://{match['host'].lower()}:{int(match['port'])}"
+        tls = _tls(tls_entry, base, fail)
+    folder = None
+    if "sites_dir" in entry:
+        text = _text(entry, "sites_dir", fail)
+        if not text:
+            raise fail("sites_dir", "empty; leave it out when the worker does not see the sites folder")
+        folder = _path(text, base)
+    return Bench(name=name, role=role, group=group, docker=docker, compose_project=project,
+                 backend_service=service, queue=QUEUE_PREFIX + name, tls=tls, sites_dir=folder)
+
+
+def _text(entry: Mapping[str, Any], field: str, fail: Any, default: str | None = None) -> str:
+    value = entry.get(field, default)
+    if not isinstance(value, str):
+        raise fail(field, f"must be a string, not {type(value).__name__}")
+    if value != value.strip() or any(ord(c) < 32 for c in value):
+        raise fail(field, f"{value!r} has surrounding spaces or control characters")
+    return value
+
+
+def _tls(value: Any, base: Path, fail: Any) -> DockerTLS:
+    if value is None:
+        raise fail("tls", "a tcp:// bench needs TLS client certificates: a [bench.tls] table with ca, cert and key")
+    if not isinstance(value, dict):
+        raise fail("tls", "must be a table with ca, cert and key")
+    unknown = sorted(set(value) - set(TLS_KEYS))
+    if unknown:
+        raise fail(f"tls.{unknown[0]}", "unknown key; the tls table has ca, cert and key")
+    files: dict[str, Path] = {}
+    for key in TLS_KEYS:
+        if key not in value:
+            raise fail(f"tls.{key}", "missing; a tcp:// bench needs ca, cert and key")
+        text = _text(value, key, lambda field, problem: fail(f"tls.{field}", problem))
+        if not text:
+            raise fail(f"tls.{key}", "empty")
+        file = _path(text, base)
+        if not file.is_file():
+            raise fail(f"tls.{key}", f"{str(file)!r} is not a file" if file.exists() else f"{str(file)!r} does not exist")
+        if not os.access(file, os.R_OK):
+            raise fail(f"tls.{key}", f"{str(file)!r} cannot be read by this process")
+        files[key] = file
+    return DockerTLS(**files)
+
+
+def _path(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
