@@ -271,12 +271,16 @@ def find_sites(settings: Any, executor: Any) -> SiteListing:
     when the two numbers differ — the worker sees another folder, an old copy, a folder only
     partly mounted — nothing is guessed: a :class:`JerpError` names both numbers. A count that
     changes between two looks (a site created meanwhile) makes the listing be taken again.
+    The count is taken once when the listing that follows it agrees with it (the usual case),
+    and again after the listing when it does not.
     """
     folder = sites_folder(settings)
     seen: list[tuple[int, int, int]] = []
-    for _ in range(DISCOVERY_ATTEMPTS):
+    for attempt in range(DISCOVERY_ATTEMPTS):
         before = count_bench_sites(executor)
         listing = list_site_folders(folder)
+        if attempt == 0 and before == listing.candidates:
+            return listing
         after = count_bench_sites(executor)
         seen.append((before, listing.candidates, after))
         if before == after == listing.candidates:
