@@ -271,16 +271,20 @@ def find_sites(settings: Any, executor: Any) -> SiteListing:
     when the two numbers differ — the worker sees another folder, an old copy, a folder only
     partly mounted — nothing is guessed: a :class:`JerpError` names both numbers. A count that
     changes between two looks (a site created meanwhile) makes the listing be taken again.
-    The count is taken once when the listing that follows it agrees with it (the usual case),
-    and again after the listing when it does not.
+    The first count runs while the folder is listed (the bench counts in a process of its own);
+    when the two agree — the usual case — that one count is all, and when they do not the
+    count is taken again after the listing.
     """
     folder = sites_folder(settings)
     seen: list[tuple[int, int, int]] = []
     for attempt in range(DISCOVERY_ATTEMPTS):
-        before = count_bench_sites(executor)
-        listing = list_site_folders(folder)
-        if attempt == 0 and before == listing.candidates:
-            return listing
+        if attempt == 0:
+            before, listing = _count_while_listing(executor, folder)
+            if before == listing.candidates:
+                return listing
+        else:
+            before = count_bench_sites(executor)
+            listing = list_site_folders(folder)
         after = count_bench_sites(executor)
         seen.append((before, listing.candidates, after))
         if before == after == listing.candidates:
@@ -298,3 +302,28 @@ def find_sites(settings: Any, executor: Any) -> SiteListing:
         f"({DISCOVERY_ATTEMPTS} attempts: {shown}); try again when no site is being created or dropped",
         listed=seen[-1][1], counted=seen[-1][2], folder=str(folder),
     )
+
+
+def _count_while_listing(executor: Any, folder: Path) -> tuple[int, SiteListing]:
+    """The bench's count (in a thread: the executor waits for its process) and the folder's
+    listing, taken at the same time. An error of the count is raised first, as when the count
+    ran before the listing."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def count() -> None:
+        try:
+            outcome["count"] = count_bench_sites(executor)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=count, name="bench-site-count", daemon=True)
+    thread.start()
+    try:
+        listing = list_site_folders(folder)
+    finally:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+    return outcome["count"], listing
