@@ -7,7 +7,10 @@ invalid input — nothing enqueued; 3 the broker cannot be reached.
 Output: tables for people (colours only on a terminal), ``--json`` for scripts (see README).
 
 Startup stays light: Celery, boto3 and docker are imported only inside the commands that
-need them, so ``--help`` and input errors answer at once.
+need them, so ``--help`` and input errors answer at once. The read commands (``jobs``,
+``backups``, ``sites``) read their settings without the typed model
+(:mod:`jerp_jobs.readsettings`) and import neither the workflow catalog nor structlog; the
+commands that start jobs build the full runtime.
 """
 
 from __future__ import annotations
