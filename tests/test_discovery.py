@@ -356,3 +356,14 @@ def test_a_failed_count_is_reported_before_a_missing_folder(tmp_path: Path) -> N
         find_sites(_settings_for(tmp_path / "missing"), executor)
     with pytest.raises(JerpError, match="does not exist"):
         find_sites(_settings_for(tmp_path / "missing"), ScriptedCounts([0]))
+
+
+def test_the_caller_reads_the_first_listing_while_the_bench_counts(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    make_site_folders(sites, site_names(3))
+    seen: list[object] = []
+    agreed = find_sites(_settings_for(sites), ScriptedCounts([3]), meanwhile=seen.append)
+    assert seen == [agreed]
+    seen.clear()
+    settled = find_sites(_settings_for(sites), ScriptedCounts([2, 3, 3, 3]), meanwhile=seen.append)
+    assert len(seen) == 1 and seen[0] is not settled  # not the listing returned: the caller reads again
