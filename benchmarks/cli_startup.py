@@ -10,6 +10,7 @@ folder of N sites (local executor; targets at most 500 ms).
 
     .venv/bin/python benchmarks/cli_startup.py [--runs 30] [--json]
     .venv/bin/python benchmarks/cli_startup.py --redis-url redis://127.0.0.1:PORT/9 [--records 10000]
+    .venv/bin/python benchmarks/cli_startup.py --redis-url ... --against ../main/.venv/bin   # side by side
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ def time_case(argv: list[str], runs: int, extra_env: dict[str, str] | None = Non
         start = time.perf_counter()
         subprocess.run(argv, env=env, capture_output=True)
         samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def time_interleaved(argvs: list[list[str]], runs: int, extra_env: dict[str, str]) -> list[list[float]]:
+    """Samples of each argv, taken in turn within every run (the order rotating), so that a
+    change of the machine's load during the measurement falls on each of them alike."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0", **extra_env}
+    for argv in argvs:
+        subprocess.run(argv, env=env, capture_output=True)
+    samples: list[list[float]] = [[] for _ in argvs]
+    for run in range(runs):
+        for offset in range(len(argvs)):
+            index = (run + offset) % len(argvs)
+            start = time.perf_counter()
+            subprocess.run(argvs[index], env=env, capture_output=True)
+            samples[index].append((time.perf_counter() - start) * 1000)
     return samples
 
 
@@ -109,6 +126,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--redis-url", help="a Redis database of your own, filled then flushed: adds the data cases")
     parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--against", type=Path, metavar="BIN",
+                        help="the bin folder of another install (e.g. main's venv): each data case is also run with "
+                             "its jerpctl, and python -c pass, in turn within every run (for a shared, busy machine)")
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
     targets = {"python -c pass": None}
@@ -136,7 +156,14 @@ def main() -> int:
                                           capture_output=True, text=True)
                     if done.returncode not in (0, 1) or not done.stdout.strip():
                         sys.exit(f"jerpctl {' '.join(argv)} failed (exit {done.returncode}): {done.stderr[-500:]}")
-                    results[name] = summary(time_case([str(BIN / "jerpctl"), *argv], args.runs, env))
+                    if args.against:
+                        this, other, floor = time_interleaved(
+                            [[str(BIN / "jerpctl"), *argv], [str(args.against / "jerpctl"), *argv],
+                             [sys.executable, "-c", "pass"]], args.runs, env)
+                        results[name] = {**summary(this), "against_median_ms": summary(other)["median_ms"],
+                                         "floor_median_ms": summary(floor)["median_ms"]}
+                    else:
+                        results[name] = summary(time_case([str(BIN / "jerpctl"), *argv], args.runs, env))
                     targets[name] = target
             finally:
                 client.flushdb()
@@ -156,6 +183,9 @@ def main() -> int:
             target = f"{r['target_ms']}ms" if r["target_ms"] else "-"
             print(f"{name:<36} {r['median_ms']:>6.1f}ms {r['p90_ms']:>6.1f}ms {r['min_ms']:>6.1f}ms "
                   f"{over:>10.1f}ms {target:>7}  {', '.join(r.get('heavy_imports', [])) or '-'}")
+            if "against_median_ms" in r:
+                print(f"{'':<4}in turn with it: --against {r['against_median_ms']:.1f}ms, "
+                      f"python -c pass {r['floor_median_ms']:.1f}ms (medians)")
         print(f"targets (median, no heavy import where listed): {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 

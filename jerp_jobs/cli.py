@@ -7,7 +7,10 @@ invalid input — nothing enqueued; 3 the broker cannot be reached.
 Output: tables for people (colours only on a terminal), ``--json`` for scripts (see README).
 
 Startup stays light: Celery, boto3 and docker are imported only inside the commands that
-need them, so ``--help`` and input errors answer at once.
+need them, so ``--help`` and input errors answer at once. The read commands (``jobs``,
+``backups``, ``sites``) read their settings without the typed model
+(:mod:`jerp_jobs.readsettings`) and import neither the workflow catalog nor structlog; the
+commands that start jobs build the full runtime.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Ctx:
     def __init__(self, as_json: bool = False, *, rt: Any = None) -> None:
         self.as_json = as_json
         self._rt: Any = rt
+        self._reader: Any = None
 
     @property
     def rt(self) -> Any:
@@ -44,6 +48,46 @@ class Ctx:
             self._rt = get_runtime()
             _check_broker(self._rt)
         return self._rt
+
+    @property
+    def reader(self) -> Any:
+        """What the read commands (``jobs``, ``backups``, ``sites``) read through: the runtime
+        given or already built, else a :class:`_Reader`."""
+        if self._rt is None and self._reader is None:
+            reader = _Reader()
+            _check_broker(reader)
+            self._reader = reader
+        return self._rt if self._rt is not None else self._reader
+
+
+class _Reader:
+    """The part of a runtime the read commands use — the settings, Redis, the job store, the
+    site state, the executor — built from :func:`jerp_jobs.readsettings.read_settings`: no typed
+    settings, no workflow catalog, no transport (it starts nothing), structlog imported only if
+    something logs."""
+
+    def __init__(self) -> None:
+        import redis
+
+        from jerp_jobs import log
+        from jerp_jobs.jobs import JobStore
+        from jerp_jobs.readsettings import read_settings
+        from jerp_jobs.sitestate import SiteState
+
+        self.settings = settings = read_settings()
+        log.configure(secrets=settings.secret_values(), on_first_use=True)
+        self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
+        self.store = JobStore(self.redis, ttl_days=settings.job_ttl_days, output_lines=settings.live_output_lines)
+        self.sites = SiteState(self.redis, ttl_s=settings.job_ttl_days * 86400)
+        self._executor: Any = None
+
+    @property
+    def executor(self) -> Any:
+        if self._executor is None:
+            from jerp_jobs.runtime import make_executor
+
+            self._executor = make_executor(self.settings)
+        return self._executor
 
 
 def _check_broker(rt: Any) -> None:
@@ -581,7 +625,7 @@ def _when(epoch: float | None) -> str:
 @_guard
 def jobs(obj: Ctx, site: str | None, state: str | None, limit: int) -> None:
     """Recent jobs, newest first."""
-    found = obj.rt.store.list(site=site, state=state, limit=limit)
+    found = obj.reader.store.list(site=site, state=state, limit=limit)
     if obj.as_json:
         click.echo(json.dumps([j.to_dict() for j in found], sort_keys=True))
         return
@@ -592,8 +636,13 @@ def jobs(obj: Ctx, site: str | None, state: str | None, limit: int) -> None:
 
     rows = [[job.id, utc(job.created_at), ago(job.created_at), job.kind, job.site or "-", _state(job.state)]
             for job in found]
-    for line in table(["JOB", "REQUESTED (UTC)", "AGE", "KIND", "SITE", "STATE"], rows):
-        click.echo(line)
+    _echo_lines(table(["JOB", "REQUESTED (UTC)", "AGE", "KIND", "SITE", "STATE"], rows))
+
+
+def _echo_lines(lines: list[str]) -> None:
+    """Print ``lines`` to stdout in one write (nothing when there are none)."""
+    if lines:
+        click.echo("\n".join(lines))
 
 
 @cli.command()
@@ -689,7 +738,7 @@ def backups(obj: Ctx, site: str | None, rescan: bool) -> None:
     backups of SITE."""
     from jerp_jobs.freshness import site_backups, sites_freshness
 
-    rt = obj.rt
+    rt = obj.rt if rescan else obj.reader
     if rescan:
         from jerp_jobs.enqueue import submit
 
@@ -703,20 +752,24 @@ def backups(obj: Ctx, site: str | None, rescan: bool) -> None:
         if obj.as_json:
             click.echo(json.dumps(rows, sort_keys=True))
         else:
+            lines = []
             for row in rows:
                 age = "never" if row["age_hours"] is None else f"{row['age_hours']:.1f}h"
                 flag = "  STALE" if row["stale"] else ""
                 last = row.get("last_utc_timestamp") or "-"
-                click.echo(f"{row['site']:<40} last {row['where']:<8} {last:<15} UTC age {age}{flag}")
+                lines.append(f"{row['site']:<40} last {row['where']:<8} {last:<15} UTC age {age}{flag}")
+            _echo_lines(lines)
         sys.exit(EXIT_JOB_FAILED if any(r["stale"] for r in rows) else EXIT_OK)
     rows = site_backups(rt.redis, site)
     if obj.as_json:
         click.echo(json.dumps(rows, sort_keys=True))
         return
+    lines = []
     for row in rows:
         verified = "verified" if row["verified"] else "unverified"
         local = f"  (local {row['timestamp']} {row['time_zone']})" if row.get("time_zone") else ""
-        click.echo(f"{row['utc_timestamp']} UTC  {row['where']:<8} {row['size']:>14,} B  {verified}{local}")
+        lines.append(f"{row['utc_timestamp']} UTC  {row['where']:<8} {row['size']:>14,} B  {verified}{local}")
+    _echo_lines(lines)
 
 
 @cli.command()
@@ -755,10 +808,11 @@ def sites(obj: Ctx) -> None:
     with the age of the last backup."""
     from jerp_jobs.freshness import site_states
 
-    rows = site_states(obj.rt)
+    rows = site_states(obj.reader)
     if obj.as_json:
         click.echo(json.dumps(rows, sort_keys=True))
     else:
+        lines = []
         for row in rows:
             age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
             age = f"{row['backup_where']} {age}" + ("  STALE" if row["backup_stale"] else "")
@@ -767,7 +821,8 @@ def sites(obj: Ctx) -> None:
             if mark:
                 extra += (f"  (job {mark.get('job_id') or '?'}, since {_when(mark.get('since'))}: "
                           f"{mark.get('reason')})")
-            click.echo(f"{row['site']:<40} {_state(row['state']):<16} last backup {age}{extra}")
+            lines.append(f"{row['site']:<40} {_state(row['state']):<16} last backup {age}{extra}")
+        _echo_lines(lines)
         click.echo(f"{sum(r['exists'] for r in rows)} sites", err=True)
         if any(r["attention"] for r in rows):
             click.echo("a site needing attention is left alone by every workflow: read its job "

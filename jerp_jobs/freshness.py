@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from jerp_jobs import keys
-from jerp_jobs.sites import SITE_CONFIG, find_sites, sites_folder
+from jerp_jobs.sites import SITE_CONFIG, SiteListing, find_sites, sites_folder
 from jerp_jobs.sitestate import OWNER
 
 LOCAL = keys.LOCAL_BACKUPS
@@ -118,10 +118,25 @@ def site_states(rt: Any, *, now: float | None = None) -> list[dict[str, Any]]:
     The sites come from the platform's sites folder itself, checked against the bench's own
     count (:func:`jerp_jobs.sites.find_sites`: every site, never an output tail);
     the maintenance flag from each ``site_config.json``. The Redis reads are one script per
-    2,000 sites, in one pipeline, each answering with one JSON text.
+    2,000 sites, in one pipeline, each answering with one JSON text; they and the maintenance
+    flags are read while the bench counts its sites.
     """
     now = time.time() if now is None else now
-    listing = find_sites(rt.settings, rt.executor)
+    read: dict[str, Any] = {}
+
+    def read_sites(listing: SiteListing) -> None:
+        read["listing"] = listing
+        read["rows"] = _site_rows(rt, listing, now)
+
+    listing = find_sites(rt.settings, rt.executor, meanwhile=read_sites)
+    if read.get("listing") is not listing:
+        read_sites(listing)
+    rows: list[dict[str, Any]] = read["rows"]
+    return rows
+
+
+def _site_rows(rt: Any, listing: SiteListing, now: float) -> list[dict[str, Any]]:
+    """The rows of :func:`site_states` for the sites of ``listing`` and every attention mark."""
     folder = str(sites_folder(rt.settings))
     marks = rt.sites.attention_marks()
     names = sorted(set(listing.sites) | set(marks))
@@ -153,8 +168,14 @@ def _maintenance(path: str) -> bool | None:
     """``maintenance_mode`` of a site_config.json, truthy as Frappe reads it; None when the file
     cannot be read as a JSON object."""
     try:
-        with open(path, "rb") as file:
-            config = json.loads(file.read().decode("utf-8"))
+        fd = os.open(path, os.O_RDONLY)  # without a file object: a tenth of a millisecond less per site
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        config = json.loads(b"".join(chunks).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return bool(config.get("maintenance_mode")) if isinstance(config, dict) else None

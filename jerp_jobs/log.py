@@ -17,8 +17,6 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import structlog
-
 from jerp_jobs.bench import SECRET_OPTIONS
 
 MASK = "***"
@@ -120,9 +118,25 @@ class _RedactedList(list):  # type: ignore[type-arg]
 redactor = Redactor()
 
 
-def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: int = logging.INFO) -> None:
-    """Configure structlog and the stdlib root logger (Celery's own lines) once, at start."""
+#: the arguments of a configuration left for the first log line (configure(..., on_first_use=True))
+_deferred: tuple[bool | None, int] | None = None
+
+
+def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: int = logging.INFO,
+              on_first_use: bool = False) -> None:
+    """Configure structlog and the stdlib root logger (Celery's own lines) once, at start.
+
+    ``on_first_use``: the secrets are given to the redactor now, and structlog is imported and
+    configured only when a logger is first used (a read command that logs nothing never
+    imports it)."""
+    global _deferred
     redactor.add(secrets)
+    if on_first_use:
+        _deferred = (json, level)
+        return
+    _deferred = None
+    import structlog
+
     if json is None:
         json = not sys.stderr.isatty()
     shared: list[Any] = [
@@ -154,5 +168,24 @@ def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: i
         logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
 
 
+class _Logger:
+    """structlog's logger of one name, with structlog imported when it is first used."""
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__") or attribute in ("_name", "_logger"):
+            raise AttributeError(attribute)
+        if self._logger is None:
+            if _deferred is not None:
+                configure(json=_deferred[0], level=_deferred[1])
+            import structlog
+
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attribute)
+
+
 def get_logger(name: str | None = None) -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)

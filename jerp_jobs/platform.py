@@ -9,10 +9,12 @@ the smoke tests are imported when a release first uses them (``jerpctl`` never d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jerp_jobs.errors import ConfigError
-from jerp_jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from jerp_jobs.settings import Settings
 
 
 class SmokeResult(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -22,9 +23,11 @@ from jerp_jobs.jobs import JobStore
 from jerp_jobs.locks import LockManager
 from jerp_jobs.notify import site_attention
 from jerp_jobs.platform import DockerPlatform, Platform
-from jerp_jobs.settings import Settings
 from jerp_jobs.sitestate import SiteState
 from jerp_jobs.workflow import Catalog, Workflow
+
+if TYPE_CHECKING:
+    from jerp_jobs.settings import Settings  # the typed settings (jerpctl's read commands pass a lighter reading)
 
 
 def _no_transport(*args: object) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,7 @@ def count_bench_sites(executor: Any) -> int:
     return len(text)
 
 
-def find_sites(settings: Any, executor: Any) -> SiteListing:
+def find_sites(settings: Any, executor: Any, *, meanwhile: Callable[[SiteListing], object] | None = None) -> SiteListing:
     """Every site of the bench, read from the sites folder and checked against the bench's count.
 
     The list comes from the folder itself (:func:`jerp_jobs.sites.list_site_folders`), never from
@@ -271,12 +272,22 @@ def find_sites(settings: Any, executor: Any) -> SiteListing:
     when the two numbers differ — the worker sees another folder, an old copy, a folder only
     partly mounted — nothing is guessed: a :class:`JerpError` names both numbers. A count that
     changes between two looks (a site created meanwhile) makes the listing be taken again.
+    The first count runs while the folder is listed (the bench counts in a process of its own);
+    when the two agree — the usual case — that one count is all, and when they do not the
+    count is taken again after the listing. ``meanwhile``, when given, is called with that first
+    listing while the bench is still counting (the caller's own reads of those sites); when the
+    listing returned is another one, the caller reads that one again.
     """
     folder = sites_folder(settings)
     seen: list[tuple[int, int, int]] = []
-    for _ in range(DISCOVERY_ATTEMPTS):
-        before = count_bench_sites(executor)
-        listing = list_site_folders(folder)
+    for attempt in range(DISCOVERY_ATTEMPTS):
+        if attempt == 0:
+            before, listing = _count_while_listing(executor, folder, meanwhile)
+            if before == listing.candidates:
+                return listing
+        else:
+            before = count_bench_sites(executor)
+            listing = list_site_folders(folder)
         after = count_bench_sites(executor)
         seen.append((before, listing.candidates, after))
         if before == after == listing.candidates:
@@ -294,3 +305,32 @@ def find_sites(settings: Any, executor: Any) -> SiteListing:
         f"({DISCOVERY_ATTEMPTS} attempts: {shown}); try again when no site is being created or dropped",
         listed=seen[-1][1], counted=seen[-1][2], folder=str(folder),
     )
+
+
+def _count_while_listing(executor: Any, folder: Path,
+                         meanwhile: Callable[[SiteListing], object] | None) -> tuple[int, SiteListing]:
+    """The bench's count (in a thread: the executor waits for its process) and the folder's
+    listing, taken at the same time, and ``meanwhile`` called with the listing before the count
+    is waited for. An error of the count is raised first, as when the count ran before the
+    listing."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def count() -> None:
+        try:
+            outcome["count"] = count_bench_sites(executor)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=count, name="bench-site-count", daemon=True)
+    thread.start()
+    try:
+        listing = list_site_folders(folder)
+        if meanwhile is not None:
+            meanwhile(listing)
+    finally:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+    return outcome["count"], listing

@@ -340,3 +340,30 @@ def test_a_failed_recovery_of_an_existing_site_still_marks_it(real_runtime: Runt
     done = real_runtime.store.get(job.id)
     assert done.state == "failed" and "does not exist in the bench" not in (done.error or "")
     assert real_runtime.sites.attention(site)["job_id"] == job.id
+
+
+def test_a_count_that_agrees_with_the_listing_is_taken_once(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    make_site_folders(sites, site_names(3))
+    executor = ScriptedCounts([3])
+    assert len(find_sites(_settings_for(sites), executor).sites) == 3 and executor.calls == 1
+
+
+def test_a_failed_count_is_reported_before_a_missing_folder(tmp_path: Path) -> None:
+    """The count runs while the folder is listed; its failure is the one reported, as when it ran first."""
+    executor = ScriptedCounts(["find: 'sites': No such file or directory\n"], exit_code=1)
+    with pytest.raises(CommandFailed, match="No such file"):
+        find_sites(_settings_for(tmp_path / "missing"), executor)
+    with pytest.raises(JerpError, match="does not exist"):
+        find_sites(_settings_for(tmp_path / "missing"), ScriptedCounts([0]))
+
+
+def test_the_caller_reads_the_first_listing_while_the_bench_counts(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    make_site_folders(sites, site_names(3))
+    seen: list[object] = []
+    agreed = find_sites(_settings_for(sites), ScriptedCounts([3]), meanwhile=seen.append)
+    assert seen == [agreed]
+    seen.clear()
+    settled = find_sites(_settings_for(sites), ScriptedCounts([2, 3, 3, 3]), meanwhile=seen.append)
+    assert len(seen) == 1 and seen[0] is not settled  # not the listing returned: the caller reads again

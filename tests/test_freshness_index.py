@@ -5,8 +5,10 @@ when it was never built, and read inside Redis by scripts (a real Redis here).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from jerp_jobs import keys
@@ -56,3 +58,24 @@ def test_local_mode_reads_the_newest_local_backup_of_many_sites_in_pages(real_re
     assert len(rows) == 2500 and [r["site"] for r in rows] == sorted(r["site"] for r in rows)
     assert {r["last_utc_timestamp"] for r in rows} == {"20270102_000000"}
     assert rows[7]["last_at"] == NOW - 7 and all(r["where"] == "local" for r in rows)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"maintenance_mode": 1}', True),
+    (b'{"maintenance_mode": 0, "db_name": "x"}', False),
+    (b"{}", False),
+    (b'{"maintenance_mode": 1, "pad": "' + b"x" * 200_000 + b'"}', True),  # read past one chunk
+    (b"[1]", None),
+    (b"{not json", None),
+    (b'{"a": "\xff"}', None),
+    (None, None),
+])
+def test_the_maintenance_flag_is_read_as_frappe_reads_it(tmp_path: Path, content: bytes | None,
+                                                          expected: bool | None) -> None:
+    from jerp_jobs.freshness import _maintenance
+
+    path = tmp_path / "site_config.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert _maintenance(str(path)) is expected
+    assert _maintenance(str(tmp_path)) is None  # a folder where the file should be

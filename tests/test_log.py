@@ -71,6 +71,24 @@ logging.getLogger("celery").warning("celery says %s", {ROOT_PW!r})
     assert lines[1]["event"] == f"celery says {MASK}"
 
 
+def test_logging_configured_on_first_use_imports_structlog_only_when_a_line_is_logged() -> None:
+    """jerpctl's read commands: the secrets go to the redactor at once, structlog (configured as
+    asked) only with the first line logged."""
+    code = f"""
+import sys
+from jerp_jobs import log
+log.configure(secrets=[{ROOT_PW!r}], json=True, on_first_use=True)
+logger = log.get_logger("t")
+print("structlog" in sys.modules, file=sys.stdout)
+logger.warning("job.partial_record", detail="pw {ROOT_PW}")
+print("structlog" in sys.modules, file=sys.stdout)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+    [line] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert line["event"] == "job.partial_record" and line["detail"] == f"pw {MASK}" and line["level"] == "warning"
+
+
 def test_a_value_is_redacted_once_and_passed_on_untouched_afterwards() -> None:
     redactor = Redactor([ROOT_PW])
     argv = redactor.argv(["bench", "--db-root-password", ROOT_PW, f"x{ROOT_PW}"])
