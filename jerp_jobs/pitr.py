@@ -26,22 +26,23 @@ when the command ends: never an argv, never the environment.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jerp_jobs import keys
 from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError
+from jerp_jobs.offsite import ChecksumMismatch, OffsiteError
+from jerp_jobs.offsite.s3 import OffsiteStore
+from jerp_jobs.sites import sites_dir
 
 #: a binary log file name: ``<basename>.<6 digits>``
 BINLOG_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.[0-9]{6}")
@@ -289,8 +290,6 @@ class OffsiteArchive:
         return f"{self.prefix}/index.json"
 
     def index(self) -> list[dict[str, Any]]:
-        from jerp_jobs.offsite import ChecksumMismatch
-
         try:
             data = self.store.get_json(self._index_key)
         except ChecksumMismatch as exc:
@@ -306,8 +305,6 @@ class OffsiteArchive:
         self.store.put_json(self._index_key, {"files": files})
 
     def fetch(self, entry: dict[str, Any], dest: Path) -> Path:
-        from jerp_jobs.offsite import ChecksumMismatch, OffsiteError
-
         try:
             return self.store.get_file(entry, dest / entry["name"])
         except ChecksumMismatch as exc:
@@ -421,10 +418,6 @@ def ship_configured(settings: Any, executor: Any, client: Any) -> dict[str, Any]
     (``JERP_DB_HOST``/``JERP_DB_PORT``, as root) through the executor, its logs to the off-site
     store. One shipment at a time (a Redis lock); the last one is recorded in
     ``jerp:pitr:shipped``. Without an off-site store there is nothing to ship to."""
-    from jerp_jobs import keys
-    from jerp_jobs.offsite.s3 import OffsiteStore
-    from jerp_jobs.sites import sites_dir
-
     if not settings.s3_bucket:
         return {"skipped": "JERP_S3_BUCKET is not set: binary logs go to the off-site store"}
     token = os.urandom(8).hex()
