@@ -20,8 +20,8 @@ Three parts, each a plain function of this module:
   (``--stop-datetime``, UTC): the state as of that instant. A transaction cut by the instant was
   not committed at it and is rolled back.
 
-Passwords reach the client tools through an option file readable by this user only, removed
-when the command ends: never an argv, never the environment.
+The client tools run through an executor, where bench runs; the password reaches them as an
+option file on their standard input: never an argv, never the environment.
 """
 
 from __future__ import annotations
