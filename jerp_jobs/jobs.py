@@ -14,7 +14,8 @@ Storage (Redis, every key under ``jerp:``):
   The hash expires ``JERP_JOB_TTL_DAYS`` after its last update.
 - ``jerp:jobs`` / ``jerp:jobs:site:<site>`` / ``jerp:jobs:state:<state>`` — sorted sets of job
   ids scored by creation time, for listing newest first. Entries of expired jobs are dropped
-  as they are met.
+  as they are met, and those older than the TTL when a job is created (each index at most once
+  a minute per process).
 - ``jerp:stats:steps`` / ``jerp:stats:jobs`` — counters for ``/metrics`` (jerp_jobs.metrics),
   kept in the scripts that write a step's or a job's end, so every end counts once whichever
   worker process writes it: per kind, step and final state, the steps ended and a histogram
@@ -241,11 +242,15 @@ return {'started', ''}
 # advance-guard field, then the step end's state, duration, bucket and name (_COUNT_STEP_END; KEYS[3]:
 # the stats hash), 11 the job's kind, 12 "1" to set the advance guard with the record (the caller
 # runs the next step itself) when the job is not final, no cancel is requested and the guard is
-# unset, 13 final job states, space-separated. Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced, "1" if the guard
+# unset, 13 final job states, space-separated, 14 the lock's TTL in ms (a lock that turns out to
+# be another holder's is put back with it). Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced, "1" if the guard
 # was set here}.
 _END_STEP = _COUNT_STEP_END + """
-if redis.call('get', KEYS[2]) ~= ARGV[5] then return {'lost'} end
-redis.call('del', KEYS[2])
+local holder = redis.call('getdel', KEYS[2])
+if holder ~= ARGV[5] then
+  if holder then redis.call('set', KEYS[2], holder, 'PX', ARGV[14]) end  -- another holder's: put back
+  return {'lost'}
+end
 local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1])
 if not f[1] then return {'gone'} end
 local finals = ' ' .. ARGV[13] .. ' '
@@ -402,9 +407,10 @@ class JobStore:
         self.ttl = ttl_days * 86400
         #: lines of live output kept per job (0: none written)
         self.output_lines = output_lines
-        #: output streams whose expiry this process set, and when (time.monotonic())
-        self._expiry_set: dict[str, float] = {}
-        self._expiry_lock = threading.Lock()
+        #: chores on keys this process did lately, and when (time.monotonic()): an output
+        #: stream's expiry set, an index pruned
+        self._chores: dict[tuple[str, str], float] = {}
+        self._chores_lock = threading.Lock()
         self._set_state = client.register_script(_SET_STATE)
         self._update_step = client.register_script(_UPDATE_STEP)
         self._begin_step = client.register_script(_BEGIN_STEP)
@@ -457,13 +463,17 @@ class JobStore:
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, self.ttl)
+        pruned = []
         for index in self._indexes(job.site, job.state):
             pipe.zadd(index, {job.id: now})
-            pipe.zremrangebyscore(index, "-inf", now - self.ttl)
+            if self._due(("prune", index), INDEX_PRUNE_S):  # entries older than the TTL: expired jobs
+                pipe.zremrangebyscore(index, "-inf", now - self.ttl)
+                pruned.append(("prune", index))
         try:
             pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"could not record the job: {exc}") from exc
+        self._done(*pruned)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -685,7 +695,7 @@ class JobStore:
         return outcome, detail
 
     def end_step(self, job_id: str, step: Step, *, lock: str, lock_value: str, kind: str = "",
-                 claim_advance: bool = False) -> StepEnd | None:
+                 claim_advance: bool = False, lock_ttl_ms: int = 60_000) -> StepEnd | None:
         """Record a step's end and release its lock in one atomic script (``_END_STEP``).
 
         None when the lock is no longer this holder's (nothing written). Output and error are
@@ -699,7 +709,7 @@ class JobStore:
             step.error = redactor.text(step.error)
         args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl, lock_value,
                 f"advanced:{step.name}", *_end_args(step), kind, "1" if claim_advance else "0",
-                " ".join(sorted(FINAL_JOB_STATES))]
+                " ".join(sorted(FINAL_JOB_STATES)), lock_ttl_ms]
         reply = [as_text(v) for v in self._end_step(keys=[self._key(job_id), lock, STATS_STEPS], args=args)]
         if reply[0] == "lost":
             return None
@@ -823,25 +833,30 @@ class JobStore:
             fields = {"step": step, "lines": json.dumps([[kind, redactor.text(text)] for kind, text in entries])}
         # trimmed exactly to the entries that hold about output_lines lines of this entry's size
         keep = -(-self.output_lines // len(entries))
-        if not self._output_expiry_due(key):
+        if not self._due(("expire", key), OUTPUT_EXPIRY_REFRESH_S):
             self._r.xadd(key, fields, maxlen=keep, approximate=False)
             return
         pipe = self._r.pipeline(transaction=False)
         pipe.xadd(key, fields, maxlen=keep, approximate=False)
         pipe.expire(key, self.ttl)
         pipe.execute()
-        with self._expiry_lock:
-            self._expiry_set[key] = time.monotonic()
+        self._done(("expire", key))
 
-    def _output_expiry_due(self, key: str) -> bool:
-        """True when this process has not set ``key``'s expiry lately."""
+    def _due(self, chore: tuple[str, str], every: float) -> bool:
+        """True when this process has not done ``chore`` (what, key) in the last ``every`` seconds."""
         now = time.monotonic()
-        with self._expiry_lock:
-            if now - self._expiry_set.get(key, -OUTPUT_EXPIRY_REFRESH_S) < OUTPUT_EXPIRY_REFRESH_S:
+        with self._chores_lock:
+            last = self._chores.get(chore)
+            if last is not None and now - last < every:
                 return False
-            if len(self._expiry_set) > 1000:
-                self._expiry_set = {k: t for k, t in self._expiry_set.items() if now - t < OUTPUT_EXPIRY_REFRESH_S}
+            if len(self._chores) > 1000:
+                self._chores = {k: t for k, t in self._chores.items() if now - t < CHORES_KEPT_S}
             return True
+
+    def _done(self, *chores: tuple[str, str]) -> None:
+        with self._chores_lock:
+            for chore in chores:
+                self._chores[chore] = time.monotonic()
 
     def output_since(self, job_id: str, cursor: str | None = None, *, limit: int = 1000) -> list[OutputLine]:
         """The job's live output after ``cursor`` (the ``cursor`` of the last line read; None: from
@@ -968,6 +983,12 @@ OUTPUT_BATCH_S = 0.25
 #: a process sets a job's output stream's expiry again when it last set it longer ago than this
 #: (so the stream outlives the record's last update by at most this much less than the TTL)
 OUTPUT_EXPIRY_REFRESH_S = 60.0
+
+#: a process drops the expired entries of a job index when it creates a job, at most this often
+INDEX_PRUNE_S = 60.0
+
+#: how long a process remembers the chores above
+CHORES_KEPT_S = max(OUTPUT_EXPIRY_REFRESH_S, INDEX_PRUNE_S)
 
 
 def new_job_id() -> str:

@@ -242,7 +242,7 @@ def _execute(
     rt.store.ended(record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
     inline = time.monotonic() < inline_until and next_pending(workflow, job, after=step) is not None
     end = rt.store.end_step(job.id, record, lock=rt.locks.key(held.name), lock_value=held.value, kind=job.kind,
-                            claim_advance=inline)
+                            claim_advance=inline, lock_ttl_ms=int(rt.locks.ttl * 1000))
     if end is None:
         held.lost_now()
         log.error("step.lock_lost", job_id=job.id, step=step)
@@ -338,13 +338,14 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
         following = workflow.on_cancel(job, step)
     ended_path = workflow.resolve(step).last  # a path that ran to its end is not cancelled afterwards
     if following is None and job.cancel_requested and not failed and not workflow.is_recovery(step) and not ended_path:
-        result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
+        result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}", job=job)
     elif following is not None:
         rt.dispatch(job_id, following)
         result = StepRun("advanced", next_step=following)
     else:
         final = workflow.final_state(job)
-        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != JobState.SUCCEEDED else None)
+        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != JobState.SUCCEEDED else None,
+                           job=job)
     rt.store.claim_advance(job_id, step)
     return result
 
@@ -355,8 +356,9 @@ def _next_after(workflow: Workflow, job: Job, step: str, *, failed: bool) -> str
     return next_pending(workflow, job, after=step)
 
 
-def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
-    job = rt.store.get(job_id)
+def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None, job: Job | None = None) -> StepRun:
+    """End the job ``state`` (``job``: as just read, else read here)."""
+    job = job if job is not None else rt.store.get(job_id)
     if state == JobState.SUCCEEDED and job.cancel_requested:
         workflow = rt.workflow(job.kind)
         if any(s.state == StepState.PENDING and not workflow.is_recovery(s.name) for s in job.steps):
