@@ -239,7 +239,7 @@ return {'started', ''}
 # Ends a step, atomically: records it and releases its execution lock, if the lock is still
 # this holder's (else nothing is written: the step's other delivery decides), and reads what
 # advancing needs. KEYS: job hash, lock. ARGV: step field, step JSON, now, job TTL, lock value,
-# advance-guard field, then the step end's state, duration, bucket and name (_COUNT_STEP_END; KEYS[3]:
+# advance-guard field ("0" for the TTL: the record's expiry is left as it is), then the step end's state, duration, bucket and name (_COUNT_STEP_END; KEYS[3]:
 # the stats hash), 11 the job's kind, 12 "1" to set the advance guard with the record (the caller
 # runs the next step itself) when the job is not final, no cancel is requested and the guard is
 # unset, 13 final job states, space-separated, 14 the lock's TTL in ms (a lock that turns out to
@@ -261,7 +261,7 @@ if claim then
 else
   redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
 end
-redis.call('expire', KEYS[1], ARGV[4])
+if ARGV[4] ~= '0' then redis.call('expire', KEYS[1], ARGV[4]) end
 count_step_end(KEYS[3], KEYS[1], f[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 return {'ended', f[1], f[2] or '0', f[3] and '1' or '0', claim and '1' or '0'}
 """
@@ -702,19 +702,25 @@ class JobStore:
         redacted on the way in, as :meth:`update_step` does. ``kind``: the job's (read from the
         record when not given). ``claim_advance``: the caller runs the job's next step itself, so
         the advance guard is set with the record when the job is neither final nor cancelled and
-        the guard was unset (:attr:`StepEnd.claimed`).
+        the guard was unset (:attr:`StepEnd.claimed`). The record's expiry is set again when this
+        process last set it more than :data:`RECORD_EXPIRY_REFRESH_S` ago (a job's final state
+        always sets it).
         """
         step.output = redactor.text(step.output)
         if step.error:
             step.error = redactor.text(step.error)
-        args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl, lock_value,
+        key = self._key(job_id)
+        refresh = self._due(("expire", key), RECORD_EXPIRY_REFRESH_S)
+        args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl if refresh else 0, lock_value,
                 f"advanced:{step.name}", *_end_args(step), kind, "1" if claim_advance else "0",
                 " ".join(sorted(FINAL_JOB_STATES)), lock_ttl_ms]
-        reply = [as_text(v) for v in self._end_step(keys=[self._key(job_id), lock, STATS_STEPS], args=args)]
+        reply = [as_text(v) for v in self._end_step(keys=[key, lock, STATS_STEPS], args=args)]
         if reply[0] == "lost":
             return None
         if reply[0] == "gone":
             raise JobNotFound(job_id)
+        if refresh:
+            self._done(("expire", key))
         return StepEnd(state=reply[1], cancel_requested=reply[2] == "1", advanced=reply[3] == "1",
                        claimed=reply[4] == "1")
 
@@ -984,11 +990,14 @@ OUTPUT_BATCH_S = 0.25
 #: (so the stream outlives the record's last update by at most this much less than the TTL)
 OUTPUT_EXPIRY_REFRESH_S = 60.0
 
+#: a step's end sets its record's expiry again when this process last set it longer ago than this
+RECORD_EXPIRY_REFRESH_S = 60.0
+
 #: a process drops the expired entries of a job index when it creates a job, at most this often
 INDEX_PRUNE_S = 60.0
 
 #: how long a process remembers the chores above
-CHORES_KEPT_S = max(OUTPUT_EXPIRY_REFRESH_S, INDEX_PRUNE_S)
+CHORES_KEPT_S = max(OUTPUT_EXPIRY_REFRESH_S, INDEX_PRUNE_S, RECORD_EXPIRY_REFRESH_S)
 
 
 def new_job_id() -> str:

@@ -211,3 +211,18 @@ def test_skipping_pending_steps_leaves_a_step_that_started_meanwhile(store: JobS
     assert read.step("a").error == "job ended failed"
     with pytest.raises(JobNotFound):
         store.skip_pending("nosuchjob", reason="x", job=dataclasses.replace(stale, id="nosuchjob"))
+
+
+def test_a_steps_end_sets_the_records_expiry_again_at_most_once_a_minute_per_process(store: JobStore) -> None:
+    job = store.create("backup", ["a", "b"], site="a.example.com")
+    key, lock = f"jerp:job:{job.id}", "jerp:lock:test:" + job.id
+    store._r.expire(key, 1000)  # as if the record had been written long ago
+    _begin(store, job.id, "a")
+    store.end_step(job.id, store.ended(store.get(job.id).step("a"), "success"), lock=lock, lock_value="me")
+    assert store._r.ttl(key) > 29 * 86400  # set again by the end
+    store._r.expire(key, 1000)
+    _begin(store, job.id, "b")
+    store.end_step(job.id, store.ended(store.get(job.id).step("b"), "success"), lock=lock, lock_value="me")
+    assert store._r.ttl(key) <= 1000  # this process set it less than a minute ago
+    store.set_state(job.id, "succeeded")
+    assert store._r.ttl(key) > 29 * 86400  # the job's end always sets it
