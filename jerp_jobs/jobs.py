@@ -14,7 +14,8 @@ Storage (Redis, every key under ``jerp:``):
   The hash expires ``JERP_JOB_TTL_DAYS`` after its last update.
 - ``jerp:jobs`` / ``jerp:jobs:site:<site>`` / ``jerp:jobs:state:<state>`` — sorted sets of job
   ids scored by creation time, for listing newest first. Entries of expired jobs are dropped
-  as they are met.
+  as they are met, and those older than the TTL when a job is created (each index at most once
+  a minute per process).
 - ``jerp:stats:steps`` / ``jerp:stats:jobs`` — counters for ``/metrics`` (jerp_jobs.metrics),
   kept in the scripts that write a step's or a job's end, so every end counts once whichever
   worker process writes it: per kind, step and final state, the steps ended and a histogram
@@ -85,18 +86,27 @@ REQUIRED_FIELDS = ("id", "kind", "state", "created_at")
 
 _SECRET_WORDS = ("password", "secret", "token", "passwd", "key")
 
-# Moves a job between state indexes atomically. KEYS: job hash, all-index prefix.
+# Moves a job between state indexes atomically, with the fields that go with the move. KEYS: job
+# hash, jobs stats hash. ARGV: 1 job id, 2 new state, 3 now, 4 state index prefix, 5 TTL, 6 final
+# states, 7... field, value pairs to write with it (a field "started_at" only when it is unset).
 _SET_STATE = """
-local old = redis.call('hget', KEYS[1], 'state')
+local f = redis.call('hmget', KEYS[1], 'state', 'created_at', 'started_at', 'kind')
+local old, created = f[1], f[2]
 if not old then return nil end
-local created = redis.call('hget', KEYS[1], 'created_at')
 redis.call('zrem', ARGV[4] .. old, ARGV[1])
 redis.call('zadd', ARGV[4] .. ARGV[2], created, ARGV[1])
-redis.call('hset', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
+local writes = {'state', ARGV[2], 'updated_at', ARGV[3]}
+for i = 7, #ARGV, 2 do
+  if ARGV[i] ~= 'started_at' or not f[3] then
+    writes[#writes + 1] = ARGV[i]
+    writes[#writes + 1] = ARGV[i + 1]
+  end
+end
+redis.call('hset', KEYS[1], unpack(writes))
 redis.call('expire', KEYS[1], ARGV[5])
 local finals = ' ' .. ARGV[6] .. ' '
 if string.find(finals, ' ' .. ARGV[2] .. ' ', 1, true) and not string.find(finals, ' ' .. old .. ' ', 1, true) then
-  redis.call('hincrby', KEYS[2], (redis.call('hget', KEYS[1], 'kind') or '?') .. '\t' .. ARGV[2], 1)
+  redis.call('hincrby', KEYS[2], (f[4] or '?') .. '\t' .. ARGV[2], 1)
 end
 return old
 """
@@ -110,9 +120,9 @@ STEP_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 
 # "le:<bucket>" and "sum" (the steps that ran: a duration). Once per step end, whichever
 # worker process writes it: the record's previous state is read in the same script.
 # Arguments: stats key, the job's key, the step's previous JSON (or false), the new state,
-# the duration ("" for none), its bucket label, the step's name.
+# the duration ("" for none), its bucket label, the step's name, the job's kind ("": read it).
 _COUNT_STEP_END = """
-local function count_step_end(stats, job, old, state, duration, bucket, step)
+local function count_step_end(stats, job, old, state, duration, bucket, step, kind)
   if state ~= 'success' and state ~= 'failed' and state ~= 'skipped' then return end
   if old then
     local ok, was = pcall(cjson.decode, old)
@@ -120,7 +130,8 @@ local function count_step_end(stats, job, old, state, duration, bucket, step)
       return
     end
   end
-  local base = (redis.call('hget', job, 'kind') or '?') .. '\t' .. step .. '\t' .. state .. '\t'
+  if not kind or kind == '' then kind = redis.call('hget', job, 'kind') or '?' end
+  local base = kind .. '\t' .. step .. '\t' .. state .. '\t'
   redis.call('hincrby', stats, base .. 'ended', 1)
   if duration ~= '' then
     redis.call('hincrby', stats, base .. 'le:' .. bucket, 1)
@@ -138,10 +149,42 @@ local old = redis.call('hget', KEYS[1], ARGV[1])
 if not old then return -1 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
 redis.call('expire', KEYS[1], ARGV[4])
-count_step_end(KEYS[2], KEYS[1], old, ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+count_step_end(KEYS[2], KEYS[1], old, ARGV[5], ARGV[6], ARGV[7], ARGV[8], '')
 return 1
 """
 
+
+# Marks the given steps skipped, those still pending, in one script. KEYS: job hash, stats hash.
+# ARGV: 1 now, 2 ttl, 3 the job's kind, then per step: field, its skipped JSON, duration, bucket,
+# name (_COUNT_STEP_END). Returns -1 when the job is gone, else the names of the steps written.
+_SKIP_PENDING = _COUNT_STEP_END + """
+local fields = {'id'}
+for i = 4, #ARGV, 5 do fields[#fields + 1] = ARGV[i] end
+local old = redis.call('hmget', KEYS[1], unpack(fields))
+if not old[1] then return -1 end
+local writes, written = {}, {}
+for n = 2, #old do
+  local ok, was = pcall(cjson.decode, old[n] or '')
+  if ok and type(was) == 'table' and was.state == 'pending' then
+    local i = 4 + (n - 2) * 5
+    writes[#writes + 1] = ARGV[i]
+    writes[#writes + 1] = ARGV[i + 1]
+    written[#written + 1] = {i, old[n]}
+  end
+end
+if #written == 0 then return {} end
+writes[#writes + 1] = 'updated_at'
+writes[#writes + 1] = ARGV[1]
+redis.call('hset', KEYS[1], unpack(writes))
+redis.call('expire', KEYS[1], ARGV[2])
+local names = {}
+for _, w in ipairs(written) do
+  local i = w[1]
+  count_step_end(KEYS[2], KEYS[1], w[2], 'skipped', ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[3])
+  names[#names + 1] = ARGV[i + 4]
+end
+return names
+"""
 
 # Starts a step, atomically: the attention check, the site's claim, the execution lock, and the
 # step's record (running, attempt counted) with the job's own state (queued -> running).
@@ -164,9 +207,10 @@ if not state then return {'gone', ''} end
 if string.find(finals, ' ' .. state .. ' ', 1, true) then return {'finished', state} end
 if state ~= ARGV[5] or f[2] ~= ARGV[3] or (f[3] or '0') ~= ARGV[6] then return {'changed', ''} end
 if ARGV[12] ~= '0' then
-  local mark = redis.call('get', KEYS[2])
+  local site = redis.call('mget', KEYS[2], KEYS[3])
+  local mark = site[1]
   if mark and mark ~= ARGV[13] then return {'attention', mark} end
-  local owner = redis.call('get', KEYS[3])
+  local owner = site[2]
   if owner and owner ~= ARGV[1] then
     local other = redis.call('hget', ARGV[14] .. owner, 'state')
     if other and not string.find(finals, ' ' .. other .. ' ', 1, true) then return {'site-busy', owner} end
@@ -195,17 +239,31 @@ return {'started', ''}
 # Ends a step, atomically: records it and releases its execution lock, if the lock is still
 # this holder's (else nothing is written: the step's other delivery decides), and reads what
 # advancing needs. KEYS: job hash, lock. ARGV: step field, step JSON, now, job TTL, lock value,
-# advance-guard field, then the step end's state, duration, bucket and name (_COUNT_STEP_END; KEYS[3]:
-# the stats hash). Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced}.
+# advance-guard field ("0" for the TTL: the record's expiry is left as it is), then the step end's state, duration, bucket and name (_COUNT_STEP_END; KEYS[3]:
+# the stats hash), 11 the job's kind, 12 "1" to set the advance guard with the record (the caller
+# runs the next step itself) when the job is not final, no cancel is requested and the guard is
+# unset, 13 final job states, space-separated, 14 the lock's TTL in ms (a lock that turns out to
+# be another holder's is put back with it). Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced, "1" if the guard
+# was set here}.
 _END_STEP = _COUNT_STEP_END + """
-if redis.call('get', KEYS[2]) ~= ARGV[5] then return {'lost'} end
-redis.call('del', KEYS[2])
+local holder = redis.call('getdel', KEYS[2])
+if holder ~= ARGV[5] then
+  if holder then redis.call('set', KEYS[2], holder, 'PX', ARGV[14]) end  -- another holder's: put back
+  return {'lost'}
+end
 local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1])
 if not f[1] then return {'gone'} end
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
-redis.call('expire', KEYS[1], ARGV[4])
-count_step_end(KEYS[3], KEYS[1], f[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
-return {'ended', f[1], f[2] or '0', f[3] and '1' or '0'}
+local finals = ' ' .. ARGV[13] .. ' '
+local claim = ARGV[12] == '1' and not f[3] and (f[2] or '0') ~= '1'
+  and not string.find(finals, ' ' .. f[1] .. ' ', 1, true)
+if claim then
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3], ARGV[6], ARGV[3])
+else
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2], 'updated_at', ARGV[3])
+end
+if ARGV[4] ~= '0' then redis.call('expire', KEYS[1], ARGV[4]) end
+count_step_end(KEYS[3], KEYS[1], f[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+return {'ended', f[1], f[2] or '0', f[3] and '1' or '0', claim and '1' or '0'}
 """
 
 
@@ -274,6 +332,8 @@ class StepEnd:
     state: str
     cancel_requested: bool
     advanced: bool
+    #: the advance guard was set by the end itself (``claim_advance`` asked for, and allowed)
+    claimed: bool = False
 
 
 @dataclass
@@ -347,9 +407,14 @@ class JobStore:
         self.ttl = ttl_days * 86400
         #: lines of live output kept per job (0: none written)
         self.output_lines = output_lines
+        #: chores on keys this process did lately, and when (time.monotonic()): an output
+        #: stream's expiry set, an index pruned
+        self._chores: dict[tuple[str, str], float] = {}
+        self._chores_lock = threading.Lock()
         self._set_state = client.register_script(_SET_STATE)
         self._update_step = client.register_script(_UPDATE_STEP)
         self._begin_step = client.register_script(_BEGIN_STEP)
+        self._skip_pending = client.register_script(_SKIP_PENDING)
         self._end_step = client.register_script(_END_STEP)
         self._page = client.register_script(_PAGE)
         self._latest_of_kind = client.register_script(_LATEST_OF_KIND)
@@ -398,13 +463,17 @@ class JobStore:
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, self.ttl)
+        pruned = []
         for index in self._indexes(job.site, job.state):
             pipe.zadd(index, {job.id: now})
-            pipe.zremrangebyscore(index, "-inf", now - self.ttl)
+            if self._due(("prune", index), INDEX_PRUNE_S):  # entries older than the TTL: expired jobs
+                pipe.zremrangebyscore(index, "-inf", now - self.ttl)
+                pruned.append(("prune", index))
         try:
             pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"could not record the job: {exc}") from exc
+        self._done(*pruned)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -539,16 +608,15 @@ class JobStore:
         extra: dict[str, str] = {}
         if error is not None:
             extra["error"] = redactor.text(error)
-        if state == JobState.RUNNING and not self._r.hexists(key, "started_at"):
-            extra["started_at"] = repr(now)
+        if state == JobState.RUNNING:
+            extra["started_at"] = repr(now)  # only when unset (the script checks)
         if state in FINAL_JOB_STATES:
             extra["ended_at"] = repr(now)
         for name, value in fields.items():
             extra[name] = json.dumps(redactor.value(value), sort_keys=True)
-        if extra:
-            self._r.hset(key, mapping=extra)
+        pairs = [item for name, value in extra.items() for item in (name, value)]
         old = self._set_state(keys=[key, STATS_JOBS], args=[job_id, state, repr(now), JOBS_BY_STATE, self.ttl,
-                                                           " ".join(sorted(FINAL_JOB_STATES))])
+                                                           " ".join(sorted(FINAL_JOB_STATES)), *pairs])
         if old is None:
             raise JobNotFound(job_id)
         return as_text(old)
@@ -626,23 +694,35 @@ class JobStore:
                 job.state, job.started_at = "running", job.started_at or now
         return outcome, detail
 
-    def end_step(self, job_id: str, step: Step, *, lock: str, lock_value: str) -> StepEnd | None:
+    def end_step(self, job_id: str, step: Step, *, lock: str, lock_value: str, kind: str = "",
+                 claim_advance: bool = False, lock_ttl_ms: int = 60_000) -> StepEnd | None:
         """Record a step's end and release its lock in one atomic script (``_END_STEP``).
 
         None when the lock is no longer this holder's (nothing written). Output and error are
-        redacted on the way in, as :meth:`update_step` does.
+        redacted on the way in, as :meth:`update_step` does. ``kind``: the job's (read from the
+        record when not given). ``claim_advance``: the caller runs the job's next step itself, so
+        the advance guard is set with the record when the job is neither final nor cancelled and
+        the guard was unset (:attr:`StepEnd.claimed`). The record's expiry is set again when this
+        process last set it more than :data:`RECORD_EXPIRY_REFRESH_S` ago (a job's final state
+        always sets it).
         """
         step.output = redactor.text(step.output)
         if step.error:
             step.error = redactor.text(step.error)
-        args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl, lock_value,
-                f"advanced:{step.name}", *_end_args(step)]
-        reply = [as_text(v) for v in self._end_step(keys=[self._key(job_id), lock, STATS_STEPS], args=args)]
+        key = self._key(job_id)
+        refresh = self._due(("expire", key), RECORD_EXPIRY_REFRESH_S)
+        args = [f"step:{step.name}", json.dumps(asdict(step)), repr(time.time()), self.ttl if refresh else 0, lock_value,
+                f"advanced:{step.name}", *_end_args(step), kind, "1" if claim_advance else "0",
+                " ".join(sorted(FINAL_JOB_STATES)), lock_ttl_ms]
+        reply = [as_text(v) for v in self._end_step(keys=[key, lock, STATS_STEPS], args=args)]
         if reply[0] == "lost":
             return None
         if reply[0] == "gone":
             raise JobNotFound(job_id)
-        return StepEnd(state=reply[1], cancel_requested=reply[2] == "1", advanced=reply[3] == "1")
+        if refresh:
+            self._done(("expire", key))
+        return StepEnd(state=reply[1], cancel_requested=reply[2] == "1", advanced=reply[3] == "1",
+                       claimed=reply[4] == "1")
 
     @staticmethod
     def ended(step: Step, state: str, *, exit_code: int | None = None, output: str = "",
@@ -687,16 +767,30 @@ class JobStore:
         self.update_step(job_id, step)
         return step
 
-    def skip_pending(self, job_id: str, *, reason: str) -> list[str]:
-        """Mark every step still pending as skipped; returns their names."""
-        skipped = []
-        for step in self.get(job_id).steps:
-            if step.state == StepState.PENDING:
-                step.state = "skipped"
-                step.error = reason
-                self.update_step(job_id, step)
-                skipped.append(step.name)
-        return skipped
+    def skip_pending(self, job_id: str, *, reason: str, job: Job | None = None) -> list[str]:
+        """Mark every step still pending as skipped, in one script (``_SKIP_PENDING``: a step
+        that is no longer pending in the record is left as it is); returns their names.
+        ``job``: the job as just read (read here when not given); its skipped steps are updated."""
+        job = job if job is not None else self.get(job_id)
+        pending = [step for step in job.steps if step.state == StepState.PENDING]
+        if not pending:
+            return []
+        args: list[Any] = [repr(time.time()), self.ttl, job.kind]
+        after: dict[str, Step] = {}
+        for step in pending:
+            skipped = Step(**{**asdict(step), "state": "skipped", "error": redactor.text(reason),
+                              "output": redactor.text(step.output)})
+            after[step.name] = skipped
+            state, duration, bucket, name = _end_args(skipped)
+            args += [f"step:{name}", json.dumps(asdict(skipped)), duration, bucket, name]
+        written = self._skip_pending(keys=[self._key(job_id), STATS_STEPS], args=args)
+        if written == -1:
+            raise JobNotFound(job_id)
+        names = [as_text(name) for name in written]
+        for step in pending:
+            if step.name in names:
+                step.state, step.error, step.output = "skipped", after[step.name].error, after[step.name].output
+        return names
 
     def note(self, job_id: str, **values: str) -> None:
         """Short operator-facing notes on the job (e.g. what it is waiting for)."""
@@ -730,31 +824,68 @@ class JobStore:
         return LiveOutput(self, job_id, step)
 
     def append_output(self, job_id: str, step: str, entries: Sequence[tuple[str, str]]) -> None:
-        """Append ``(kind, text)`` entries of ``step`` to the job's output stream, redacted, in one
-        round trip; the stream keeps about the last ``output_lines`` and expires with the record."""
+        """Append ``(kind, text)`` entries of ``step`` to the job's output stream, redacted, as one
+        stream entry (one ``XADD``; :meth:`output_since` gives its lines back one by one). The
+        stream keeps about the last ``output_lines`` lines and expires with the record: its expiry
+        (the record's TTL) is set by this process's first write to it, and again by a write more
+        than :data:`OUTPUT_EXPIRY_REFRESH_S` after the last one set (an ``XADD`` keeps a key's TTL)."""
         if not entries or self.output_lines <= 0:
             return
+        entries = list(entries)[-self.output_lines:]  # older lines would be trimmed at once
         key = OUTPUT + job_id
+        if len(entries) == 1:
+            fields = {"step": step, "kind": entries[0][0], "text": redactor.text(entries[0][1])}
+        else:
+            fields = {"step": step, "lines": json.dumps([[kind, redactor.text(text)] for kind, text in entries])}
+        # trimmed exactly to the entries that hold about output_lines lines of this entry's size
+        keep = -(-self.output_lines // len(entries))
+        if not self._due(("expire", key), OUTPUT_EXPIRY_REFRESH_S):
+            self._r.xadd(key, fields, maxlen=keep, approximate=False)
+            return
         pipe = self._r.pipeline(transaction=False)
-        for kind, text in entries:
-            pipe.xadd(key, {"step": step, "kind": kind, "text": redactor.text(text)},
-                      maxlen=self.output_lines, approximate=True)
+        pipe.xadd(key, fields, maxlen=keep, approximate=False)
         pipe.expire(key, self.ttl)
         pipe.execute()
+        self._done(("expire", key))
+
+    def _due(self, chore: tuple[str, str], every: float) -> bool:
+        """True when this process has not done ``chore`` (what, key) in the last ``every`` seconds."""
+        now = time.monotonic()
+        with self._chores_lock:
+            last = self._chores.get(chore)
+            if last is not None and now - last < every:
+                return False
+            if len(self._chores) > 1000:
+                self._chores = {k: t for k, t in self._chores.items() if now - t < CHORES_KEPT_S}
+            return True
+
+    def _done(self, *chores: tuple[str, str]) -> None:
+        with self._chores_lock:
+            for chore in chores:
+                self._chores[chore] = time.monotonic()
 
     def output_since(self, job_id: str, cursor: str | None = None, *, limit: int = 1000) -> list[OutputLine]:
         """The job's live output after ``cursor`` (the ``cursor`` of the last line read; None: from
         the oldest kept), oldest first, at most ``limit`` lines. Never blocks: a follower calls it
         again with the last cursor (jerpctl ``--wait``; the dashboard's server-sent events)."""
-        start = f"({cursor}" if cursor else "-"
+        entry_id, _, skip_text = (cursor or "").partition("/")
+        skip = int(skip_text) if skip_text.isdigit() else -1  # lines of ``entry_id`` already read
+        start = (entry_id if skip >= 0 else f"({entry_id}") if entry_id else "-"
         rows = self._r.xrange(OUTPUT + job_id, min=start, max="+", count=limit)
-        lines = []
-        for entry_id, fields in rows:
+        lines: list[OutputLine] = []
+        for raw_id, fields in rows:
             data = {as_text(k): as_text(v) for k, v in fields.items()}
-            entry = as_text(entry_id)
-            lines.append(OutputLine(step=data.get("step", ""), text=data.get("text", ""),
-                                    kind=data.get("kind", "output"), at=int(entry.split("-")[0]) / 1000,
-                                    cursor=entry))
+            entry = as_text(raw_id)
+            at = int(entry.split("-")[0]) / 1000
+            batch = json.loads(data["lines"]) if "lines" in data else [[data.get("kind", "output"), data.get("text", "")]]
+            for index, (kind, text) in enumerate(batch):
+                if entry == entry_id and index <= skip:
+                    continue
+                if len(lines) == limit:
+                    return lines
+                last = index == len(batch) - 1
+                lines.append(OutputLine(step=data.get("step", ""), text=text, kind=kind, at=at,
+                                        cursor=entry if last else f"{entry}/{index}"))
         return lines
 
     # -- keys ----------------------------------------------------------------------------------
@@ -795,10 +926,11 @@ def _end_args(step: Step) -> list[str]:
 
 class LiveOutput:
     """Takes a running command's lines as they come and appends them to the job's output stream
-    (:meth:`JobStore.append_output`) in batches: a batch is written :data:`OUTPUT_BATCH_S`
-    after its first line (a timer thread), the rest when the command ends (:meth:`close`). So a
-    chatty command costs a few writes a second, a quick one a single write, and a line printed
-    before a long silence still shows within the interval. Writes keep the order of the lines.
+    (:meth:`JobStore.append_output`) in batches, one stream entry each: a batch is written
+    :data:`OUTPUT_BATCH_S` after its first line (a timer thread), the rest when the command ends
+    (:meth:`close`). So a chatty command costs a few writes a second, a quick one a single write
+    (its ``XADD`` and the stream's expiry), and a line printed before a long silence still shows
+    within the interval. Writes keep the order of the lines.
     A write that fails is logged and dropped: live output never fails a step."""
 
     def __init__(self, store: JobStore, job_id: str, step: str, *, interval: float | None = None) -> None:
@@ -853,6 +985,19 @@ class LiveOutput:
 
 #: seconds between two writes of a running command's output (see LiveOutput)
 OUTPUT_BATCH_S = 0.25
+
+#: a process sets a job's output stream's expiry again when it last set it longer ago than this
+#: (so the stream outlives the record's last update by at most this much less than the TTL)
+OUTPUT_EXPIRY_REFRESH_S = 60.0
+
+#: a step's end sets its record's expiry again when this process last set it longer ago than this
+RECORD_EXPIRY_REFRESH_S = 60.0
+
+#: a process drops the expired entries of a job index when it creates a job, at most this often
+INDEX_PRUNE_S = 60.0
+
+#: how long a process remembers the chores above
+CHORES_KEPT_S = max(OUTPUT_EXPIRY_REFRESH_S, INDEX_PRUNE_S, RECORD_EXPIRY_REFRESH_S)
 
 
 def new_job_id() -> str:

@@ -31,7 +31,7 @@ from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, Loc
 from jerp_jobs.executors.base import TAIL_LINES
 from jerp_jobs.jobs import FINAL_JOB_STATES, Job, JobState, Step, StepEnd, StepKeys, StepState
 from jerp_jobs.locks import HeldLock, bench_lock_name, holder_of, site_lock_name
-from jerp_jobs.log import get_logger
+from jerp_jobs.log import get_logger, redactor
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.sitestate import ATTENTION, OWNER
 from jerp_jobs.workflow import WAITING, StepContext, Workflow
@@ -114,7 +114,7 @@ def _run_once(
     held = rt.locks.adopt(lock_name, keys.lock_value)
     end: StepEnd | None = None
     try:
-        result, countdown, end = _execute(rt, job, record, workflow, held=held)
+        result, countdown, end = _execute(rt, job, record, workflow, held=held, inline_until=inline_until)
     finally:
         if end is None:
             held.release()
@@ -183,12 +183,14 @@ def complete_waiting_step(rt: Runtime, job_id: str, step: str, state: str, *, er
 
 
 def _execute(
-    rt: Runtime, job: Job, record: Step, workflow: Workflow, *, held: HeldLock
+    rt: Runtime, job: Job, record: Step, workflow: Workflow, *, held: HeldLock, inline_until: float = 0.0
 ) -> tuple[str, float, StepEnd | None]:
     """Run the started step's function and record the outcome: "done" (with what the end
     script read when the step succeeded), "failed", "retry" (with the delay before the next
     attempt) or WAITING; "lost" when the lock expired while it ran (the step was published
-    again meanwhile: that delivery records, not this one)."""
+    again meanwhile: that delivery records, not this one). A step that succeeded before
+    ``inline_until`` and has a next step sets the advance guard in its end script (the caller
+    runs that step itself)."""
     step = record.name
     spec = workflow.resolve(step)
     ctx = StepContext(runtime=rt, job=job, step=step, fence=job.site if spec.scope == "site" else "bench")
@@ -238,7 +240,9 @@ def _execute(
         log.info("step.waiting", job_id=job.id, step=step)
         return WAITING, 0.0, None
     rt.store.ended(record, state, exit_code=ctx.exit_code, output=_tail(ctx.output))
-    end = rt.store.end_step(job.id, record, lock=rt.locks.key(held.name), lock_value=held.value)
+    inline = time.monotonic() < inline_until and next_pending(workflow, job, after=step) is not None
+    end = rt.store.end_step(job.id, record, lock=rt.locks.key(held.name), lock_value=held.value, kind=job.kind,
+                            claim_advance=inline, lock_ttl_ms=int(rt.locks.ttl * 1000))
     if end is None:
         held.lost_now()
         log.error("step.lock_lost", job_id=job.id, step=step)
@@ -253,6 +257,8 @@ def _advance_ended(
     """Advance after a step ended ``success`` or ``skipped`` (``job`` as read before it, with
     the step's record updated): the common case, publishing the next step, needs no read;
     a guard already set, a job ended meanwhile, a cancel or the job's end take ``_advance``."""
+    if end.claimed:  # the end script set the guard: the caller runs the next step
+        return StepRun("inline", next_step=next_pending(workflow, job, after=step))
     if end.advanced:
         return StepRun("ignored", detail=f"the job already moved past {step}")
     if end.state in FINAL_JOB_STATES:
@@ -332,13 +338,14 @@ def _advance(rt: Runtime, workflow: Workflow, job_id: str, step: str, *, failed:
         following = workflow.on_cancel(job, step)
     ended_path = workflow.resolve(step).last  # a path that ran to its end is not cancelled afterwards
     if following is None and job.cancel_requested and not failed and not workflow.is_recovery(step) and not ended_path:
-        result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}")
+        result = _finished(rt, job_id, "cancelled", error=f"cancelled by an operator after step {step}", job=job)
     elif following is not None:
         rt.dispatch(job_id, following)
         result = StepRun("advanced", next_step=following)
     else:
         final = workflow.final_state(job)
-        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != JobState.SUCCEEDED else None)
+        result = _finished(rt, job_id, final, error=_failure_summary(job) if final != JobState.SUCCEEDED else None,
+                           job=job)
     rt.store.claim_advance(job_id, step)
     return result
 
@@ -349,13 +356,14 @@ def _next_after(workflow: Workflow, job: Job, step: str, *, failed: bool) -> str
     return next_pending(workflow, job, after=step)
 
 
-def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None) -> StepRun:
-    job = rt.store.get(job_id)
+def _finished(rt: Runtime, job_id: str, state: str, *, error: str | None, job: Job | None = None) -> StepRun:
+    """End the job ``state`` (``job``: as just read, else read here)."""
+    job = job if job is not None else rt.store.get(job_id)
     if state == JobState.SUCCEEDED and job.cancel_requested:
         workflow = rt.workflow(job.kind)
         if any(s.state == StepState.PENDING and not workflow.is_recovery(s.name) for s in job.steps):
             state, error = "cancelled", f"cancelled by an operator; {workflow.cancel_outcome(job)}"
-    finish_job(rt, job_id, state, error=error)
+    finish_job(rt, job_id, state, error=error, job=job)
     return StepRun("finished", detail=state)
 
 
@@ -377,11 +385,15 @@ def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | No
     return None
 
 
-def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None) -> None:
-    """Give the job its final state, free its site, and tell its parent (a fan-out), if any."""
-    rt.store.skip_pending(job_id, reason=f"job ended {state}")
+def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None, job: Job | None = None) -> None:
+    """Give the job its final state, free its site, and tell its parent (a fan-out), if any.
+    ``job``: the job as just read (read here when not given)."""
+    job = job if job is not None else rt.store.get(job_id)
+    rt.store.skip_pending(job_id, reason=f"job ended {state}", job=job)
     rt.store.set_state(job_id, state, error=error)
-    job = rt.store.get(job_id)
+    job.state, job.ended_at = state, time.time()
+    if error is not None:
+        job.error = redactor.text(error)
     if job.site is not None:
         rt.sites.release(job.site, job_id)
     log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)

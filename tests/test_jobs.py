@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -159,3 +160,69 @@ def test_jerpctl_wait_on_a_partial_record_prints_the_error(fake_runtime) -> None
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert "partial record" in result.output and "lacks id" in result.output, result.output
     assert "Traceback" not in result.output and "KeyError" not in result.output
+
+
+def _begin(store: JobStore, job_id: str, step: str, lock_value: str = "me") -> None:
+    from jerp_jobs.jobs import StepKeys
+
+    job, fields = store.read(job_id)
+    keys = StepKeys(lock="jerp:lock:test:" + job_id, lock_value=lock_value, lock_ttl_ms=60_000)
+    assert store.begin_step(job, fields, job.step(step), worker="w1", keys=keys) == ("started", "")
+
+
+def test_a_step_ending_after_its_lock_was_taken_over_writes_nothing_and_leaves_the_lock(store: JobStore) -> None:
+    job = store.create("backup", ["backup", "verify"], site="a.example.com")
+    _begin(store, job.id, "backup")
+    lock = "jerp:lock:test:" + job.id
+    store._r.set(lock, "another holder", px=30_000)
+    record = store.ended(store.get(job.id).step("backup"), "success")
+    assert store.end_step(job.id, record, lock=lock, lock_value="me", claim_advance=True) is None
+    assert store._r.get(lock) in (b"another holder", "another holder") and store._r.pttl(lock) > 0
+    read, fields = store.read(job.id)
+    assert read.step("backup").state == "running" and "advanced:backup" not in fields
+
+
+def test_a_step_ended_for_an_inline_successor_sets_the_advance_guard_unless_cancelled(store: JobStore) -> None:
+    lock = lambda job_id: "jerp:lock:test:" + job_id  # noqa: E731
+    job = store.create("backup", ["backup", "verify"], site="a.example.com")
+    _begin(store, job.id, "backup")
+    end = store.end_step(job.id, store.ended(store.get(job.id).step("backup"), "success"), lock=lock(job.id),
+                         lock_value="me", kind="backup", claim_advance=True)
+    assert end is not None and end.claimed and not end.advanced
+    assert store.advanced(job.id, "backup") and not store.claim_advance(job.id, "backup")
+    assert store._r.exists(lock(job.id)) == 0  # released with the record
+
+    cancelled = store.create("backup", ["backup", "verify"], site="b.example.com")
+    _begin(store, cancelled.id, "backup")
+    store.request_cancel(cancelled.id)
+    end = store.end_step(cancelled.id, store.ended(store.get(cancelled.id).step("backup"), "success"),
+                         lock=lock(cancelled.id), lock_value="me", claim_advance=True)
+    assert end is not None and not end.claimed and end.cancel_requested
+    assert not store.advanced(cancelled.id, "backup")
+
+
+def test_skipping_pending_steps_leaves_a_step_that_started_meanwhile(store: JobStore) -> None:
+    job = store.create("migrate", ["a", "b", "c"], site="a.example.com")
+    stale = store.get(job.id)
+    store.start_step(job.id, "b", worker="w1")  # after ``stale`` was read
+    assert store.skip_pending(job.id, reason="job ended failed", job=stale) == ["a", "c"]
+    read = store.get(job.id)
+    assert [s.state for s in read.steps] == ["skipped", "running", "skipped"]
+    assert read.step("a").error == "job ended failed"
+    with pytest.raises(JobNotFound):
+        store.skip_pending("nosuchjob", reason="x", job=dataclasses.replace(stale, id="nosuchjob"))
+
+
+def test_a_steps_end_sets_the_records_expiry_again_at_most_once_a_minute_per_process(store: JobStore) -> None:
+    job = store.create("backup", ["a", "b"], site="a.example.com")
+    key, lock = f"jerp:job:{job.id}", "jerp:lock:test:" + job.id
+    store._r.expire(key, 1000)  # as if the record had been written long ago
+    _begin(store, job.id, "a")
+    store.end_step(job.id, store.ended(store.get(job.id).step("a"), "success"), lock=lock, lock_value="me")
+    assert store._r.ttl(key) > 29 * 86400  # set again by the end
+    store._r.expire(key, 1000)
+    _begin(store, job.id, "b")
+    store.end_step(job.id, store.ended(store.get(job.id).step("b"), "success"), lock=lock, lock_value="me")
+    assert store._r.ttl(key) <= 1000  # this process set it less than a minute ago
+    store.set_state(job.id, "succeeded")
+    assert store._r.ttl(key) > 29 * 86400  # the job's end always sets it

@@ -127,3 +127,16 @@ def test_a_step_streams_its_commands_and_their_lines(fake_runtime: Runtime) -> N
         ("command", "bench --site a.example.com migrate"),
         ("output", "Migrating a.example.com"), ("output", "Executing patch p1")]
     assert {line.step for line in lines} == {"migrate"}
+
+
+def test_a_batch_is_one_stream_entry_read_line_by_line_from_any_cursor(store: JobStore) -> None:
+    job = store.create("migrate", ["migrate"], site="a.example.com")
+    store.append_output(job.id, "migrate", [("command", "bench migrate"), ("output", "one"), ("output", "two")])
+    assert store._r.xlen(f"jerp:output:{job.id}") == 1
+    first = store.output_since(job.id, limit=2)  # stops inside the entry
+    assert [line.text for line in first] == ["bench migrate", "one"]
+    rest = store.output_since(job.id, first[-1].cursor)
+    assert [(line.kind, line.text) for line in rest] == [("output", "two")]
+    store.append_output(job.id, "migrate", [("output", "three")])
+    assert [line.text for line in store.output_since(job.id, rest[-1].cursor)] == ["three"]
+    assert [line.text for line in store.output_since(job.id, first[0].cursor)] == ["one", "two", "three"]
