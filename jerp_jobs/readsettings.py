@@ -22,27 +22,8 @@ from typing import Any
 
 from jerp_jobs.envfile import load_env_file
 from jerp_jobs.errors import ConfigError
+from jerp_jobs.secretnames import SECRET_VARIABLES
 
-#: The secret settings' variables, as jerp_jobs.settings.SECRET_VARIABLES names them (a test
-#: keeps the two equal): read commands read only their values, for the log redactor.
-SECRET_VARIABLES: dict[str, str] = {
-    "metrics_token": "JERP_METRICS_TOKEN",
-    "sentry_dsn": "JERP_SENTRY_DSN",
-    "mariadb_root_password": "MARIADB_ROOT_PASSWORD",
-    "frappe_admin_password": "FRAPPE_ADMIN_PASSWORD",
-    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
-    "npm_secret": "NPM_SECRET",
-    "webhook_secret": "JERP_WEBHOOK_SECRET",
-    "webhook_secret_previous": "JERP_WEBHOOK_SECRET_PREVIOUS",
-    "registry_token_previous": "JERP_REGISTRY_TOKEN_PREVIOUS",
-    "smoke_password": "JERP_SMOKE_PASSWORD",
-    "registry_token": "JERP_REGISTRY_TOKEN",
-    "portainer_webhook_url": "PORTAINER_WEBHOOK_URL",
-    "notify_urls": "JERP_NOTIFY_URLS",
-    "manifest_key": "JERP_MANIFEST_KEY",
-    "dashboard_secret": "JERP_DASHBOARD_SECRET",
-    "dashboard_users": "JERP_DASHBOARD_USERS",
-}
 
 _INT = re.compile(r"[0-9]+")
 _FLOAT = re.compile(r"[0-9]+(?:\.[0-9]+)?")

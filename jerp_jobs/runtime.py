@@ -78,6 +78,19 @@ class Runtime:
         return self._platform
 
 
+def runtime_once(runtime: Runtime | Callable[[], Runtime]) -> Callable[[], Runtime]:
+    """A getter of ``runtime`` itself, or of the one ``runtime()`` builds on the first call and
+    keeps: how a web app takes a test's runtime, or builds the process's own when it starts."""
+    built: list[Runtime] = []
+
+    def get() -> Runtime:
+        if not built:
+            built.append(runtime if isinstance(runtime, Runtime) else runtime())
+        return built[0]
+
+    return get
+
+
 def make_executor(settings: Settings) -> Executor:
     if settings.executor == "local":
         return LocalExecutor(settings.require_bench_dir(), pass_env=settings.child_env_extra,

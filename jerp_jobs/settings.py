@@ -19,26 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jerp_jobs.envfile import load_env_file
 from jerp_jobs.errors import ConfigError
+from jerp_jobs.secretnames import SECRET_VARIABLES
 
-#: Secret fields and the environment variable each is read from.
-SECRET_VARIABLES: dict[str, str] = {
-    "metrics_token": "JERP_METRICS_TOKEN",
-    "sentry_dsn": "JERP_SENTRY_DSN",
-    "mariadb_root_password": "MARIADB_ROOT_PASSWORD",
-    "frappe_admin_password": "FRAPPE_ADMIN_PASSWORD",
-    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
-    "npm_secret": "NPM_SECRET",
-    "webhook_secret": "JERP_WEBHOOK_SECRET",
-    "webhook_secret_previous": "JERP_WEBHOOK_SECRET_PREVIOUS",
-    "registry_token_previous": "JERP_REGISTRY_TOKEN_PREVIOUS",
-    "smoke_password": "JERP_SMOKE_PASSWORD",
-    "registry_token": "JERP_REGISTRY_TOKEN",
-    "portainer_webhook_url": "PORTAINER_WEBHOOK_URL",
-    "notify_urls": "JERP_NOTIFY_URLS",
-    "manifest_key": "JERP_MANIFEST_KEY",
-    "dashboard_secret": "JERP_DASHBOARD_SECRET",
-    "dashboard_users": "JERP_DASHBOARD_USERS",
-}
 
 
 def _env(name: str) -> AliasChoices:

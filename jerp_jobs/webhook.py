@@ -59,7 +59,7 @@ from jerp_jobs.errors import (
     Unauthorized,
 )
 from jerp_jobs.log import get_logger
-from jerp_jobs.runtime import Runtime
+from jerp_jobs.runtime import Runtime, runtime_once
 
 log = get_logger(__name__)
 
@@ -111,20 +111,16 @@ class _Refused(Exception):
 _CLOSE_AFTER = frozenset({408, 413})
 
 
+def _process_runtime() -> Runtime:
+    from jerp_jobs.bootstrap import get_runtime
+
+    return get_runtime()
+
+
 def create_app(runtime: Runtime | Callable[[], Runtime] | None = None) -> FastAPI:
     """The ASGI app; ``runtime`` (or a factory) for tests, else the process's runtime, built
     from the environment when the service starts."""
-    state: dict[str, Runtime] = {}
-
-    def rt() -> Runtime:
-        if "rt" not in state:
-            if isinstance(runtime, Runtime):
-                state["rt"] = runtime
-            else:
-                from jerp_jobs.bootstrap import get_runtime
-
-                state["rt"] = (runtime or get_runtime)()
-        return state["rt"]
+    rt = runtime_once(runtime or _process_runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -21,24 +21,35 @@ from tests.workers import VENV_BIN, WorkerProcess
 pytestmark = pytest.mark.services
 
 
-def test_wait_streams_bench_output_while_the_step_runs(
-    env: dict[str, str], worker: WorkerProcess, site: str, bench_dir: Path, real_redis: redis.Redis
-) -> None:
-    write_faults(bench_dir, {"delay": {"migrate": 4.0}})  # bench migrate prints, then works 4 s
-    child = pexpect.spawn(str(VENV_BIN / "jerpctl"), ["enqueue", "migrate", site, "--wait"],
-                          env={**os.environ, **env}, encoding="utf-8", timeout=120, dimensions=(40, 160))
+def wait_in_terminal(env: dict[str, str], args: list[str], watch: Callable[[pexpect.spawn, str], None]) -> str:
+    """``jerpctl ARGS`` in a pseudo-terminal: its job id read, ``watch(child, job_id)`` while
+    it runs, then its success line and exit 0; returns the job id."""
+    child = pexpect.spawn(str(VENV_BIN / "jerpctl"), args, env={**os.environ, **env}, encoding="utf-8",
+                          timeout=180, dimensions=(40, 200))
     try:
         child.expect(r"([0-9a-f]{12})\r\n")
         job_id = child.match.group(1)
-        child.expect(r"\$ \S*bench --site " + re.escape(site) + " migrate")
-        child.expect(r"\| Migrating " + re.escape(site))
-        # seen live: the migrate step has not ended yet
-        assert JobStore(real_redis).get(job_id).step("migrate").state == "running"
+        watch(child, job_id)
         child.expect(f"job {job_id} .*succeeded")
         child.expect(pexpect.EOF)
     finally:
         child.close()
     assert child.exitstatus == 0
+    return job_id
+
+
+def test_wait_streams_bench_output_while_the_step_runs(
+    env: dict[str, str], worker: WorkerProcess, site: str, bench_dir: Path, real_redis: redis.Redis
+) -> None:
+    write_faults(bench_dir, {"delay": {"migrate": 4.0}})  # bench migrate prints, then works 4 s
+
+    def watch(child: pexpect.spawn, job_id: str) -> None:
+        child.expect(r"\$ \S*bench --site " + re.escape(site) + " migrate")
+        child.expect(r"\| Migrating " + re.escape(site))
+        # seen live: the migrate step has not ended yet
+        assert JobStore(real_redis).get(job_id).step("migrate").state == "running"
+
+    job_id = wait_in_terminal(env, ["enqueue", "migrate", site, "--wait"], watch)
     record = JobStore(real_redis).get(job_id)
     assert record.state == "succeeded", json.dumps(record.to_dict())[:2000]
 
@@ -51,12 +62,8 @@ def test_wait_on_a_fan_out_shows_counts_running_sites_and_an_eta_from_the_last_r
     first = jerpctl(env, "--json", "enqueue", "migrate-all", "--no-build", "--concurrency", "1", "--wait")
     assert first.returncode == 0, first.stderr[-3000:]
     write_faults(bench_dir, {"delay": {"migrate": 1.5}})  # the second run: long enough to watch
-    child = pexpect.spawn(str(VENV_BIN / "jerpctl"),
-                          ["enqueue", "migrate-all", "--no-build", "--concurrency", "1", "--wait"],
-                          env={**os.environ, **env}, encoding="utf-8", timeout=180, dimensions=(40, 200))
-    try:
-        child.expect(r"([0-9a-f]{12})\r\n")
-        job_id = child.match.group(1)
+
+    def watch(child: pexpect.spawn, job_id: str) -> None:
         # a line of counts while children run: one running at a time (concurrency 1), named,
         # with the time left from the earlier run of the same kind
         child.expect(r"sites (\d)/3 done, (\d) failed, 1 running, (\d) queued — running: (\S+)"
@@ -66,12 +73,8 @@ def test_wait_on_a_fan_out_shows_counts_running_sites_and_an_eta_from_the_last_r
         assert running.rstrip(",") in sites and eta.startswith("ETA "), child.match.group(0)
         # the bench output of the running child streams under its site's name
         child.expect(r"(\S+\.example\.com) \| Migrating \1")
-        child.expect(r"sites 3/3 done, 0 failed, 0 running, 0 queued|job " + job_id + " .*succeeded")
-        child.expect(f"job {job_id} .*succeeded")
-        child.expect(pexpect.EOF)
-    finally:
-        child.close()
-    assert child.exitstatus == 0
+
+    job_id = wait_in_terminal(env, ["enqueue", "migrate-all", "--no-build", "--concurrency", "1", "--wait"], watch)
     record = JobStore(real_redis).get(job_id)
     assert record.state == "succeeded" and set(record.result["sites"]) == set(sites), \
         json.dumps(record.to_dict())[:2000]

@@ -43,7 +43,7 @@ def _modules_under(folder: str) -> set[str]:
 
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {
-        "jerp_jobs", "jerp_jobs.errors", "jerp_jobs.failures", "jerp_jobs.settings", "jerp_jobs.readsettings", "jerp_jobs.envfile",
+        "jerp_jobs", "jerp_jobs.errors", "jerp_jobs.failures", "jerp_jobs.settings", "jerp_jobs.readsettings", "jerp_jobs.secretnames", "jerp_jobs.envfile",
         "jerp_jobs.log", "jerp_jobs.sites", "jerp_jobs.bench", "jerp_jobs.hooks", "jerp_jobs.retention",
         "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys", "jerp_jobs.sentry", "jerp_jobs.fleet",
     }),

@@ -41,7 +41,7 @@ from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.jobs import JOB_STATES
 from jerp_jobs.log import get_logger
 from jerp_jobs.metrics import make_router as make_metrics_router
-from jerp_jobs.runtime import Runtime
+from jerp_jobs.runtime import Runtime, runtime_once
 from jerp_jobs.sites import validate_site_name
 
 log = get_logger(__name__)
@@ -120,22 +120,19 @@ def _default_celery_app() -> Any:
     return app
 
 
+def _process_runtime() -> Runtime:
+    from jerp_jobs.bootstrap import get_runtime
+
+    return get_runtime()
+
+
 def create_app(runtime: Runtime | Callable[[], Runtime] | None = None,
                celery_app: Callable[[], Any] | None = _default_celery_app) -> FastAPI:
     """The ASGI app; ``runtime`` (or a factory) for tests, else the process's runtime, built
     from the environment when the service starts; ``celery_app`` gives the Celery app whose
     workers the workers page asks (None: no workers are asked)."""
     state: dict[str, Any] = {}
-
-    def rt() -> Runtime:
-        if "rt" not in state:
-            if isinstance(runtime, Runtime):
-                state["rt"] = runtime
-            else:
-                from jerp_jobs.bootstrap import get_runtime
-
-                state["rt"] = (runtime or get_runtime)()
-        return state["rt"]
+    rt = runtime_once(runtime or _process_runtime)
 
     def auth() -> Auth:
         if "auth" not in state:
