@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,12 +19,7 @@ import pytest
 
 from jerp_jobs.executors.local import LocalExecutor
 from jerp_jobs.pitr import DatabaseServer, MariaDB
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.private_redis import free_port
 
 
 @dataclass
@@ -64,7 +58,7 @@ def start_binlog_server(root: Path) -> BinlogServer:
     datadir = root / "data"
     subprocess.run(["mariadb-install-db", "--user=root", f"--datadir={datadir}",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     sock = root / "mariadb.sock"
     proc = subprocess.Popen(
         ["mariadbd", "--user=root", f"--datadir={datadir}", f"--port={port}", "--bind-address=127.0.0.1",

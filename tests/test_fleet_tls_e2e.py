@@ -27,6 +27,7 @@ from jerp_jobs.errors import ExecutorUnavailable
 from jerp_jobs.executors.docker import bench_client_factory, bench_executor
 from jerp_jobs.fleet import Bench, read_fleet_file
 from tests.naming import BACKEND_IMAGE, unique_name
+from tests.private_redis import free_port
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -78,12 +79,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     make_ca(folder, "other-ca")
     make_cert(folder, "other-ca", "stranger", usage="clientAuth")
     return Certs(folder)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
