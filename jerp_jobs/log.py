@@ -128,10 +128,11 @@ def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: i
 
     ``on_first_use``: the secrets are given to the redactor now, and structlog is imported and
     configured only when a logger is first used (a read command that logs nothing never
-    imports it)."""
+    imports it). When structlog is imported already (loggers of this process may exist), it is
+    configured now, as without the option."""
     global _deferred
     redactor.add(secrets)
-    if on_first_use:
+    if on_first_use and "structlog" not in sys.modules:
         _deferred = (json, level)
         return
     _deferred = None
