@@ -194,6 +194,12 @@ def has_site_folder(folder: Path | str, site: str) -> bool:
         return False
 
 
+def site_config_test(site: str) -> list[str]:
+    """``test -f sites/<site>/site_config.json``: run where bench runs, exit 0 when the site
+    exists (as bench decides), 1 when it does not."""
+    return ["test", "-f", f"sites/{validate_site_name(site)}/{SITE_CONFIG}"]
+
+
 def site_in_bench(settings: Any, executor: Any, site: str, *, timeout: float) -> bool | None:
     """Whether the bench has ``site``: read from the sites folder when it is visible here, else
     asked in the bench container (Docker executor: ``test -f sites/<site>/site_config.json``, as
@@ -209,7 +215,7 @@ def site_in_bench(settings: Any, executor: Any, site: str, *, timeout: float) ->
     if executor is None or settings.executor != "docker":
         return None  # the local executor's bench is this folder: without it nothing can tell
     try:
-        result = executor.run(["test", "-f", f"sites/{site}/{SITE_CONFIG}"], timeout=timeout)
+        result = executor.run(site_config_test(site), timeout=timeout)
     except JerpError:
         return None
     return {0: True, 1: False}.get(result.exit_code)

@@ -8,7 +8,7 @@ from jerp_jobs import bench
 from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError
 from jerp_jobs.jobs import StepState
 from jerp_jobs.log import get_logger
-from jerp_jobs.sites import SITE_CONFIG, find_sites, validate_site_name
+from jerp_jobs.sites import SITE_CONFIG, find_sites, site_config_test
 from jerp_jobs.workflow import StepContext
 
 log = get_logger(__name__)
@@ -16,7 +16,7 @@ log = get_logger(__name__)
 
 def site_exists(ctx: StepContext, site: str) -> bool:
     """A site exists when ``sites/<site>/site_config.json`` exists (as bench decides)."""
-    return ctx.run(["test", "-f", f"sites/{validate_site_name(site)}/site_config.json"], check=False).ok
+    return ctx.run(site_config_test(site), check=False).ok
 
 
 def require_site(ctx: StepContext) -> None:
@@ -49,7 +49,7 @@ def site_missing(ctx: StepContext) -> bool:
     then treated as existing.
     """
     try:
-        result = ctx.run(["test", "-f", f"sites/{validate_site_name(ctx.site)}/{SITE_CONFIG}"], check=False)
+        result = ctx.run(site_config_test(ctx.site), check=False)
     except JerpError:
         return False
     return result.exit_code == 1
