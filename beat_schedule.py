@@ -8,8 +8,9 @@ Built from the settings when the app is configured, so timings are configuration
 - ``restore-drill`` (``JERP_DRILL_CRON``, default Sundays 06:00): drills the sites drilled
   longest ago, enough of them that every site is drilled at least once a quarter;
 - ``ship-binlogs`` (every ``JERP_BINLOG_SHIP_MINUTES``, default 5; 0: none), when an off-site
-  store is set (``JERP_S3_BUCKET``): the platform MariaDB's closed binary logs to it, for
-  point-in-time recovery (docs/pitr.md);
+  store is set (``JERP_S3_BUCKET``) and point-in-time recovery is on (``JERP_PITR_WINDOW_DAYS``,
+  default 7; 0: off): the platform MariaDB's closed binary logs to it, and the logs no base
+  inside the window needs any more removed (docs/pitr.md);
 - ``resume-stalled-steps`` (every ``JERP_RESUME_INTERVAL`` s) and ``reap-stuck-jobs``
   (every 5 minutes): recovery of lost workers, and failure of jobs past their deadline.
 
@@ -69,7 +70,7 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
             "options": {**control, "expires": 300.0},
         },
     }
-    if settings.binlog_ship_minutes > 0 and settings.s3_bucket:
+    if settings.binlog_ship_minutes > 0 and settings.s3_bucket and settings.pitr_window_days > 0:
         every = float(settings.binlog_ship_minutes) * 60
         # the site queue: the shipment runs the MariaDB tools where bench runs
         schedule["ship-binlogs"] = {"task": "jerp.ship_binlogs", "schedule": every,

@@ -331,19 +331,32 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
               "created empty first, then restored; dropped again if the restore fails.")
 @click.option("--verify", is_flag=True, help="With --from-offsite: check the restored tables and row counts "
               "against the backup's manifest, and frappe.ping, as a drill does.")
+@click.option("--to", "to", default=None, metavar="'YYYY-MM-DD HH:MM:SS'",
+              help="Point-in-time: the site's database as it was at this second (UTC unless an offset such as "
+                   "+01:00 or a zone name such as Europe/Lisbon follows), from its off-site base and the "
+                   "shipped binary logs.")
+@click.option("--as", "as_site", default=None, metavar="NEW_SITE",
+              help="With --to: restore into a new site NEW_SITE (created for it), leaving SITE as it is.")
 @WAIT
 @click.pass_obj
 @_guard
 def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | None, private_files: str | None,
                     from_offsite: bool, at: str | None, unverified: bool, create: bool, verify: bool,
-                    wait: bool) -> None:
-    """Restore SITE from backup files or its off-site copy (checked first; a safety backup is taken before)."""
-    given = {"--db": db, "--files": public_files, "--private-files": private_files, "--at": at}
+                    to: str | None, as_site: str | None, wait: bool) -> None:
+    """Restore SITE from backup files, its off-site copy, or to an instant (--to); checked first, a
+    safety backup taken before."""
+    given = {"--db": db, "--files": public_files, "--private-files": private_files, "--at": at, "--to": to,
+             "--as": as_site}
     empty = [name for name, value in given.items() if value is not None and not value.strip()]
     if empty:
         raise click.BadParameter(f"{', '.join(empty)} may not be empty")
+    if as_site is not None and to is None:
+        raise click.BadParameter("--as goes with --to (a point-in-time restore into a new site)")
     params = {"db": db, "public_files": public_files, "private_files": private_files,
-              "from_offsite": from_offsite, "at": at, "unverified": unverified, "create": create, "verify": verify}
+              "from_offsite": from_offsite, "at": at, "unverified": unverified, "create": create, "verify": verify,
+              "to": to}
+    if as_site is not None:  # the job works on the new site; the source is only read off-site
+        params["from_site"], site = site, as_site
     _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
 
 

@@ -43,6 +43,7 @@ RELEASE_BY_DELIVERY = PREFIX + "release:delivery:"  # webhook delivery id -> the
 
 # point-in-time recovery (jerp_jobs.pitr)
 PITR_SHIP_LOCK = PREFIX + "pitr:ship-lock"  # held by the one shipment of binary logs under way
+PITR_PRUNED = PREFIX + "pitr:pruned"  # set for an hour after logs were pruned: one pruning an hour
 PITR_SHIPPED = PREFIX + "pitr:shipped"  # the last shipment: when, and the newest log archived (JSON)
 
 # the webhook, the audit trail, Beat

@@ -35,8 +35,10 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jerp_jobs import keys
 from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError
@@ -182,21 +184,37 @@ class MariaDB:
     def dump(self, database: str, dest: Path) -> Coordinates:
         """A consistent dump of ``database`` (gzip, at ``dest``) and the binary log position
         it stands at."""
+        found = self._dump(database, dest, ["--master-data=2"])
+        if found is None:
+            raise CommandFailed("mariadb-dump printed no binary log position: is log_bin on on the server?")
+        return Coordinates(found.group(1), int(found.group(2)))
+
+    def export(self, database: str, dest: Path) -> None:
+        """A consistent dump of ``database`` (gzip, at ``dest``), as ``bench backup`` makes one:
+        no binary log position in it."""
+        self._dump(database, dest, [])
+
+    def _dump(self, database: str, dest: Path, extra: list[str]) -> re.Match[str] | None:
         database = _database(database)
         plain, plain_there = self._work_file(".sql")
+        partial = dest.with_name(f".{dest.name}.{os.urandom(4).hex()}.partial")
         try:
-            self._run(["mariadb-dump", "--single-transaction", "--master-data=2", "--routines", "--triggers",
+            self._run(["mariadb-dump", "--single-transaction", *extra, "--routines", "--triggers",
                        "--hex-blob", f"--result-file={plain_there}", database])
             with plain.open("rb") as raw:
                 found = _COORDINATES.search(raw.read(_HEAD_BYTES).decode("utf-8", "replace"))
-                if found is None:
-                    raise CommandFailed("mariadb-dump printed no binary log position: is log_bin on on the server?")
                 raw.seek(0)
-                with gzip.open(dest, "wb") as out:
+                with gzip.open(partial, "wb") as out:
                     shutil.copyfileobj(raw, out, 1 << 20)
+            partial.replace(dest)
         finally:
             plain.unlink(missing_ok=True)
-        return Coordinates(found.group(1), int(found.group(2)))
+            partial.unlink(missing_ok=True)
+        return found
+
+    def drop(self, database: str) -> None:
+        """``DROP DATABASE IF EXISTS``."""
+        self.query(f"DROP DATABASE IF EXISTS `{_database(database)}`")
 
     def load(self, dump: Path, database: str) -> None:
         """Load a gzip dump into ``database`` (which must exist)."""
@@ -266,6 +284,15 @@ class FolderArchive:
         tmp.write_text(json.dumps({"files": files}, sort_keys=True, indent=1), encoding="utf-8")
         tmp.replace(self.folder / self.INDEX)
 
+    def remove(self, names: set[str]) -> None:
+        """Take ``names`` out of the index first (no replay plans them any more), then delete them."""
+        files = [e for e in self.index() if e["name"] not in names]
+        tmp = self.folder / (self.INDEX + ".tmp")
+        tmp.write_text(json.dumps({"files": files}, sort_keys=True, indent=1), encoding="utf-8")
+        tmp.replace(self.folder / self.INDEX)
+        for name in names:
+            (self.folder / sequence_name(name)).unlink(missing_ok=True)
+
     def fetch(self, entry: dict[str, Any], dest: Path) -> Path:
         src = self.folder / entry["name"]
         if not src.is_file():
@@ -304,6 +331,14 @@ class OffsiteArchive:
         files.sort(key=lambda e: sequence(e["name"]))
         self.store.put_json(self._index_key, {"files": files})
 
+    def remove(self, names: set[str]) -> None:
+        """Take ``names`` out of the index first (no replay plans them any more), then delete them."""
+        index = self.index()
+        self.store.put_json(self._index_key, {"files": [e for e in index if e["name"] not in names]})
+        for entry in index:
+            if entry["name"] in names:
+                self.store.delete_file(entry)
+
     def fetch(self, entry: dict[str, Any], dest: Path) -> Path:
         try:
             return self.store.get_file(entry, dest / entry["name"])
@@ -315,7 +350,7 @@ class OffsiteArchive:
                             f"{exc}") from None
 
 
-def _digest(path: Path) -> tuple[int, str]:
+def digest(path: Path) -> tuple[int, str]:
     sha = hashlib.sha256()
     size = 0
     with path.open("rb") as src:
@@ -338,7 +373,7 @@ def ship(db: MariaDB, archive: Any, *, now: float | None = None) -> list[dict[st
             continue
         path = db.download(name)
         try:
-            size, sha = _digest(path)
+            size, sha = digest(path)
             entry = {"name": name, "size": size, "sha256": sha, "closed_at": closed_at}
             archive.add(entry, path)
         finally:
@@ -372,6 +407,38 @@ def plan(index: Sequence[dict[str, Any]], start: Coordinates, target: float) -> 
         number += 1
 
 
+DAY = 86400.0
+
+
+def needed_from(bases: Sequence[dict[str, Any]], *, now: float, window_days: float) -> int | None:
+    """The number of the oldest binary log some restore inside the window can need: for each
+    database, its newest base taken at or before the window's start (or, when it has none so
+    old, its oldest base) reads the logs from its position on. None when there is no base."""
+    start = now - window_days * DAY
+    by_database: dict[str, list[dict[str, Any]]] = {}
+    for base in bases:
+        by_database.setdefault(f"{base.get('server')}/{base.get('database')}", []).append(base)
+    needed = []
+    for found in by_database.values():
+        old = [b for b in found if b["dumped_at"] <= start]
+        chosen = max(old, key=lambda b: b["dumped_at"]) if old else min(found, key=lambda b: b["dumped_at"])
+        needed.append(sequence(Coordinates.from_dict(chosen["coordinates"]).file))
+    return min(needed) if needed else None
+
+
+def prune(archive: Any, bases: Sequence[dict[str, Any]], *, now: float, window_days: float) -> list[str]:
+    """Remove the archived logs no restore inside the window needs: numbered below
+    :func:`needed_from` and closed before the window began (a base being taken now stands in a
+    recent log, so recent logs stay whatever the bases say). Returns the names removed."""
+    first = needed_from(bases, now=now, window_days=window_days)
+    start = now - window_days * DAY
+    gone = {e["name"] for e in archive.index()
+            if e["closed_at"] < start and (first is None or sequence(e["name"]) < first)}
+    if gone:
+        archive.remove(gone)
+    return sorted(gone)
+
+
 def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dumped_at: float,
                database: str, into: str, target: float) -> dict[str, Any]:
     """Database ``into`` (created here; it must not exist) as ``database`` was at ``target``:
@@ -388,7 +455,7 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
         for entry in chosen:
             path = archive.fetch(entry, db.here)
             files.append(path)
-            size, sha = _digest(path)
+            size, sha = digest(path)
             if (size, sha) != (entry["size"], entry["sha256"]):
                 raise BinlogAltered(f"binary log {entry['name']} in the archive is not the file shipped "
                                     f"({size} B sha256 {sha[:12]}…, shipped {entry['size']} B "
@@ -411,6 +478,81 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
 
 #: the work folder of point-in-time recovery in the sites volume (no site has a name like it)
 WORK_FOLDER = ".jerp-pitr"
+#: how often a shipment also removes the logs the window no longer needs (it lists every base)
+PRUNE_EVERY_S = 3600
+
+
+def enabled(settings: Any) -> bool:
+    """Point-in-time recovery is on: an off-site store, binary logs shipped to it, a window."""
+    return bool(settings.s3_bucket) and settings.binlog_ship_minutes > 0 and settings.pitr_window_days > 0
+
+
+def configured_database(settings: Any, executor: Any) -> MariaDB:
+    """The platform's MariaDB (``JERP_DB_HOST``/``JERP_DB_PORT``, as root), its tools run
+    through ``executor``, the work folder ``.jerp-pitr`` of the sites volume."""
+    server = DatabaseServer(settings.db_host, settings.db_port, "root", settings.secret("mariadb_root_password"))
+    return MariaDB(server, executor, here=sites_dir(settings) / WORK_FOLDER, there=f"sites/{WORK_FOLDER}",
+                   timeout=float(settings.command_timeout))
+
+
+def site_database(sites: Path, site: str) -> str:
+    """The database name in ``sites/<site>/site_config.json`` (read here; nothing else of the
+    file, which holds the database password, is kept). PitrError when it cannot be read."""
+    path = Path(sites) / site / "site_config.json"
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("db_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise PitrError(f"cannot read the database name of {site} from {path}: {exc}") from None
+    if not isinstance(name, str):
+        raise PitrError(f"{path} names no db_name")
+    return _database(name)
+
+
+def parse_instant(text: str, *, now: float | None = None) -> float:
+    """The instant of ``--to``: ``YYYY-MM-DD HH:MM:SS`` (or ISO ``T``), UTC unless it carries
+    an offset (``Z``, ``+01:00``) or ends with a time zone name (``Europe/Lisbon``); whole
+    seconds (binary log events have no finer time). InvalidInput naming the problem, also for
+    an instant in the future."""
+    raw = text.strip() if isinstance(text, str) else ""
+    zone: Any = timezone.utc
+    body = raw
+    if " " in raw:
+        head, _, last = raw.rpartition(" ")
+        if "/" in last or last.upper() == "UTC":
+            try:
+                zone = ZoneInfo(last) if last.upper() != "UTC" else timezone.utc
+            except (ZoneInfoNotFoundError, ValueError):
+                raise InvalidInput(f"--to {text!r}: unknown time zone {last!r} (an IANA name such as "
+                                   "Europe/Lisbon, or an offset such as +01:00)") from None
+            body = head
+    try:
+        when = datetime.fromisoformat(body.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"--to {text!r}: expected 'YYYY-MM-DD HH:MM:SS', UTC unless an offset (+01:00) or a "
+                           "time zone name (Europe/Lisbon) follows") from None
+    if len(body) <= 10:
+        raise InvalidInput(f"--to {text!r}: give the time of day too (YYYY-MM-DD HH:MM:SS)")
+    if when.microsecond:
+        raise InvalidInput(f"--to {text!r}: whole seconds only (binary log events carry whole seconds)")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+    elif zone is not timezone.utc:
+        raise InvalidInput(f"--to {text!r}: an offset and a time zone name both given; give one")
+    instant = when.timestamp()
+    current = time.time() if now is None else now
+    if instant > current:
+        raise InvalidInput(f"--to {text!r} is {utc_text(instant)} UTC, in the future (now {utc_text(current)} UTC)")
+    return instant
+
+
+def iso_utc(at: float) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` of ``at``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def not_shipped(record: dict[str, Any]) -> str | None:
+    """Why :func:`ship_configured` shipped nothing (None when it shipped)."""
+    return record.get("skipped")
 
 
 def ship_configured(settings: Any, executor: Any, client: Any) -> dict[str, Any]:
@@ -420,19 +562,27 @@ def ship_configured(settings: Any, executor: Any, client: Any) -> dict[str, Any]
     ``jerp:pitr:shipped``. Without an off-site store there is nothing to ship to."""
     if not settings.s3_bucket:
         return {"skipped": "JERP_S3_BUCKET is not set: binary logs go to the off-site store"}
+    if settings.pitr_window_days <= 0:
+        return {"skipped": "point-in-time recovery is off (JERP_PITR_WINDOW_DAYS=0)"}
     token = os.urandom(8).hex()
     hold = max(60, int(settings.binlog_ship_minutes * 60 * 2))
     if not client.set(keys.PITR_SHIP_LOCK, token, nx=True, ex=hold):
         return {"skipped": "another shipment is under way"}
     try:
-        server = DatabaseServer(settings.db_host, settings.db_port, "root", settings.secret("mariadb_root_password"))
-        db = MariaDB(server, executor, here=sites_dir(settings) / WORK_FOLDER, there=f"sites/{WORK_FOLDER}",
-                     timeout=float(settings.command_timeout))
+        db = configured_database(settings, executor)
         archive = OffsiteArchive(OffsiteStore.from_settings(settings), settings.db_host)
         shipped = ship(db, archive)
+        removed: list[str] = []
+        now = time.time()
+        if client.set(keys.PITR_PRUNED, int(now), nx=True, ex=PRUNE_EVERY_S):
+            store = archive.store
+            bases = [{**m["pitr"]} for site in store.sites() for m in store.list_backups(site)
+                     if m.get("verified") and isinstance(m.get("pitr"), dict) and m["pitr"].get("server") == settings.db_host]
+            removed = prune(archive, bases, now=now, window_days=settings.pitr_window_days)
         index = archive.index()
         newest = index[-1] if index else None
-        record = {"at": time.time(), "shipped": [entry["name"] for entry in shipped],
+        record = {"at": now, "shipped": [entry["name"] for entry in shipped], "removed": removed,
+                  "oldest": index[0]["name"] if index else None,
                   "newest": newest and {"name": newest["name"], "closed_at": newest["closed_at"]}}
         client.set(keys.PITR_SHIPPED, json.dumps(record, sort_keys=True))
         return record

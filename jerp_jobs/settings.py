@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     binlog_ship_minutes: float = Field(
         5.0, ge=0, description="minutes between two shipments of MariaDB's binary logs off-site (0: none)"
     )
+    pitr_window_days: int = Field(
+        7, ge=0, description="days back a site can be restored to any second (0: no point-in-time recovery)"
+    )
 
     # Nginx Proxy Manager: proxy hosts of new sites are created through its API when set
     npm_url: str | None = Field(None, validation_alias=_env("NPM_URL"))

@@ -72,7 +72,9 @@ def start_binlog_server(root: Path) -> BinlogServer:
     while True:
         done = subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
                                f"ALTER USER root@'127.0.0.1' IDENTIFIED BY '{password}'; "
-                               f"ALTER USER root@localhost IDENTIFIED BY '{password}'"],
+                               f"ALTER USER root@localhost IDENTIFIED BY '{password}'; "
+                               # no anonymous users: they would shadow a site's user@'%' from loopback
+                               "DELETE FROM mysql.global_priv WHERE User=''; FLUSH PRIVILEGES"],
                               capture_output=True, timeout=30)
         if done.returncode == 0:
             return BinlogServer(datadir, port, password, proc)

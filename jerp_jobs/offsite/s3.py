@@ -46,7 +46,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -315,7 +315,7 @@ class OffsiteStore:
             "verified": True,
         }
         for optional in ("apps", "apps_source", "stats", "time_zone", "utc_timestamp", "taken_at_utc",
-                         "taken_at_local", "finished_at_utc"):
+                         "taken_at_local", "finished_at_utc", "pitr"):
             if optional in manifest:
                 offsite[optional] = manifest[optional]
         return offsite
@@ -404,6 +404,19 @@ class OffsiteStore:
 
     # Read
 
+    def sites(self) -> list[str]:
+        """Every site with a folder under the prefix (also sites no longer in the bench); areas
+        of the store that are no site (``_binlogs``: no site name starts with ``_``) are not listed."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
+                                                                          Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"][len(prefix):].rstrip("/")
+                if not name.startswith("_"):
+                    found.append(name)
+        return sorted(found)
+
     def list_backups(self, site: str) -> list[dict[str, Any]]:
         """Manifests of the complete backups of ``site``, newest first."""
         return [self._load_manifest(key) for _, key in self._manifest_keys(site)]
@@ -469,8 +482,10 @@ class OffsiteStore:
         identity_file: Path | None = None,
         chosen: dict[str, Any] | None = None,
         require_signature: bool = False,
+        kinds: Collection[str] | None = None,
     ) -> dict[str, Path]:
-        """Download, verify and decrypt every artifact; return ``{kind: path}`` in ``dest_dir``.
+        """Download, verify and decrypt every artifact (of ``kinds``, when given); return
+        ``{kind: path}`` in ``dest_dir``.
 
         Files keep their original names. They are written under temporary names and renamed
         only once all are verified; on any failure nothing new is left in ``dest_dir``.
@@ -511,6 +526,8 @@ class OffsiteStore:
         ready: dict[str, tuple[Path, Path]] = {}
         try:
             for artifact in artifacts:
+                if kinds is not None and artifact["kind"] not in kinds:
+                    continue
                 name = _safe_name(artifact["name"])
                 key = artifact["key"]
                 if not key.startswith(base + "/"):
@@ -592,6 +609,10 @@ class OffsiteStore:
             dest.unlink(missing_ok=True)
             raise
         return dest
+
+    def delete_file(self, entry: dict[str, Any]) -> None:
+        """Delete the object of ``entry`` (from :meth:`put_file`)."""
+        self._delete_keys([entry["key"]])
 
     def put_json(self, key: str, data: dict[str, Any]) -> None:
         """Write a JSON document (sealed with the manifest key when there is one), read back."""

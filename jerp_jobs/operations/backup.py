@@ -27,24 +27,29 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from jerp_jobs import bench
+from jerp_jobs import bench, pitr
 from jerp_jobs.backupfiles import (
     attempt_folder,
     free_space,
+    give_to_owner,
     human,
     move_into_backups,
     names_taken,
+    require_sites_root,
     sites_root,
     sweep_attempts,
 )
 from jerp_jobs.errors import CommandFailed, OutputParseError
 from jerp_jobs.freshness import LOCAL as BACKUP_INDEX
 from jerp_jobs.freshness import index_site
-from jerp_jobs.jobs import JobState
+from jerp_jobs.jobs import JobState, StepState
 from jerp_jobs.manifests import manifest_key, seal, write_side
 from jerp_jobs.notify import backup_failed
-from jerp_jobs.operations.offsite import prune_local, upload
-from jerp_jobs.workflow import StepContext, StepSpec, simple
+from jerp_jobs.operations.offsite import PITR_BASE_SUFFIX, prune_local, upload
+from jerp_jobs.log import get_logger
+from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from jerp_jobs.jobs import Job
@@ -53,6 +58,57 @@ if TYPE_CHECKING:
 
 def backup_site(ctx: StepContext) -> None:
     take_backup(ctx, with_files=bool(ctx.params.get("with_files", True)))
+
+
+def pitr_base(ctx: StepContext) -> str | None:
+    """The base of point-in-time recovery beside the backup (planned when it is on:
+    :func:`validate_backup`): a dump of the site's database taken by jerp-jobs with the binary
+    log position it is consistent with (``mariadb-dump --single-transaction --master-data=2``;
+    ``bench backup`` records no position). It is uploaded with the backup (``upload-offsite``),
+    and its local file removed once it is off-site.
+
+    A base that cannot be taken (the database writes no binary logs, cannot be reached) does not
+    fail the backup, which is whole without it: the step records ``pitr_base_error`` and says so,
+    and the site's point-in-time window shows no new base (``jerpctl backups SITE``)."""
+    root = require_sites_root(ctx.settings, "the point-in-time base is written into the site's backup folder")
+    manifest = ctx.job.result["backup"]
+    folder = root / ctx.site / "private" / "backups"
+    for stale in folder.glob("*" + PITR_BASE_SUFFIX):  # an earlier base never uploaded
+        stale.unlink(missing_ok=True)
+    name = f"{manifest['timestamp']}-{ctx.site.replace('.', '_')}{PITR_BASE_SUFFIX}"
+    began = time.time()
+    try:
+        database = pitr.site_database(root, ctx.site)
+        db = pitr.configured_database(ctx.settings, ctx.runtime.executor)
+        coordinates = db.dump(database, folder / name)
+    except (CommandFailed, pitr.PitrError) as exc:
+        (folder / name).unlink(missing_ok=True)
+        reason = str(exc).splitlines()[0][:500]
+        ctx.record(pitr_base_error=reason)
+        ctx.output.append(f"point-in-time base NOT taken (the backup goes on without it): {reason}")
+        log.warning("backup.pitr_base_failed", site=ctx.site, job_id=ctx.job.id, error=reason)
+        return StepState.SKIPPED
+    # the snapshot was taken while the dump ran: a second after its end surely follows it
+    dumped_at = float(int(time.time()) + 1)
+    give_to_owner(folder / name, root / ctx.site)
+    size, sha = pitr.digest(folder / name)
+    ctx.record(pitr_base={
+        "path": f"{ctx.site}/private/backups/{name}", "size": size, "sha256": sha, "database": database,
+        "server": ctx.settings.db_host, "coordinates": coordinates.to_dict(), "dumped_at": dumped_at,
+        "dump_s": round(dumped_at - began, 3),
+    })
+    ctx.output.append(f"point-in-time base of {database} at {coordinates.file}:{coordinates.position} "
+                      f"({human(size)})")
+    return None
+
+
+def validate_backup(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """A backup plans its point-in-time base (``pitr_base``) when point-in-time recovery is on
+    and the backup goes off-site."""
+    out = {k: v for k, v in params.items() if k != "pitr_base"}
+    if pitr.enabled(settings) and out.get("offsite") is not False:
+        out["pitr_base"] = True
+    return out
 
 
 def take_backup(ctx: StepContext, *, with_files: bool, record_as: str = "backup") -> dict[str, Any]:
@@ -277,9 +333,15 @@ def notify_if_failed(rt: Runtime, job: Job) -> None:
         rt.notify(*backup_failed(job))
 
 
-BACKUP = simple(
-    "backup",
-    [("backup", StepSpec(backup_site)), ("upload-offsite", StepSpec(upload, retries=3)), ("prune-local", StepSpec(prune_local))],
+_BACKUP_STEPS = {"backup": StepSpec(backup_site), "pitr-base": StepSpec(pitr_base),
+                 "upload-offsite": StepSpec(upload, retries=3), "prune-local": StepSpec(prune_local)}
+
+BACKUP = Workflow(
+    kind="backup",
+    needs_site=True,
+    plan=lambda params: [name for name in _BACKUP_STEPS if name != "pitr-base" or params.get("pitr_base")],
+    resolve=table_resolver("backup", _BACKUP_STEPS),
+    validate=validate_backup,
     on_end=notify_if_failed,
     site_must_exist=lambda params: True,
 )

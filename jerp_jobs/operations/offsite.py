@@ -63,6 +63,12 @@ def offsite_wanted(ctx: StepContext) -> bool:
 # -- after a backup ---------------------------------------------------------------------------
 
 
+#: the name ending of a point-in-time base in a site's backup folder (``pitr-base`` step)
+PITR_BASE_SUFFIX = "-pitr-base.sql.gz"
+#: the artifacts of a backup that a restore from it reads
+RESTORED_KINDS = frozenset({"database", "public_files", "private_files"})
+
+
 def upload(ctx: StepContext) -> str | None:
     if not offsite_wanted(ctx):
         ctx.output.append("off-site copy not asked for / not configured: skipped")
@@ -70,6 +76,11 @@ def upload(ctx: StepContext) -> str | None:
     manifest = dict(ctx.job.result["backup"])
     folder = sites_dir(ctx.settings)
     confirm_recorded(manifest, folder, manifest_key(ctx.settings))
+    base = ctx.job.result.get("pitr_base")
+    if base:  # the point-in-time base goes with the backup, its position in the manifest
+        manifest["artifacts"] = [*manifest["artifacts"], {"kind": "pitr_base", **{
+            k: base[k] for k in ("path", "size", "sha256")}}]
+        manifest["pitr"] = {k: base[k] for k in ("database", "server", "coordinates", "dumped_at")}
     database = next(a for a in manifest["artifacts"] if a["kind"] == "database")
     manifest["stats"] = dump_stats(folder / database["path"])
     manifest["apps"], manifest["apps_source"] = installed_apps(ctx)
@@ -78,6 +89,8 @@ def upload(ctx: StepContext) -> str | None:
     offsite["upload_s"] = round(time.monotonic() - started, 3)
     ctx.record(offsite=offsite)
     record_offsite(ctx.runtime.redis, offsite)
+    if base:  # off-site is where it is read from: no local copy is kept
+        (folder / base["path"]).unlink(missing_ok=True)
     ctx.output.append(f"uploaded and verified {len(offsite['artifacts'])} objects in {offsite['upload_s']}s")
     return None
 
@@ -193,16 +206,8 @@ def utc_time(manifest: dict[str, Any]) -> datetime:
 
 
 def list_offsite_sites(store: Any) -> list[str]:
-    """Every site with a folder under the prefix in the bucket (also sites no longer in the bench);
-    areas of the store that are no site (``_binlogs``: no site name starts with ``_``) are not listed."""
-    prefix = f"{store.prefix}/" if store.prefix else ""
-    sites = []
-    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix, Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            name = common["Prefix"][len(prefix):].rstrip("/")
-            if not name.startswith("_"):
-                sites.append(name)
-    return sorted(sites)
+    """Every site with a folder under the prefix in the bucket (:meth:`OffsiteStore.sites`)."""
+    return store.sites()
 
 
 def prune_offsite(ctx: StepContext) -> None:
@@ -356,7 +361,8 @@ def fetch_offsite(
     dest = root / target / "private" / "backups"
     started = time.monotonic()
     made = [folder for folder in (dest.parent, dest) if not folder.exists()]
-    paths = store.download_backup(ctx.site, offsite_stamp(manifest), dest, chosen=manifest, require_signature=strict)
+    paths = store.download_backup(ctx.site, offsite_stamp(manifest), dest, chosen=manifest, require_signature=strict,
+                                  kinds=RESTORED_KINDS)
     for path in [*made, *paths.values()]:  # the bench's user, not a root worker, owns them
         give_to_owner(path, root / target)
     kinds = {"database": "db", "public_files": "public_files", "private_files": "private_files"}

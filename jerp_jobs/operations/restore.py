@@ -59,6 +59,7 @@ from jerp_jobs.operations.common import (
     refuse_missing_site,
     site_exists,
 )
+from jerp_jobs.operations import pointintime
 from jerp_jobs.operations.offsite import choose_backup, fetch_offsite, normalise_at, store_for
 from jerp_jobs.sites import db_name_for, sites_dir
 from jerp_jobs.workflow import GO_ON, CancelRoute, Routes, StepContext, StepSpec, Workflow, table_resolver
@@ -114,6 +115,10 @@ def normalise_backup_path(site: str, path: str, *, what: str, suffixes: tuple[st
 def validate_restore(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
     assert site is not None
     out = dict(params)
+    if params.get("to") is not None:
+        return pointintime.validate(site, params, out, settings)
+    if params.get("from_site") is not None:
+        raise InvalidInput("--as goes with --to (a point-in-time restore into a new site)")
     if "unverified" in out:
         out["unverified"] = bool(out["unverified"])
         if not out["unverified"]:
@@ -288,8 +293,13 @@ def manifest_files(manifest: dict[str, Any]) -> dict[str, str]:
 # -- the restore workflow --------------------------------------------------------------------
 
 
+def _fetched(ctx: StepContext) -> bool:
+    """The files were made for this job: fetched from off-site, or made by a point-in-time replay."""
+    return bool(ctx.params.get("from_offsite") or ctx.params.get("to"))
+
+
 def _requested(ctx: StepContext) -> dict[str, str]:
-    if ctx.params.get("from_offsite"):
+    if _fetched(ctx):
         return dict(ctx.job.result["fetched"]["files"])
     return {name: ctx.params[name] for name in FILE_PARAMS if ctx.params.get(name)}
 
@@ -318,13 +328,18 @@ def create_site(ctx: StepContext) -> str | None:
     restore has a site to restore into. An existing site is left to the normal restore."""
 
     if ctx.job.result.get("created_site") is None and site_exists(ctx, ctx.site):
+        if ctx.params.get("from_site"):
+            raise InvalidInput(f"{ctx.site} exists already: --as restores into a new site; choose another name")
         ctx.record(created_site=False)
         ctx.output.append(f"{ctx.site} exists: restored in place")
         return StepState.SKIPPED
     if ctx.job.result.get("created_site") is False:
         return StepState.SKIPPED
-    manifest = choose_backup(store_for(ctx), ctx.site, ctx.params.get("at"))
-    missing = sorted(set(manifest.get("apps") or []) - set(bench_apps(ctx)))
+    if ctx.params.get("from_site"):
+        apps = ctx.job.result["pitr"]["apps"]
+    else:
+        apps = choose_backup(store_for(ctx), ctx.site, ctx.params.get("at")).get("apps") or []
+    missing = sorted(set(apps) - set(bench_apps(ctx)))
     if missing:
         raise InvalidInput(f"the backup of {ctx.site} has apps this bench lacks: {', '.join(missing)}; "
                            "deploy the image that has them first")
@@ -423,7 +438,7 @@ def scheduler_state(ctx: StepContext) -> str | None:
 
 
 def _fetched_sha(ctx: StepContext) -> dict[str, str] | None:
-    return ctx.job.result["fetched"]["sha256"] if ctx.params.get("from_offsite") else None
+    return ctx.job.result["fetched"]["sha256"] if _fetched(ctx) else None
 
 
 def restore(ctx: StepContext) -> None:
@@ -444,8 +459,10 @@ def restore_safety_backup(ctx: StepContext) -> None:
 
 
 STEPS: dict[str, StepSpec] = {
+    "pitr-prepare": StepSpec(pointintime.prepare, retries=2),
     "create-site": StepSpec(create_site),
     "fetch-offsite": StepSpec(fetch, retries=3),
+    "pitr-replay": StepSpec(pointintime.replay),
     "check-backup": StepSpec(check_backup),
     "maintenance-on": StepSpec(maintenance_on),
     "safety-backup": StepSpec(safety_backup),
@@ -464,19 +481,27 @@ STEPS: dict[str, StepSpec] = {
     # recovery: a site this job created could not be restored -> drop it again
     "drop-created-site": StepSpec(drop_created_site, recovery=True, last=True),
 }
-#: the steps only a restore --create / --verify plans
-OPTIONAL = {"create-site": "create", "verify": "verify"}
+#: the steps only some restores plan: --create / --as, --verify, --to (and not --to)
+OPTIONAL = {
+    "create-site": lambda p: bool(p.get("create") or p.get("from_site")),
+    "verify": lambda p: bool(p.get("verify")),
+    "pitr-prepare": lambda p: bool(p.get("to")),
+    "pitr-replay": lambda p: bool(p.get("to")),
+    "fetch-offsite": lambda p: not p.get("to"),
+}
 
 
 def _plan(params: dict[str, Any]) -> list[str]:
-    return [name for name in STEPS if name not in OPTIONAL or params.get(OPTIONAL[name])]
+    return [name for name in STEPS if name not in OPTIONAL or OPTIONAL[name](params)]
 
 
 #: a failed step -> where the job goes (None: it ends there)
 FAILURE_ROUTES: dict[str, str | None] = {
     # nothing was touched
+    "pitr-prepare": None,
     "create-site": None,
     "fetch-offsite": None,
+    "pitr-replay": None,
     "check-backup": None,
     # before the database was touched: back online
     "maintenance-on": "abort-maintenance-off",
@@ -499,13 +524,15 @@ FAILURE_ROUTES: dict[str, str | None] = {
 #: online; from the restore on, finish the chain
 CANCEL_ROUTES: dict[str | None, CancelRoute] = {
     None: None,
+    "pitr-prepare": None,
     "create-site": None,
     "fetch-offsite": None,
+    "pitr-replay": None,
     "check-backup": None,
     "maintenance-on": "abort-maintenance-off",
     "safety-backup": "abort-maintenance-off",
-    **{name: GO_ON for name in STEPS if name not in ("create-site", "fetch-offsite", "check-backup",
-                                                       "maintenance-on", "safety-backup")},
+    **{name: GO_ON for name in STEPS if name not in ("pitr-prepare", "create-site", "fetch-offsite", "pitr-replay",
+                                                       "check-backup", "maintenance-on", "safety-backup")},
 }
 #: a site this job created is dropped again when any other step fails; these end that route
 _NOT_DROPPED_AFTER = frozenset({"drop-created-site", "mark-attention"})
@@ -537,5 +564,5 @@ RESTORE = Workflow(
     resolve=ROUTES.resolve,
     **ROUTES.hooks(on_failure=_on_failure, on_cancel=_on_cancel),
     validate=validate_restore,
-    site_must_exist=lambda params: not params.get("create"),
+    site_must_exist=lambda params: not params.get("create") and not params.get("from_site"),
 )

@@ -1,0 +1,170 @@
+"""Point-in-time restore: a site's database as it was at an instant (``restore SITE --to``).
+
+Two steps come before the restore workflow's own (check-backup, maintenance, the safety backup,
+bench restore, migrate, ...), and neither touches the site:
+
+- ``pitr-prepare`` chooses the newest off-site backup of the source site whose point-in-time
+  base (``pitr-base`` of the backup job) was taken before the instant, and plans the shipped
+  binary logs from its position through the instant (all present, in sequence). An instant the
+  shipped logs do not reach yet, but which is past, gets one shipment first
+  (:func:`jerp_jobs.pitr.ship_configured`).
+- ``pitr-replay`` downloads the base (checked and decrypted), checks every binary log against
+  the archive's index, loads the base into a scratch database of the job and replays the source
+  database's events up to the instant (:func:`jerp_jobs.pitr.restore_to`: no other database's
+  events), then exports the scratch database as a dump into the site's backup folder with a
+  manifest beside it, and drops the scratch database. The site stays online meanwhile.
+
+The restore then restores that dump as any other, through the same checks. With ``--as NEW``
+(``from_site``), the job's site is the new site, created empty first; the source site is only
+read from the off-site store.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from jerp_jobs import bench, pitr
+from jerp_jobs.backupfiles import give_to_owner, require_sites_root
+from jerp_jobs.dumpstats import dump_stats
+from jerp_jobs.errors import InvalidInput
+from jerp_jobs.manifests import manifest_key, read_side, seal, write_side
+from jerp_jobs.offsite import offsite_stamp
+from jerp_jobs.operations.offsite import store_for
+from jerp_jobs.sites import validate_site_name
+from jerp_jobs.workflow import StepContext
+
+#: the restore options a point-in-time restore does not take
+NOT_WITH_TO = ("db", "public_files", "private_files", "from_offsite", "at", "unverified", "create", "verify")
+
+
+def validate(site: str, params: dict[str, Any], out: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """``to`` (and ``from_site``) of a restore request: the instant as UTC ISO text, past, and
+    the store it needs configured."""
+    given = [name for name in NOT_WITH_TO if params.get(name)]
+    if given:
+        raise InvalidInput(f"--to restores the database to an instant from the off-site store and binary logs; "
+                           f"it takes no {', '.join('--' + name.replace('_', '-') for name in given)}")
+    out = {k: v for k, v in out.items() if k not in NOT_WITH_TO}
+    out["to"] = pitr.iso_utc(pitr.parse_instant(params["to"]))
+    if params.get("from_site") is not None:
+        source = validate_site_name(params["from_site"])
+        if source == site:
+            raise InvalidInput(f"--as {site}: the new site must differ from the site restored ({source})")
+        out["from_site"] = source
+    if not pitr.enabled(settings):
+        missing = ("JERP_S3_BUCKET is not set" if not settings.s3_bucket else
+                   "JERP_BINLOG_SHIP_MINUTES is 0" if settings.binlog_ship_minutes <= 0 else
+                   "JERP_PITR_WINDOW_DAYS is 0")
+        raise InvalidInput(f"point-in-time recovery is off ({missing}): --to needs binary logs shipped off-site")
+    return out
+
+
+def source_site(ctx: StepContext) -> str:
+    """The site whose database is restored: ``from_site`` (``--as``), else the job's."""
+    return ctx.params.get("from_site") or ctx.site  # type: ignore[return-value]
+
+
+def target_instant(ctx: StepContext) -> float:
+    return datetime.fromisoformat(str(ctx.params["to"]).replace("Z", "+00:00")).timestamp()
+
+
+def choose_base(store: Any, site: str, target: float) -> dict[str, Any]:
+    """The newest verified off-site backup of ``site`` with a point-in-time base taken before
+    ``target``; InvalidInput when there is none."""
+    bases = [m for m in store.list_backups(site)
+             if m.get("verified") and isinstance(m.get("pitr"), dict) and m["pitr"].get("dumped_at", target + 1) <= target]
+    if not bases:
+        raise InvalidInput(f"no off-site backup of {site} with a point-in-time base taken before "
+                           f"{pitr.utc_text(target)} UTC (bases are taken with each backup while point-in-time "
+                           "recovery is on)")
+    return max(bases, key=lambda m: m["pitr"]["dumped_at"])
+
+
+def prepare(ctx: StepContext) -> None:
+    """``pitr-prepare``: the base and the binary logs of the restore, chosen and recorded;
+    nothing is touched."""
+    ctx.settings.secret("mariadb_root_password")  # fail before anything long
+    source, target = source_site(ctx), target_instant(ctx)
+    store = store_for(ctx)
+    manifest = choose_base(store, source, target)
+    base = manifest["pitr"]
+    start = pitr.Coordinates.from_dict(base["coordinates"])
+    archive = pitr.OffsiteArchive(store, base["server"])
+    try:
+        logs = pitr.plan(archive.index(), start, target)
+    except pitr.PitrError as exc:  # the logs shipped do not reach the instant yet: ship now, once
+        ctx.output.append(f"{exc}: shipping the binary logs now")
+        shipped = pitr.ship_configured(ctx.settings, ctx.runtime.executor, ctx.runtime.redis)
+        reason = pitr.not_shipped(shipped)
+        if reason:
+            raise pitr.PitrError(f"{exc}; and no shipment could be made now: {reason}") from None
+        logs = pitr.plan(archive.index(), start, target)
+    ctx.record(pitr={
+        "source": source, "to": ctx.params["to"], "backup": offsite_stamp(manifest),
+        "apps": manifest.get("apps") or [], "base": base, "binlogs": [entry["name"] for entry in logs],
+    })
+    ctx.output.append(f"{source} at {pitr.utc_text(target)} UTC: base of the backup {offsite_stamp(manifest)} "
+                      f"(taken {pitr.utc_text(base['dumped_at'])} UTC at {start.file}:{start.position}), then "
+                      f"{len(logs)} binary log(s) {logs[0]['name']}..{logs[-1]['name']}")
+
+
+def scratch_database(job_id: str) -> str:
+    """The job's scratch database (made and dropped by ``pitr-replay``)."""
+    return f"_jerp_pitr_{job_id}"
+
+
+def _free_stamp(root: Any, site: str) -> str:
+    """A backup stamp (UTC, now) no file or manifest of the site's backup folder uses yet."""
+    at = int(time.time())
+    while True:
+        stamp = time.strftime(bench.STAMP_FORMAT, time.gmtime(at))
+        folder = root / site / "private" / "backups"
+        if read_side(root, site, stamp) is None and not any(folder.glob(stamp + "-*")):
+            return stamp
+        at += 1
+
+
+def replay(ctx: StepContext) -> None:
+    """``pitr-replay``: the source's database at the instant, as a dump in the site's backup
+    folder with its manifest; recorded as ``fetched`` for the restore's checks."""
+    plan = ctx.job.result["pitr"]
+    base, source, target = plan["base"], plan["source"], target_instant(ctx)
+    root = require_sites_root(ctx.settings, "the point-in-time dump is written into the site's backup folder")
+    store = store_for(ctx)
+    db = pitr.configured_database(ctx.settings, ctx.runtime.executor)
+    scratch = scratch_database(ctx.job.id)
+    db.drop(scratch)  # left by an earlier attempt of this step
+    work = db.here
+    work.mkdir(parents=True, exist_ok=True)
+    downloaded = store.download_backup(source, plan["backup"], work, kinds={"pitr_base"}, require_signature=True)
+    base_file = downloaded["pitr_base"]
+    try:
+        done = pitr.restore_to(db, pitr.OffsiteArchive(store, base["server"]), dump=base_file,
+                               start=pitr.Coordinates.from_dict(base["coordinates"]), dumped_at=base["dumped_at"],
+                               database=base["database"], into=scratch, target=target)
+        stamp = _free_stamp(root, ctx.site)
+        name = f"{stamp}-{ctx.site.replace('.', '_')}-pitr-database.sql.gz"
+        rel = f"{ctx.site}/private/backups/{name}"
+        dest = root / rel
+        db.export(scratch, dest)
+        give_to_owner(dest, root / ctx.site)
+        size, sha = pitr.digest(dest)
+    finally:
+        base_file.unlink(missing_ok=True)
+        db.drop(scratch)
+    manifest = {
+        "site": ctx.site, "timestamp": stamp, "utc_timestamp": stamp, "job_id": ctx.job.id, "recorded_at": time.time(),
+        "point_in_time": {"source": source, "to": plan["to"], "backup": plan["backup"]},
+        "artifacts": [{"kind": "database", "path": rel, "size": size, "sha256": sha}],
+    }
+    write_side(root, ctx.site, seal(manifest, manifest_key(ctx.settings)))
+    ctx.record(fetched={
+        "timestamp": stamp, "utc_timestamp": stamp, "time_zone": "UTC", "files": {"db": rel}, "sha256": {"db": sha},
+        "stats": dump_stats(dest), "point_in_time": {**done, "to": plan["to"], "source": source},
+        "made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    ctx.output.append(f"replayed {done['events']} row events of {base['database']} from {len(done['binlogs'])} "
+                      f"binary log(s) up to {pitr.utc_text(target)} UTC (load {done['load_s']}s, replay "
+                      f"{done['replay_s']}s): {rel}")
