@@ -781,8 +781,24 @@ def backups(obj: Ctx, site: str | None, rescan: bool) -> None:
     for row in rows:
         verified = "verified" if row["verified"] else "unverified"
         local = f"  (local {row['timestamp']} {row['time_zone']})" if row.get("time_zone") else ""
-        lines.append(f"{row['utc_timestamp']} UTC  {row['where']:<8} {row['size']:>14,} B  {verified}{local}")
+        base = "  + point-in-time base" if row.get("pitr") else ""
+        lines.append(f"{row['utc_timestamp']} UTC  {row['where']:<8} {row['size']:>14,} B  {verified}{local}{base}")
+    if rt.settings.s3_bucket:
+        lines.append(_pitr_line(rt, site))
     _echo_lines(lines)
+
+
+def _pitr_line(rt: Any, site: str) -> str:
+    """The site's point-in-time window and current RPO, in one line."""
+    from jerp_jobs.cliformat import duration, utc
+    from jerp_jobs.freshness import site_pitr
+
+    window = site_pitr(rt.redis, site)
+    rpo = "" if window["rpo_s"] is None else f"; current RPO {duration(window['rpo_s'])} (last binary log shipped)"
+    if window["state"] == "ok":
+        return (f"point-in-time: any second from {utc(window['from'])} to {utc(window['to'])} "
+                f"({window['bases']} base(s)){rpo}")
+    return f"point-in-time: none ({window['state']}){rpo}"
 
 
 @cli.command()

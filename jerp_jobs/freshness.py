@@ -91,9 +91,57 @@ def sites_freshness(client: Any, *, max_age_hours: float, now: float | None = No
                           offsite=offsite)
         times = (_times(json.loads(member)) if member
                  else {"timestamp": None, "utc_timestamp": None, "time_zone": None})
+        base = (json.loads(member).get("pitr") or {}) if member and offsite else {}
         rows.append({"site": site, "last_timestamp": times["timestamp"], "last_utc_timestamp": times["utc_timestamp"],
-                     "time_zone": times["time_zone"], **fresh})
+                     "time_zone": times["time_zone"], **fresh, "pitr_base_at": base.get("dumped_at")})
     return rows
+
+
+def shipped_logs(client: Any) -> dict[str, Any] | None:
+    """The last shipment of binary logs (``jerp:pitr:shipped``): when, and the newest log
+    archived with the time it was closed; None before the first."""
+    raw = client.get(keys.PITR_SHIPPED)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def pitr_window(bases: list[dict[str, Any]], shipped: dict[str, Any] | None, *, now: float) -> dict[str, Any]:
+    """A site's point-in-time window from its off-site bases (each backup's ``pitr``) and the
+    last shipment: any second from its oldest base whose logs are still archived to the close
+    of the newest log shipped; the current RPO is how long ago that was (what a loss now would
+    lose at most, until the next shipment)."""
+    newest = (shipped or {}).get("newest") or {}
+    reached = newest.get("closed_at")
+    oldest_log = (shipped or {}).get("oldest")
+
+    def number(name: Any) -> int:
+        return int(str(name).rsplit(".", 1)[-1]) if str(name).rsplit(".", 1)[-1].isdigit() else -1
+
+    usable = [b for b in bases if oldest_log is None or number(b["coordinates"]["file"]) >= number(oldest_log)]
+    out: dict[str, Any] = {"bases": len(usable), "from": None, "to": None, "rpo_s": None,
+                           "newest_base": max((b["dumped_at"] for b in usable), default=None)}
+    if reached is not None:
+        out["rpo_s"] = round(max(0.0, now - float(reached)), 1)
+    if not usable:
+        out["state"] = "no base"
+    elif reached is None or float(reached) < min(b["dumped_at"] for b in usable):
+        out["state"] = "no logs shipped since the base"
+        out["from"] = min(b["dumped_at"] for b in usable)
+    else:
+        out.update(state="ok", **{"from": min(b["dumped_at"] for b in usable), "to": float(reached)})
+    return out
+
+
+def site_pitr(client: Any, site: str, *, now: float | None = None) -> dict[str, Any]:
+    """:func:`pitr_window` of ``site`` from its recorded off-site copies."""
+    bases = []
+    for raw in client.zrevrange(OFFSITE + site, 0, -1):
+        base = json.loads(raw).get("pitr")
+        if isinstance(base, dict) and "dumped_at" in base and "coordinates" in base:
+            bases.append(base)
+    return pitr_window(bases, shipped_logs(client), now=time.time() if now is None else now)
 
 
 def site_backups(client: Any, site: str) -> list[dict[str, Any]]:
@@ -106,7 +154,8 @@ def site_backups(client: Any, site: str) -> list[dict[str, Any]]:
     for raw in client.zrevrange(OFFSITE + site, 0, -1):
         m = json.loads(raw)
         rows.append({**_times(m), "where": "off-site", "verified": bool(m.get("verified")),
-                     "job_id": m.get("job_id"), "size": sum(a.get("stored_size", a["size"]) for a in m["artifacts"])})
+                     "job_id": m.get("job_id"), "size": sum(a.get("stored_size", a["size"]) for a in m["artifacts"]),
+                     **({"pitr": m["pitr"]} if isinstance(m.get("pitr"), dict) else {})})
     return sorted(rows, key=lambda r: (r["utc_timestamp"], r["where"]), reverse=True)
 
 

@@ -433,6 +433,29 @@ def test_the_sites_page_shows_backups_against_the_rpo_drills_migrates_and_marks(
     assert "Clear mark" not in page  # a read-only user has no action buttons
 
 
+def test_the_sites_page_shows_each_sites_point_in_time_base_and_the_current_rpo(rt: Runtime) -> None:
+    now = time.time()
+    settings = rt.settings.model_copy(update={"s3_bucket": "backups"})
+    with_pitr = recording(build_runtime(settings, client=rt.redis, executor=rt.executor))
+    base = {"server": "db", "database": "_a", "dumped_at": now - 5 * 3600,
+            "coordinates": {"file": "binlog.000007", "position": 4}}
+    copy = {"timestamp": "20261201_010000", "verified": True, "artifacts": [{"size": 10}]}
+    rt.redis.zadd(f"jerp:offsite:{SITES[0]}", {json.dumps({**copy, "pitr": base}): now - 5 * 3600})
+    rt.redis.zadd(f"jerp:offsite:{SITES[1]}", {json.dumps(copy): now - 3600})  # a copy without a base
+    rt.redis.sadd("jerp:backup-sites", SITES[0], SITES[1])
+    rt.redis.set("jerp:pitr:shipped", json.dumps({"at": now - 100, "shipped": [], "oldest": "binlog.000001",
+                                                  "newest": {"name": "binlog.000042", "closed_at": now - 180}}))
+    with TestClient(dashboard_app.create_app(with_pitr, celery_app=None), base_url=BASE,
+                    follow_redirects=False) as client:
+        login(client, "bob")
+        page = client.get("/sites").text
+    one = page.split(f'id="site-{SITES[0]}"')[1].split("</tr>")[0]
+    two = page.split(f'id="site-{SITES[1]}"')[1].split("</tr>")[0]
+    assert "Point in time" in page and "binary logs shipped every 5 min" in page
+    assert "RPO 3m00s" in one and "base 5h00m ago" in one
+    assert "no base" in two and "RPO" not in two
+
+
 def test_the_releases_and_fanouts_pages(client: TestClient, rt: Runtime) -> None:
     release = rt.store.create("release", ["deploy", "migrate-all"], params={"tag": "v1.2.3", "source": "operator"})
     rt.redis.zadd("jerp:releases", {release.id: release.created_at})

@@ -144,6 +144,11 @@ def test_restore_to_an_instant_into_a_new_site_and_in_place_gives_exactly_that_i
     assert "create-site" not in steps and "fetch-offsite" not in steps
     assert table_digest(db, site_db) == states[second]
     assert table_digest(db, other_db) == other_before
+    listing = jerpctl(pitr_env, "backups", site)
+    assert listing.returncode == 0, listing.stderr
+    assert "+ point-in-time base" in listing.stdout
+    assert f"point-in-time: any second from {utc_text(base['dumped_at'])}Z to " in listing.stdout
+    assert "current RPO" in listing.stdout
     leftovers = db.query("SHOW DATABASES LIKE '\\_jerp\\_pitr\\_%'")
     assert leftovers == []  # the scratch databases are gone
 

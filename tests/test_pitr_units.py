@@ -1,5 +1,6 @@
-"""Retention of shipped binary logs: a log goes once no restore inside the window can need it,
-never before (unit tests on a folder archive; no database)."""
+"""Point-in-time recovery without a database: retention of shipped binary logs (a log goes once
+no restore inside the window can need it, never before), a site's window and current RPO, and
+the instants ``--to`` accepts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jerp_jobs.pitr import DAY, FolderArchive, needed_from, prune
+from jerp_jobs.errors import InvalidInput
+from jerp_jobs.freshness import pitr_window
+from jerp_jobs.pitr import DAY, FolderArchive, iso_utc, needed_from, parse_instant, prune
 
 NOW = 1_800_000_000.0
 
@@ -54,3 +57,40 @@ def test_recent_logs_stay_even_when_no_base_needs_them(tmp_path: Path, days_ago:
 def test_without_any_base_logs_older_than_the_window_go(tmp_path: Path) -> None:
     archive = _archive(tmp_path, {1: NOW - 8 * DAY, 2: NOW - 6 * DAY})
     assert prune(archive, [], now=NOW, window_days=7) == ["binlog.000001"]
+
+
+def test_the_window_runs_from_the_oldest_usable_base_to_the_newest_log_shipped() -> None:
+    bases = [_base("_a", 3, 9), _base("_a", 12, 2), _base("_a", 20, 1)]
+    shipped = {"at": NOW - 100, "oldest": "binlog.000010", "newest": {"name": "binlog.000031", "closed_at": NOW - 130}}
+    window = pitr_window(bases, shipped, now=NOW)
+    # the base in log 3 lost its logs to retention: the window starts at the next one
+    assert window == {"state": "ok", "bases": 2, "from": NOW - 2 * DAY, "to": NOW - 130, "rpo_s": 130.0,
+                      "newest_base": NOW - 1 * DAY}
+    assert pitr_window([], shipped, now=NOW)["state"] == "no base"
+    none_shipped = pitr_window(bases, None, now=NOW)
+    assert none_shipped["state"] == "no logs shipped since the base" and none_shipped["rpo_s"] is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-12-04 16:59:30", "2026-12-04T16:59:30Z"),
+    ("2026-12-04T16:59:30Z", "2026-12-04T16:59:30Z"),
+    ("2026-12-04 16:59:30 UTC", "2026-12-04T16:59:30Z"),
+    ("2026-12-04 17:59:30+01:00", "2026-12-04T16:59:30Z"),
+    ("2026-12-04 16:59:30 Europe/Lisbon", "2026-12-04T16:59:30Z"),  # WET in winter: UTC+0
+    ("2026-12-04 13:59:30 America/Sao_Paulo", "2026-12-04T16:59:30Z"),  # UTC-3
+])
+def test_an_instant_is_utc_unless_its_zone_is_given(text: str, expected: str) -> None:
+    assert iso_utc(parse_instant(text, now=NOW)) == expected
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("2026-12-04", "time of day"),
+    ("04/12/2026 16:59", "YYYY-MM-DD HH:MM:SS"),
+    ("2026-12-04 16:59:30.5", "whole seconds"),
+    ("2026-12-04 16:59:30 Nowhere/City", "unknown time zone"),
+    ("2026-12-04 16:59:30+01:00 Europe/Lisbon", "both given"),
+    ("2027-12-04 16:59:30", "in the future"),
+])
+def test_a_bad_instant_is_refused_naming_the_problem(text: str, problem: str) -> None:
+    with pytest.raises(InvalidInput, match=problem):
+        parse_instant(text, now=NOW)
