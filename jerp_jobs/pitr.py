@@ -243,8 +243,21 @@ class MariaDB:
                        *(f"{self.there}/{sequence_name(name)}" for name in names)], connect=False)
             with script.open("ab") as out:
                 out.write(b"\nROLLBACK;\n")  # a transaction the instant cut was not committed at it
+            events = 0
+            named = database.encode()
             with script.open("rb") as src:
-                events = sum(1 for line in src if _ROW_EVENT.search(line))
+                for number, line in enumerate(src, 1):
+                    if _ROW_EVENT.search(line):
+                        events += 1
+                    elif named in line and not line.startswith(b"#"):
+                        # --rewrite-db renames row events and USE, never a name written in a
+                        # statement (DROP DATABASE `db`, `db`.`table`): replayed as it stands,
+                        # it would act on the live database
+                        raise PitrError(
+                            f"the binary logs hold a statement naming the database {database} itself (line "
+                            f"{number} of the replay: {line[:120].decode('utf-8', 'replace').strip()!r}); "
+                            "replaying it would act on the live database, so nothing was replayed. Choose an "
+                            "instant after the next backup's base, or before that statement")
             self._run(["mariadb", into, "-e", f"source {script_there}"])
         finally:
             script.unlink(missing_ok=True)
@@ -463,12 +476,16 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
         if db.query(f"SHOW DATABASES LIKE '{into}'"):
             raise PitrError(f"database {into} exists already; a point-in-time restore makes a new one")
         db.query(f"CREATE DATABASE `{into}`")
-        began = time.monotonic()
-        db.load(dump, into)
-        loaded = time.monotonic()
-        events = db.replay([path.name for path in files], start=start, stop_at=target, database=database,
-                           into=into)
-        ended = time.monotonic()
+        try:
+            began = time.monotonic()
+            db.load(dump, into)
+            loaded = time.monotonic()
+            events = db.replay([path.name for path in files], start=start, stop_at=target, database=database,
+                               into=into)
+            ended = time.monotonic()
+        except BaseException:
+            db.drop(into)  # no half-made database is left behind
+            raise
     finally:
         for path in files:
             path.unlink(missing_ok=True)

@@ -112,6 +112,30 @@ def test_an_altered_or_missing_log_is_refused_and_nothing_is_created(history: di
         plan(holed, history["start"], target)
 
 
+def test_a_statement_naming_the_database_itself_is_never_replayed(binlog_server: BinlogServer,
+                                                                  tmp_path: Path) -> None:
+    """--rewrite-db renames row events and USE only: a statement that names the site's database
+    (``CREATE TABLE `db`.`t```, a restore's ``DROP DATABASE `db```) would act on the live database
+    if replayed, so the replay refuses and leaves no database behind."""
+    db = binlog_server.client(tmp_path / "frappe-bench")
+    name = "_5e5e5e5e5e5e5e5e"
+    make_site_database(db, name)
+    start = db.dump(name, tmp_path / "base.sql.gz")
+    dumped_at = time.time()
+    time.sleep(1.1)
+    db.query("INSERT INTO `tabInvoice` VALUES (1, 1, 'a')", database=name)
+    db.query(f"CREATE TABLE `{name}`.`tabExtra` (id INT PRIMARY KEY)", database=name)
+    time.sleep(1.1)
+    archive = FolderArchive(tmp_path / "archive")
+    ship(db, archive)
+    target = max(entry["closed_at"] for entry in archive.index())
+    with pytest.raises(PitrError, match=f"naming the database {name} itself"):
+        restore_to(db, archive, dump=tmp_path / "base.sql.gz", start=start, dumped_at=dumped_at, database=name,
+                   into="_pitr_named", target=target)
+    assert db.query("SHOW DATABASES LIKE '_pitr_named'") == []
+    assert db.query("SELECT COUNT(*) FROM `tabInvoice`", database=name) == [["1"]]  # the live one as it was
+
+
 def test_logs_shipped_off_site_encrypted_restore_the_same_and_tampering_is_refused(
     history: dict, s3_server: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
