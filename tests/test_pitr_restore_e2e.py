@@ -110,13 +110,18 @@ def test_restore_to_an_instant_into_a_new_site_and_in_place_gives_exactly_that_i
         assert offsite["pitr"]["coordinates"] == base["coordinates"] and offsite["pitr"]["database"] == site_db
         assert "pitr_base" in {a["kind"] for a in offsite["artifacts"]}
         assert not (pitr_bench / "sites" / base["path"]).exists()  # off-site only
-        time.sleep(6.5)
+        time.sleep(3.5)
+        rc, later = run_job(pitr_env, "backup", site)  # a second base, while the writes go on
+        assert rc == 0 and _steps(later)["pitr-base"] == "success", later.get("error")
+        time.sleep(3.5)
     finally:
         writer.stop()
     states = dict(writer.states)
+    newer_base = later["result"]["pitr_base"]["dumped_at"]
     instants = sorted(t for t in states if t >= base["dumped_at"])
-    assert len(instants) >= 4, (instants, base["dumped_at"])
-    first, second = instants[1], instants[-2]
+    assert len(instants) >= 6, (instants, base["dumped_at"])
+    first = next(t for t in instants[1:] if t < newer_base)  # from the first base
+    second = [t for t in instants if t > newer_base][-2]  # from the second
     assert states[first] != states[second]
     other_before = table_digest(db, other_db)
     live_before = table_digest(db, site_db)
@@ -135,6 +140,14 @@ def test_restore_to_an_instant_into_a_new_site_and_in_place_gives_exactly_that_i
     assert table_digest(db, _db_name(pitr_bench, copy)) == states[first]
     assert table_digest(db, site_db) == live_before  # the source is only read
     assert table_digest(db, other_db) == other_before
+
+    # a drill restores a random second of the window from both bases and compares every table
+    rc, drill = run_job(pitr_env, "drill", site)
+    assert rc == 0, (drill.get("error"), pitr_worker.logs()[-3000:])
+    outcome = drill["result"]["pitr_drill"]
+    assert _steps(drill)["pitr"] == "success" and outcome["compared"] and outcome["differ"] == []
+    assert outcome["tables"] >= 1 and len(outcome["bases"]) == 2 and sum(outcome["events"]) > 0
+    assert drill["result"]["drill"]["pitr"]["to"] == outcome["to"]
 
     # in place, to a later instant, with a zone given explicitly
     rc, job = run_job(pitr_env, "restore", site, "--to", utc_text(second) + " UTC")

@@ -16,8 +16,9 @@ import json
 import time
 from typing import Any
 
-from jerp_jobs import bench, keys
+from jerp_jobs import bench, keys, pitr
 from jerp_jobs.jobs import StepState
+from jerp_jobs.operations import pointintime
 from jerp_jobs.operations.common import site_exists
 from jerp_jobs.operations.offsite import fetch_offsite, offsite_sites
 from jerp_jobs.operations.restore import check_restored, verify_backup_files
@@ -90,6 +91,7 @@ def _record_drill(ctx: StepContext, *, passed: bool) -> None:
         "at": time.time(),
         "passed": passed,
         "backup": job.result.get("fetched", {}).get("timestamp"),
+        "pitr": job.result.get("pitr_drill"),
         "timings_s": timings,
         "problems": failed,
     }
@@ -117,6 +119,7 @@ STEPS: dict[str, StepSpec] = {
     "fetch": StepSpec(fetch, retries=3),
     "restore": StepSpec(restore),
     "verify": StepSpec(verify),
+    "pitr": StepSpec(pointintime.drill),
     "drop-scratch": StepSpec(drop_scratch),
     "cleanup": StepSpec(drop_scratch, recovery=True, last=True),
 }
@@ -130,10 +133,19 @@ ROUTES = Routes(
 )
 
 
+def validate_drill(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """A drill plans its point-in-time part (``pitr``) while point-in-time recovery is on."""
+    out = {k: v for k, v in params.items() if k != "pitr"}
+    if pitr.enabled(settings):
+        out["pitr"] = True
+    return out
+
+
 DRILL = Workflow(
     kind="drill",
     needs_site=True,
-    plan=lambda params: list(STEPS),
+    plan=lambda params: [name for name in STEPS if name != "pitr" or params.get("pitr")],
+    validate=validate_drill,
     resolve=ROUTES.resolve,
     **ROUTES.hooks(),
 )
