@@ -67,8 +67,6 @@ CASES = [
     for params, facts in itertools.product(PARAMS.get(kind, [{}]), FACTS)
 ]
 
-#: the workflows whose failure or cancel routes are their own code rather than a Routes table
-TABLELESS = {"release"}
 _DEFAULT_ON_FAILURE = Workflow.__dataclass_fields__["on_failure"].default
 _DEFAULT_ON_CANCEL = Workflow.__dataclass_fields__["on_cancel"].default
 ROUTED = sorted(kind for kind, workflow in CATALOG.items() if workflow.routes is not None)
@@ -156,7 +154,7 @@ def test_every_recovery_step_is_reached_by_a_route(kind: str) -> None:
 
 def test_every_workflow_that_routes_does_so_through_tables() -> None:
     for kind, workflow in CATALOG.items():
-        if kind in TABLELESS or workflow.routes is not None:
+        if workflow.routes is not None:
             continue
         assert workflow.on_failure is _DEFAULT_ON_FAILURE, f"{kind}: a failure route outside a Routes table"
         assert workflow.on_cancel is _DEFAULT_ON_CANCEL, f"{kind}: a cancel route outside a Routes table"
