@@ -226,10 +226,15 @@ class Routes:
     - ``by_class``: (failed step, class of the bench failure it recorded in ``result.failure``)
       -> route; it comes before the step's row in ``failure``.
     - ``cancel``: the last step that ended (None: none yet) -> where a cancelled job goes: a
-      step, None (it ends there) or :data:`GO_ON`; ``cancel_otherwise`` as above.
-    - ``recoverable`` and ``recovered_by``: a job whose failed steps are all in
-      ``recoverable`` ends ``recovered`` once the recovery path's last step, ``recovered_by``,
-      succeeded; otherwise ``failed`` when a step failed, else ``succeeded``.
+      step, None (it ends there) or :data:`GO_ON`; ``cancel_otherwise`` as above. With
+      ``cancel_at="started"`` the row read is that of the furthest step of the plan that
+      started instead (it ran, runs, or was tried and waits for its retry): for a workflow whose
+      way back depends on what a step may already have asked for, ended or not.
+    - ``recoverable``, ``recovered_by`` and ``recovered_state``: a job whose failed steps, if
+      any, are all in ``recoverable`` ends ``recovered_state`` (``recovered`` unless told
+      otherwise) once the recovery path's last step, ``recovered_by``, succeeded — whether a
+      failure or a cancel sent it there; otherwise ``failed`` when a step failed, else
+      ``succeeded``.
 
     ``resolve`` is the workflow's own: :data:`GO_ON` leaves out its recovery steps.
     """
@@ -242,6 +247,8 @@ class Routes:
     cancel_otherwise: CancelRoute = _ALL_ROUTED
     recoverable: frozenset[str] = frozenset()
     recovered_by: str | None = None
+    recovered_state: JobState = JobState.RECOVERED
+    cancel_at: Literal["ended", "started"] = "ended"
 
     def failure_route(self, step: str) -> Route:
         """The row of ``step`` in ``failure`` (KeyError when it has none and no default)."""
@@ -266,6 +273,8 @@ class Routes:
         return self.failure_route(step)
 
     def on_cancel(self, job: Job, step: str | None) -> Route:
+        if self.cancel_at == "started":
+            step = _furthest_started(job)
         route = self.cancel_route(step)
         if route is GO_ON:
             return next((s.name for s in job.steps
@@ -274,18 +283,22 @@ class Routes:
 
     def final_state(self, job: Job) -> JobState:
         failed = {s.name for s in job.steps if s.state == StepState.FAILED}
-        if not failed:
-            return JobState.SUCCEEDED
         if (self.recovered_by is not None and failed <= self.recoverable
                 and job.step(self.recovered_by).state == StepState.SUCCESS):
-            return JobState.RECOVERED
-        return JobState.FAILED
+            return self.recovered_state
+        return JobState.FAILED if failed else JobState.SUCCEEDED
 
     def hooks(self, **override: Any) -> dict[str, Any]:
         """The Workflow fields these tables give (``routes`` and its three hooks); ``override``
         replaces one (a hook that reads job facts first, then the table)."""
         return {"routes": self, "on_failure": self.on_failure, "on_cancel": self.on_cancel,
                 "final_state": self.final_state, **override}
+
+
+def _furthest_started(job: Job) -> str | None:
+    """The last step of the plan that started: it ended, runs, or was tried (None: none yet)."""
+    started = [s.name for s in job.steps if s.attempts > 0 or s.state != StepState.PENDING]
+    return started[-1] if started else None
 
 
 @dataclass(frozen=True)

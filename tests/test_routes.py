@@ -16,7 +16,8 @@ Through the tables (:class:`jerp_jobs.workflow.Routes`) of the workflows that ha
 - every row names a step of the workflow, and every planned step has a failure and a cancel row;
 - a failure leads to a recovery step, or forward on the normal path; a failure of a recovery
   step never leads back to the normal path; a cancel leads to a recovery step, goes on, or ends;
-- the recovery that makes a job ``recovered`` is where the route of its recoverable steps ends.
+- the recovery that makes a job ``recovered`` (or its workflow's word for it, ``rolled-back``)
+  is where the route of its recoverable steps ends.
 
 And the workflow modules speak of job and step states through the enums only (one vocabulary).
 """
@@ -66,8 +67,6 @@ CASES = [
     for params, facts in itertools.product(PARAMS.get(kind, [{}]), FACTS)
 ]
 
-#: the workflows whose failure or cancel routes are their own code rather than a Routes table
-TABLELESS = {"release"}
 _DEFAULT_ON_FAILURE = Workflow.__dataclass_fields__["on_failure"].default
 _DEFAULT_ON_CANCEL = Workflow.__dataclass_fields__["on_cancel"].default
 ROUTED = sorted(kind for kind, workflow in CATALOG.items() if workflow.routes is not None)
@@ -155,7 +154,7 @@ def test_every_recovery_step_is_reached_by_a_route(kind: str) -> None:
 
 def test_every_workflow_that_routes_does_so_through_tables() -> None:
     for kind, workflow in CATALOG.items():
-        if kind in TABLELESS or workflow.routes is not None:
+        if workflow.routes is not None:
             continue
         assert workflow.on_failure is _DEFAULT_ON_FAILURE, f"{kind}: a failure route outside a Routes table"
         assert workflow.on_cancel is _DEFAULT_ON_CANCEL, f"{kind}: a cancel route outside a Routes table"
@@ -232,7 +231,7 @@ def test_a_recovered_job_ends_where_the_route_of_its_failure_ends(kind: str) -> 
                 f"{kind}: failing {step} leads to {path}, not to {routes.recovered_by}")
             for name in path:
                 job.step(name).state = StepState.SUCCESS
-            assert workflow.final_state(job) == JobState.RECOVERED
+            assert workflow.final_state(job) == routes.recovered_state
             job.step(routes.recovered_by).state = StepState.FAILED
             assert workflow.final_state(job) == JobState.FAILED
         assert workflow.final_state(_job(workflow, params, {})) == JobState.SUCCEEDED
@@ -245,6 +244,35 @@ def test_a_route_table_without_a_row_for_a_step_says_so() -> None:
         routes.failure_route("verify")
     with pytest.raises(KeyError):
         routes.cancel_route(None)
+
+
+def test_a_cancel_table_read_at_the_furthest_step_that_started() -> None:
+    drill = CATALOG["drill"]
+    first, second = drill.plan({})[:2]
+    routes = Routes(resolve=drill.resolve, failure={}, cancel={None: None, first: None, second: "cleanup"},
+                    cancel_otherwise=GO_ON, cancel_at="started")
+    job = _job(drill, {}, {})
+    assert routes.on_cancel(job, None) is None
+    job.step(first).state = StepState.SUCCESS
+    assert routes.on_cancel(job, first) is None
+    job.step(second).attempts = 1  # tried once, waiting for its retry: still pending, yet started
+    assert routes.on_cancel(job, first) == "cleanup"
+    assert dataclasses.replace(routes, cancel_at="ended").on_cancel(job, first) is None
+
+
+def test_a_recovery_a_cancel_sent_the_job_to_counts_as_recovered() -> None:
+    drill = CATALOG["drill"]
+    first = drill.plan({})[0]
+    routes = Routes(resolve=drill.resolve, failure={}, recoverable=frozenset({first}), recovered_by="cleanup",
+                    recovered_state=JobState.ROLLED_BACK)
+    job = _job(drill, {}, {})
+    assert routes.final_state(job) == JobState.SUCCEEDED
+    job.step("cleanup").state = StepState.SUCCESS  # no step failed: a cancel sent it there
+    assert routes.final_state(job) == JobState.ROLLED_BACK
+    job.step(first).state = StepState.FAILED
+    assert routes.final_state(job) == JobState.ROLLED_BACK
+    job.step(drill.plan({})[1]).state = StepState.FAILED  # a failure the recovery does not cover
+    assert routes.final_state(job) == JobState.FAILED
 
 
 # -- one vocabulary -------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ The parts, each importing only the ones above it:
 - :mod:`.steps`: the steps, which reach the platform through the runtime's adapter, and the
   end of the migrate-all child;
 - :mod:`.ending`: the end of a release — the slot freed, people told;
-- :mod:`.workflow`: :data:`RELEASE`, its steps and its failure and cancel routes.
+- :mod:`.workflow`: :data:`RELEASE`, its steps and its failure and cancel routes (:data:`ROUTES`).
 
 The names callers import (requests, the workflow, the slot and tag keys) are re-exported here.
 """
@@ -47,7 +47,7 @@ from jerp_jobs.operations.release.requests import (
 )
 from jerp_jobs.operations.release.steps import finish, on_child_done, reconcile, record, rollback_finish
 from jerp_jobs.operations.release.tags import BAD, GOOD, GOOD_KEPT
-from jerp_jobs.operations.release.workflow import ON_CANCEL, ON_FAILURE, RELEASE, STEPS
+from jerp_jobs.operations.release.workflow import RELEASE, ROUTES, STEPS
 from jerp_jobs.releases import ACTIVE, INDEX, KIND, WAITING_SET, list_releases, requested_at
 
 __all__ = [
@@ -61,10 +61,9 @@ __all__ = [
     "INDEX",
     "KIND",
     "LATEST",
-    "ON_CANCEL",
-    "ON_FAILURE",
     "RELEASE",
     "REQUESTED",
+    "ROUTES",
     "STEPS",
     "WAITING_SET",
     "Declined",

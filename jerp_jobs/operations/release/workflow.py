@@ -4,11 +4,12 @@
               (on failure) rollback-deploy -> rollback-rollout -> rollback-migrate
                            -> rollback-smoke -> rollback-finish
 
-Any failure after ``record`` sends the job down the rollback path (:data:`ON_FAILURE`), which
+Any failure after ``record`` sends the job down the rollback path (:data:`ROUTES`), which
 deploys the previous tag, migrates and smoke-tests again; the release then ends
 ``rolled-back`` with the reason. If the rollback fails too, the release ends ``failed``. A
-release cancelled once its new tag may have been asked for goes back too (:data:`ON_CANCEL`).
-A manual rollback (``params.rollback``) has no way further back: it ends where it fails.
+release cancelled once its new tag may have been asked for goes back too (its ``deploy``
+started: the cancel routes are read at the furthest step that started). A manual rollback
+(``params.rollback``) has no way further back: it ends where it fails or is cancelled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from jerp_jobs.errors import InvalidInput
 from jerp_jobs.hooks import validate_tag
-from jerp_jobs.jobs import Job, JobState, StepState
+from jerp_jobs.jobs import Job, JobState
 from jerp_jobs.operations.release.admission import admit
 from jerp_jobs.operations.release.ending import on_end
 from jerp_jobs.operations.release.steps import (
@@ -33,7 +34,7 @@ from jerp_jobs.operations.release.steps import (
     smoke,
 )
 from jerp_jobs.releases import KIND
-from jerp_jobs.workflow import StepContext, StepSpec, Workflow, table_resolver
+from jerp_jobs.workflow import Routes, StepContext, StepSpec, Workflow, table_resolver
 
 
 def _bind(fn: Callable[..., Any], *, rollback: bool) -> Callable[[StepContext], Any]:
@@ -60,59 +61,48 @@ STEPS: dict[str, StepSpec] = {
 
 # -- where a failure or a cancel sends the job -----------------------------------------------------
 
-#: the two kinds of release job: one that releases a tag, and an operator's manual rollback
-RELEASE_PATH, ROLLBACK_PATH = "release", "rollback"
+NORMAL = ("record", "deploy", "rollout", "migrate", "smoke", "finish")
+ROLLBACK = tuple(name for name in STEPS if STEPS[name].recovery)
+#: the steps from which the new tag may have been asked for: their failure goes back to the previous tag
+ASKED = NORMAL[1:]
 
-#: the step a failed step sends the job to, by kind of job (None: the job ends)
-ON_FAILURE: dict[str, dict[str, str | None]] = {
-    RELEASE_PATH: {
+ROUTES = Routes(
+    resolve=table_resolver(KIND, STEPS),
+    # a failed step -> where the release goes (None: it ends there)
+    failure={
         "record": None,  # nothing was asked of the platform yet
-        "deploy": "rollback-deploy",
-        "rollout": "rollback-deploy",
-        "migrate": "rollback-deploy",
-        "smoke": "rollback-deploy",
-        "finish": "rollback-deploy",
-        "rollback-deploy": None,  # the rollback failed too: the release ends failed
-        "rollback-rollout": None,
-        "rollback-migrate": None,
-        "rollback-smoke": None,
-        "rollback-finish": None,
+        **dict.fromkeys(ASKED, "rollback-deploy"),
+        **dict.fromkeys(ROLLBACK),  # the rollback failed too: the release ends failed
     },
-    ROLLBACK_PATH: dict.fromkeys(STEPS),  # a manual rollback has no way further back
-}
+    failure_otherwise=None,  # a step this version does not have
+    # the furthest step that started (it ended, runs, or was tried: a deploy waiting for its
+    # retry) -> where a cancelled release goes: once the new tag may have been asked for, the
+    # previous tag goes back
+    cancel_at="started",
+    cancel={
+        None: None,
+        "record": None,  # nothing asked of the platform: the release just ends
+        **dict.fromkeys((*ASKED, *ROLLBACK), "rollback-deploy"),
+    },
+    # a release sent down the rollback path (by a failure or a cancel) that got there ends rolled-back
+    recoverable=frozenset(ASKED),
+    recovered_by="rollback-finish",
+    recovered_state=JobState.ROLLED_BACK,
+)
 
-#: the step a cancel sends the job to, by kind of job and whether the new tag may have been
-#: asked for (its ``deploy`` ran, runs or was tried): then the previous tag goes back
-ON_CANCEL: dict[tuple[str, bool], str | None] = {
-    (RELEASE_PATH, False): None,  # nothing asked of the platform: the release just ends
-    (RELEASE_PATH, True): "rollback-deploy",
-    (ROLLBACK_PATH, False): None,
-    (ROLLBACK_PATH, True): None,
-}
 
-
-def _path(job: Job) -> str:
-    return ROLLBACK_PATH if job.params.get("rollback") else RELEASE_PATH
-
-
-def _deploy_asked(job: Job) -> bool:
-    deploy_step = job.step("deploy")
-    return deploy_step.attempts > 0 or deploy_step.state != StepState.PENDING
+def _manual_rollback(job: Job) -> bool:
+    """A manual rollback (``params.rollback``) has no way further back: it ends where it fails
+    or is cancelled."""
+    return bool(job.params.get("rollback"))
 
 
 def _on_failure(job: Job, step: str) -> str | None:
-    return ON_FAILURE[_path(job)].get(step)
+    return None if _manual_rollback(job) else ROUTES.on_failure(job, step)
 
 
 def _on_cancel(job: Job, step: str | None) -> str | None:
-    """Cancelled once the new tag may have been asked for: go back to the previous one."""
-    return ON_CANCEL[_path(job), _deploy_asked(job)]
-
-
-def _final_state(job: Job) -> str:
-    if job.step("rollback-finish").state == StepState.SUCCESS:
-        return JobState.ROLLED_BACK
-    return JobState.FAILED if any(s.state == StepState.FAILED for s in job.steps) else JobState.SUCCEEDED
+    return None if _manual_rollback(job) else ROUTES.on_cancel(job, step)
 
 
 def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
@@ -128,10 +118,8 @@ RELEASE = Workflow(
     kind=KIND,
     needs_site=False,
     plan=lambda params: list(STEPS),
-    resolve=table_resolver(KIND, STEPS),
-    on_failure=_on_failure,
-    on_cancel=_on_cancel,
-    final_state=_final_state,
+    resolve=ROUTES.resolve,
+    **ROUTES.hooks(on_failure=_on_failure, on_cancel=_on_cancel),
     admit=admit,
     on_end=on_end,
     on_child_done=on_child_done,
