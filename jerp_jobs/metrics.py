@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from jerp_jobs import observe
+from jerp_jobs.freshness import shipped_logs
 from jerp_jobs.jobs import STATS_JOBS, STATS_STEPS, STEP_BUCKETS, as_text
 from jerp_jobs.log import get_logger
 
@@ -70,6 +71,9 @@ METRICS: dict[str, str] = {
     "jerp_releases_waiting": "gauge",
     "jerp_release_info": "gauge",
     "jerp_release_created_timestamp_seconds": "gauge",
+    "jerp_pitr_ship_interval_seconds": "gauge",
+    "jerp_pitr_last_shipment_timestamp_seconds": "gauge",
+    "jerp_pitr_rpo_seconds": "gauge",
 }
 
 
@@ -122,6 +126,7 @@ class JerpCollector(Collector):
             ("queues", lambda: _queues(rt, now)),
             ("beat", lambda: _beat(rt)),
             ("release", lambda: _release(rt)),
+            ("pitr", lambda: _pitr(rt, now)),
         ]
         if self._celery_app is not None:
             sections.append(("workers", lambda: _workers(self._celery_app(), rt.settings.worker_ping_timeout)))
@@ -227,6 +232,26 @@ def _sites(rt: Any, now: float) -> list[Metric]:
         if view.attention and isinstance(view.attention.get("since"), (int, float)):
             since.add_metric([view.site], view.attention["since"])
     return [last, age, stale, rpo, drill_at, drill_age, drill_ok, marked, since]
+
+
+def _pitr(rt: Any, now: float) -> list[Metric]:
+    """Point-in-time recovery, while it is on: the shipping interval, the last shipment, and the
+    current RPO (since the newest shipped binary log was closed; absent before the first)."""
+    settings = rt.settings
+    if not (settings.s3_bucket and settings.binlog_ship_minutes > 0 and settings.pitr_window_days > 0):
+        return []
+    interval = GaugeMetricFamily("jerp_pitr_ship_interval_seconds", "JERP_BINLOG_SHIP_MINUTES in seconds")
+    interval.add_metric([], settings.binlog_ship_minutes * 60)
+    last = GaugeMetricFamily("jerp_pitr_last_shipment_timestamp_seconds", "when binary logs were last shipped")
+    rpo = GaugeMetricFamily("jerp_pitr_rpo_seconds", "seconds since the newest shipped binary log was closed: "
+                            "what a loss of the database server now would lose at most")
+    shipped = shipped_logs(rt.redis)
+    if shipped:
+        last.add_metric([], float(shipped["at"]))
+        closed = (shipped.get("newest") or {}).get("closed_at")
+        if closed is not None:
+            rpo.add_metric([], round(max(0.0, now - float(closed)), 1))
+    return [interval, last, rpo]
 
 
 def _queues(rt: Any, now: float) -> list[Metric]:

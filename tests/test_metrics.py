@@ -90,7 +90,7 @@ def test_a_step_end_counts_once_in_the_histogram_and_a_job_end_once(fake_runtime
     assert value(samples, "jerp_jobs", kind="backup", state="failed") == 1
     assert value(samples, "jerp_up") == 1
     assert {s.labels["section"] for s in samples["jerp_scrape_ok"] if s.value == 1} == {
-        "jobs", "steps", "sites", "queues", "beat", "release", "workers"}
+        "jobs", "steps", "sites", "queues", "beat", "release", "pitr", "workers"}
 
 
 def test_steps_ended_through_the_end_script_count_once(fake_runtime: Runtime) -> None:
@@ -204,3 +204,21 @@ def test_every_exported_family_is_listed(fake_runtime: Runtime) -> None:
     response = TestClient(metrics.make_app(runtime=lambda: rt, celery_app=lambda: _app())).get("/metrics")
     families = {f.name for f in text_string_to_metric_families(response.text)}
     assert families <= set(metrics.METRICS), families - set(metrics.METRICS)
+
+
+def test_point_in_time_recovery_exports_its_interval_last_shipment_and_rpo(fake_redis: Any) -> None:
+    from jerp_jobs.bootstrap import build_runtime
+    from jerp_jobs.metrics import JerpCollector
+    from jerp_jobs.settings import load_settings
+
+    now = time.time()
+    settings = load_settings(_env_file=None, s3_bucket="backups")
+    rt = build_runtime(settings, client=fake_redis)
+    fake_redis.set("jerp:pitr:shipped", json.dumps({"at": now - 30, "shipped": ["binlog.000009"],
+                                                     "newest": {"name": "binlog.000009", "closed_at": now - 45}}))
+    families = {m.name: m for m in JerpCollector(lambda: rt, None).collect()}
+    assert families["jerp_pitr_ship_interval_seconds"].samples[0].value == 300
+    assert abs(families["jerp_pitr_last_shipment_timestamp_seconds"].samples[0].value - (now - 30)) < 1
+    assert 44 <= families["jerp_pitr_rpo_seconds"].samples[0].value <= 50
+    off = build_runtime(load_settings(_env_file=None, s3_bucket="backups", pitr_window_days=0), client=fake_redis)
+    assert "jerp_pitr_rpo_seconds" not in {m.name for m in JerpCollector(lambda: off, None).collect()}
