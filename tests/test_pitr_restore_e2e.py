@@ -157,6 +157,8 @@ def test_restore_to_an_instant_into_a_new_site_and_in_place_gives_exactly_that_i
     assert "create-site" not in steps and "fetch-offsite" not in steps
     assert table_digest(db, site_db) == states[second]
     assert table_digest(db, other_db) == other_before
+    made = job["result"]["fetched"]["files"]["db"]
+    assert not (pitr_bench / "sites" / made).exists()  # the dump made for the restore is removed
     listing = jerpctl(pitr_env, "backups", site)
     assert listing.returncode == 0, listing.stderr
     assert "+ point-in-time base" in listing.stdout

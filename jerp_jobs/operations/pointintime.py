@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jerp_jobs import bench, pitr
-from jerp_jobs.backupfiles import give_to_owner, require_sites_root
+from jerp_jobs.backupfiles import give_to_owner, require_sites_root, sites_root
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.errors import InvalidInput
 from jerp_jobs.jobs import StepState
-from jerp_jobs.manifests import manifest_key, read_side, seal, write_side
+from jerp_jobs.manifests import manifest_key, read_side, seal, side_name, write_side
 from jerp_jobs.offsite import offsite_stamp
 from jerp_jobs.operations.offsite import store_for
 from jerp_jobs.sites import validate_site_name
@@ -170,6 +170,19 @@ def replay(ctx: StepContext) -> None:
     ctx.output.append(f"replayed {done['events']} row events of {base['database']} from {len(done['binlogs'])} "
                       f"binary log(s) up to {pitr.utc_text(target)} UTC (load {done['load_s']}s, replay "
                       f"{done['replay_s']}s): {rel}")
+
+
+def remove_made_dump(rt: Any, job: Any) -> None:
+    """``on_end`` of a point-in-time restore: the dump ``pitr-replay`` made (and its manifest)
+    is removed, whatever the outcome. It was made for this restore only; kept, it would fill the
+    backup folder and could pass for a backup taken at its file's time."""
+    made = (job.result.get("fetched") or {}) if job.params.get("to") else {}
+    rel, stamp = (made.get("files") or {}).get("db"), made.get("timestamp")
+    root = sites_root(rt.settings)
+    if not rel or not stamp or root is None or not str(rel).startswith(f"{job.site}/private/backups/"):
+        return
+    (root / rel).unlink(missing_ok=True)
+    (root / job.site / "private" / "backups" / side_name(stamp)).unlink(missing_ok=True)
 
 
 # -- drills ----------------------------------------------------------------------------------
