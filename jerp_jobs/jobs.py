@@ -19,8 +19,9 @@ Storage (Redis, every key under ``jerp:``):
 - ``jerp:stats:steps`` / ``jerp:stats:jobs`` — counters for ``/metrics`` (jerp_jobs.metrics),
   kept in the scripts that write a step's or a job's end, so every end counts once whichever
   worker process writes it: per kind, step and final state, the steps ended and a histogram
-  of their durations (:data:`STEP_BUCKETS`); per kind and final state, the jobs ended. They
-  never expire (counters: Prometheus takes their rate).
+  of their durations (:data:`STEP_BUCKETS`), one HINCRBY per step end (:func:`step_stats`
+  reads them); per kind and final state, the jobs ended. They never expire (counters:
+  Prometheus takes their rate).
 - ``jerp:output:<id>`` — a stream: the job's commands and their output lines while they run
   (:class:`LiveOutput` writes it in batches, :meth:`JobStore.output_since` reads it), the last
   ``JERP_LIVE_OUTPUT_LINES`` kept, expiring with the record. The step records keep their own tail.
@@ -116,9 +117,14 @@ return old
 STEP_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 
 # Counts a step that reaches a final state (success, failed, skipped) from another one, in the
-# stats hash (jerp:stats:steps): fields "<kind>\t<step>\t<state>\t" + "ended" (every end),
-# "le:<bucket>" and "sum" (the steps that ran: a duration). Once per step end, whichever
-# worker process writes it: the record's previous state is read in the same script.
+# stats hash (jerp:stats:steps), with one HINCRBY per end. A step that ran (a duration) counts in
+# the field "<kind>\t<step>\t<state>\tp:<bucket>", which packs two counters in one integer: the
+# steps ended (the low STEP_COUNT_BITS bits) and the sum of their durations in milliseconds (the
+# bits above) — see step_stats(). Before either part could outgrow its bits (or the 2^53 a Lua
+# number holds exactly), the field is folded into the plain fields "...\tended", "...\tle:<bucket>"
+# and "...\tsum" (seconds), as it is for a duration too long to pack; a step that ended without
+# running (skipped) counts in "...\tended". Once per step end, whichever worker process writes
+# it: the record's previous state is read in the same script.
 # Arguments: stats key, the job's key, the step's previous JSON (or false), the new state,
 # the duration ("" for none), its bucket label, the step's name, the job's kind ("": read it).
 _COUNT_STEP_END = """
@@ -132,13 +138,67 @@ local function count_step_end(stats, job, old, state, duration, bucket, step, ki
   end
   if not kind or kind == '' then kind = redis.call('hget', job, 'kind') or '?' end
   local base = kind .. '\t' .. step .. '\t' .. state .. '\t'
-  redis.call('hincrby', stats, base .. 'ended', 1)
-  if duration ~= '' then
-    redis.call('hincrby', stats, base .. 'le:' .. bucket, 1)
-    redis.call('hincrbyfloat', stats, base .. 'sum', duration)
+  if duration == '' then
+    redis.call('hincrby', stats, base .. 'ended', 1)
+    return
   end
+  local unit = @UNIT@
+  local ms = math.floor(tonumber(duration) * 1000 + 0.5)
+  if ms < @MS_LIMIT@ then
+    -- integers passed as text ('%.0f': exact below 2^53), never in a number's exponent form
+    local packed = redis.call('hincrby', stats, base .. 'p:' .. bucket, string.format('%.0f', ms * unit + 1))
+    local count = packed % unit
+    if packed < @FOLD_AT@ and count < @COUNT_LIMIT@ then return end
+    ms = (packed - count) / unit
+    redis.call('hincrby', stats, base .. 'p:' .. bucket, string.format('%.0f', -packed))
+    redis.call('hincrby', stats, base .. 'ended', string.format('%.0f', count))
+    redis.call('hincrby', stats, base .. 'le:' .. bucket, string.format('%.0f', count))
+    redis.call('hincrbyfloat', stats, base .. 'sum', string.format('%.3f', ms / 1000))
+    return
+  end
+  redis.call('hincrby', stats, base .. 'ended', 1)
+  redis.call('hincrby', stats, base .. 'le:' .. bucket, 1)
+  redis.call('hincrbyfloat', stats, base .. 'sum', duration)
 end
 """
+
+#: bits of a packed step counter (jerp:stats:steps, "p:" fields) that count the steps ended;
+#: the bits above sum their durations in milliseconds
+STEP_COUNT_BITS = 20
+#: a packed counter is folded into the plain fields once its count reaches this...
+_STEP_COUNT_LIMIT = 2 ** (STEP_COUNT_BITS - 1)
+#: ...or its value this (below 2^53: Lua reads it exactly)...
+_STEP_FOLD_AT = 2 ** 50
+#: ...and a step of this many milliseconds or more (over 3 days) is never packed
+_STEP_MS_LIMIT = 2 ** 28
+_COUNT_STEP_END = (_COUNT_STEP_END.replace("@UNIT@", str(2 ** STEP_COUNT_BITS))
+                   .replace("@MS_LIMIT@", str(_STEP_MS_LIMIT)).replace("@FOLD_AT@", str(_STEP_FOLD_AT))
+                   .replace("@COUNT_LIMIT@", str(_STEP_COUNT_LIMIT)))
+
+
+def step_stats(fields: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """The step counters of the stats hash (jerp:stats:steps, as HGETALL gives it), per
+    (kind, step, state): "ended", "le:<bucket>" (steps per bucket, not cumulative) and "sum"
+    (seconds), packed fields unpacked and added to the plain ones."""
+    series: dict[tuple[str, str, str], dict[str, float]] = {}
+    mask = 2 ** STEP_COUNT_BITS - 1
+    for raw, raw_value in fields.items():
+        parts = as_text(raw).split("\t")
+        if len(parts) != 4:
+            continue
+        value = as_text(raw_value)
+        counters = series.setdefault((parts[0], parts[1], parts[2]), {})
+        if parts[3].startswith("p:"):
+            packed = int(value)
+            count, ms = packed & mask, packed >> STEP_COUNT_BITS
+            if not count:
+                continue
+            for name, add in (("ended", count), ("le:" + parts[3][2:], count), ("sum", ms / 1000)):
+                counters[name] = counters.get(name, 0.0) + add
+        else:
+            counters[parts[3]] = counters.get(parts[3], 0.0) + float(value)
+    return {labels: counters for labels, counters in series.items() if counters}
+
 
 # Writes one step of an existing job. KEYS: job hash, stats hash. ARGV: field, JSON, now, ttl,
 # then the step end's state, duration, bucket and name (see _COUNT_STEP_END).
