@@ -988,18 +988,23 @@ class LiveOutput:
     """Takes a running command's lines as they come and appends them to the job's output stream
     (:meth:`JobStore.append_output`) in batches, one stream entry each: a batch is written
     :data:`OUTPUT_BATCH_S` after its first line (a timer thread), the rest when the command ends
-    (:meth:`close`). So a chatty command costs a few writes a second, a quick one a single write
+    (:meth:`close`). A batch that holds only the command's start waits longer
+    (:data:`OUTPUT_COMMAND_S`), unless a line joins it. So a chatty command costs a few writes a
+    second, one that ends within :data:`OUTPUT_COMMAND_S` without printing earlier a single write
     (its ``XADD`` and the stream's expiry), and a line printed before a long silence still shows
     within the interval. Writes keep the order of the lines.
     A write that fails is logged and dropped: live output never fails a step."""
 
-    def __init__(self, store: JobStore, job_id: str, step: str, *, interval: float | None = None) -> None:
+    def __init__(self, store: JobStore, job_id: str, step: str, *, interval: float | None = None,
+                 command_interval: float | None = None) -> None:
         self._store = store
         self._job_id = job_id
         self._step = step
         self._interval = OUTPUT_BATCH_S if interval is None else interval
+        self._command_interval = max(self._interval, OUTPUT_COMMAND_S if command_interval is None else command_interval)
         self._pending: list[tuple[str, str]] = []
         self._timer: threading.Timer | None = None
+        self._due = 0.0  # when the pending batch is written (time.monotonic()), while a timer runs
         self._lock = threading.Lock()  # the pending lines and the timer
         self._writing = threading.Lock()  # one write at a time, in order
         self._enabled = store.output_lines > 0
@@ -1017,10 +1022,16 @@ class LiveOutput:
             return
         with self._lock:
             self._pending.append((kind, text))
-            if self._timer is None:
-                self._timer = threading.Timer(self._interval, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+            wait = self._command_interval if kind == "command" else self._interval
+            due = time.monotonic() + wait
+            if self._timer is not None and self._due <= due:
+                return
+            if self._timer is not None:
+                self._timer.cancel()  # a line joins a batch that held only a command: written sooner
+            self._timer = threading.Timer(wait, self.flush)
+            self._timer.daemon = True
+            self._due = due
+            self._timer.start()
 
     def flush(self) -> None:
         """Write what is pending now."""
@@ -1045,6 +1056,10 @@ class LiveOutput:
 
 #: seconds between two writes of a running command's output (see LiveOutput)
 OUTPUT_BATCH_S = 0.25
+
+#: seconds a command's start waits for its first lines or its end before it is written alone
+#: (see LiveOutput): a command that is done sooner costs one write
+OUTPUT_COMMAND_S = 2.0
 
 #: a process sets a job's output stream's expiry again when it last set it longer ago than this
 #: (so the stream outlives the record's last update by at most this much less than the TTL)
