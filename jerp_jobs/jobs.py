@@ -304,14 +304,14 @@ return {'started', ''}
 # runs the next step itself) when the job is not final, no cancel is requested and the guard is
 # unset, 13 final job states, space-separated, 14 the lock's TTL in ms (a lock that turns out to
 # be another holder's is put back with it). Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced, "1" if the guard
-# was set here}.
+# was set here, the job's result (JSON) when the guard was set here, else ""}.
 _END_STEP = _COUNT_STEP_END + """
 local holder = redis.call('getdel', KEYS[2])
 if holder ~= ARGV[5] then
   if holder then redis.call('set', KEYS[2], holder, 'PX', ARGV[14]) end  -- another holder's: put back
   return {'lost'}
 end
-local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1])
+local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1], 'result')
 if not f[1] then return {'gone'} end
 local finals = ' ' .. ARGV[13] .. ' '
 local claim = ARGV[12] == '1' and not f[3] and (f[2] or '0') ~= '1'
@@ -323,7 +323,7 @@ else
 end
 if ARGV[4] ~= '0' then redis.call('expire', KEYS[1], ARGV[4]) end
 count_step_end(KEYS[3], KEYS[1], f[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-return {'ended', f[1], f[2] or '0', f[3] and '1' or '0', claim and '1' or '0'}
+return {'ended', f[1], f[2] or '0', f[3] and '1' or '0', claim and '1' or '0', claim and f[5] or ''}
 """
 
 
@@ -394,6 +394,9 @@ class StepEnd:
     advanced: bool
     #: the advance guard was set by the end itself (``claim_advance`` asked for, and allowed)
     claimed: bool = False
+    #: when ``claimed``: the job's result as the end found it (the caller goes on without reading
+    #: the record again)
+    result: dict[str, Any] | None = None
 
 
 @dataclass
@@ -762,7 +765,7 @@ class JobStore:
         redacted on the way in, as :meth:`update_step` does. ``kind``: the job's (read from the
         record when not given). ``claim_advance``: the caller runs the job's next step itself, so
         the advance guard is set with the record when the job is neither final nor cancelled and
-        the guard was unset (:attr:`StepEnd.claimed`). The record's expiry is set again when this
+        the guard was unset (:attr:`StepEnd.claimed`, with the job's result). The record's expiry is set again when this
         process last set it more than :data:`RECORD_EXPIRY_REFRESH_S` ago (a job's final state
         always sets it).
         """
@@ -781,8 +784,9 @@ class JobStore:
             raise JobNotFound(job_id)
         if refresh:
             self._done(("expire", key))
+        claimed = reply[4] == "1"
         return StepEnd(state=reply[1], cancel_requested=reply[2] == "1", advanced=reply[3] == "1",
-                       claimed=reply[4] == "1")
+                       claimed=claimed, result=json.loads(reply[5] or "{}") if claimed else None)
 
     @staticmethod
     def ended(step: Step, state: str, *, exit_code: int | None = None, output: str = "",
