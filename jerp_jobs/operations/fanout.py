@@ -31,7 +31,6 @@ backup), with the same failure budget. A site that has the app already ends its 
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 from jerp_jobs import bench, fanouts, keys
