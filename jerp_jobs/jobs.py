@@ -19,8 +19,9 @@ Storage (Redis, every key under ``jerp:``):
 - ``jerp:stats:steps`` / ``jerp:stats:jobs`` — counters for ``/metrics`` (jerp_jobs.metrics),
   kept in the scripts that write a step's or a job's end, so every end counts once whichever
   worker process writes it: per kind, step and final state, the steps ended and a histogram
-  of their durations (:data:`STEP_BUCKETS`); per kind and final state, the jobs ended. They
-  never expire (counters: Prometheus takes their rate).
+  of their durations (:data:`STEP_BUCKETS`), one HINCRBY per step end (:func:`step_stats`
+  reads them); per kind and final state, the jobs ended. They never expire (counters:
+  Prometheus takes their rate).
 - ``jerp:output:<id>`` — a stream: the job's commands and their output lines while they run
   (:class:`LiveOutput` writes it in batches, :meth:`JobStore.output_since` reads it), the last
   ``JERP_LIVE_OUTPUT_LINES`` kept, expiring with the record. The step records keep their own tail.
@@ -116,9 +117,14 @@ return old
 STEP_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 
 # Counts a step that reaches a final state (success, failed, skipped) from another one, in the
-# stats hash (jerp:stats:steps): fields "<kind>\t<step>\t<state>\t" + "ended" (every end),
-# "le:<bucket>" and "sum" (the steps that ran: a duration). Once per step end, whichever
-# worker process writes it: the record's previous state is read in the same script.
+# stats hash (jerp:stats:steps), with one HINCRBY per end. A step that ran (a duration) counts in
+# the field "<kind>\t<step>\t<state>\tp:<bucket>", which packs two counters in one integer: the
+# steps ended (the low STEP_COUNT_BITS bits) and the sum of their durations in milliseconds (the
+# bits above) — see step_stats(). Before either part could outgrow its bits (or the 2^53 a Lua
+# number holds exactly), the field is folded into the plain fields "...\tended", "...\tle:<bucket>"
+# and "...\tsum" (seconds), as it is for a duration too long to pack; a step that ended without
+# running (skipped) counts in "...\tended". Once per step end, whichever worker process writes
+# it: the record's previous state is read in the same script.
 # Arguments: stats key, the job's key, the step's previous JSON (or false), the new state,
 # the duration ("" for none), its bucket label, the step's name, the job's kind ("": read it).
 _COUNT_STEP_END = """
@@ -132,13 +138,67 @@ local function count_step_end(stats, job, old, state, duration, bucket, step, ki
   end
   if not kind or kind == '' then kind = redis.call('hget', job, 'kind') or '?' end
   local base = kind .. '\t' .. step .. '\t' .. state .. '\t'
-  redis.call('hincrby', stats, base .. 'ended', 1)
-  if duration ~= '' then
-    redis.call('hincrby', stats, base .. 'le:' .. bucket, 1)
-    redis.call('hincrbyfloat', stats, base .. 'sum', duration)
+  if duration == '' then
+    redis.call('hincrby', stats, base .. 'ended', 1)
+    return
   end
+  local unit = @UNIT@
+  local ms = math.floor(tonumber(duration) * 1000 + 0.5)
+  if ms < @MS_LIMIT@ then
+    -- integers passed as text ('%.0f': exact below 2^53), never in a number's exponent form
+    local packed = redis.call('hincrby', stats, base .. 'p:' .. bucket, string.format('%.0f', ms * unit + 1))
+    local count = packed % unit
+    if packed < @FOLD_AT@ and count < @COUNT_LIMIT@ then return end
+    ms = (packed - count) / unit
+    redis.call('hincrby', stats, base .. 'p:' .. bucket, string.format('%.0f', -packed))
+    redis.call('hincrby', stats, base .. 'ended', string.format('%.0f', count))
+    redis.call('hincrby', stats, base .. 'le:' .. bucket, string.format('%.0f', count))
+    redis.call('hincrbyfloat', stats, base .. 'sum', string.format('%.3f', ms / 1000))
+    return
+  end
+  redis.call('hincrby', stats, base .. 'ended', 1)
+  redis.call('hincrby', stats, base .. 'le:' .. bucket, 1)
+  redis.call('hincrbyfloat', stats, base .. 'sum', duration)
 end
 """
+
+#: bits of a packed step counter (jerp:stats:steps, "p:" fields) that count the steps ended;
+#: the bits above sum their durations in milliseconds
+STEP_COUNT_BITS = 20
+#: a packed counter is folded into the plain fields once its count reaches this...
+_STEP_COUNT_LIMIT = 2 ** (STEP_COUNT_BITS - 1)
+#: ...or its value this (below 2^53: Lua reads it exactly)...
+_STEP_FOLD_AT = 2 ** 50
+#: ...and a step of this many milliseconds or more (over 3 days) is never packed
+_STEP_MS_LIMIT = 2 ** 28
+_COUNT_STEP_END = (_COUNT_STEP_END.replace("@UNIT@", str(2 ** STEP_COUNT_BITS))
+                   .replace("@MS_LIMIT@", str(_STEP_MS_LIMIT)).replace("@FOLD_AT@", str(_STEP_FOLD_AT))
+                   .replace("@COUNT_LIMIT@", str(_STEP_COUNT_LIMIT)))
+
+
+def step_stats(fields: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """The step counters of the stats hash (jerp:stats:steps, as HGETALL gives it), per
+    (kind, step, state): "ended", "le:<bucket>" (steps per bucket, not cumulative) and "sum"
+    (seconds), packed fields unpacked and added to the plain ones."""
+    series: dict[tuple[str, str, str], dict[str, float]] = {}
+    mask = 2 ** STEP_COUNT_BITS - 1
+    for raw, raw_value in fields.items():
+        parts = as_text(raw).split("\t")
+        if len(parts) != 4:
+            continue
+        value = as_text(raw_value)
+        counters = series.setdefault((parts[0], parts[1], parts[2]), {})
+        if parts[3].startswith("p:"):
+            packed = int(value)
+            count, ms = packed & mask, packed >> STEP_COUNT_BITS
+            if not count:
+                continue
+            for name, add in (("ended", count), ("le:" + parts[3][2:], count), ("sum", ms / 1000)):
+                counters[name] = counters.get(name, 0.0) + add
+        else:
+            counters[parts[3]] = counters.get(parts[3], 0.0) + float(value)
+    return {labels: counters for labels, counters in series.items() if counters}
+
 
 # Writes one step of an existing job. KEYS: job hash, stats hash. ARGV: field, JSON, now, ttl,
 # then the step end's state, duration, bucket and name (see _COUNT_STEP_END).
@@ -244,14 +304,14 @@ return {'started', ''}
 # runs the next step itself) when the job is not final, no cancel is requested and the guard is
 # unset, 13 final job states, space-separated, 14 the lock's TTL in ms (a lock that turns out to
 # be another holder's is put back with it). Returns {lost} | {gone} | {ended, state, cancel flag, "1" if advanced, "1" if the guard
-# was set here}.
+# was set here, the job's result (JSON) when the guard was set here, else ""}.
 _END_STEP = _COUNT_STEP_END + """
 local holder = redis.call('getdel', KEYS[2])
 if holder ~= ARGV[5] then
   if holder then redis.call('set', KEYS[2], holder, 'PX', ARGV[14]) end  -- another holder's: put back
   return {'lost'}
 end
-local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1])
+local f = redis.call('hmget', KEYS[1], 'state', 'cancel_requested', ARGV[6], ARGV[1], 'result')
 if not f[1] then return {'gone'} end
 local finals = ' ' .. ARGV[13] .. ' '
 local claim = ARGV[12] == '1' and not f[3] and (f[2] or '0') ~= '1'
@@ -263,7 +323,7 @@ else
 end
 if ARGV[4] ~= '0' then redis.call('expire', KEYS[1], ARGV[4]) end
 count_step_end(KEYS[3], KEYS[1], f[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-return {'ended', f[1], f[2] or '0', f[3] and '1' or '0', claim and '1' or '0'}
+return {'ended', f[1], f[2] or '0', f[3] and '1' or '0', claim and '1' or '0', claim and f[5] or ''}
 """
 
 
@@ -334,6 +394,9 @@ class StepEnd:
     advanced: bool
     #: the advance guard was set by the end itself (``claim_advance`` asked for, and allowed)
     claimed: bool = False
+    #: when ``claimed``: the job's result as the end found it (the caller goes on without reading
+    #: the record again)
+    result: dict[str, Any] | None = None
 
 
 @dataclass
@@ -702,7 +765,7 @@ class JobStore:
         redacted on the way in, as :meth:`update_step` does. ``kind``: the job's (read from the
         record when not given). ``claim_advance``: the caller runs the job's next step itself, so
         the advance guard is set with the record when the job is neither final nor cancelled and
-        the guard was unset (:attr:`StepEnd.claimed`). The record's expiry is set again when this
+        the guard was unset (:attr:`StepEnd.claimed`, with the job's result). The record's expiry is set again when this
         process last set it more than :data:`RECORD_EXPIRY_REFRESH_S` ago (a job's final state
         always sets it).
         """
@@ -721,8 +784,9 @@ class JobStore:
             raise JobNotFound(job_id)
         if refresh:
             self._done(("expire", key))
+        claimed = reply[4] == "1"
         return StepEnd(state=reply[1], cancel_requested=reply[2] == "1", advanced=reply[3] == "1",
-                       claimed=reply[4] == "1")
+                       claimed=claimed, result=json.loads(reply[5] or "{}") if claimed else None)
 
     @staticmethod
     def ended(step: Step, state: str, *, exit_code: int | None = None, output: str = "",
@@ -928,18 +992,23 @@ class LiveOutput:
     """Takes a running command's lines as they come and appends them to the job's output stream
     (:meth:`JobStore.append_output`) in batches, one stream entry each: a batch is written
     :data:`OUTPUT_BATCH_S` after its first line (a timer thread), the rest when the command ends
-    (:meth:`close`). So a chatty command costs a few writes a second, a quick one a single write
+    (:meth:`close`). A batch that holds only the command's start waits longer
+    (:data:`OUTPUT_COMMAND_S`), unless a line joins it. So a chatty command costs a few writes a
+    second, one that ends within :data:`OUTPUT_COMMAND_S` without printing earlier a single write
     (its ``XADD`` and the stream's expiry), and a line printed before a long silence still shows
     within the interval. Writes keep the order of the lines.
     A write that fails is logged and dropped: live output never fails a step."""
 
-    def __init__(self, store: JobStore, job_id: str, step: str, *, interval: float | None = None) -> None:
+    def __init__(self, store: JobStore, job_id: str, step: str, *, interval: float | None = None,
+                 command_interval: float | None = None) -> None:
         self._store = store
         self._job_id = job_id
         self._step = step
         self._interval = OUTPUT_BATCH_S if interval is None else interval
+        self._command_interval = max(self._interval, OUTPUT_COMMAND_S if command_interval is None else command_interval)
         self._pending: list[tuple[str, str]] = []
         self._timer: threading.Timer | None = None
+        self._due = 0.0  # when the pending batch is written (time.monotonic()), while a timer runs
         self._lock = threading.Lock()  # the pending lines and the timer
         self._writing = threading.Lock()  # one write at a time, in order
         self._enabled = store.output_lines > 0
@@ -957,10 +1026,16 @@ class LiveOutput:
             return
         with self._lock:
             self._pending.append((kind, text))
-            if self._timer is None:
-                self._timer = threading.Timer(self._interval, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+            wait = self._command_interval if kind == "command" else self._interval
+            due = time.monotonic() + wait
+            if self._timer is not None and self._due <= due:
+                return
+            if self._timer is not None:
+                self._timer.cancel()  # a line joins a batch that held only a command: written sooner
+            self._timer = threading.Timer(wait, self.flush)
+            self._timer.daemon = True
+            self._due = due
+            self._timer.start()
 
     def flush(self) -> None:
         """Write what is pending now."""
@@ -985,6 +1060,10 @@ class LiveOutput:
 
 #: seconds between two writes of a running command's output (see LiveOutput)
 OUTPUT_BATCH_S = 0.25
+
+#: seconds a command's start waits for its first lines or its end before it is written alone
+#: (see LiveOutput): a command that is done sooner costs one write
+OUTPUT_COMMAND_S = 2.0
 
 #: a process sets a job's output stream's expiry again when it last set it longer ago than this
 #: (so the stream outlives the record's last update by at most this much less than the TTL)

@@ -36,7 +36,7 @@ from prometheus_client.utils import floatToGoString
 
 from jerp_jobs import observe
 from jerp_jobs.freshness import shipped_logs
-from jerp_jobs.jobs import STATS_JOBS, STATS_STEPS, STEP_BUCKETS, as_text
+from jerp_jobs.jobs import STATS_JOBS, STATS_STEPS, STEP_BUCKETS, as_text, step_stats
 from jerp_jobs.log import get_logger
 
 log = get_logger(__name__)
@@ -177,12 +177,7 @@ def _steps(rt: Any) -> list[Metric]:
                                 labels=["kind", "step", "state"])
     duration = HistogramMetricFamily("jerp_step_duration_seconds", "how long steps that ran took, by final state",
                                      labels=["kind", "step", "state"])
-    series: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-    for raw, value in _hash(rt.redis, STATS_STEPS).items():
-        parts = raw.split("\t")
-        if len(parts) != 4:
-            continue
-        series[(parts[0], parts[1], parts[2])][parts[3]] = float(value)
+    series = step_stats(_hash(rt.redis, STATS_STEPS))
     labels_order = [f"{b:g}" for b in STEP_BUCKETS] + ["+Inf"]
     for labels, fields in sorted(series.items()):
         if "ended" in fields:

@@ -24,7 +24,7 @@ import json
 import random
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, LockLost, TransientError
@@ -53,23 +53,31 @@ class StepRun:
     #: the step whose delivery failed: it ran and was recorded failed (the job went on to its
     #: failure path), or the job was failed instead of starting it (its site needs attention)
     failed_step: str | None = None
+    #: for "inline": the job and its record's fields to start ``next_step`` with (pass them to
+    #: :func:`run_step` as ``known``): the record as read before the step, with what its end changed
+    known: tuple[Job, dict[str, str]] | None = field(default=None, repr=False, compare=False)
 
 
 #: how many times a step re-reads a record that changed between its read and its start
 _READS = 3
 
 
-def run_step(rt: Runtime, job_id: str, step: str, *, worker: str, inline_until: float = 0.0) -> StepRun:
+def run_step(rt: Runtime, job_id: str, step: str, *, worker: str, inline_until: float = 0.0,
+             known: tuple[Job, dict[str, str]] | None = None) -> StepRun:
     """Run one delivery of ``step``: read the job once, start the step in one script (the
     attention check, the site's claim, the lock, the running record), run it, end it in one
     script (the record, the lock's release, what advancing needs), and advance.
 
     Before ``inline_until`` (``time.monotonic()``), a step that succeeded hands its successor
     to the caller (``inline``) instead of publishing it: the advance guard is set first, so a
-    caller that dies before the next step starts leaves a job the resumer moves on."""
+    caller that dies before the next step starts leaves a job the resumer moves on, and ``known``
+    in the answer: the job as the step before left it, so that the next step starts without
+    reading the record again (its start script compares the job's state, its cancel flag and the
+    step's own record with the record, and a record that changed is read again)."""
     accept_attention = ""
     for _ in range(_READS):
-        job, fields = rt.store.read(job_id)
+        job, fields = known if known is not None and known[0].id == job_id else rt.store.read(job_id)
+        known = None
         result = _run_once(rt, job, fields, step, worker=worker, accept_attention=accept_attention,
                            inline_until=inline_until)
         if isinstance(result, StepRun):
@@ -127,7 +135,7 @@ def _run_once(
     if result == "retry":
         return StepRun("retry", detail=f"{step} will be tried again", countdown=countdown)
     if end is not None:
-        return _advance_ended(rt, workflow, job, step, end, inline_until=inline_until)
+        return _advance_ended(rt, workflow, job, fields, step, end, inline_until=inline_until)
     if result == "failed":
         return replace(_advance(rt, workflow, job.id, step, failed=True), failed_step=step)
     return _advance(rt, workflow, job.id, step, failed=False)
@@ -252,13 +260,17 @@ def _execute(
 
 
 def _advance_ended(
-    rt: Runtime, workflow: Workflow, job: Job, step: str, end: StepEnd, *, inline_until: float
+    rt: Runtime, workflow: Workflow, job: Job, fields: dict[str, str], step: str, end: StepEnd, *, inline_until: float
 ) -> StepRun:
     """Advance after a step ended ``success`` or ``skipped`` (``job`` as read before it, with
     the step's record updated): the common case, publishing the next step, needs no read;
     a guard already set, a job ended meanwhile, a cancel or the job's end take ``_advance``."""
     if end.claimed:  # the end script set the guard: the caller runs the next step
-        return StepRun("inline", next_step=next_pending(workflow, job, after=step))
+        job.state, job.cancel_requested = end.state, False  # as the end script found them
+        job.result = end.result if end.result is not None else job.result
+        for note in ("waiting_for", "waiting_since"):  # the step's start dropped them
+            job.notes.pop(note, None)
+        return StepRun("inline", next_step=next_pending(workflow, job, after=step), known=(job, fields))
     if end.advanced:
         return StepRun("ignored", detail=f"the job already moved past {step}")
     if end.state in FINAL_JOB_STATES:

@@ -1,8 +1,8 @@
 """The parts the engine works with, every one passed in.
 
-``Runtime`` gathers the Redis client, the job store, the lock manager, the site state, the
-workflow catalog, the executor, the platform and the transport (``dispatch`` publishes a step,
-``notify_parent`` tells a parent a child ended). The engine knows none of the concrete
+``Runtime`` gathers the Redis client, the job store, the fan-outs' progress, the lock manager,
+the site state, the workflow catalog, the executor, the platform and the transport
+(``dispatch`` publishes a step, ``notify_parent`` tells a parent a child ended). The engine knows none of the concrete
 choices: :mod:`jerp_jobs.bootstrap` (the app layer) wires them for processes, from the
 settings; tests build one with their own parts (a fakeredis client, a FakeExecutor, a
 recording transport).
@@ -19,6 +19,7 @@ import redis
 from jerp_jobs.executors.base import Executor
 from jerp_jobs.executors.docker import DockerExecutor
 from jerp_jobs.executors.local import LocalExecutor
+from jerp_jobs.fanouts import FanoutStore
 from jerp_jobs.jobs import JobStore
 from jerp_jobs.locks import LockManager
 from jerp_jobs.notify import site_attention
@@ -54,6 +55,7 @@ class Runtime:
     notify: Callable[[str, str, str], None] = field(default=lambda event, title, body: None, repr=False)
 
     _platform: Platform | None = field(default=None, repr=False)
+    _fanouts: FanoutStore | None = field(default=None, repr=False)
 
     def workflow(self, kind: str) -> Workflow:
         """The workflow of ``kind``; InvalidInput naming the known kinds if the catalog has none."""
@@ -69,6 +71,13 @@ class Runtime:
         """Mark ``site`` as needing attention (automation leaves it alone) and tell people."""
         self.sites.mark_attention(site, job_id=job_id, reason=reason)
         self.notify(*site_attention(site, job_id=job_id, reason=reason))
+
+    @property
+    def fanouts(self) -> FanoutStore:
+        """The fan-outs' progress (their own keys, expiring with the job records)."""
+        if self._fanouts is None:
+            self._fanouts = FanoutStore(self.redis, ttl=self.store.ttl)
+        return self._fanouts
 
     @property
     def platform(self) -> Platform:

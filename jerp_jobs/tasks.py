@@ -56,9 +56,10 @@ def step(self: Any, *, job_id: str, step: str) -> str:
     worker = self.request.hostname or "?"
     current = step
     failed: str | None = None
+    known = None  # the job as the step run inline before left it
     while True:
         try:
-            result = runner.run_step(rt, job_id, current, worker=worker, inline_until=inline_until)
+            result = runner.run_step(rt, job_id, current, worker=worker, inline_until=inline_until, known=known)
         except JobNotFound:
             log.warning("step.orphan", detail="job record is gone (expired or deleted); nothing to do")
             return _outcome(rt, job_id, "ignored", failed)
@@ -79,7 +80,7 @@ def step(self: Any, *, job_id: str, step: str) -> str:
         log.info("step.done", outcome=result.outcome, next_step=result.next_step, detail=result.detail)
         if result.outcome != "inline" or result.next_step is None:
             return _outcome(rt, job_id, result.outcome, failed)
-        current = result.next_step
+        current, known = result.next_step, result.known
         structlog.contextvars.bind_contextvars(step=current)
 
 

@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     }),
     ("store", {
         "jerp_jobs.jobs", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit", "jerp_jobs.freshness",
-        "jerp_jobs.manifests", "jerp_jobs.releases",
+        "jerp_jobs.manifests", "jerp_jobs.releases", "jerp_jobs.fanouts",
     }),
     ("adapters", {
         "jerp_jobs.executors", "jerp_jobs.executors._argv", "jerp_jobs.executors.base", "jerp_jobs.executors.docker",

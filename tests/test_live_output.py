@@ -104,6 +104,33 @@ def test_a_quick_command_costs_one_write(fake_redis: redis.Redis) -> None:
     assert threading.active_count() < 20  # no timer left behind
 
 
+def test_a_command_start_alone_waits_longer_and_a_line_brings_its_write_forward(fake_redis: redis.Redis) -> None:
+    store = JobStore(fake_redis, output_lines=1000)
+    job = store.create("migrate", ["migrate"], site="a.example.com")
+    writes: list[list[tuple[str, str]]] = []
+    store.append_output = lambda job_id, step, entries: writes.append(list(entries))  # type: ignore[method-assign]
+    silent = LiveOutput(store, job.id, "migrate", interval=0.1, command_interval=0.6)
+    silent.command(["bench", "--site", "a.example.com", "migrate"])
+    time.sleep(0.3)
+    assert writes == []  # a silent command's start is not written alone at the interval
+    silent.close()
+    assert writes == [[("command", "bench --site a.example.com migrate")]]  # one write for the command
+
+    writes.clear()
+    quiet = LiveOutput(store, job.id, "migrate", interval=0.1, command_interval=0.4)
+    quiet.command(["bench", "--site", "a.example.com", "migrate"])
+    time.sleep(0.6)
+    assert len(writes) == 1  # ...but it is, after the longer wait: a long silent command shows
+    chatty = LiveOutput(store, job.id, "migrate", interval=0.1, command_interval=5.0)
+    chatty.command(["bench", "--site", "a.example.com", "migrate"])
+    chatty.line("Migrating")
+    time.sleep(0.4)
+    assert writes[1:] == [[("command", "bench --site a.example.com migrate"), ("output", "Migrating")]]
+    chatty.close()
+    quiet.close()
+    assert len(writes) == 2
+
+
 def test_a_failing_write_never_fails_the_command(fake_redis: redis.Redis) -> None:
     store = JobStore(fake_redis, output_lines=1000)
 

@@ -113,6 +113,70 @@ def test_steps_ended_through_the_end_script_count_once(fake_runtime: Runtime) ->
     assert value(samples, "jerp_jobs_ended_total", kind="demo", state="succeeded") == 1
 
 
+def test_many_step_ends_sum_exactly_and_a_step_end_is_one_increment(any_runtime: Runtime) -> None:
+    """Steps that ran count in one packed field per (kind, step, state, bucket): each end one
+    HINCRBY; the counts and the sum read back exactly, added to the plain fields kept before."""
+    rt = any_runtime
+    durations = [0.25, 0.5, 0.75, 3.0, 3.5]
+    for seconds in durations:
+        job = rt.store.create("backup", ["backup"], site=SITE)
+        _ran(rt, job.id, "backup", "success", seconds)
+    stats = rt.redis.hgetall(keys.STATS_STEPS)
+    assert {k.decode().split("\t")[3] for k in stats} == {"p:1", "p:5"}  # no field but the packed ones
+    # plain fields, as the end script keeps a folded or too-long step, add to the packed ones
+    rt.redis.hset(keys.STATS_STEPS, mapping={"backup\tbackup\tsuccess\tended": 2, "backup\tbackup\tsuccess\tle:1": 2,
+                                             "backup\tbackup\tsuccess\tsum": 1.5})
+    samples = scrape(rt)
+    assert value(samples, "jerp_steps_ended_total", kind="backup", step="backup", state="success") == 7
+    assert value(samples, "jerp_step_duration_seconds_count", step="backup") == 7
+    assert value(samples, "jerp_step_duration_seconds_sum", step="backup") == pytest.approx(sum(durations) + 1.5, abs=0.02)
+    bucket = {s.labels["le"]: s.value for s in samples["jerp_step_duration_seconds_bucket"] if s.labels["step"] == "backup"}
+    assert (bucket["1.0"], bucket["5.0"], bucket["+Inf"]) == (5, 7, 7)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def any_runtime(request: pytest.FixtureRequest, fake_runtime: Runtime, settings: Any) -> Runtime:
+    """The fake runtime, and one on the real Redis (its Lua is the one the scripts run on)."""
+    if request.param == "fakeredis":
+        return fake_runtime
+    from jerp_jobs.bootstrap import build_runtime
+
+    return build_runtime(settings, client=request.getfixturevalue("real_redis"))
+
+
+def test_a_packed_counter_near_its_limit_is_folded_into_the_plain_fields(any_runtime: Runtime) -> None:
+    from jerp_jobs.jobs import STEP_COUNT_BITS
+
+    rt = any_runtime
+    field = "backup\tbackup\tsuccess\tp:1"
+    near = 2 ** (STEP_COUNT_BITS - 1) - 1  # one step more reaches the count's limit
+    rt.redis.hset(keys.STATS_STEPS, field, (near * 500) << STEP_COUNT_BITS | near)  # each took 0.5 s
+    job = rt.store.create("backup", ["backup"], site=SITE)
+    _ran(rt, job.id, "backup", "success", 0.5)
+    stats = {k.decode(): v.decode() for k, v in rt.redis.hgetall(keys.STATS_STEPS).items()}
+    assert int(stats[field]) == 0
+    assert int(stats["backup\tbackup\tsuccess\tended"]) == near + 1 == int(stats["backup\tbackup\tsuccess\tle:1"])
+    assert float(stats["backup\tbackup\tsuccess\tsum"]) == pytest.approx((near + 1) * 0.5, abs=0.01)
+    rt.store.update_step(job.id, rt.store.get(job.id).step("backup"))  # its end written again: not counted
+    job = rt.store.create("backup", ["backup"], site=SITE)
+    _ran(rt, job.id, "backup", "success", 0.25)  # packed again from zero
+    samples = scrape(rt)
+    assert value(samples, "jerp_steps_ended_total", kind="backup", step="backup", state="success") == near + 2
+    assert value(samples, "jerp_step_duration_seconds_sum", step="backup") == pytest.approx((near + 1) * 0.5 + 0.25, abs=0.01)
+
+
+def test_a_step_too_long_to_pack_counts_in_the_plain_fields(any_runtime: Runtime) -> None:
+    rt = any_runtime
+    job = rt.store.create("backup", ["backup"], site=SITE)
+    _ran(rt, job.id, "backup", "success", 300_000.0)  # over three days
+    stats = {k.decode(): v.decode() for k, v in rt.redis.hgetall(keys.STATS_STEPS).items()}
+    assert set(stats) == {"backup\tbackup\tsuccess\tended", "backup\tbackup\tsuccess\tle:+Inf",
+                          "backup\tbackup\tsuccess\tsum"}
+    assert stats["backup\tbackup\tsuccess\tended"] == stats["backup\tbackup\tsuccess\tle:+Inf"] == "1"
+    assert float(stats["backup\tbackup\tsuccess\tsum"]) == pytest.approx(300_000.0, abs=0.01)
+    assert value(scrape(rt), "jerp_step_duration_seconds_count", step="backup") == 1
+
+
 def test_sites_queues_beat_workers_and_release_are_read_from_redis(fake_runtime: Runtime) -> None:
     rt = fake_runtime
     rt.settings = rt.settings.model_copy(update={"s3_bucket": "backups"})  # the off-site copy counts

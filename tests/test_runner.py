@@ -327,6 +327,41 @@ def test_a_step_run_inline_hands_its_successor_to_the_caller_with_the_guard_set(
     assert result.outcome == "advanced" and fake_runtime.dispatched == [(job.id, "prune-local")]
 
 
+def test_a_step_run_inline_starts_without_reading_the_record_again(fake_runtime: Runtime) -> None:
+    """The job as the step before left it (its result too) starts the next step; a record that
+    changed since (a cancel) is read again."""
+    import time
+
+    from jerp_jobs.workflow import Catalog, StepSpec, simple
+
+    seen: list[dict] = []
+
+    def first(ctx) -> None:  # type: ignore[no-untyped-def]
+        ctx.runtime.store.set_result(ctx.job.id, made="by the first step")
+
+    def second(ctx) -> None:  # type: ignore[no-untyped-def]
+        seen.append(dict(ctx.job.result))
+
+    rt = fake_runtime
+    rt.workflows = Catalog([simple("demo", [("one", StepSpec(first)), ("two", StepSpec(second)),
+                                            ("three", StepSpec(second))], needs_site=False)])
+    job = rt.store.create("demo", ["one", "two", "three"])
+    reads: list[str] = []
+    original = rt.store.read
+    rt.store.read = lambda job_id: reads.append(job_id) or original(job_id)  # type: ignore[method-assign]
+    until = time.monotonic() + 60
+    result = runner.run_step(rt, job.id, "one", worker="w1", inline_until=until)
+    assert result.outcome == "inline" and result.known is not None and reads == [job.id]
+    result = runner.run_step(rt, job.id, "two", worker="w1", inline_until=until, known=result.known)
+    assert reads == [job.id]  # no second read
+    assert seen == [{"made": "by the first step"}]
+    assert rt.store.get(job.id).step("two").state == "success"
+    rt.store.request_cancel(job.id)  # the record changed since the job was known
+    done = runner.run_step(rt, job.id, "three", worker="w1", inline_until=until, known=result.known)
+    assert len(reads) > 1  # read again: the start script saw the change
+    assert done.outcome == "finished" and rt.store.get(job.id).state == "cancelled" and len(seen) == 1
+
+
 def test_a_step_starts_in_one_script_that_refuses_a_record_changed_since_it_was_read(fake_runtime: Runtime) -> None:
     from jerp_jobs.jobs import StepKeys
 

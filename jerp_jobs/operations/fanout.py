@@ -31,14 +31,13 @@ backup), with the same failure budget. A site that has the app already ends its 
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
 from typing import Any
 
-from jerp_jobs import bench, keys
+from jerp_jobs import bench, fanouts, keys
 from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
-from jerp_jobs.jobs import Job, JobState, StepState, as_text
+from jerp_jobs.fanouts import Next, SiteRun
+from jerp_jobs.jobs import Job, JobState, StepState
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.apps import validate_install_app
@@ -60,18 +59,7 @@ log = get_logger(__name__)
 
 STATE = keys.FANOUT  # hash per parent job: site -> {"state", "job_id"}
 
-
-class SiteRun(StrEnum):
-    """Where one site of a fan-out is before its job ends (then its entry holds the job's
-    final :class:`~jerp_jobs.jobs.JobState`); stored as its value."""
-
-    PENDING = "pending"  # waiting to start
-    RUNNING = "running"  # its job runs
-    NOT_STARTED = "not-started"  # the fan-out stopped before it started
-    SKIPPED = "skipped"  # never started: needs attention, or over the per-run limit
-
-
-FAILED = frozenset({JobState.FAILED, JobState.RECOVERED, JobState.CANCELLED})
+FAILED = fanouts.FAILED
 ENDED = FAILED | {JobState.SUCCEEDED, SiteRun.NOT_STARTED, SiteRun.SKIPPED}
 
 CHILD_KIND = {"migrate-all": "migrate", "backup-all": "backup", "install-app-all": "install-app",
@@ -82,163 +70,32 @@ CANARY_KINDS = frozenset({"migrate-all", "install-app-all"})
 
 # -- state of one fan-out, changed only under the fan-out's lock -------------------------------
 #
-# A fan-out keeps its progress in its own keys, never in its parent's record, so one child's
-# end costs the same at the 10th site as at the 10,000th:
-#
-# - ``jerp:fanout:<id>`` — hash: site -> its entry (JSON: state, child job id, attempts,
-#   error), and ``#order`` -> the sites in the order they run (JSON list);
-# - ``jerp:fanout:<id>:counts`` — hash: state -> how many sites are in it;
-# - ``jerp:fanout:<id>:pending`` / ``:running`` — sorted sets of the sites waiting to start and
-#   of those whose child runs, scored by their place in the order.
-#
-# Every change of one site is one MULTI/EXEC, so the counts always match the entries. The
+# A fan-out keeps its progress in its own keys (jerp_jobs.fanouts), never in its parent's record,
+# so one child's end costs the same at the 10th site as at the 10,000th: a child's start is one
+# script, a child's end another, which also says what the parent's waiting step does next. The
 # parent's record gets the full per-site map (``result.sites``, ``counts``, ``order``) once, when
 # the fan-out ends, and these keys are then deleted; :func:`progress` reads the live map
-# meanwhile. Every key expires with the job records' TTL.
-
+# meanwhile.
 
 #: field of the fan-out's hash that holds the order of its sites (no site name has a '#')
-ORDER = "#order"
-
-
-def _keys(parent_id: str) -> tuple[str, str, str, str]:
-    """The fan-out's entries, counts, pending and running keys."""
-    base = STATE + parent_id
-    return base, base + ":counts", base + ":pending", base + ":running"
-
-
-def progress(client: Any, parent_id: str) -> dict[str, Any] | None:
-    """The live ``sites``, ``counts`` and ``order`` of a fan-out, as its result shows them when
-    it ends; None when the job is no fan-out (or its state expired)."""
-    raw = {as_text(k): v for k, v in client.hgetall(STATE + parent_id).items()}
-    order_raw = raw.pop(ORDER, None)
-    if order_raw is None:
-        return None
-    entries = {site: json.loads(v) for site, v in raw.items()}
-    order = json.loads(order_raw)
-    sites = {site: entries[site] for site in order if site in entries}
-    counts: dict[str, int] = {}
-    for entry in sites.values():
-        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    return {"sites": sites, "counts": counts, "order": order}
+ORDER = fanouts.ORDER
+_keys = fanouts.fanout_keys
+progress = fanouts.progress
 
 
 def _entries(rt: Runtime, parent_id: str) -> dict[str, dict[str, Any]]:
-    live = progress(rt.redis, parent_id)
+    live = rt.fanouts.progress(parent_id)
     return live["sites"] if live is not None else {}
 
 
 def _entry(rt: Runtime, parent_id: str, site: str) -> dict[str, Any]:
-    raw = rt.redis.hget(STATE + parent_id, site)
-    return json.loads(raw) if raw else {}
-
-
-def _counts(rt: Runtime, parent_id: str) -> dict[str, int]:
-    raw = rt.redis.hgetall(_keys(parent_id)[1])
-    return {as_text(k): int(v) for k, v in raw.items() if int(v)}
-
-
-def _set(rt: Runtime, parent_id: str, site: str, **entry: Any) -> dict[str, Any]:
-    """Record one site's entry, moving its count and its place in the pending/running sets."""
-    entries, counts, pending, running = _keys(parent_id)
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.hget(entries, site)
-    pipe.zscore(pending, site)
-    pipe.zscore(running, site)
-    old_raw, pending_at, running_at = pipe.execute()
-    old_state = json.loads(old_raw)["state"] if old_raw else None
-    place = pending_at if pending_at is not None else running_at
-    place = _place(rt, parent_id, site) if place is None else place
-    pipe = rt.redis.pipeline(transaction=True)
-    pipe.hset(entries, site, json.dumps(entry, sort_keys=True))
-    if old_state is not None:
-        pipe.hincrby(counts, old_state, -1)
-    pipe.hincrby(counts, entry["state"], 1)
-    for key, state in ((pending, SiteRun.PENDING), (running, SiteRun.RUNNING)):
-        if entry["state"] == state:
-            pipe.zadd(key, {site: place})
-        else:
-            pipe.zrem(key, site)
-    _expire(pipe, rt, parent_id)
-    pipe.execute()
-    return entry
-
-
-def _place(rt: Runtime, parent_id: str, site: str) -> float:
-    """A site's place in the order (read only for a site in neither set: rare)."""
-    raw = rt.redis.hget(STATE + parent_id, ORDER)
-    order = json.loads(raw) if raw else []
-    return float(order.index(site)) if site in order else float(len(order))
-
-
-def _expire(pipe: Any, rt: Runtime, parent_id: str) -> None:
-    for key in _keys(parent_id):
-        pipe.expire(key, rt.store.ttl)
-
-
-def _set_many(rt: Runtime, parent_id: str, entries: dict[str, dict[str, Any]]) -> None:
-    """Every site's first entry, their order and counts, in one transaction (any earlier state of
-    this fan-out is replaced)."""
-    keys = _keys(parent_id)
-    entries_key, counts_key, pending_key, _ = keys
-    counts: dict[str, int] = {}
-    for entry in entries.values():
-        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    pending = {site: i for i, (site, e) in enumerate(entries.items()) if e["state"] == SiteRun.PENDING}
-    pipe = rt.redis.pipeline(transaction=True)
-    pipe.delete(*keys)
-    mapping = {site: json.dumps(e, sort_keys=True) for site, e in entries.items()}
-    pipe.hset(entries_key, mapping={**mapping, ORDER: json.dumps(list(entries))})
-    pipe.hset(counts_key, mapping=counts)
-    if pending:
-        pipe.zadd(pending_key, pending)
-    _expire(pipe, rt, parent_id)
-    pipe.execute()
-
-
-def _stop_pending(rt: Runtime, parent_id: str) -> None:
-    """Every site still waiting to start is marked not-started (one transaction)."""
-    entries_key, counts_key, pending_key, _ = _keys(parent_id)
-    waiting = [as_text(s) for s in rt.redis.zrange(pending_key, 0, -1)]
-    if not waiting:
-        return
-    pipe = rt.redis.pipeline(transaction=True)
-    pipe.hset(entries_key, mapping={s: json.dumps({"state": SiteRun.NOT_STARTED}) for s in waiting})
-    pipe.zrem(pending_key, *waiting)
-    pipe.hincrby(counts_key, SiteRun.PENDING, -len(waiting))
-    pipe.hincrby(counts_key, SiteRun.NOT_STARTED, len(waiting))
-    _expire(pipe, rt, parent_id)
-    pipe.execute()
-
-
-def _index(rt: Runtime, parent_id: str) -> None:
-    """Build the counts and the pending and running sets from the entries when they are missing
-    (a fan-out that an earlier version started, which kept only the entries)."""
-    entries_key, counts_key, pending_key, running_key = _keys(parent_id)
-    if rt.redis.exists(counts_key) or not rt.redis.exists(entries_key):
-        return
-    live = progress(rt.redis, parent_id)
-    if live is None:
-        return
-    places = {site: i for i, site in enumerate(live["order"])}
-    pipe = rt.redis.pipeline(transaction=True)
-    pipe.hset(counts_key, mapping=live["counts"])
-    for key, state in ((pending_key, SiteRun.PENDING), (running_key, SiteRun.RUNNING)):
-        members = {s: places[s] for s, e in live["sites"].items() if e["state"] == state}
-        if members:
-            pipe.zadd(key, members)
-    _expire(pipe, rt, parent_id)
-    pipe.execute()
-
-
-def _running_sites(rt: Runtime, parent_id: str) -> list[str]:
-    return [as_text(s) for s in rt.redis.zrange(_keys(parent_id)[3], 0, -1)]
+    return rt.fanouts.entry(parent_id, site)
 
 
 def _publish_summary(rt: Runtime, parent_id: str) -> None:
     """Write the fan-out's per-site map, counts and order into the parent's result (once, when
     the fan-out ends)."""
-    live = progress(rt.redis, parent_id)
+    live = rt.fanouts.progress(parent_id)
     if live is not None:
         rt.store.set_result(parent_id, **live)
 
@@ -279,7 +136,7 @@ def discover(ctx: StepContext) -> None:
             entries[site] = {"state": SiteRun.PENDING}
     for site in deferred:
         entries[site] = {"state": SiteRun.SKIPPED, "reason": f"over the per-run limit of {limit} sites"}
-    _set_many(rt, ctx.job.id, entries)
+    rt.fanouts.set_many(ctx.job.id, entries)
     total = len(sites) + len(deferred)
     rt.store.set_result(ctx.job.id, canary=canary, site_count=total)
     ctx.output.append(f"{total} sites" + (f" ({len(deferred)} over the per-run limit)" if deferred else "")
@@ -320,8 +177,8 @@ def canary(ctx: StepContext) -> str:
 def sites(ctx: StepContext) -> str | None:
     rt, parent = ctx.runtime, ctx.job
     with _fanout_lock(rt, parent.id):
-        _index(rt, parent.id)
-        outcome = _top_up(rt, rt.store.get(parent.id))
+        parent = rt.store.get(parent.id)
+        outcome = _go_on(rt, parent, _where(rt, parent, None, waiting="sites"))
     if outcome is None:
         return WAITING
     state, error = outcome
@@ -362,11 +219,10 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
         "with_files": parent.params.get("with_files", True),
         **({"offsite": parent.params["offsite"]} if parent.params.get("offsite") is not None else {}),
     }
-    attempts = _entry(rt, parent.id, site).get("attempts", 0) + 1
     entries: list[dict[str, Any]] = []
 
     def enter(child: Job) -> None:  # in the parent's map before the child can end
-        entries.append(_set(rt, parent.id, site, state=SiteRun.RUNNING, job_id=child.id, attempts=attempts))
+        entries.append(rt.fanouts.child_started(parent.id, site, child.id))
 
     child = start_job(rt, kind, site=site, params=params, parent=parent.id, before_publish=enter)
     entry = entries[0]
@@ -374,26 +230,31 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
     return entry
 
 
-def _top_up(rt: Runtime, parent: Job) -> tuple[str, str | None] | None:
-    """Start sites up to the concurrency; returns (state, error) when the fan-out is over (its
-    per-site map then published into the parent's result)."""
-    counts = _counts(rt, parent.id)
-    failures = sum(n for state, n in counts.items() if state in FAILED)
-    running = counts.get(SiteRun.RUNNING, 0)
-    budget = int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS else None
-    stop = parent.cancel_requested or (budget is not None and failures > budget)
-    if stop:
-        _stop_pending(rt, parent.id)
-    else:
-        concurrency = int(parent.params.get("concurrency") or rt.settings.fanout_concurrency)
-        room = concurrency - running
-        for site in (rt.redis.zrange(_keys(parent.id)[2], 0, room - 1) if room > 0 else []):
-            _start_child(rt, parent, as_text(site))
-            running += 1
-    if running:
+def _where(rt: Runtime, parent: Job, child_id: str | None, *, waiting: str | None) -> Next:
+    """Record child ``child_id``'s end (None: none) and read what the parent's ``waiting`` step
+    does next (one script: jerp_jobs.fanouts)."""
+    return rt.fanouts.child_ended(
+        parent.id, child_id, waiting=waiting, canary=parent.result.get("canary"),
+        attempts=int(parent.params.get("retries", 0)) if parent.kind == "backup-all" else 0,
+        stop=parent.cancel_requested,
+        budget=int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS else None,
+        concurrency=int(parent.params.get("concurrency") or rt.settings.fanout_concurrency),
+    )
+
+
+def _go_on(rt: Runtime, parent: Job, where: Next) -> tuple[str, str | None] | None:
+    """The sites' step after ``where``: start the sites it names; returns (state, error) when the
+    fan-out is over (its per-site map then published into the parent's result)."""
+    if where.action == "start":
+        for site in where.sites:
+            _start_child(rt, parent, site)
+        return None
+    if where.action != "over":
         return None
     _publish_summary(rt, parent.id)
-    return (StepState.FAILED, _summary(rt, parent.id)) if failures or stop else (StepState.SUCCESS, None)
+    if where.state == StepState.FAILED:
+        return StepState.FAILED, _summary(rt, parent.id)
+    return StepState.SUCCESS, None
 
 
 def _summary(rt: Runtime, parent_id: str) -> str:
@@ -412,53 +273,37 @@ def _summary(rt: Runtime, parent_id: str) -> str:
 def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
     """A child job ended: record it, start more sites or end the parent's waiting step.
 
-    Safe to call twice for one child, and after a crash halfway: the parent's waiting step is
-    settled from the recorded entries every time, whether or not this call changed one.
+    Safe to call twice for one child, and after a crash halfway: the end is recorded only while
+    the site's entry names the child as running, and the parent's waiting step is settled from
+    the recorded entries every time, whether or not this call changed one.
     Returns the runner's StepRun when the parent's waiting step ended, else None.
     """
     with _fanout_lock(rt, parent_id):
         parent = rt.store.get(parent_id)
         if parent.finished:
             return None  # reaped or cancelled: start nothing more
-        _index(rt, parent_id)
-        child = rt.store.get(child_id)
-        site = child.site or ""
-        entry = _entry(rt, parent_id, site) or None
-        if (entry is not None and entry.get("job_id") == child.id and entry["state"] == SiteRun.RUNNING
-                and child.finished):
-            _record_child_end(rt, parent, site, entry, child)
-        return _settle(rt, parent)
+        return _settle(rt, parent, child_id)
 
 
-def _record_child_end(rt: Runtime, parent: Job, site: str, entry: dict[str, Any], child: Job) -> None:
-    retries = int(parent.params.get("retries", 0))
-    if (child.state in FAILED and parent.kind == "backup-all" and entry.get("attempts", 1) <= retries
-            and not parent.cancel_requested):
-        log.warning("fanout.retry", job_id=parent.id, site=site, failed_child=child.id, error=child.error)
-        failures = [*entry.get("failures", []), {"job_id": child.id, "error": child.error}]
-        _set(rt, parent.id, site, **{**entry, "state": SiteRun.PENDING, "failures": failures})
-    else:
-        extra = {"error": child.error} if child.state in FAILED else {}
-        _set(rt, parent.id, site, **{**entry, "state": child.state, "job_id": child.id, **extra})
-
-
-def _settle(rt: Runtime, parent: Job) -> Any:
-    """End the parent's waiting step when its children allow it (call under the fan-out lock)."""
+def _settle(rt: Runtime, parent: Job, child_id: str | None = None) -> Any:
+    """Record ``child_id``'s end (if any), then end the parent's waiting step when its children
+    allow it, or start more sites (call under the fan-out lock)."""
     waiting = next((s.name for s in parent.steps if s.state == StepState.RUNNING), None)
-    if waiting == "canary":
-        canary_site = parent.result.get("canary")
-        entry = _entry(rt, parent.id, canary_site) if canary_site else {}
-        if entry.get("state") == JobState.SUCCEEDED:
+    where = _where(rt, parent, child_id, waiting=waiting if waiting in ("canary", "sites") else None)
+    if where.recorded:
+        log.info("fanout.child_ended", job_id=parent.id, child=child_id)
+    if waiting == "canary" and where.action == "settle":
+        if where.state == StepState.SUCCESS:
             return complete_waiting_step(rt, parent.id, "canary", StepState.SUCCESS)
-        if entry.get("state") in FAILED:
-            _stop_pending(rt, parent.id)
-            _publish_summary(rt, parent.id)
-            return complete_waiting_step(
-                rt, parent.id, "canary", StepState.FAILED,
-                error=f"canary {canary_site} {entry['state']}: {entry.get('error')}; " + _summary(rt, parent.id),
-            )
-    elif waiting == "sites":
-        outcome = _top_up(rt, parent)
+        canary_site = parent.result.get("canary")
+        entry = _entry(rt, parent.id, canary_site)
+        _publish_summary(rt, parent.id)
+        return complete_waiting_step(
+            rt, parent.id, "canary", StepState.FAILED,
+            error=f"canary {canary_site} {entry['state']}: {entry.get('error')}; " + _summary(rt, parent.id),
+        )
+    if waiting == "sites":
+        outcome = _go_on(rt, parent, where)
         if outcome is not None:
             state, error = outcome
             return complete_waiting_step(rt, parent.id, "sites", state, error=error)
@@ -468,8 +313,8 @@ def _settle(rt: Runtime, parent: Job) -> Any:
 def reconcile(rt: Runtime, parent_id: str) -> None:
     """Deliver the end of every child that ended without its parent hearing of it, then settle."""
     with _fanout_lock(rt, parent_id):
-        _index(rt, parent_id)
-    for site in _running_sites(rt, parent_id):
+        rt.fanouts.index(parent_id)
+    for site in rt.fanouts.running_sites(parent_id):
         entry = _entry(rt, parent_id, site)
         if entry.get("state") == SiteRun.RUNNING and entry.get("job_id"):
             try:
@@ -547,11 +392,11 @@ def _publish_at_end(then: Any = None) -> Any:
     keys deleted (the record holds it all now), then ``then``."""
 
     def on_end(rt: Runtime, job: Job) -> None:
-        live = progress(rt.redis, job.id)
+        live = rt.fanouts.progress(job.id)
         if live is not None:
             rt.store.set_result(job.id, **live)
             job.result.update(live)
-            rt.redis.delete(*_keys(job.id))
+            rt.fanouts.delete(job.id)
         if then is not None:
             then(rt, job)
 
