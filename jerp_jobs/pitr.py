@@ -41,6 +41,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jerp_jobs import keys
+from jerp_jobs.backupfiles import give_to_owner
 from jerp_jobs.errors import CommandFailed, InvalidInput, JerpError
 from jerp_jobs.offsite import ChecksumMismatch, OffsiteError
 from jerp_jobs.offsite.s3 import OffsiteStore
@@ -66,6 +67,11 @@ class BinlogGap(PitrError):
 
 class BinlogAltered(PitrError):
     """An archived binary log is not the file that was shipped (digest or size differs)."""
+
+
+class NotReached(PitrError):
+    """The shipped binary logs do not reach the instant (or the base's log) yet: a shipment
+    now may bring them."""
 
 
 @dataclass(frozen=True)
@@ -133,35 +139,66 @@ class MariaDB:
         self.there = there.rstrip("/")
         self.timeout = timeout
 
+    def workdir(self) -> Path:
+        """The work folder, made when missing, owned as its parent is (the tools may run as the
+        bench's user where a root worker made it)."""
+        missing = [p for p in (self.here.parent, self.here) if not p.exists()]
+        self.here.mkdir(parents=True, exist_ok=True)
+        for made in missing:
+            give_to_owner(made, made.parent)
+        return self.here
+
     def _options(self) -> bytes:
         password = self.server.password.replace("\\", "\\\\").replace('"', '\\"')
         return (f'[client]\nhost={self.server.host}\nport={self.server.port}\nprotocol=tcp\n'
                 f'user={self.server.user}\npassword="{password}"\n').encode()
 
-    def _run(self, argv: list[str], *, connect: bool = True) -> list[str]:
-        """Run ``argv`` (the tool first); its output lines. CommandFailed when it fails."""
+    def within(self, name: str) -> MariaDB:
+        """The same tools with a work folder of their own, ``name`` inside this one (one per job
+        or shipment: two never read or remove each other's files)."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise InvalidInput(f"{name!r} is not a work folder name")
+        return MariaDB(self.server, self.executor, here=self.here / name, there=f"{self.there}/{name}",
+                       timeout=self.timeout)
+
+    def clear(self) -> None:
+        """Remove the work folder and what is in it (plain dumps, logs, replay scripts)."""
+        shutil.rmtree(self.here, ignore_errors=True)
+
+    def _run(self, argv: list[str], *, connect: bool = True, unlogged: bool = False) -> list[str]:
+        """Run ``argv`` (the tool first); its output lines. CommandFailed when it fails.
+
+        ``unlogged``: the ``mariadb`` client's session writes nothing to the binary logs
+        (``sql_log_bin=0``): making, loading, replaying and dropping scratch databases must not
+        grow the logs that are shipped, nor log replayed transactions a second time."""
         if connect:
-            argv = [argv[0], "--defaults-extra-file=/dev/stdin", *argv[1:]]
+            extra = ["--init-command=SET SESSION sql_log_bin=0"] if unlogged else []
+            argv = [argv[0], "--defaults-extra-file=/dev/stdin", *extra, *argv[1:]]
         lines: list[str] = []
         result = self.executor.run(argv, timeout=self.timeout, on_output=lines.append,
                                    stdin=self._options() if connect else None)
         if not result.ok:
             tail = "\n".join(lines[-20:])
-            raise CommandFailed(f"{' '.join(argv[:2] if not connect else argv[:1])} exited {result.exit_code}: "
-                                f"{tail[-1000:]}", exit_code=result.exit_code, output_tail=tail)
+            tool = next((word for word in argv if word.startswith("mariadb")), argv[0])
+            raise CommandFailed(f"{tool} exited {result.exit_code}: {tail[-1000:]}", exit_code=result.exit_code,
+                                output_tail=tail)
         return lines
 
     def _work_file(self, suffix: str) -> tuple[Path, str]:
         """A new file name in the work folder: (as seen here, as seen there)."""
-        self.here.mkdir(parents=True, exist_ok=True)
+        self.workdir()
         name = f"{int(time.time())}-{os.urandom(4).hex()}{suffix}"
         return self.here / name, f"{self.there}/{name}"
 
-    def query(self, sql: str, *, database: str | None = None) -> list[list[str]]:
+    def query(self, sql: str, *, database: str | None = None, unlogged: bool = False) -> list[list[str]]:
         argv = ["mariadb", "--batch", "--skip-column-names", "-e", sql]
         if database is not None:
             argv.append(_database(database))
-        return [line.split("\t") for line in self._run(argv)]
+        return [line.split("\t") for line in self._run(argv, unlogged=unlogged)]
+
+    def clock(self) -> int:
+        """The server's clock (``UNIX_TIMESTAMP()``): the clock of the binary logs' events."""
+        return int(self.query("SELECT UNIX_TIMESTAMP()")[0][0])
 
     def binary_logs(self) -> list[tuple[str, int]]:
         """``SHOW BINARY LOGS``: every log the server keeps, oldest first; the last is open."""
@@ -174,7 +211,7 @@ class MariaDB:
     def download(self, name: str) -> Path:
         """Fetch binary log ``name`` as it is on the server into the work folder (here)."""
         sequence(name)
-        self.here.mkdir(parents=True, exist_ok=True)
+        self.workdir()
         self._run(["mariadb-binlog", "--read-from-remote-server", "--raw", f"--result-file={self.there}/", name])
         path = self.here / name
         if not path.is_file():
@@ -214,7 +251,7 @@ class MariaDB:
 
     def drop(self, database: str) -> None:
         """``DROP DATABASE IF EXISTS``."""
-        self.query(f"DROP DATABASE IF EXISTS `{_database(database)}`")
+        self.query(f"DROP DATABASE IF EXISTS `{_database(database)}`", unlogged=True)
 
     def load(self, dump: Path, database: str) -> None:
         """Load a gzip dump into ``database`` (which must exist)."""
@@ -222,7 +259,7 @@ class MariaDB:
         try:
             with gzip.open(dump, "rb") as src, plain.open("wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-            self._run(["mariadb", _database(database), "-e", f"source {plain_there}"])
+            self._run(["mariadb", _database(database), "-e", f"source {plain_there}"], unlogged=True)
         finally:
             plain.unlink(missing_ok=True)
 
@@ -258,7 +295,7 @@ class MariaDB:
                             f"{number} of the replay: {line[:120].decode('utf-8', 'replace').strip()!r}); "
                             "replaying it would act on the live database, so nothing was replayed. Choose an "
                             "instant after the next backup's base, or before that statement")
-            self._run(["mariadb", into, "-e", f"source {script_there}"])
+            self._run(["mariadb", into, "-e", f"source {script_there}"], unlogged=True)
         finally:
             script.unlink(missing_ok=True)
         return events
@@ -373,26 +410,59 @@ def digest(path: Path) -> tuple[int, str]:
     return size, sha.hexdigest()
 
 
-def ship(db: MariaDB, archive: Any, *, now: float | None = None) -> list[dict[str, Any]]:
-    """Close the current binary log and archive every closed one not archived yet; returns the
-    new index entries (``name``, ``size``, ``sha256``, ``closed_at``)."""
+def opened_at(path: Path) -> int:
+    """When a binary log was opened: its first event's time (the server's clock, whole seconds).
+    Every event of the log before it happened at or before that second."""
+    with path.open("rb") as src:
+        head = src.read(8)
+    if len(head) < 8 or head[:4] != b"\xfebin":
+        raise PitrError(f"{path.name} is not a binary log (no header)")
+    return int.from_bytes(head[4:8], "little")
+
+
+def ship(db: MariaDB, archive: Any) -> list[dict[str, Any]]:
+    """Close the current binary log and archive every closed one not archived yet, in order;
+    returns the new index entries (``name``, ``size``, ``sha256``, ``closed_at``).
+
+    ``closed_at`` of a log is, in the server's clock, a time no later than the first event of
+    the next log: the next log's opening time when it is archived in the same run, and for the
+    newest (followed by the open log) the server's clock read just before the flush. So a
+    replay up to an instant needs no log after the first whose ``closed_at`` reaches it. A log
+    whose size on the server differs from the one archived (a server re-created, its logs
+    numbered from 1 again) or from the file fetched is refused."""
+    before = db.clock()
     db.flush()
-    closed_at = time.time() if now is None else now
     logs = db.binary_logs()
-    have = {entry["name"] for entry in archive.index()}
-    shipped = []
-    for name, _size in logs[:-1]:  # the last one is open
-        if name in have:
-            continue
-        path = db.download(name)
-        try:
-            size, sha = digest(path)
-            entry = {"name": name, "size": size, "sha256": sha, "closed_at": closed_at}
-            archive.add(entry, path)
-        finally:
-            path.unlink(missing_ok=True)
-        shipped.append(entry)
+    have = {entry["name"]: entry for entry in archive.index()}
+    for name, size in logs[:-1]:
+        if name in have and int(have[name]["size"]) != size:
+            raise PitrError(f"the server's {name} ({size} B) is not the archived {name} ({have[name]['size']} B): "
+                            "was the database server re-created? Its logs cannot join this archive")
+    todo = [(name, size) for name, size in logs[:-1] if name not in have]
+    work = db.within(f"ship-{os.urandom(6).hex()}")
+    shipped: list[dict[str, Any]] = []
+    try:
+        pending: tuple[str, Path] | None = None
+        for name, size in todo:
+            path = work.download(name)
+            if path.stat().st_size != size:
+                raise PitrError(f"{name} was fetched with {path.stat().st_size} B, the server lists {size} B")
+            if pending is not None:
+                shipped.append(_archive_one(archive, *pending, closed_at=float(opened_at(path))))
+            pending = (name, path)
+        if pending is not None:
+            shipped.append(_archive_one(archive, *pending, closed_at=float(before)))
+    finally:
+        work.clear()
     return shipped
+
+
+def _archive_one(archive: Any, name: str, path: Path, *, closed_at: float) -> dict[str, Any]:
+    size, sha = digest(path)
+    entry = {"name": name, "size": size, "sha256": sha, "closed_at": closed_at}
+    archive.add(entry, path)
+    path.unlink(missing_ok=True)
+    return entry
 
 
 def plan(index: Sequence[dict[str, Any]], start: Coordinates, target: float) -> list[dict[str, Any]]:
@@ -402,6 +472,8 @@ def plan(index: Sequence[dict[str, Any]], start: Coordinates, target: float) -> 
     by_number = {sequence(entry["name"]): entry for entry in index}
     number = sequence(start.file)
     if number not in by_number:
+        if not by_number or max(by_number) < number:
+            raise NotReached(f"the binary log {start.file}, where the base backup stands, is not shipped yet")
         raise BinlogGap(f"the binary log {start.file}, where the base backup stands, is not in the archive")
     chosen = []
     newest = max(by_number)
@@ -410,8 +482,8 @@ def plan(index: Sequence[dict[str, Any]], start: Coordinates, target: float) -> 
         if entry is None:
             if number > newest:
                 reached = by_number[newest]["closed_at"]
-                raise PitrError(f"the archived binary logs reach {utc_text(reached)} UTC; {utc_text(target)} UTC "
-                                f"is after that (ship again, or choose an earlier instant)")
+                raise NotReached(f"the archived binary logs reach {utc_text(reached)} UTC; {utc_text(target)} UTC "
+                                 f"is after that (ship again, or choose an earlier instant)")
             raise BinlogGap(f"binary log number {number:06d} is missing from the archive: the events between "
                             f"{chosen[-1]['name'] if chosen else start.file} and the next log cannot be replayed")
         chosen.append(entry)
@@ -462,7 +534,7 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
         raise PitrError(f"the base backup was taken at {utc_text(dumped_at)} UTC, after {utc_text(target)} UTC: "
                         f"use an older backup")
     chosen = plan(archive.index(), start, target)
-    db.here.mkdir(parents=True, exist_ok=True)
+    db.workdir()
     files: list[Path] = []
     try:
         for entry in chosen:
@@ -475,7 +547,7 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
                                     f"sha256 {entry['sha256'][:12]}…); refusing to replay it")
         if db.query(f"SHOW DATABASES LIKE '{into}'"):
             raise PitrError(f"database {into} exists already; a point-in-time restore makes a new one")
-        db.query(f"CREATE DATABASE `{into}`")
+        db.query(f"CREATE DATABASE `{into}`", unlogged=True)
         try:
             began = time.monotonic()
             db.load(dump, into)
@@ -525,36 +597,48 @@ def site_database(sites: Path, site: str) -> str:
     return _database(name)
 
 
+_INSTANT = re.compile(r"(?P<when>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)"
+                      r"(?P<offset>Z|z|[+-]\d{2}:?\d{2})?(?:\s+(?P<zone>\S+))?")
+
+
 def parse_instant(text: str, *, now: float | None = None) -> float:
-    """The instant of ``--to``: ``YYYY-MM-DD HH:MM:SS`` (or ISO ``T``), UTC unless it carries
-    an offset (``Z``, ``+01:00``) or ends with a time zone name (``Europe/Lisbon``); whole
-    seconds (binary log events have no finer time). InvalidInput naming the problem, also for
-    an instant in the future."""
+    """The instant of ``--to``: ``YYYY-MM-DD HH:MM:SS`` (or ISO ``T``), UTC unless an offset
+    follows (``Z``, ``+01:00``) or a time zone name after a space (``Europe/Lisbon``, ``UTC``);
+    whole seconds (binary log events have no finer time). A local time a zone's clock change
+    makes ambiguous (the hour repeated in autumn) or skips (spring) is refused: give the offset.
+    InvalidInput naming the problem, also for an instant in the future."""
     raw = text.strip() if isinstance(text, str) else ""
-    zone: Any = timezone.utc
-    body = raw
-    if " " in raw:
-        head, _, last = raw.rpartition(" ")
-        if "/" in last or last.upper() == "UTC":
-            try:
-                zone = ZoneInfo(last) if last.upper() != "UTC" else timezone.utc
-            except (ZoneInfoNotFoundError, ValueError):
-                raise InvalidInput(f"--to {text!r}: unknown time zone {last!r} (an IANA name such as "
-                                   "Europe/Lisbon, or an offset such as +01:00)") from None
-            body = head
-    try:
-        when = datetime.fromisoformat(body.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+    found = _INSTANT.fullmatch(raw)
+    if found is None:
         raise InvalidInput(f"--to {text!r}: expected 'YYYY-MM-DD HH:MM:SS', UTC unless an offset (+01:00) or a "
-                           "time zone name (Europe/Lisbon) follows") from None
-    if len(body) <= 10:
-        raise InvalidInput(f"--to {text!r}: give the time of day too (YYYY-MM-DD HH:MM:SS)")
-    if when.microsecond:
+                           "time zone name (Europe/Lisbon) follows")
+    if "." in found["when"]:
         raise InvalidInput(f"--to {text!r}: whole seconds only (binary log events carry whole seconds)")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=zone)
-    elif zone is not timezone.utc:
+    if found["offset"] and found["zone"]:
         raise InvalidInput(f"--to {text!r}: an offset and a time zone name both given; give one")
+    try:
+        local = datetime.fromisoformat(found["when"].replace(" ", "T"))
+    except ValueError:
+        raise InvalidInput(f"--to {text!r}: {found['when']} is not a date and time") from None
+    if found["offset"]:
+        offset = found["offset"].upper().replace("Z", "+00:00")
+        when = datetime.fromisoformat(found["when"].replace(" ", "T") + offset)
+    elif found["zone"] and found["zone"].upper() != "UTC":
+        try:
+            zone = ZoneInfo(found["zone"])
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(f"--to {text!r}: unknown time zone {found['zone']!r} (an IANA name such as "
+                               "Europe/Lisbon, or an offset such as +01:00)") from None
+        when = local.replace(tzinfo=zone)
+        back = when.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None)
+        if back != local:
+            raise InvalidInput(f"--to {text!r}: {found['when']} does not exist in {found['zone']} (the clocks go "
+                               "forward); give the offset instead")
+        if when.utcoffset() != local.replace(tzinfo=zone, fold=1).utcoffset():
+            raise InvalidInput(f"--to {text!r}: {found['when']} happens twice in {found['zone']} (the clocks go back); "
+                               "give the offset instead, e.g. +01:00 or +00:00")
+    else:
+        when = local.replace(tzinfo=timezone.utc)
     instant = when.timestamp()
     current = time.time() if now is None else now
     if instant > current:

@@ -68,6 +68,11 @@ def test_restoring_to_each_recorded_instant_gives_exactly_the_rows_of_that_insta
     assert table_digest(db, OTHER_DB) == history["other"]
     # nothing left in the work folder of the sites volume (dumps, logs, replay scripts)
     assert list((history["bench"] / "sites" / ".jerp-pitr").iterdir()) == []
+    # making, loading and replaying the restored copies wrote nothing to the binary logs
+    current = db.binary_logs()[-1][0]
+    db.flush()
+    written = db.download(current).read_bytes()
+    assert b"_pitr_" not in written and b"tabInvoice" not in written, current
     print(f"\nPITR: {history['writes']} transactions written, {len(archive.index())} logs shipped, "
           f"last shipment {history['ship_s'] * 1000:.0f} ms; replayed {events} row events in {took:.2f} s "
           f"({events / took if took else 0:.0f} row events/s)")

@@ -78,13 +78,20 @@ def test_the_window_runs_from_the_oldest_usable_base_to_the_newest_log_shipped()
     ("2026-12-04 17:59:30+01:00", "2026-12-04T16:59:30Z"),
     ("2026-12-04 16:59:30 Europe/Lisbon", "2026-12-04T16:59:30Z"),  # WET in winter: UTC+0
     ("2026-12-04 13:59:30 America/Sao_Paulo", "2026-12-04T16:59:30Z"),  # UTC-3
+    ("2026-10-25 01:30:00+01:00", "2026-10-25T00:30:00Z"),  # the hour Lisbon repeats, first time
+    ("2026-10-25 01:30:00+00:00", "2026-10-25T01:30:00Z"),  # and the second
 ])
 def test_an_instant_is_utc_unless_its_zone_is_given(text: str, expected: str) -> None:
     assert iso_utc(parse_instant(text, now=NOW)) == expected
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("2026-12-04", "time of day"),
+    ("2026-12-04", "YYYY-MM-DD HH:MM:SS"),
+    ("2026-12-04T16", "YYYY-MM-DD HH:MM:SS"),
+    ("2026-12-04 16:59:30+01:00 UTC", "both given"),
+    ("2026-10-25 01:30:00 Europe/Lisbon", "happens twice"),
+    ("2026-03-29 01:30:00 Europe/Lisbon", "does not exist"),
+    ("2026-02-30 10:00:00", "not a date and time"),
     ("04/12/2026 16:59", "YYYY-MM-DD HH:MM:SS"),
     ("2026-12-04 16:59:30.5", "whole seconds"),
     ("2026-12-04 16:59:30 Nowhere/City", "unknown time zone"),

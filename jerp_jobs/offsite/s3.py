@@ -599,14 +599,18 @@ class OffsiteStore:
                 identity = identity_file or self.identity_file
                 if identity is None:
                     raise ConfigError(IDENTITY_VARIABLE, f"is not set; {self._url(key)} is encrypted")
-                size, digest = decrypt_file(stored, dest, load_identities(identity), what=self._url(key))
-                stored.unlink()
-                self._check(key, "decrypted", entry["size"], entry["sha256"], size, digest)
+                plain = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.plain")
+                try:
+                    size, digest = decrypt_file(stored, plain, load_identities(identity), what=self._url(key))
+                    stored.unlink()
+                    self._check(key, "decrypted", entry["size"], entry["sha256"], size, digest)
+                    os.replace(plain, dest)  # only a checked file ever has the name
+                finally:
+                    plain.unlink(missing_ok=True)
             else:
                 os.replace(stored, dest)
         except BaseException:
             stored.unlink(missing_ok=True)
-            dest.unlink(missing_ok=True)
             raise
         return dest
 

@@ -76,11 +76,15 @@ def pitr_base(ctx: StepContext) -> str | None:
     for stale in folder.glob("*" + PITR_BASE_SUFFIX):  # an earlier base never uploaded
         stale.unlink(missing_ok=True)
     name = f"{manifest['timestamp']}-{ctx.site.replace('.', '_')}{PITR_BASE_SUFFIX}"
-    began = time.time()
+    began = time.monotonic()
+    db = pitr.configured_database(ctx.settings, ctx.runtime.executor).within(f"job-{ctx.job.id}")
     try:
         database = pitr.site_database(root, ctx.site)
-        db = pitr.configured_database(ctx.settings, ctx.runtime.executor)
         coordinates = db.dump(database, folder / name)
+        # the snapshot was taken while the dump ran: a second after the server's clock at its
+        # end (the clock of the logs' events) surely follows it
+        dumped_at = float(db.clock() + 1)
+        took = time.monotonic() - began
     except (CommandFailed, pitr.PitrError) as exc:
         (folder / name).unlink(missing_ok=True)
         reason = str(exc).splitlines()[0][:500]
@@ -88,14 +92,14 @@ def pitr_base(ctx: StepContext) -> str | None:
         ctx.output.append(f"point-in-time base NOT taken (the backup goes on without it): {reason}")
         log.warning("backup.pitr_base_failed", site=ctx.site, job_id=ctx.job.id, error=reason)
         return StepState.SKIPPED
-    # the snapshot was taken while the dump ran: a second after its end surely follows it
-    dumped_at = float(int(time.time()) + 1)
+    finally:
+        db.clear()
     give_to_owner(folder / name, root / ctx.site)
     size, sha = pitr.digest(folder / name)
     ctx.record(pitr_base={
         "path": f"{ctx.site}/private/backups/{name}", "size": size, "sha256": sha, "database": database,
         "server": ctx.settings.db_host, "coordinates": coordinates.to_dict(), "dumped_at": dumped_at,
-        "dump_s": round(dumped_at - began, 3),
+        "dump_s": round(took, 3),
     })
     ctx.output.append(f"point-in-time base of {database} at {coordinates.file}:{coordinates.position} "
                       f"({human(size)})")

@@ -96,7 +96,7 @@ def prepare(ctx: StepContext) -> None:
     archive = pitr.OffsiteArchive(store, base["server"])
     try:
         logs = pitr.plan(archive.index(), start, target)
-    except pitr.PitrError as exc:  # the logs shipped do not reach the instant yet: ship now, once
+    except pitr.NotReached as exc:  # the logs shipped do not reach the instant yet: ship now, once
         ctx.output.append(f"{exc}: shipping the binary logs now")
         shipped = pitr.ship_configured(ctx.settings, ctx.runtime.executor, ctx.runtime.redis)
         reason = pitr.not_shipped(shipped)
@@ -128,34 +128,51 @@ def _free_stamp(root: Any, site: str) -> str:
         at += 1
 
 
+def job_database(settings: Any, executor: Any, job_id: str) -> pitr.MariaDB:
+    """The platform's MariaDB for one job, with a work folder of the job's own."""
+    return pitr.configured_database(settings, executor).within(f"job-{job_id}")
+
+
+def _drop_quietly(db: pitr.MariaDB, names: list[str], failing: bool) -> None:
+    """Drop ``names``; when the step is failing already, a failed drop is logged, never put in
+    the place of the step's own error (the job's end drops them again)."""
+    for name in names:
+        try:
+            db.drop(name)
+        except Exception:
+            if not failing:
+                raise
+
+
 def replay(ctx: StepContext) -> None:
     """``pitr-replay``: the source's database at the instant, as a dump in the site's backup
     folder with its manifest; recorded as ``fetched`` for the restore's checks."""
     plan = ctx.job.result["pitr"]
     base, source, target = plan["base"], plan["source"], target_instant(ctx)
     root = require_sites_root(ctx.settings, "the point-in-time dump is written into the site's backup folder")
+    _remove_made(root, ctx.site, ctx.job.result.get("pitr_made"))  # an earlier attempt's
     store = store_for(ctx)
-    db = pitr.configured_database(ctx.settings, ctx.runtime.executor)
+    db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
     scratch = scratch_database(ctx.job.id)
     db.drop(scratch)  # left by an earlier attempt of this step
-    work = db.here
-    work.mkdir(parents=True, exist_ok=True)
-    downloaded = store.download_backup(source, plan["backup"], work, kinds={"pitr_base"}, require_signature=True)
-    base_file = downloaded["pitr_base"]
+    failing = True
     try:
-        done = pitr.restore_to(db, pitr.OffsiteArchive(store, base["server"]), dump=base_file,
+        downloaded = store.download_backup(source, plan["backup"], db.workdir(), kinds={"pitr_base"},
+                                           require_signature=True)
+        done = pitr.restore_to(db, pitr.OffsiteArchive(store, base["server"]), dump=downloaded["pitr_base"],
                                start=pitr.Coordinates.from_dict(base["coordinates"]), dumped_at=base["dumped_at"],
                                database=base["database"], into=scratch, target=target)
         stamp = _free_stamp(root, ctx.site)
-        name = f"{stamp}-{ctx.site.replace('.', '_')}-pitr-database.sql.gz"
-        rel = f"{ctx.site}/private/backups/{name}"
+        rel = f"{ctx.site}/private/backups/{stamp}-{ctx.site.replace('.', '_')}-pitr-database.sql.gz"
+        ctx.record(pitr_made={"path": rel, "timestamp": stamp})  # known before it exists: never orphaned
         dest = root / rel
         db.export(scratch, dest)
         give_to_owner(dest, root / ctx.site)
         size, sha = pitr.digest(dest)
+        failing = False
     finally:
-        base_file.unlink(missing_ok=True)
-        db.drop(scratch)
+        _drop_quietly(db, [scratch], failing)
+        db.clear()
     manifest = {
         "site": ctx.site, "timestamp": stamp, "utc_timestamp": stamp, "job_id": ctx.job.id, "recorded_at": time.time(),
         "point_in_time": {"source": source, "to": plan["to"], "backup": plan["backup"]},
@@ -172,17 +189,28 @@ def replay(ctx: StepContext) -> None:
                       f"{done['replay_s']}s): {rel}")
 
 
-def remove_made_dump(rt: Any, job: Any) -> None:
-    """``on_end`` of a point-in-time restore: the dump ``pitr-replay`` made (and its manifest)
-    is removed, whatever the outcome. It was made for this restore only; kept, it would fill the
-    backup folder and could pass for a backup taken at its file's time."""
-    made = (job.result.get("fetched") or {}) if job.params.get("to") else {}
-    rel, stamp = (made.get("files") or {}).get("db"), made.get("timestamp")
-    root = sites_root(rt.settings)
-    if not rel or not stamp or root is None or not str(rel).startswith(f"{job.site}/private/backups/"):
+def _remove_made(root: Any, site: str, made: dict[str, Any] | None) -> None:
+    """Remove a dump a replay made for ``site`` (and its manifest)."""
+    rel, stamp = (made or {}).get("path"), (made or {}).get("timestamp")
+    if not rel or not stamp or not str(rel).startswith(f"{site}/private/backups/") or "/../" in f"/{rel}/":
         return
     (root / rel).unlink(missing_ok=True)
-    (root / job.site / "private" / "backups" / side_name(stamp)).unlink(missing_ok=True)
+    (root / site / "private" / "backups" / side_name(stamp)).unlink(missing_ok=True)
+
+
+def remove_made_dump(rt: Any, job: Any) -> None:
+    """``on_end`` of a point-in-time restore, whatever its outcome: the dump ``pitr-replay`` made
+    (and its manifest) is removed — made for this restore only, kept it would fill the backup
+    folder and could pass for a backup taken at its file's time — and so are the job's scratch
+    database and work folder, which a worker killed in the middle of the replay leaves."""
+    if not job.params.get("to"):
+        return
+    root = sites_root(rt.settings)
+    if root is not None:
+        _remove_made(root, job.site, job.result.get("pitr_made"))
+    db = job_database(rt.settings, rt.executor, job.id)
+    db.drop(scratch_database(job.id))
+    db.clear()
 
 
 # -- drills ----------------------------------------------------------------------------------
@@ -203,6 +231,20 @@ def _checksums(db: pitr.MariaDB, database: str) -> dict[str, str]:
         for row in db.query(f"CHECKSUM TABLE {quoted}", database=database):
             out[table] = row[-1]
     return out
+
+
+def drill_databases(job_id: str) -> list[str]:
+    """The scratch databases of a drill's point-in-time part."""
+    return [f"_jerp_drill_{job_id}_{n}" for n in range(2)]
+
+
+def drop_drill_databases(ctx: StepContext) -> None:
+    """The drill's scratch databases and work folder, gone (its cleanup, also after a worker
+    was killed in the middle of the point-in-time part)."""
+    db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
+    for name in drill_databases(ctx.job.id):
+        db.drop(name)
+    db.clear()
 
 
 def drill(ctx: StepContext) -> str | None:
@@ -238,12 +280,12 @@ def drill(ctx: StepContext) -> str | None:
     target = float(random.Random(ctx.job.id).randint(int(low), int(max(low, high))))
     before = [m for m in usable if m["pitr"]["dumped_at"] <= target]
     chosen = [before[-1]] + ([before[0]] if len(before) > 1 else [])
-    db = pitr.configured_database(ctx.settings, ctx.runtime.executor)
-    work = db.here
-    work.mkdir(parents=True, exist_ok=True)
-    scratches = [f"_jerp_drill_{ctx.job.id}_{n}" for n in range(len(chosen))]
+    db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
+    work = db.workdir()
+    scratches = drill_databases(ctx.job.id)[:len(chosen)]
     sums: list[dict[str, str]] = []
     done: list[dict[str, Any]] = []
+    failing = True
     try:
         for manifest, scratch in zip(chosen, scratches):
             db.drop(scratch)
@@ -258,9 +300,10 @@ def drill(ctx: StepContext) -> str | None:
             finally:
                 files["pitr_base"].unlink(missing_ok=True)
             sums.append(_checksums(db, scratch))
+        failing = False
     finally:
-        for scratch in scratches:
-            db.drop(scratch)
+        _drop_quietly(db, scratches, failing)
+        db.clear()
     outcome: dict[str, Any] = {
         "to": pitr.iso_utc(target), "bases": [offsite_stamp(m) for m in chosen], "tables": len(sums[0]),
         "events": [d["events"] for d in done], "binlogs": len(done[0]["binlogs"]), "compared": len(sums) > 1,
