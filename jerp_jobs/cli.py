@@ -67,16 +67,14 @@ class _Reader:
     something logs."""
 
     def __init__(self) -> None:
-        import redis
-
-        from jerp_jobs import log
+        from jerp_jobs import log, resp
         from jerp_jobs.jobs import JobStore
         from jerp_jobs.readsettings import read_settings
         from jerp_jobs.sitestate import SiteState
 
         self.settings = settings = read_settings()
         log.configure(secrets=settings.secret_values(), on_first_use=True)
-        self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = resp.connect(settings.broker_url, connect_timeout=5)
         self.store = JobStore(self.redis, ttl_days=settings.job_ttl_days, output_lines=settings.live_output_lines)
         self.sites = SiteState(self.redis, ttl_s=settings.job_ttl_days * 86400)
         self._executor: Any = None
@@ -91,11 +89,11 @@ class _Reader:
 
 
 def _check_broker(rt: Any) -> None:
-    import redis
+    from jerp_jobs.resp import errors
 
     try:
         rt.redis.ping()
-    except redis.RedisError as exc:
+    except errors() as exc:
         raise BrokerDown(rt.settings.broker_url, exc) from exc
 
 
@@ -127,9 +125,8 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import redis
-
         from jerp_jobs.errors import BrokerUnavailable, ConfigError, InvalidInput, JerpError, JobNotFound
+        from jerp_jobs.resp import errors as redis_errors
 
         try:
             return fn(*args, **kwargs)
@@ -139,7 +136,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             from jerp_jobs.log import redactor
 
             raise _BrokerError(redactor.text(str(exc))) from exc
-        except redis.RedisError as exc:
+        except redis_errors() as exc:  # either client's (redis-py's only when it is loaded)
             from jerp_jobs.settings import get_settings
 
             raise BrokerDown(get_settings().broker_url, exc) from exc
