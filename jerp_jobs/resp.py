@@ -39,7 +39,13 @@ class ProtocolError(ConnectionFailed):
 
 
 class ReplyError(RedisFailure):
-    """The server answered a command with an error reply (its message is the exception's)."""
+    """The server answered a command with an error reply. Its message is the exception's, as
+    redis-py gives it: without the generic codes (``ERR``, ``NOAUTH``, ``WRONGPASS``...), which
+    are kept in :attr:`code`; other codes (``WRONGTYPE``) stay in the message."""
+
+    def __init__(self, message: str = "", code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NoScript(ReplyError):
@@ -112,8 +118,16 @@ def _pack(args: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
-def _reply_error(message: str) -> ReplyError:
-    return NoScript(message) if message.startswith("NOSCRIPT") else ReplyError(message)
+#: the error codes redis-py takes off an error reply's message
+_CODES = frozenset({"ERR", "OOM", "WRONGPASS", "EXECABORT", "LOADING", "NOSCRIPT", "READONLY", "NOAUTH", "NOPERM",
+                    "ASK", "TRYAGAIN", "MOVED", "CLUSTERDOWN", "CROSSSLOT", "MASTERDOWN"})
+
+
+def _reply_error(text: str) -> ReplyError:
+    code = text.split(" ", 1)[0]
+    if code not in _CODES:
+        return ReplyError(text)
+    return (NoScript if code == "NOSCRIPT" else ReplyError)(text[len(code) + 1:], code)
 
 
 class _Pending:
