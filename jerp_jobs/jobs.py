@@ -32,7 +32,6 @@ output passes through the log redactor.
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -1005,6 +1004,8 @@ CHORES_KEPT_S = max(OUTPUT_EXPIRY_REFRESH_S, INDEX_PRUNE_S, RECORD_EXPIRY_REFRES
 
 
 def new_job_id() -> str:
+    import secrets  # here: its import (hashlib, hmac, random) is not paid by the read commands
+
     return secrets.token_hex(6)
 
 

@@ -242,7 +242,8 @@ class Client(_Commands):
         where = f"{self.host}:{self.port}"
         last: OSError | None = None
         try:
-            addresses = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+            host: str | bytes = self.host.encode() if self.host.isascii() else self.host  # str: the IDNA codec
+            addresses = socket.getaddrinfo(host, self.port, 0, socket.SOCK_STREAM)
         except OSError as exc:
             raise ConnectionFailed(_connect_message(where, exc)) from None
         for family, kind, proto, _, address in addresses:
