@@ -82,7 +82,7 @@ class _Reader:
     @property
     def executor(self) -> Any:
         if self._executor is None:
-            from jerp_jobs.runtime import make_executor
+            from jerp_jobs.executors import make_executor
 
             self._executor = make_executor(self.settings)
         return self._executor
