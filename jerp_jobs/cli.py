@@ -9,8 +9,9 @@ Output: tables for people (colours only on a terminal), ``--json`` for scripts (
 Startup stays light: Celery, boto3 and docker are imported only inside the commands that
 need them, so ``--help`` and input errors answer at once. The read commands (``jobs``,
 ``backups``, ``sites``) read their settings without the typed model
-(:mod:`jerp_jobs.readsettings`) and import neither the workflow catalog nor structlog; the
-commands that start jobs build the full runtime.
+(:mod:`jerp_jobs.readsettings`), talk to Redis through the small client of
+:mod:`jerp_jobs.resp` (redis-py only for a URL form it does not speak), and import neither the
+workflow catalog nor structlog; the commands that start jobs build the full runtime.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class _Reader:
     """The part of a runtime the read commands use — the settings, Redis, the job store, the
     site state, the executor — built from :func:`jerp_jobs.readsettings.read_settings`: no typed
     settings, no workflow catalog, no transport (it starts nothing), structlog imported only if
-    something logs."""
+    something logs, Redis read through :func:`jerp_jobs.resp.connect`."""
 
     def __init__(self) -> None:
         from jerp_jobs import log, resp
