@@ -597,8 +597,15 @@ _COLOURS = {
 
 
 def _state(state: str) -> str:
-    """A state word, coloured for a terminal (click strips colours when output is not a TTY)."""
-    return click.style(state, fg=_COLOURS.get(state))
+    """A state word, coloured for a terminal (click strips colours when output is not a TTY);
+    each word styled once per process (``sites`` shows thousands of rows)."""
+    styled = _STYLED.get(state)
+    if styled is None:
+        styled = _STYLED[state] = click.style(state, fg=_COLOURS.get(state))
+    return styled
+
+
+_STYLED: dict[str, str] = {}
 
 
 def _duration(step: Any) -> str:

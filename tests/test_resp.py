@@ -65,9 +65,19 @@ def test_url_forms_are_read_as_redis_py_reads_them() -> None:
 
 
 def test_forms_it_does_not_speak_get_redis_py(tmp_path: Path) -> None:
-    client = resp.connect(f"unix://{tmp_path}/redis.sock")
-    assert isinstance(client, redis.Redis)
-    assert redis.RedisError in resp.errors()
+    """A URL form the light client does not speak gets redis-py's client, whose errors are then
+    among those to catch; until redis-py is loaded, only the light client's are."""
+    code = (
+        "import sys\nfrom jerp_jobs import resp\n"
+        "print(resp.errors() == (resp.RedisFailure,), 'redis' in sys.modules)\n"
+        "client = resp.connect(sys.argv[1])\n"
+        "import redis\n"
+        "print(isinstance(client, redis.Redis), resp.errors() == (resp.RedisFailure, redis.RedisError))\n"
+        "try:\n    client.ping()\nexcept resp.errors() as exc:\n    print(type(exc).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, f"unix://{tmp_path}/redis.sock"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split("\n")[:3] == ["True False", "True True", "ConnectionError"], done.stderr
 
 
 def test_values_as_redis_py_gives_them(clients: tuple[resp.Client, redis.Redis]) -> None:
