@@ -342,14 +342,17 @@ class Client(_Commands):
         :class:`ReplyError` itself, as redis-py gives it)."""
         line = self._line()
         kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self._exactly(size)
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [self._read(True) for _ in range(count)]
-        if kind == b":":
-            return int(rest)
+        if kind in (b"$", b"*", b":"):
+            try:
+                number = int(rest)
+            except ValueError:
+                self.close()
+                raise ProtocolError(f"unexpected reply from {self.host}:{self.port}: {line[:40]!r}") from None
+            if kind == b"$":
+                return None if number < 0 else self._exactly(number)
+            if kind == b"*":
+                return None if number < 0 else [self._read(True) for _ in range(number)]
+            return number
         if kind == b"+":
             return rest
         if kind == b"-":
@@ -416,7 +419,8 @@ class Pipeline(_Commands):
         queue, self._queue = self._queue, []
         replies = self._client._replies(queue)
         missing = [i for i, reply in enumerate(replies)
-                   if isinstance(reply, _Pending) and isinstance(reply.error, NoScript) and queue[i][0] == "EVALSHA"]
+                   if isinstance(reply, _Pending) and isinstance(reply.error, NoScript) and queue[i][0] == "EVALSHA"
+                   and queue[i][1] in _SCRIPTS]
         if missing:
             again = self._client._replies([("EVAL", _SCRIPTS[queue[i][1]], *queue[i][2:]) for i in missing])
             for i, reply in zip(missing, again):

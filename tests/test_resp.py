@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -387,3 +388,30 @@ def test_read_commands_print_the_same_through_either_client(server: PrivateRedis
     finally:
         theirs.flushdb()
         theirs.close()
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"$many\r\n"])
+def test_a_reply_that_is_not_resp2_is_a_protocol_error(answer: bytes) -> None:
+    """A server that answers something else (another service on the port) fails clearly."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(answer)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        first_line = answer.split(b"\r")[0]
+        with pytest.raises(resp.ProtocolError, match=re.escape(f"127.0.0.1:{port}: {first_line!r}")):
+            resp.connect(f"redis://127.0.0.1:{port}/0").ping()
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    assert issubclass(resp.ProtocolError, resp.ConnectionFailed)
