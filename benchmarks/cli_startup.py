@@ -127,13 +127,20 @@ def main() -> int:
     parser.add_argument("--redis-url", help="a Redis database of your own, filled then flushed: adds the data cases")
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--against", type=Path, metavar="BIN",
-                        help="the bin folder of another install (e.g. main's venv): each data case is also run with "
-                             "its jerpctl, and python -c pass, in turn within every run (for a shared, busy machine)")
+                        help="the bin folder of another install (e.g. main's venv): each jerpctl case is also run "
+                             "with its jerpctl, and python -c pass, in turn within every run (for a shared, busy "
+                             "machine)")
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
     targets = {"python -c pass": None}
     for name, argv in CASES.items():
-        results[name] = summary(time_case(argv, args.runs))
+        if args.against and name != "python -c pass":
+            this, other, floor = time_interleaved([argv, [str(args.against / argv[0].rsplit("/", 1)[-1]), *argv[1:]],
+                                                   [sys.executable, "-c", "pass"]], args.runs, {})
+            results[name] = {**summary(this), "against_median_ms": summary(other)["median_ms"],
+                             "floor_median_ms": summary(floor)["median_ms"]}
+        else:
+            results[name] = summary(time_case(argv, args.runs))
         targets.setdefault(name, 300)
     results["jerpctl --help"]["heavy_imports"] = heavy_imports(["--help"])
     results["jerpctl enqueue backup Bad_Site"]["heavy_imports"] = heavy_imports(["enqueue", "backup", "Bad_Site"])

@@ -39,12 +39,9 @@ from jerp_jobs.failures import (  # noqa: F401  (the failure classes, named from
     BenchFailure,
     classify_failure,
 )
+from jerp_jobs.secretnames import SECRET_OPTIONS  # noqa: F401  (named from bench too)
 from jerp_jobs.sites import validate_site_name
 
-#: Options whose next argv item is a secret (also the ``--opt=value`` form).
-SECRET_OPTIONS = frozenset(
-    {"--db-root-password", "--mariadb-root-password", "--admin-password", "--encryption-key", "--root-password"}
-)
 
 SCHEDULER_ACTIONS = ("pause", "resume", "enable", "disable", "status")
 

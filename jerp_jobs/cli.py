@@ -9,8 +9,9 @@ Output: tables for people (colours only on a terminal), ``--json`` for scripts (
 Startup stays light: Celery, boto3 and docker are imported only inside the commands that
 need them, so ``--help`` and input errors answer at once. The read commands (``jobs``,
 ``backups``, ``sites``) read their settings without the typed model
-(:mod:`jerp_jobs.readsettings`) and import neither the workflow catalog nor structlog; the
-commands that start jobs build the full runtime.
+(:mod:`jerp_jobs.readsettings`), talk to Redis through the small client of
+:mod:`jerp_jobs.resp` (redis-py only for a URL form it does not speak), and import neither the
+workflow catalog nor structlog; the commands that start jobs build the full runtime.
 """
 
 from __future__ import annotations
@@ -64,19 +65,17 @@ class _Reader:
     """The part of a runtime the read commands use — the settings, Redis, the job store, the
     site state, the executor — built from :func:`jerp_jobs.readsettings.read_settings`: no typed
     settings, no workflow catalog, no transport (it starts nothing), structlog imported only if
-    something logs."""
+    something logs, Redis read through :func:`jerp_jobs.resp.connect`."""
 
     def __init__(self) -> None:
-        import redis
-
-        from jerp_jobs import log
+        from jerp_jobs import log, resp
         from jerp_jobs.jobs import JobStore
         from jerp_jobs.readsettings import read_settings
         from jerp_jobs.sitestate import SiteState
 
         self.settings = settings = read_settings()
         log.configure(secrets=settings.secret_values(), on_first_use=True)
-        self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = resp.connect(settings.broker_url, connect_timeout=5)
         self.store = JobStore(self.redis, ttl_days=settings.job_ttl_days, output_lines=settings.live_output_lines)
         self.sites = SiteState(self.redis, ttl_s=settings.job_ttl_days * 86400)
         self._executor: Any = None
@@ -84,18 +83,18 @@ class _Reader:
     @property
     def executor(self) -> Any:
         if self._executor is None:
-            from jerp_jobs.runtime import make_executor
+            from jerp_jobs.executors import make_executor
 
             self._executor = make_executor(self.settings)
         return self._executor
 
 
 def _check_broker(rt: Any) -> None:
-    import redis
+    from jerp_jobs.resp import errors
 
     try:
         rt.redis.ping()
-    except redis.RedisError as exc:
+    except errors() as exc:
         raise BrokerDown(rt.settings.broker_url, exc) from exc
 
 
@@ -127,9 +126,8 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import redis
-
         from jerp_jobs.errors import BrokerUnavailable, ConfigError, InvalidInput, JerpError, JobNotFound
+        from jerp_jobs.resp import errors as redis_errors
 
         try:
             return fn(*args, **kwargs)
@@ -139,7 +137,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             from jerp_jobs.log import redactor
 
             raise _BrokerError(redactor.text(str(exc))) from exc
-        except redis.RedisError as exc:
+        except redis_errors() as exc:  # either client's (redis-py's only when it is loaded)
             from jerp_jobs.settings import get_settings
 
             raise BrokerDown(get_settings().broker_url, exc) from exc
@@ -612,8 +610,15 @@ _COLOURS = {
 
 
 def _state(state: str) -> str:
-    """A state word, coloured for a terminal (click strips colours when output is not a TTY)."""
-    return click.style(state, fg=_COLOURS.get(state))
+    """A state word, coloured for a terminal (click strips colours when output is not a TTY);
+    each word styled once per process (``sites`` shows thousands of rows)."""
+    styled = _STYLED.get(state)
+    if styled is None:
+        styled = _STYLED[state] = click.style(state, fg=_COLOURS.get(state))
+    return styled
+
+
+_STYLED: dict[str, str] = {}
 
 
 def _duration(step: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jerp_jobs import keys
@@ -194,7 +195,9 @@ def _site_rows(rt: Any, listing: SiteListing, now: float) -> list[dict[str, Any]
     pipe = rt.redis.pipeline(transaction=False)
     for start in range(0, len(names), 2000):
         script(args=[LOCAL, OFFSITE, OWNER, "\n".join(names[start:start + 2000])], client=pipe)
-    replies = [entry for page in pipe.execute() for entry in json.loads(page)]
+    pages = _in_thread(pipe.execute)  # Redis runs the scripts while the flags are read
+    flags = {site: _maintenance(os.path.join(folder, site, SITE_CONFIG)) for site in names if site in present}
+    replies = [entry for page in pages() for entry in json.loads(page)]
     rows = []
     use_offsite = bool(rt.settings.s3_bucket)
     for site, (local, offsite, owner) in zip(names, replies):
@@ -202,7 +205,7 @@ def _site_rows(rt: Any, listing: SiteListing, now: float) -> list[dict[str, Any]
         fresh = freshness(float(counted) if counted else None, max_age_hours=rt.settings.backup_max_age_hours,
                           now=now, offsite=use_offsite)
         exists = site in present
-        maintenance = _maintenance(os.path.join(folder, site, SITE_CONFIG)) if exists else None
+        maintenance = flags[site] if exists else None
         attention = marks.get(site)
         state = ("needs attention" if attention else "unreadable config" if maintenance is None and exists
                  else "in maintenance" if maintenance else "ok")
@@ -211,6 +214,32 @@ def _site_rows(rt: Any, listing: SiteListing, now: float) -> list[dict[str, Any]
                      "backup_where": fresh["where"], "backup_stale": fresh["stale"],
                      "owner_job": owner or None})
     return rows
+
+
+def _in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` started in a thread of its own; returns what waits for its answer (raising its
+    error, if it raised one)."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="redis-read", daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    return wait
 
 
 def _maintenance(path: str) -> bool | None:

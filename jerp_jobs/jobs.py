@@ -33,20 +33,21 @@ output passes through the log redactor.
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from jerp_jobs.errors import InvalidInput, JobNotFound, PartialRecord, StoreError
 from jerp_jobs.keys import JOB, JOBS, JOBS_BY_SITE, JOBS_BY_STATE, OUTPUT, STATS_JOBS, STATS_STEPS
 from jerp_jobs.keys import PREFIX as KEY_PREFIX
 from jerp_jobs.log import get_logger, redactor
+from jerp_jobs.resp import errors as redis_errors
+
+if TYPE_CHECKING:
+    import redis
 
 log = get_logger(__name__)
 
@@ -534,7 +535,7 @@ class JobStore:
                 pruned.append(("prune", index))
         try:
             pipe.execute()
-        except redis.RedisError as exc:
+        except redis_errors() as exc:
             raise StoreError(f"could not record the job: {exc}") from exc
         self._done(*pruned)
         return job
@@ -689,6 +690,8 @@ class JobStore:
 
         Atomic: the merge is retried when another writer changed the record meanwhile, so
         concurrent writers of different values all land. JobNotFound when the job is gone."""
+        import redis
+
         key = self._key(job_id)
         values = redactor.value(values)
         while True:
@@ -747,7 +750,7 @@ class JobStore:
         try:
             outcome, detail = self._begin_step(
                 keys=[job_key, keys.attention or job_key, keys.owner or job_key, keys.lock], args=args)
-        except redis.RedisError as exc:
+        except redis_errors() as exc:
             raise StoreError(f"could not start step {step.name} of job {job.id}: {exc}") from exc
         outcome, detail = as_text(outcome), as_text(detail)
         if outcome == "started":
@@ -1049,7 +1052,7 @@ class LiveOutput:
                 return
             try:
                 self._store.append_output(self._job_id, self._step, entries)
-            except redis.RedisError as exc:
+            except redis_errors() as exc:
                 log.warning("output.not_streamed", job_id=self._job_id, step=self._step, lines=len(entries),
                             error=str(exc))
 
@@ -1080,6 +1083,8 @@ CHORES_KEPT_S = max(OUTPUT_EXPIRY_REFRESH_S, INDEX_PRUNE_S, RECORD_EXPIRY_REFRES
 
 
 def new_job_id() -> str:
+    import secrets  # here: its import (hashlib, hmac, random) is not paid by the read commands
+
     return secrets.token_hex(6)
 
 

@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jerp_jobs.bench import SECRET_OPTIONS
+from jerp_jobs.secretnames import SECRET_OPTIONS
 
 MASK = "***"
 
@@ -122,7 +121,11 @@ redactor = Redactor()
 _deferred: tuple[bool | None, int] | None = None
 
 
-def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: int = logging.INFO,
+#: logging.INFO (the logging module is imported only when logging is configured)
+INFO = 20
+
+
+def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: int = INFO,
               on_first_use: bool = False) -> None:
     """Configure structlog and the stdlib root logger (Celery's own lines) once, at start.
 
@@ -136,6 +139,8 @@ def configure(*, secrets: Iterable[str] = (), json: bool | None = None, level: i
         _deferred = (json, level)
         return
     _deferred = None
+    import logging
+
     import structlog
 
     if json is None:

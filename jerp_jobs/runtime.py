@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from jerp_jobs.executors import make_executor
 from jerp_jobs.executors.base import Executor
-from jerp_jobs.executors.docker import DockerExecutor
-from jerp_jobs.executors.local import LocalExecutor
 from jerp_jobs.fanouts import FanoutStore
 from jerp_jobs.jobs import JobStore
 from jerp_jobs.locks import LockManager
@@ -100,8 +99,3 @@ def runtime_once(runtime: Runtime | Callable[[], Runtime]) -> Callable[[], Runti
     return get
 
 
-def make_executor(settings: Settings) -> Executor:
-    if settings.executor == "local":
-        return LocalExecutor(settings.require_bench_dir(), pass_env=settings.child_env_extra,
-                             user=settings.bench_user, bench_program=settings.bench_bin)
-    return DockerExecutor(project=settings.compose_project, service=settings.backend_service)

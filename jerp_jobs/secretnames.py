@@ -1,6 +1,7 @@
 """The secret settings and the environment variable each is read from: one list for the typed
 settings (:mod:`jerp_jobs.settings`) and the read commands' light reader
-(:mod:`jerp_jobs.readsettings`)."""
+(:mod:`jerp_jobs.readsettings`); and bench's options whose value is a secret (for the bench
+argv builders of :mod:`jerp_jobs.bench` and the log redactor)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,8 @@ SECRET_VARIABLES: dict[str, str] = {
     "dashboard_secret": "JERP_DASHBOARD_SECRET",
     "dashboard_users": "JERP_DASHBOARD_USERS",
 }
+
+#: Options of bench whose next argv item is a secret (also the ``--opt=value`` form).
+SECRET_OPTIONS = frozenset(
+    {"--db-root-password", "--mariadb-root-password", "--admin-password", "--encryption-key", "--root-password"}
+)

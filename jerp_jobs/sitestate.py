@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from jerp_jobs import keys
 from jerp_jobs.jobs import as_text
+
+if TYPE_CHECKING:
+    import redis
 
 OWNER = keys.SITE_OWNER
 ATTENTION = keys.ATTENTION

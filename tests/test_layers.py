@@ -48,8 +48,8 @@ LAYERS: list[tuple[str, set[str]]] = [
         "jerp_jobs.dumpstats", "jerp_jobs.backupfiles", "jerp_jobs.keys", "jerp_jobs.sentry", "jerp_jobs.fleet",
     }),
     ("store", {
-        "jerp_jobs.jobs", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit", "jerp_jobs.freshness",
-        "jerp_jobs.manifests", "jerp_jobs.releases", "jerp_jobs.fanouts",
+        "jerp_jobs.jobs", "jerp_jobs.resp", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit",
+        "jerp_jobs.freshness", "jerp_jobs.manifests", "jerp_jobs.releases", "jerp_jobs.fanouts",
     }),
     ("adapters", {
         "jerp_jobs.executors", "jerp_jobs.executors._argv", "jerp_jobs.executors.base", "jerp_jobs.executors.docker",
