@@ -159,6 +159,11 @@ def test_restore_to_an_instant_into_a_new_site_and_in_place_gives_exactly_that_i
     assert table_digest(db, other_db) == other_before
     made = job["result"]["fetched"]["files"]["db"]
     assert not (pitr_bench / "sites" / made).exists()  # the dump made for the restore is removed
+    # the logs now hold the restore's DROP DATABASE, which no replay crosses: a backup follows,
+    # with a new base
+    listed = json.loads(jerpctl(pitr_env, "--json", "jobs", "--site", site, "--limit", "50").stdout)
+    follow = [j for j in listed if j["kind"] == "backup" and j["created_at"] >= job["created_at"]]
+    assert len(follow) == 1, [(j["kind"], j["created_at"]) for j in listed]
     listing = jerpctl(pitr_env, "backups", site)
     assert listing.returncode == 0, listing.stderr
     assert "+ point-in-time base" in listing.stdout

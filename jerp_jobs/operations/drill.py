@@ -77,7 +77,7 @@ def drop_scratch(ctx: StepContext) -> str | None:
         call = bench.drop_site(scratch, db_root_password=ctx.settings.secret("mariadb_root_password"), bench=ctx.bench)
         ctx.run(call.argv, stdin=call.stdin, fence=scratch)
     ctx.run(["rm", "-rf", "--", f"archived/sites/{scratch}"], fence=scratch)
-    if ctx.params.get("pitr"):
+    if ctx.job.result.get("pitr_scratch"):
         pointintime.drop_drill_databases(ctx)
     _record_drill(ctx, passed=passed)
     return None

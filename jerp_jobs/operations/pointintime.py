@@ -29,13 +29,17 @@ from typing import Any
 from jerp_jobs import bench, pitr
 from jerp_jobs.backupfiles import give_to_owner, require_sites_root, sites_root
 from jerp_jobs.dumpstats import dump_stats
+from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput
 from jerp_jobs.jobs import StepState
+from jerp_jobs.log import get_logger
 from jerp_jobs.manifests import manifest_key, read_side, seal, side_name, write_side
 from jerp_jobs.offsite import offsite_stamp
 from jerp_jobs.operations.offsite import store_for
 from jerp_jobs.sites import validate_site_name
 from jerp_jobs.workflow import StepContext
+
+log = get_logger(__name__)
 
 #: the restore options a point-in-time restore does not take
 NOT_WITH_TO = ("db", "public_files", "private_files", "from_offsite", "at", "unverified", "create", "verify")
@@ -154,6 +158,7 @@ def replay(ctx: StepContext) -> None:
     store = store_for(ctx)
     db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
     scratch = scratch_database(ctx.job.id)
+    ctx.record(pitr_scratch=True)  # the job's end drops it, whatever happens here
     db.drop(scratch)  # left by an earlier attempt of this step
     failing = True
     try:
@@ -198,16 +203,33 @@ def _remove_made(root: Any, site: str, made: dict[str, Any] | None) -> None:
     (root / site / "private" / "backups" / side_name(stamp)).unlink(missing_ok=True)
 
 
+def after_restore(rt: Any, job: Any) -> None:
+    """``on_end`` of a restore.
+
+    A restore that changed the site's database in place, while point-in-time recovery is on,
+    starts a backup of the site (which takes a new base): the binary logs now hold the restore's
+    ``DROP DATABASE`` of the site, which no replay crosses, so until a base newer than the
+    restore exists the site cannot be restored to an instant after it. Then
+    :func:`remove_made_dump`."""
+    restored = any(step.name == "restore" and step.state == StepState.SUCCESS for step in job.steps)
+    if restored and job.site and pitr.enabled(rt.settings):
+        backup = start_job(rt, "backup", site=job.site, actor=f"job {job.id}")
+        log.info("restore.followed_by_backup", job_id=job.id, site=job.site, backup_job=backup.id)
+    remove_made_dump(rt, job)
+
+
 def remove_made_dump(rt: Any, job: Any) -> None:
-    """``on_end`` of a point-in-time restore, whatever its outcome: the dump ``pitr-replay`` made
-    (and its manifest) is removed — made for this restore only, kept it would fill the backup
-    folder and could pass for a backup taken at its file's time — and so are the job's scratch
-    database and work folder, which a worker killed in the middle of the replay leaves."""
+    """A point-in-time restore's end, whatever its outcome: the dump ``pitr-replay`` made (and
+    its manifest) is removed — made for this restore only, kept it would fill the backup folder
+    and could pass for a backup taken at its file's time — and so are the job's scratch database
+    and work folder, which a worker killed in the middle of the replay leaves."""
     if not job.params.get("to"):
         return
     root = sites_root(rt.settings)
     if root is not None:
         _remove_made(root, job.site, job.result.get("pitr_made"))
+    if not job.result.get("pitr_scratch"):
+        return
     db = job_database(rt.settings, rt.executor, job.id)
     db.drop(scratch_database(job.id))
     db.clear()
@@ -283,6 +305,7 @@ def drill(ctx: StepContext) -> str | None:
     db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
     work = db.workdir()
     scratches = drill_databases(ctx.job.id)[:len(chosen)]
+    ctx.record(pitr_scratch=True)  # the drill's cleanup drops them, whatever happens here
     sums: list[dict[str, str]] = []
     done: list[dict[str, Any]] = []
     failing = True

@@ -564,6 +564,6 @@ RESTORE = Workflow(
     resolve=ROUTES.resolve,
     **ROUTES.hooks(on_failure=_on_failure, on_cancel=_on_cancel),
     validate=validate_restore,
-    on_end=pointintime.remove_made_dump,
+    on_end=pointintime.after_restore,
     site_must_exist=lambda params: not params.get("create") and not params.get("from_site"),
 )
