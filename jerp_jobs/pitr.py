@@ -420,7 +420,7 @@ def opened_at(path: Path) -> int:
     return int.from_bytes(head[4:8], "little")
 
 
-def ship(db: MariaDB, archive: Any) -> list[dict[str, Any]]:
+def ship(db: MariaDB, archive: Any, *, still_mine: Any = None) -> list[dict[str, Any]]:
     """Close the current binary log and archive every closed one not archived yet, in order;
     returns the new index entries (``name``, ``size``, ``sha256``, ``closed_at``).
 
@@ -429,7 +429,9 @@ def ship(db: MariaDB, archive: Any) -> list[dict[str, Any]]:
     newest (followed by the open log) the server's clock read just before the flush. So a
     replay up to an instant needs no log after the first whose ``closed_at`` reaches it. A log
     whose size on the server differs from the one archived (a server re-created, its logs
-    numbered from 1 again) or from the file fetched is refused."""
+    numbered from 1 again) or from the file fetched is refused. ``still_mine`` (optional) is
+    called after each log archived, and must answer whether this shipment may go on (its lock
+    still held, and kept)."""
     before = db.clock()
     db.flush()
     logs = db.binary_logs()
@@ -449,6 +451,8 @@ def ship(db: MariaDB, archive: Any) -> list[dict[str, Any]]:
                 raise PitrError(f"{name} was fetched with {path.stat().st_size} B, the server lists {size} B")
             if pending is not None:
                 shipped.append(_archive_one(archive, *pending, closed_at=float(opened_at(path))))
+                if still_mine is not None and not still_mine():
+                    raise PitrError("the shipment lost its lock (it ran too long); the next one goes on")
             pending = (name, path)
         if pending is not None:
             shipped.append(_archive_one(archive, *pending, closed_at=float(before)))
@@ -666,13 +670,19 @@ def ship_configured(settings: Any, executor: Any, client: Any) -> dict[str, Any]
     if settings.pitr_window_days <= 0:
         return {"skipped": "point-in-time recovery is off (JERP_PITR_WINDOW_DAYS=0)"}
     token = os.urandom(8).hex()
-    hold = max(60, int(settings.binlog_ship_minutes * 60 * 2))
+    hold = max(600, int(settings.binlog_ship_minutes * 60 * 2))
     if not client.set(keys.PITR_SHIP_LOCK, token, nx=True, ex=hold):
         return {"skipped": "another shipment is under way"}
     try:
         db = configured_database(settings, executor)
         archive = OffsiteArchive(OffsiteStore.from_settings(settings), settings.db_host)
-        shipped = ship(db, archive)
+
+        def still_mine() -> bool:  # kept while logs go on being archived, one at a time
+            if client.get(keys.PITR_SHIP_LOCK) not in (token, token.encode()):
+                return False
+            return bool(client.expire(keys.PITR_SHIP_LOCK, hold))
+
+        shipped = ship(db, archive, still_mine=still_mine)
         removed: list[str] = []
         now = time.time()
         if client.set(keys.PITR_PRUNED, int(now), nx=True, ex=PRUNE_EVERY_S):

@@ -141,6 +141,37 @@ def test_a_statement_naming_the_database_itself_is_never_replayed(binlog_server:
     assert db.query("SELECT COUNT(*) FROM `tabInvoice`", database=name) == [["1"]]  # the live one as it was
 
 
+def test_logs_closed_before_a_shipment_keep_their_own_close_times(binlog_server: BinlogServer,
+                                                                   tmp_path: Path) -> None:
+    """Logs rotated between shipments (a backlog, a restart, a size rotation) arrive in one
+    shipment: each keeps the time the next log opened, in the server's clock, so a replay to an
+    instant inside the second one reads it."""
+    db = binlog_server.client(tmp_path / "frappe-bench")
+    name = "_7b7b7b7b7b7b7b7b"
+    make_site_database(db, name)
+    start = db.dump(name, tmp_path / "base.sql.gz")
+    dumped_at = db.clock() + 1
+    marks = []
+    for row in (1, 2, 3):
+        time.sleep(1.2)
+        db.query(f"INSERT INTO `tabInvoice` VALUES ({row}, {row}, 'r{row}')", database=name)
+        time.sleep(1.2)
+        marks.append(db.clock())  # after row `row`, before the rotation
+        if row < 3:
+            db.flush()  # rotated, not shipped
+    archive = FolderArchive(tmp_path / "archive")
+    shipped = ship(db, archive)
+    assert len(shipped) >= 3
+    closes = [entry["closed_at"] for entry in shipped]
+    assert closes == sorted(closes) and len(set(closes)) == len(closes), closes
+    restore_to(db, archive, dump=tmp_path / "base.sql.gz", start=start, dumped_at=dumped_at, database=name,
+               into="_pitr_rotated", target=float(marks[1]))
+    try:
+        assert db.query("SELECT id FROM `tabInvoice` ORDER BY id", database="_pitr_rotated") == [["1"], ["2"]]
+    finally:
+        db.drop("_pitr_rotated")
+
+
 def test_logs_shipped_off_site_encrypted_restore_the_same_and_tampering_is_refused(
     history: dict, s3_server: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
