@@ -53,6 +53,8 @@ BINLOG_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.[0-9]{6}")
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 _COORDINATES = re.compile(r"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=([0-9]+)")
 _ROW_EVENT = re.compile(rb"\t(?:Write|Update|Delete)_rows(?:_v1|_compressed)?: table id")
+#: an event's header line in mariadb-binlog's output: ``#261204 16:59:30 server id 1 ...``
+_EVENT_TIME = re.compile(rb"#(\d{2})(\d{2})(\d{2}) +(\d{1,2}):(\d{2}):(\d{2}) ")
 #: how many bytes of a dump's head are searched for its coordinates
 _HEAD_BYTES = 64 * 1024
 
@@ -282,23 +284,33 @@ class MariaDB:
                 out.write(b"\nROLLBACK;\n")  # a transaction the instant cut was not committed at it
             events = 0
             named = database.encode()
+            when = "an unknown time"
             with script.open("rb") as src:
                 for number, line in enumerate(src, 1):
                     if _ROW_EVENT.search(line):
                         events += 1
+                    elif (stamp := _EVENT_TIME.match(line)) is not None:
+                        when = _event_time(stamp)
                     elif named in line and not line.startswith(b"#"):
                         # --rewrite-db renames row events and USE, never a name written in a
                         # statement (DROP DATABASE `db`, `db`.`table`): replayed as it stands,
                         # it would act on the live database
                         raise PitrError(
-                            f"the binary logs hold a statement naming the database {database} itself (line "
-                            f"{number} of the replay: {line[:120].decode('utf-8', 'replace').strip()!r}); "
-                            "replaying it would act on the live database, so nothing was replayed. Choose an "
-                            "instant after the next backup's base, or before that statement")
+                            f"the binary logs hold a statement naming the database {database} itself, written "
+                            f"at {when} (line {number} of the replay: "
+                            f"{line[:120].decode('utf-8', 'replace').strip()!r}); replaying it would act on the "
+                            "live database, so nothing was replayed. Choose an instant before it, or one after "
+                            "the first backup taken after it")
             self._run(["mariadb", into, "-e", f"source {script_there}"], unlogged=True)
         finally:
             script.unlink(missing_ok=True)
         return events
+
+
+def _event_time(found: re.Match[bytes]) -> str:
+    """``YYYY-MM-DD HH:MM:SS UTC`` of an event header (the replay runs with TZ=UTC)."""
+    year, month, day, hour, minute, second = (int(part) for part in found.groups())
+    return f"20{year:02d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d} UTC"
 
 
 def sequence_name(name: str) -> str:

@@ -101,3 +101,22 @@ def test_an_instant_is_utc_unless_its_zone_is_given(text: str, expected: str) ->
 def test_a_bad_instant_is_refused_naming_the_problem(text: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
         parse_instant(text, now=NOW)
+
+
+def test_a_replay_without_room_in_the_sites_volume_is_refused_before_anything(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from jerp_jobs.operations import pointintime
+    from jerp_jobs.pitr import PitrError
+    from jerp_jobs.settings import load_settings
+
+    (tmp_path / "sites").mkdir()
+    settings = load_settings(_env_file=None, executor="local", bench_dir=tmp_path, sites_dir=tmp_path / "sites",
+                             s3_bucket="backups")
+    plan = {"base": {}, "source": "a.example.com", "to": "2026-12-04T16:59:30Z", "backup": "20261204_030000",
+            "space_needed": 10**18}
+    ctx = SimpleNamespace(settings=settings, site="a.example.com", params={"to": plan["to"]},
+                          job=SimpleNamespace(id="0123456789ab", result={"pitr": plan}), runtime=None)
+    with pytest.raises(PitrError, match="free space first. Nothing was changed"):
+        pointintime.replay(ctx)  # type: ignore[arg-type]
+    assert list((tmp_path / "sites").iterdir()) == []

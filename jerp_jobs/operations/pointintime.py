@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jerp_jobs import bench, pitr
-from jerp_jobs.backupfiles import give_to_owner, require_sites_root, sites_root
+from jerp_jobs.backupfiles import free_space, give_to_owner, human, require_sites_root, sites_root
 from jerp_jobs.dumpstats import dump_stats
 from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput
@@ -107,13 +107,20 @@ def prepare(ctx: StepContext) -> None:
         if reason:
             raise pitr.PitrError(f"{exc}; and no shipment could be made now: {reason}") from None
         logs = pitr.plan(archive.index(), start, target)
+    base_size = next((int(a.get("size") or 0) for a in manifest.get("artifacts", []) if a.get("kind") == "pitr_base"), 0)
     ctx.record(pitr={
         "source": source, "to": ctx.params["to"], "backup": offsite_stamp(manifest),
         "apps": manifest.get("apps") or [], "base": base, "binlogs": [entry["name"] for entry in logs],
+        "space_needed": SPACE_PER_BASE_BYTE * base_size + 2 * sum(int(entry["size"]) for entry in logs),
     })
     ctx.output.append(f"{source} at {pitr.utc_text(target)} UTC: base of the backup {offsite_stamp(manifest)} "
                       f"(taken {pitr.utc_text(base['dumped_at'])} UTC at {start.file}:{start.position}), then "
                       f"{len(logs)} binary log(s) {logs[0]['name']}..{logs[-1]['name']}")
+
+
+#: the room a replay takes in the sites volume per byte of the compressed base: the base, its
+#: plain dump, the export plain and compressed (a plain dump is several times its gzip)
+SPACE_PER_BASE_BYTE = 10
 
 
 def scratch_database(job_id: str) -> str:
@@ -155,6 +162,11 @@ def replay(ctx: StepContext) -> None:
     base, source, target = plan["base"], plan["source"], target_instant(ctx)
     root = require_sites_root(ctx.settings, "the point-in-time dump is written into the site's backup folder")
     _remove_made(root, ctx.site, ctx.job.result.get("pitr_made"))  # an earlier attempt's
+    free, _ = free_space(root)
+    if free < int(plan.get("space_needed") or 0):
+        raise pitr.PitrError(f"the sites volume has {human(free)} free; a point-in-time restore of this base needs "
+                             f"about {human(plan['space_needed'])} there (the base and its plain dump, the logs, "
+                             "the replay, the export): free space first. Nothing was changed")
     store = store_for(ctx)
     db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
     scratch = scratch_database(ctx.job.id)
