@@ -221,10 +221,12 @@ def after_restore(rt: Any, job: Any) -> None:
     A restore that changed the site's database in place, while point-in-time recovery is on,
     starts a backup of the site (which takes a new base): the binary logs now hold the restore's
     ``DROP DATABASE`` of the site, which no replay crosses, so until a base newer than the
-    restore exists the site cannot be restored to an instant after it. Then
-    :func:`remove_made_dump`."""
+    restore exists the site cannot be restored to an instant after it (a restore started by
+    ``restore-all`` is left to the nightly backup). Then :func:`remove_made_dump`."""
     restored = any(step.name == "restore" and step.state == StepState.SUCCESS for step in job.steps)
-    if restored and job.site and pitr.enabled(rt.settings):
+    # a fan-out child (restore-all after a disaster) is left to the nightly backup: one backup per
+    # restored site would compete with the sites still to restore
+    if restored and job.site and not job.parent and pitr.enabled(rt.settings):
         backup = start_job(rt, "backup", site=job.site, actor=f"job {job.id}")
         log.info("restore.followed_by_backup", job_id=job.id, site=job.site, backup_job=backup.id)
     remove_made_dump(rt, job)
