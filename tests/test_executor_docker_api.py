@@ -53,3 +53,46 @@ def test_a_command_that_ran_and_exited_127_is_its_own_failure() -> None:
     result = _executor(ScriptedApi(exit_code=127, pid=4242, output=b"bench: missing-thing\n")).run(
         ["bench", "x"], timeout=10)
     assert result.exit_code == 127 and "missing-thing" in result.output
+
+
+class FlakyCreateApi(ScriptedApi):
+    """Creating an exec fails ``failures`` times (the API busy for a moment), then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(exit_code=0, pid=42, output=b"ok\n")
+        self.failures, self.creates = failures, 0
+
+    def exec_create(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+        self.creates += 1
+        if self.creates <= self.failures:
+            raise ConnectionError("Connection aborted: the proxy closed the connection")
+        return super().exec_create(*args, **kwargs)
+
+
+def test_an_exec_the_api_failed_to_create_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jerp_jobs.executors.docker.EXEC_CREATE_RETRIES_S", (0.0, 0.0))
+    api = FlakyCreateApi(failures=2)
+    result = _executor(api).run(["true"], timeout=10)
+    assert result.exit_code == 0 and "ok" in result.output and api.creates == 3
+    api = FlakyCreateApi(failures=3)
+    with pytest.raises(ExecutorUnavailable, match="failed while creating an exec in jerp-backend-1"):
+        _executor(api).run(["true"], timeout=10)
+    assert api.creates == 3
+
+
+def test_an_exec_the_api_refuses_is_not_asked_again() -> None:
+    from types import SimpleNamespace
+
+    import docker.errors
+
+    class RefusingApi(FlakyCreateApi):
+        def exec_create(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+            self.creates += 1
+            raise docker.errors.APIError("403 Forbidden: not allowed by the proxy",
+                                         response=SimpleNamespace(status_code=403, url="http://proxy/exec", reason="Forbidden"),
+                                         explanation="not allowed by the proxy")
+
+    api = RefusingApi(failures=0)
+    with pytest.raises(ExecutorUnavailable, match="not allowed by the proxy"):
+        _executor(api).run(["true"], timeout=10)
+    assert api.creates == 1

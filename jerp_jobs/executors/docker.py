@@ -368,23 +368,29 @@ class DockerExecutor:
             *args,
         ]
 
-        try:
-            exec_id = api.exec_create(
-                container["Id"],
-                cmd=wrapped,
-                user=self.user,
-                workdir=self.workdir,
-                stdin=stdin is not None,
-                tty=False,
-                environment=self.env or None,
-            )["Id"]
-        except docker.errors.APIError as exc:
-            stopped = self._gone_or_stopped(container, f"before {shown} could start")
-            if stopped is not None:
-                raise stopped from exc
-            raise self._unavailable(exc, f"creating an exec in {name}") from exc
-        except _api_errors() as exc:
-            raise self._unavailable(exc, f"creating an exec in {name}") from exc
+        for pause in (*EXEC_CREATE_RETRIES_S, None):
+            try:
+                exec_id = api.exec_create(
+                    container["Id"],
+                    cmd=wrapped,
+                    user=self.user,
+                    workdir=self.workdir,
+                    stdin=stdin is not None,
+                    tty=False,
+                    environment=self.env or None,
+                )["Id"]
+                break
+            except docker.errors.APIError as exc:
+                stopped = self._gone_or_stopped(container, f"before {shown} could start")
+                if stopped is not None:
+                    raise stopped from exc
+                if pause is None or exc.is_client_error():  # a refusal (4xx) stays one
+                    raise self._unavailable(exc, f"creating an exec in {name}") from exc
+            except _api_errors() as exc:
+                if pause is None:
+                    raise self._unavailable(exc, f"creating an exec in {name}") from exc
+            # nothing ran: an exec that could not be created never starts, so asking again is safe
+            time.sleep(pause)
 
         started = time.monotonic()
         deadline = started + timeout + self.kill_grace + self.api_margin
@@ -669,6 +675,11 @@ def _name(container: Mapping[str, Any]) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{max(seconds, 0.001):.3f}s"
+
+
+#: pauses before creating an exec again when the Docker API failed to (a daemon or proxy busy
+#: for a moment, as when a worker container restarts beside it)
+EXEC_CREATE_RETRIES_S = (0.5, 1.0, 2.0)
 
 
 def _reason(exc: BaseException) -> str:
