@@ -70,7 +70,7 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
             "options": {**control, "expires": 300.0},
         },
     }
-    if settings.binlog_ship_minutes > 0 and settings.s3_bucket and settings.pitr_window_days > 0:
+    if settings.pitr_on:
         every = float(settings.binlog_ship_minutes) * 60
         # the site queue: the shipment runs the MariaDB tools where bench runs
         schedule["ship-binlogs"] = {"task": "jerp.ship_binlogs", "schedule": every,

@@ -348,8 +348,6 @@ def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | Non
     empty = [name for name, value in given.items() if value is not None and not value.strip()]
     if empty:
         raise click.BadParameter(f"{', '.join(empty)} may not be empty")
-    if as_site is not None and to is None:
-        raise click.BadParameter("--as goes with --to (a point-in-time restore into a new site)")
     params = {"db": db, "public_files": public_files, "private_files": private_files,
               "from_offsite": from_offsite, "at": at, "unverified": unverified, "create": create, "verify": verify,
               "to": to}

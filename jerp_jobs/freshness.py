@@ -108,6 +108,13 @@ def shipped_logs(client: Any) -> dict[str, Any] | None:
         return None
 
 
+def current_rpo(shipped: dict[str, Any] | None, now: float) -> float | None:
+    """Seconds since the newest shipped binary log was closed (what a loss of the database
+    server now would lose at most); None before the first shipment."""
+    closed = ((shipped or {}).get("newest") or {}).get("closed_at")
+    return None if closed is None else round(max(0.0, now - float(closed)), 1)
+
+
 def pitr_window(bases: list[dict[str, Any]], shipped: dict[str, Any] | None, *, now: float) -> dict[str, Any]:
     """A site's point-in-time window from its off-site bases (each backup's ``pitr``) and the
     last shipment: any second from its oldest base whose logs are still archived to the close
@@ -121,10 +128,8 @@ def pitr_window(bases: list[dict[str, Any]], shipped: dict[str, Any] | None, *, 
         return int(str(name).rsplit(".", 1)[-1]) if str(name).rsplit(".", 1)[-1].isdigit() else -1
 
     usable = [b for b in bases if oldest_log is None or number(b["coordinates"]["file"]) >= number(oldest_log)]
-    out: dict[str, Any] = {"bases": len(usable), "from": None, "to": None, "rpo_s": None,
+    out: dict[str, Any] = {"bases": len(usable), "from": None, "to": None, "rpo_s": current_rpo(shipped, now),
                            "newest_base": max((b["dumped_at"] for b in usable), default=None)}
-    if reached is not None:
-        out["rpo_s"] = round(max(0.0, now - float(reached)), 1)
     if not usable:
         out["state"] = "no base"
     elif reached is None or float(reached) < min(b["dumped_at"] for b in usable):

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from jerp_jobs import observe
-from jerp_jobs.freshness import shipped_logs
+from jerp_jobs.freshness import current_rpo, shipped_logs
 from jerp_jobs.jobs import STATS_JOBS, STATS_STEPS, STEP_BUCKETS, as_text, step_stats
 from jerp_jobs.log import get_logger
 
@@ -233,7 +233,7 @@ def _pitr(rt: Any, now: float) -> list[Metric]:
     """Point-in-time recovery, while it is on: the shipping interval, the last shipment, and the
     current RPO (since the newest shipped binary log was closed; absent before the first)."""
     settings = rt.settings
-    if not (settings.s3_bucket and settings.binlog_ship_minutes > 0 and settings.pitr_window_days > 0):
+    if not settings.pitr_on:
         return []
     interval = GaugeMetricFamily("jerp_pitr_ship_interval_seconds", "JERP_BINLOG_SHIP_MINUTES in seconds")
     interval.add_metric([], settings.binlog_ship_minutes * 60)
@@ -243,9 +243,9 @@ def _pitr(rt: Any, now: float) -> list[Metric]:
     shipped = shipped_logs(rt.redis)
     if shipped:
         last.add_metric([], float(shipped["at"]))
-        closed = (shipped.get("newest") or {}).get("closed_at")
-        if closed is not None:
-            rpo.add_metric([], round(max(0.0, now - float(closed)), 1))
+    behind = current_rpo(shipped, now)
+    if behind is not None:
+        rpo.add_metric([], behind)
     return [interval, last, rpo]
 
 

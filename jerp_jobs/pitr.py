@@ -342,18 +342,18 @@ class FolderArchive:
         shutil.copyfile(src, self.folder / entry["name"])
         files = [e for e in self.index() if e["name"] != entry["name"]] + [entry]
         files.sort(key=lambda e: sequence(e["name"]))
-        tmp = self.folder / (self.INDEX + ".tmp")
-        tmp.write_text(json.dumps({"files": files}, sort_keys=True, indent=1), encoding="utf-8")
-        tmp.replace(self.folder / self.INDEX)
+        self._write_index(files)
 
     def remove(self, names: set[str]) -> None:
         """Take ``names`` out of the index first (no replay plans them any more), then delete them."""
-        files = [e for e in self.index() if e["name"] not in names]
+        self._write_index([e for e in self.index() if e["name"] not in names])
+        for name in names:
+            (self.folder / sequence_name(name)).unlink(missing_ok=True)
+
+    def _write_index(self, files: list[dict[str, Any]]) -> None:
         tmp = self.folder / (self.INDEX + ".tmp")
         tmp.write_text(json.dumps({"files": files}, sort_keys=True, indent=1), encoding="utf-8")
         tmp.replace(self.folder / self.INDEX)
-        for name in names:
-            (self.folder / sequence_name(name)).unlink(missing_ok=True)
 
     def fetch(self, entry: dict[str, Any], dest: Path) -> Path:
         src = self.folder / entry["name"]
@@ -585,11 +585,6 @@ def restore_to(db: MariaDB, archive: Any, *, dump: Path, start: Coordinates, dum
 WORK_FOLDER = ".jerp-pitr"
 #: how often a shipment also removes the logs the window no longer needs (it lists every base)
 PRUNE_EVERY_S = 3600
-
-
-def enabled(settings: Any) -> bool:
-    """Point-in-time recovery is on: an off-site store, binary logs shipped to it, a window."""
-    return bool(settings.s3_bucket) and settings.binlog_ship_minutes > 0 and settings.pitr_window_days > 0
 
 
 def configured_database(settings: Any, executor: Any) -> MariaDB:

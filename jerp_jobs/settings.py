@@ -236,6 +236,11 @@ class Settings(BaseSettings):
         return rest if rest and ("." in first or ":" in first or first == "localhost") else self.release_image
 
     @property
+    def pitr_on(self) -> bool:
+        """Point-in-time recovery is on: an off-site store, binary logs shipped to it, a window."""
+        return bool(self.s3_bucket) and self.binlog_ship_minutes > 0 and self.pitr_window_days > 0
+
+    @property
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from jerp_jobs import observe
 from jerp_jobs.errors import JerpError
-from jerp_jobs.freshness import shipped_logs, site_states, sites_freshness
+from jerp_jobs.freshness import current_rpo, shipped_logs, site_states, sites_freshness
 from jerp_jobs.jobs import FINAL_JOB_STATES, JOB_STATES, Job, Step
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.drill import last_drills
@@ -197,9 +197,9 @@ def sites_view(rt: Runtime, *, now: float | None = None) -> dict[str, Any]:
     names = sorted(set(states) | set(local) | set(offsite))
     migrates = rt.store.latest_of_kind(names, "migrate")
     offsite_on = bool(rt.settings.s3_bucket)
-    pitr_on = offsite_on and rt.settings.pitr_window_days > 0 and rt.settings.binlog_ship_minutes > 0
+    pitr_on = rt.settings.pitr_on
     shipped = shipped_logs(rt.redis) if pitr_on else None
-    reached = ((shipped or {}).get("newest") or {}).get("closed_at")
+    behind = current_rpo(shipped, now)
     rows = []
     for site in names:
         base = states.get(site) or {"site": site, "state": "unknown" if problem else "no site folder",
@@ -214,7 +214,7 @@ def sites_view(rt: Runtime, *, now: float | None = None) -> dict[str, Any]:
             "drill": drill,
             "drill_age_h": round((now - float(drill["at"])) / 3600, 1) if drill and drill.get("at") else None,
             "migrate": migrates.get(site),
-            "pitr": _pitr_cell(offsite.get(site), reached, now) if pitr_on else None,
+            "pitr": _pitr_cell(offsite.get(site), behind, now) if pitr_on else None,
         })
     return {"rows": rows, "problem": problem, "rpo_hours": rpo, "offsite_on": offsite_on, "pitr_on": pitr_on,
             "pitr_days": rt.settings.pitr_window_days, "ship_minutes": f"{rt.settings.binlog_ship_minutes:g}",
@@ -222,12 +222,12 @@ def sites_view(rt: Runtime, *, now: float | None = None) -> dict[str, Any]:
             "apps": sorted(bench_app_names(sites_root(rt.settings))), "tag": _current_tag(rt)}
 
 
-def _pitr_cell(offsite: dict[str, Any] | None, reached: float | None, now: float) -> dict[str, Any]:
+def _pitr_cell(offsite: dict[str, Any] | None, behind: float | None, now: float) -> dict[str, Any]:
     """A site's point-in-time recovery at a glance: its newest base (with its newest off-site
-    copy) and the current RPO (since the newest binary log shipped was closed)."""
+    copy) and the current RPO (:func:`jerp_jobs.freshness.current_rpo`), for a site with a base."""
     base_at = (offsite or {}).get("pitr_base_at")
     return {"base_age_h": round((now - float(base_at)) / 3600, 1) if base_at else None,
-            "rpo_s": round(max(0.0, now - float(reached)), 1) if reached and base_at else None}
+            "rpo_s": behind if base_at else None}
 
 
 def _current_tag(rt: Runtime) -> str | None:

@@ -110,7 +110,7 @@ def validate_backup(site: str | None, params: dict[str, Any], settings: Any) -> 
     """A backup plans its point-in-time base (``pitr_base``) when point-in-time recovery is on
     and the backup goes off-site."""
     out = {k: v for k, v in params.items() if k != "pitr_base"}
-    if pitr.enabled(settings) and out.get("offsite") is not False:
+    if settings.pitr_on and out.get("offsite") is not False:
         out["pitr_base"] = True
     return out
 

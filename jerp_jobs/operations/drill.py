@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any
 
-from jerp_jobs import bench, keys, pitr
+from jerp_jobs import bench, keys
 from jerp_jobs.jobs import StepState
 from jerp_jobs.operations import pointintime
 from jerp_jobs.operations.common import site_exists
@@ -138,7 +138,7 @@ ROUTES = Routes(
 def validate_drill(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
     """A drill plans its point-in-time part (``pitr``) while point-in-time recovery is on."""
     out = {k: v for k, v in params.items() if k != "pitr"}
-    if pitr.enabled(settings):
+    if settings.pitr_on:
         out["pitr"] = True
     return out
 

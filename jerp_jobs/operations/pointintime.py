@@ -59,7 +59,7 @@ def validate(site: str, params: dict[str, Any], out: dict[str, Any], settings: A
         if source == site:
             raise InvalidInput(f"--as {site}: the new site must differ from the site restored ({source})")
         out["from_site"] = source
-    if not pitr.enabled(settings):
+    if not settings.pitr_on:
         missing = ("JERP_S3_BUCKET is not set" if not settings.s3_bucket else
                    "JERP_BINLOG_SHIP_MINUTES is 0" if settings.binlog_ship_minutes <= 0 else
                    "JERP_PITR_WINDOW_DAYS is 0")
@@ -76,16 +76,22 @@ def target_instant(ctx: StepContext) -> float:
     return datetime.fromisoformat(str(ctx.params["to"]).replace("Z", "+00:00")).timestamp()
 
 
+def _bases(store: Any, site: str) -> list[dict[str, Any]]:
+    """The verified off-site backups of ``site`` with a point-in-time base, oldest base first."""
+    found = [m for m in store.list_backups(site)
+             if m.get("verified") and isinstance(m.get("pitr"), dict) and "dumped_at" in m["pitr"]]
+    return sorted(found, key=lambda m: m["pitr"]["dumped_at"])
+
+
 def choose_base(store: Any, site: str, target: float) -> dict[str, Any]:
     """The newest verified off-site backup of ``site`` with a point-in-time base taken before
     ``target``; InvalidInput when there is none."""
-    bases = [m for m in store.list_backups(site)
-             if m.get("verified") and isinstance(m.get("pitr"), dict) and m["pitr"].get("dumped_at", target + 1) <= target]
+    bases = [m for m in _bases(store, site) if m["pitr"]["dumped_at"] <= target]
     if not bases:
         raise InvalidInput(f"no off-site backup of {site} with a point-in-time base taken before "
                            f"{pitr.utc_text(target)} UTC (bases are taken with each backup while point-in-time "
                            "recovery is on)")
-    return max(bases, key=lambda m: m["pitr"]["dumped_at"])
+    return bases[-1]
 
 
 def prepare(ctx: StepContext) -> None:
@@ -155,6 +161,19 @@ def _drop_quietly(db: pitr.MariaDB, names: list[str], failing: bool) -> None:
                 raise
 
 
+def _restore_base(db: pitr.MariaDB, store: Any, archive: pitr.OffsiteArchive, site: str, backup: str,
+                  base: dict[str, Any], *, into: str, target: float) -> dict[str, Any]:
+    """Database ``into`` as ``site``'s database was at ``target``, from the base of its off-site
+    backup ``backup`` (downloaded, checked and decrypted into the job's work folder, removed
+    after) and the archived logs (:func:`jerp_jobs.pitr.restore_to`)."""
+    files = store.download_backup(site, backup, db.workdir(), kinds={"pitr_base"}, require_signature=True)
+    try:
+        return pitr.restore_to(db, archive, dump=files["pitr_base"], start=pitr.Coordinates.from_dict(base["coordinates"]),
+                               dumped_at=base["dumped_at"], database=base["database"], into=into, target=target)
+    finally:
+        files["pitr_base"].unlink(missing_ok=True)
+
+
 def replay(ctx: StepContext) -> None:
     """``pitr-replay``: the source's database at the instant, as a dump in the site's backup
     folder with its manifest; recorded as ``fetched`` for the restore's checks."""
@@ -174,11 +193,8 @@ def replay(ctx: StepContext) -> None:
     db.drop(scratch)  # left by an earlier attempt of this step
     failing = True
     try:
-        downloaded = store.download_backup(source, plan["backup"], db.workdir(), kinds={"pitr_base"},
-                                           require_signature=True)
-        done = pitr.restore_to(db, pitr.OffsiteArchive(store, base["server"]), dump=downloaded["pitr_base"],
-                               start=pitr.Coordinates.from_dict(base["coordinates"]), dumped_at=base["dumped_at"],
-                               database=base["database"], into=scratch, target=target)
+        done = _restore_base(db, store, pitr.OffsiteArchive(store, base["server"]), source, plan["backup"], base,
+                             into=scratch, target=target)
         stamp = _free_stamp(root, ctx.site)
         rel = f"{ctx.site}/private/backups/{stamp}-{ctx.site.replace('.', '_')}-pitr-database.sql.gz"
         ctx.record(pitr_made={"path": rel, "timestamp": stamp})  # known before it exists: never orphaned
@@ -226,7 +242,7 @@ def after_restore(rt: Any, job: Any) -> None:
     restored = any(step.name == "restore" and step.state == StepState.SUCCESS for step in job.steps)
     # a fan-out child (restore-all after a disaster) is left to the nightly backup: one backup per
     # restored site would compete with the sites still to restore
-    if restored and job.site and not job.parent and pitr.enabled(rt.settings):
+    if restored and job.site and not job.parent and rt.settings.pitr_on:
         backup = start_job(rt, "backup", site=job.site, actor=f"job {job.id}")
         log.info("restore.followed_by_backup", job_id=job.id, site=job.site, backup_job=backup.id)
     remove_made_dump(rt, job)
@@ -250,12 +266,6 @@ def remove_made_dump(rt: Any, job: Any) -> None:
 
 
 # -- drills ----------------------------------------------------------------------------------
-
-
-def _bases(store: Any, site: str) -> list[dict[str, Any]]:
-    """The verified off-site backups of ``site`` with a point-in-time base, oldest base first."""
-    found = [m for m in store.list_backups(site) if m.get("verified") and isinstance(m.get("pitr"), dict)]
-    return sorted(found, key=lambda m: m["pitr"]["dumped_at"])
 
 
 def _checksums(db: pitr.MariaDB, database: str) -> dict[str, str]:
@@ -317,7 +327,6 @@ def drill(ctx: StepContext) -> str | None:
     before = [m for m in usable if m["pitr"]["dumped_at"] <= target]
     chosen = [before[-1]] + ([before[0]] if len(before) > 1 else [])
     db = job_database(ctx.settings, ctx.runtime.executor, ctx.job.id)
-    work = db.workdir()
     scratches = drill_databases(ctx.job.id)[:len(chosen)]
     ctx.record(pitr_scratch=True)  # the drill's cleanup drops them, whatever happens here
     sums: list[dict[str, str]] = []
@@ -326,16 +335,8 @@ def drill(ctx: StepContext) -> str | None:
     try:
         for manifest, scratch in zip(chosen, scratches):
             db.drop(scratch)
-            base = manifest["pitr"]
-            files = store.download_backup(ctx.site, offsite_stamp(manifest), work, kinds={"pitr_base"},
-                                          require_signature=True)
-            try:
-                done.append(pitr.restore_to(db, archive, dump=files["pitr_base"],
-                                            start=pitr.Coordinates.from_dict(base["coordinates"]),
-                                            dumped_at=base["dumped_at"], database=base["database"], into=scratch,
-                                            target=target))
-            finally:
-                files["pitr_base"].unlink(missing_ok=True)
+            done.append(_restore_base(db, store, archive, ctx.site, offsite_stamp(manifest), manifest["pitr"],
+                                      into=scratch, target=target))
             sums.append(_checksums(db, scratch))
         failing = False
     finally:
