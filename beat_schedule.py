@@ -11,6 +11,8 @@ Built from the settings when the app is configured, so timings are configuration
   store is set (``JERP_S3_BUCKET``) and point-in-time recovery is on (``JERP_PITR_WINDOW_DAYS``,
   default 7; 0: off): the platform MariaDB's closed binary logs to it, and the logs no base
   inside the window needs any more removed (docs/pitr.md);
+- ``list-sites`` (every ``JERP_FLEET_LIST_MINUTES``, default 15; 0: none), in a declared fleet
+  (``JERP_FLEET_FILE``): each bench's worker lists its sites into the site-to-bench map;
 - ``resume-stalled-steps`` (every ``JERP_RESUME_INTERVAL`` s) and ``reap-stuck-jobs``
   (every 5 minutes): recovery of lost workers, and failure of jobs past their deadline.
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery.schedules import crontab
+
+from jerp_jobs.fleet import load_fleet
 
 
 def cron(expression: str, variable: str) -> crontab:
@@ -70,9 +74,15 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
             "options": {**control, "expires": 300.0},
         },
     }
+    fleet = load_fleet(settings)
     if settings.pitr_on:
         every = float(settings.binlog_ship_minutes) * 60
-        # the site queue: the shipment runs the MariaDB tools where bench runs
+        # the site queue: the shipment runs the MariaDB tools where bench runs (in a declared
+        # fleet, the first production bench's: shipping is per platform MariaDB, docs/fleet.md)
+        queue = fleet.with_role("production")[0].queue
         schedule["ship-binlogs"] = {"task": "jerp.ship_binlogs", "schedule": every,
-                                    "options": {"queue": "jerp.site", "expires": every}}
+                                    "options": {"queue": queue, "expires": every}}
+    if fleet.declared and settings.fleet_list_minutes > 0:
+        every = float(settings.fleet_list_minutes) * 60
+        schedule["list-sites"] = {"task": "jerp.list_sites", "schedule": every, "options": {**control, "expires": every}}
     return schedule

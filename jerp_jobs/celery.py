@@ -52,6 +52,24 @@ def _configuration() -> dict[str, Any]:
     return {**celery_config(settings), "beat_schedule": beat_schedule(settings)}
 
 
+def worker_queues(settings: Any) -> tuple[Queue, ...]:
+    """The queues a worker started without ``-Q`` consumes: its bench's only (``JERP_BENCH``);
+    in a declared fleet, the control queue for the control plane (the benches' workers take the
+    rest); on a single host, both of today's queues. Steps are published to any bench's queue
+    by name (a queue named, not declared here, is created on first use)."""
+    from jerp_jobs.fleet import load_fleet
+
+    def queue(name: str) -> Queue:
+        return Queue(name, Exchange(name), routing_key=name)
+
+    fleet = load_fleet(settings)
+    if settings.bench:
+        return (queue(fleet.get(settings.bench).queue),)
+    if fleet.declared:
+        return (queue(CONTROL_QUEUE),)
+    return (queue(SITE_QUEUE), queue(CONTROL_QUEUE))
+
+
 def celery_config(settings: Any) -> dict[str, Any]:
     visibility = settings.visibility_timeout
     hard = min(settings.task_time_limit, visibility - 60)
@@ -65,10 +83,7 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
         "broker_connection_max_retries": None,  # a worker outlives a broker outage of any length
-        "task_queues": (
-            Queue(SITE_QUEUE, Exchange(SITE_QUEUE), routing_key=SITE_QUEUE),
-            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
-        ),
+        "task_queues": worker_queues(settings),
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {"jerp.step": {"queue": SITE_QUEUE}},
         "task_acks_late": True,

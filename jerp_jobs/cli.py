@@ -190,6 +190,10 @@ def _optional_site(ctx: click.Context, param: click.Parameter, value: str | None
 
 SITE = click.argument("site", callback=_site_arg)
 WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends; exit with its outcome.")
+BENCH = click.option("--bench", default=None, metavar="BENCH",
+                     help="The bench of the fleet to work on (JERP_FLEET_FILE; a single host has one).")
+GROUP = click.option("--group", default=None, metavar="GROUP",
+                     help="Every bench of this group of the fleet, each with its own fan-out (default: every bench).")
 
 
 @enqueue.command("backup")
@@ -210,24 +214,31 @@ def enqueue_backup(obj: Ctx, site: str, files: bool, offsite: bool | None, wait:
 
 @enqueue.command("backup-all")
 @click.option("--files/--no-files", default=True, show_default=True, help="Include public and private files.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None,
+              help="Sites at once per bench (the bench's own, else JERP_FANOUT_CONCURRENCY).")
+@BENCH
+@GROUP
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_backup_all(obj: Ctx, files: bool, concurrency: int | None, wait: bool) -> None:
-    """Back up every site of the bench."""
-    _submit(obj, "backup-all", params={"with_files": files, "concurrency": concurrency}, wait=wait)
+def enqueue_backup_all(obj: Ctx, files: bool, concurrency: int | None, bench: str | None, group: str | None,
+                       wait: bool) -> None:
+    """Back up every site of the bench (of every bench of a fleet, or of --group, each its own fan-out)."""
+    _submit(obj, "backup-all", params={"with_files": files, "concurrency": concurrency}, bench=bench, group=group,
+            wait=wait)
 
 
 @enqueue.command("provision")
 @SITE
 @click.option("--app", "apps", multiple=True, help="App to install (repeatable; default JERP_INSTALL_APPS).")
+@BENCH
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_provision(obj: Ctx, site: str, apps: tuple[str, ...], wait: bool) -> None:
-    """Create the customer site SITE with its apps, scheduler, first backup and proxy host."""
-    _submit(obj, "provision", site=site, params={"apps": list(apps)} if apps else {}, wait=wait)
+def enqueue_provision(obj: Ctx, site: str, apps: tuple[str, ...], bench: str | None, wait: bool) -> None:
+    """Create the customer site SITE with its apps, scheduler, first backup and proxy host (on
+    --bench; in a fleet with one production bench, that one)."""
+    _submit(obj, "provision", site=site, params={"apps": list(apps)} if apps else {}, bench=bench, wait=wait)
 
 
 NO_BUILD = click.option("--no-build", is_flag=True,
@@ -252,15 +263,17 @@ def enqueue_install_app(obj: Ctx, site: str, app: str, wait: bool) -> None:
               help="Site changed first, alone (default: the first site).")
 @click.option("--budget", type=click.IntRange(0, None), default=1, show_default=True,
               help="Failed sites tolerated before no new site is started.")
+@BENCH
+@GROUP
 @WAIT
 @click.pass_obj
 @_guard
 def enqueue_install_app_all(obj: Ctx, app: str, concurrency: int | None, canary: str | None, budget: int,
-                            wait: bool) -> None:
+                            bench: str | None, group: str | None, wait: bool) -> None:
     """Install APP on every site: a canary first, then the rest; each site backed up first and
-    restored if its install fails."""
+    restored if its install fails (in a fleet: on each bench, with its own canary)."""
     _submit(obj, "install-app-all", params={"app": app, "concurrency": concurrency, "canary": canary,
-                                            "budget": budget}, wait=wait)
+                                            "budget": budget}, bench=bench, group=group, wait=wait)
 
 
 @enqueue.command("uninstall-app")
@@ -305,14 +318,18 @@ def enqueue_migrate(obj: Ctx, site: str, no_build: bool, wait: bool) -> None:
 @click.option("--budget", type=click.IntRange(0, None), default=1, show_default=True,
               help="Failed sites tolerated before no new site is started.")
 @NO_BUILD
+@BENCH
+@GROUP
 @WAIT
 @click.pass_obj
 @_guard
 def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, budget: int, no_build: bool,
-                        wait: bool) -> None:
-    """Migrate every site: a canary first, then the rest in parallel; assets built once."""
+                        bench: str | None, group: str | None, wait: bool) -> None:
+    """Migrate every site: a canary first, then the rest in parallel; assets built once (in a
+    fleet: on each bench, or each bench of --group, with its own canary)."""
     params = {"concurrency": concurrency, "canary": canary, "budget": budget}
-    _submit(obj, "migrate-all", params={**params, "no_build": True} if no_build else params, wait=wait)
+    _submit(obj, "migrate-all", params={**params, "no_build": True} if no_build else params, bench=bench,
+            group=group, wait=wait)
 
 
 @enqueue.command("restore")
@@ -335,12 +352,14 @@ def enqueue_migrate_all(obj: Ctx, concurrency: int | None, canary: str | None, b
                    "shipped binary logs.")
 @click.option("--as", "as_site", default=None, metavar="NEW_SITE",
               help="With --to: restore into a new site NEW_SITE (created for it), leaving SITE as it is.")
+@click.option("--bench", default=None, metavar="BENCH",
+              help="With --create or --as: the bench of the fleet the new site goes on.")
 @WAIT
 @click.pass_obj
 @_guard
 def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | None, private_files: str | None,
                     from_offsite: bool, at: str | None, unverified: bool, create: bool, verify: bool,
-                    to: str | None, as_site: str | None, wait: bool) -> None:
+                    to: str | None, as_site: str | None, bench: str | None, wait: bool) -> None:
     """Restore SITE from backup files, its off-site copy, or to an instant (--to); checked first, a
     safety backup taken before."""
     given = {"--db": db, "--files": public_files, "--private-files": private_files, "--at": at, "--to": to,
@@ -353,7 +372,7 @@ def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | Non
               "to": to}
     if as_site is not None:  # the job works on the new site; the source is only read off-site
         params["from_site"], site = site, as_site
-    _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, wait=wait)
+    _submit(obj, "restore", site=site, params={k: v for k, v in params.items() if v}, bench=bench, wait=wait)
 
 
 @enqueue.command("restore-all")
@@ -361,13 +380,16 @@ def enqueue_restore(obj: Ctx, site: str, db: str | None, public_files: str | Non
               help="Restore every site of the off-site store (required: the only source of a restore-all).")
 @click.option("--at", default=None, help="The newest copy of each site at or before this UTC time; default the latest.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Sites at once (JERP_FANOUT_CONCURRENCY).")
+@BENCH
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_restore_all(obj: Ctx, from_offsite: bool, at: str | None, concurrency: int | None, wait: bool) -> None:
-    """Disaster recovery: restore every site of the off-site store onto this bench, smallest first,
-    each created if missing and verified as a drill verifies (offboarded sites are left out)."""
-    _submit(obj, "restore-all", params={"at": at, "concurrency": concurrency}, wait=wait)
+def enqueue_restore_all(obj: Ctx, from_offsite: bool, at: str | None, concurrency: int | None, bench: str | None,
+                        wait: bool) -> None:
+    """Disaster recovery: restore every site of the off-site store onto this bench (--bench in a
+    fleet), smallest first, each created if missing and verified as a drill verifies (offboarded
+    sites are left out)."""
+    _submit(obj, "restore-all", params={"at": at, "concurrency": concurrency}, bench=bench, wait=wait)
 
 
 @enqueue.command("drill")
@@ -401,12 +423,13 @@ def enqueue_clear_cache(obj: Ctx, site: str, wait: bool) -> None:
 
 
 @enqueue.command("build-assets")
+@BENCH
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_build_assets(obj: Ctx, wait: bool) -> None:
+def enqueue_build_assets(obj: Ctx, bench: str | None, wait: bool) -> None:
     """Build the bench's assets (bench-wide, one build at a time)."""
-    _submit(obj, "build-assets", wait=wait)
+    _submit(obj, "build-assets", bench=bench, wait=wait)
 
 
 @enqueue.command("release")
@@ -473,9 +496,15 @@ def _release_row(job: Any) -> dict[str, Any]:
     }
 
 
-def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None, wait: bool) -> None:
+def _submit(obj: Ctx, kind: str, *, site: str | None = None, params: dict[str, Any] | None = None,
+            bench: str | None = None, group: str | None = None, wait: bool) -> None:
     from jerp_jobs.enqueue import submit
 
+    params = dict(params or {})
+    if bench is not None:
+        params["bench"] = bench
+    if group is not None:
+        params["group"] = group
     _report(obj, submit(obj.rt, kind, site=site, params=params, actor=_actor()), wait=wait)
 
 
@@ -833,14 +862,31 @@ def cancel(obj: Ctx, job_id: str) -> None:
 
 
 @cli.command()
+@click.option("--bench", default=None, metavar="BENCH", help="In a fleet: only the sites of this bench.")
+@click.option("--refresh", is_flag=True, help="In a fleet: each bench lists its sites again first (a list-sites "
+              "job on its queue, waited for up to --timeout; a bench whose worker is down is named).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds --refresh waits for the benches' listings.")
 @click.pass_obj
 @_guard
-def sites(obj: Ctx) -> None:
+def sites(obj: Ctx, bench: str | None, refresh: bool, timeout: float) -> None:
     """Every site of the bench (ok / in maintenance / needs attention) and every attention mark,
-    with the age of the last backup."""
-    from jerp_jobs.freshness import site_states
+    with the age of the last backup; in a fleet (JERP_FLEET_FILE), every site of every bench with
+    the bench it lives on."""
+    from jerp_jobs.fleet import load_fleet
+    from jerp_jobs.freshness import fleet_site_states, site_states
 
-    rows = site_states(obj.reader)
+    fleet = load_fleet(obj.reader.settings)
+    if not fleet.declared and (bench is not None or refresh):
+        if bench is not None:
+            fleet.get(bench)  # the one bench of a single host: 'default'
+        if refresh:
+            raise click.BadParameter("--refresh is for a fleet (JERP_FLEET_FILE): a single host's sites are read "
+                                     "from its sites folder each time", param_hint="--refresh")
+    pending: list[str] = []
+    if refresh:
+        pending = _refresh_listings(obj, [bench] if bench else None, timeout=timeout)
+    rows = fleet_site_states(obj.reader, fleet, bench=bench) if fleet.declared else site_states(obj.reader)
     if obj.as_json:
         click.echo(json.dumps(rows, sort_keys=True))
     else:
@@ -849,18 +895,70 @@ def sites(obj: Ctx) -> None:
             age = "never" if row["backup_age_hours"] is None else f"{row['backup_age_hours']:.1f}h"
             age = f"{row['backup_where']} {age}" + ("  STALE" if row["backup_stale"] else "")
             extra = "  (no site folder)" if not row["exists"] else ""
+            if row.get("benches"):
+                extra += f"  (listed by benches {' and '.join(row['benches'])})"
             mark = row["attention"]
             if mark:
                 extra += (f"  (job {mark.get('job_id') or '?'}, since {_when(mark.get('since'))}: "
                           f"{mark.get('reason')})")
-            lines.append(f"{row['site']:<40} {_state(row['state']):<16} last backup {age}{extra}")
+            where = f"{row.get('bench') or '-':<16} " if fleet.declared else ""
+            lines.append(f"{row['site']:<40} {where}{_state(row['state']):<16} last backup {age}{extra}")
         _echo_lines(lines)
         click.echo(f"{sum(r['exists'] for r in rows)} sites", err=True)
+        if fleet.declared:
+            _listing_ages(obj, fleet, pending)
         if any(r["attention"] for r in rows):
             click.echo("a site needing attention is left alone by every workflow: read its job "
                        "(`jerpctl status JOB`), repair it (docs/attention.md), then "
                        "`jerpctl site clear-attention SITE`", err=True)
-    sys.exit(EXIT_JOB_FAILED if any(r["state"] in ("needs attention", "unreadable config") for r in rows) else EXIT_OK)
+    bad = ("needs attention", "unreadable config", "on two benches")
+    sys.exit(EXIT_JOB_FAILED if pending or any(r["state"] in bad for r in rows) else EXIT_OK)
+
+
+def _refresh_listings(obj: Ctx, benches: list[str] | None, *, timeout: float) -> list[str]:
+    """Each bench lists its sites (jerp_jobs.actions.start_listings); waits up to ``timeout`` s
+    for the listings to end; returns the benches whose listing has not ended (told on stderr)."""
+    from jerp_jobs.actions import start_listings
+
+    jobs = start_listings(obj.rt, actor=_actor(), benches=benches)
+    deadline = time.monotonic() + timeout
+    waiting = dict(jobs)
+    while waiting and time.monotonic() < deadline:
+        for bench_name, job_id in list(waiting.items()):
+            job = obj.rt.store.get(job_id)
+            if job.finished:
+                del waiting[bench_name]
+                if job.state != "succeeded":
+                    click.echo(f"bench {bench_name}: listing job {job_id} {job.state}: {job.error}", err=True)
+        if waiting:
+            time.sleep(0.2)
+    for bench_name, job_id in sorted(waiting.items()):
+        click.echo(click.style(f"bench {bench_name}: its listing (job {job_id}) has not run within {timeout:g} s: "
+                               "is a worker consuming its queue? (`jerpctl benches`); its sites are shown as "
+                               "last listed", fg="yellow"), err=True)
+    return sorted(waiting)
+
+
+def _listing_ages(obj: Ctx, fleet: Any, pending: list[str]) -> None:
+    from jerp_jobs import placement
+
+    listed = placement.listed_at(obj.reader.redis)
+    now = time.time()
+    parts = []
+    for bench in fleet:
+        when = listed.get(bench.name)
+        parts.append(f"{bench.name} {'never' if when is None else _age(now - when) + ' ago'}"
+                     + (" (listing waits for a worker)" if bench.name in pending else ""))
+    click.echo("listed: " + ", ".join(parts), err=True)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
 
 
 @cli.group()
@@ -1027,6 +1125,10 @@ def benches_cmd(obj: Ctx) -> None:
         for worker in observe.workers(app, timeout=obj.rt.settings.worker_ping_timeout, with_queues=True):
             for queue in worker.queues or []:
                 consumers.setdefault(queue, []).append(worker.name)
+    from jerp_jobs import placement
+
+    waiting = {q.name: q for q in observe.queues(obj.rt.redis, [b.queue for b in fleet])}
+    listed = placement.listed_at(obj.rt.redis) if fleet.declared else {}
     rows = []
     for bench in fleet:
         sites: int | None = None
@@ -1035,9 +1137,13 @@ def benches_cmd(obj: Ctx) -> None:
                 sites = len(list_site_folders(bench.sites_dir).sites)
             except InvalidInput:
                 sites = None
+        elif bench.name in listed:  # as its worker last listed them
+            sites = len(placement.sites_on(obj.rt.redis, bench.name))
         workers = None if consumers is None else sorted(consumers.get(bench.queue, []))
+        queue = waiting[bench.queue]
         rows.append({**bench.to_dict(), "endpoint": bench.endpoint, "workers": workers,
-                     "worker_alive": None if workers is None else bool(workers), "sites": sites})
+                     "worker_alive": None if workers is None else bool(workers), "sites": sites,
+                     "waiting": queue.depth, "oldest_waiting_s": queue.oldest_age_s})
     missing = [row["name"] for row in rows if row["worker_alive"] is False]
     if obj.as_json:
         click.echo(json.dumps({"fleet_file": None if fleet.source is None else str(fleet.source),
@@ -1045,18 +1151,22 @@ def benches_cmd(obj: Ctx) -> None:
         sys.exit(EXIT_JOB_FAILED if missing else EXIT_OK)
     source = str(fleet.source) if fleet.source is not None else "none (JERP_FLEET_FILE unset: this host's bench)"
     click.echo(f"FLEET FILE {source}")
-    click.echo(f"{'BENCH':<20} {'ROLE':<10} {'GROUP':<12} {'DOCKER':<34} {'QUEUE':<26} {'WORKER':<8} SITES")
+    click.echo(f"{'BENCH':<20} {'ROLE':<10} {'GROUP':<12} {'DOCKER':<34} {'QUEUE':<26} {'WORKER':<8} "
+               f"{'SITES':<6} WAITING")
     for row in rows:
         if row["worker_alive"] is None:
             worker = "?"
         else:
             worker = "alive" if row["worker_alive"] else click.style("none", fg="red")
         sites_text = "-" if row["sites"] is None else str(row["sites"])
+        waiting_text = str(row["waiting"]) + (f" (oldest {_age(row['oldest_waiting_s'])})"
+                                              if row["oldest_waiting_s"] is not None else "")
         click.echo(f"{row['name']:<20} {row['role']:<10} {row['group']:<12} {row['endpoint']:<34} "
-                   f"{row['queue']:<26} {worker:<8} {sites_text}")
+                   f"{row['queue']:<26} {worker:<8} {sites_text:<6} {waiting_text}")
     if missing:
         click.echo(click.style("no worker consumes the queue of: ", fg="red") + ", ".join(missing)
-                   + " (start one: `celery -A jerp_jobs worker -Q <queue>`)")
+                   + " (its jobs wait in its queue; start one: `celery -A jerp_jobs worker -Q <queue>`, "
+                   "or the jobs image's `worker` role with JERP_BENCH)")
     elif consumers is None:
         click.echo("workers: not asked (the Celery app's broker is not this runtime's)")
     sys.exit(EXIT_JOB_FAILED if missing else EXIT_OK)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jerp_jobs import audit, runner
+from jerp_jobs import audit, placement, runner
 from jerp_jobs.backupfiles import sites_root
 from jerp_jobs.errors import BrokerUnavailable, InvalidInput, JerpError
 from jerp_jobs.jobs import Job
@@ -42,13 +42,79 @@ def create_job(
         refuse_app_name(site, _app_names(rt))
     elif site is not None:
         raise InvalidInput(f"{kind} works on the whole bench; it takes no site")
-    params = workflow.validate(site, dict(params or {}), rt.settings)
-    if check_site and site is not None and workflow.site_must_exist(params):
-        refuse_missing_site(rt, kind, site)
-    job = rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent)
+    params = dict(params or {})
+    requested, group = params.pop("bench", None), params.pop("group", None)
+    params = workflow.validate(site, params, rt.settings)
+    bench = choose_bench(rt, kind, site, params, requested=requested, group=group, parent=parent,
+                         creates_site=site is not None and not workflow.site_must_exist(params))
+    if bench is None and kind in FLEET_FANOUTS:
+        if params.get("canary") or params.get("sites"):
+            raise InvalidInput(f"{kind} over several benches takes no canary or list of sites (each bench "
+                               "chooses its own canary): name the bench with --bench")
+        params["benches"] = [b.name for b in rt.fleet.select(group=group)]
+    if check_site and site is not None and workflow.site_must_exist(params) and not rt.fleet.declared:
+        refuse_missing_site(rt, kind, site)  # a fleet's sites are known by the site-to-bench map
+    job = rt.store.create(kind, workflow.plan(params), site=site, params=params, parent=parent, bench=bench)
     audit.record(rt.redis, actor=actor or (f"job {parent}" if parent else "unknown"), action="job.created",
                  job_id=job.id, kind=kind, site=site, days=rt.settings.audit_days)
     return job
+
+
+#: fan-outs that may run over several benches of the fleet at once (each bench its own fan-out)
+FLEET_FANOUTS = frozenset({"backup-all", "migrate-all", "install-app-all"})
+
+
+def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, Any], *, requested: Any,
+                 group: Any, parent: str | None, creates_site: bool) -> str | None:
+    """The bench a new job runs on (docs/fleet.md), or None for a fan-out over several benches.
+
+    ``requested`` (``--bench``) must be a bench of the fleet; a site job runs on the bench its
+    site lives on (the site-to-bench map) and a request naming another bench is refused; a
+    child runs where its parent does unless it names its bench (the children of a fan-out over
+    benches); a new site goes to the bench named, or to the fleet's only production bench. A
+    single-bench fleet needs none of this: every job is on its one bench."""
+    fleet = rt.fleet
+    if requested is not None:
+        if not isinstance(requested, str):
+            raise InvalidInput(f"a bench is named by a string, not {requested!r}")
+        fleet.get(requested)
+    if group is not None:
+        if requested is not None or site is not None or kind not in FLEET_FANOUTS:
+            raise InvalidInput(f"--group chooses the benches of a fan-out ({', '.join(sorted(FLEET_FANOUTS))}) "
+                               f"and goes without --bench; {kind} does not take it")
+        fleet.select(group=group)
+    if parent is not None and requested is None:
+        inherited = rt.store.route(parent)
+        if inherited is not None and inherited[2]:
+            requested = inherited[2]
+    if site is None:
+        if requested is not None:
+            return requested
+        single = fleet.single
+        if single is not None and group is None:
+            return single.name
+        if kind in FLEET_FANOUTS:
+            return None
+        raise InvalidInput(f"{kind} works on one bench: name it with --bench ({', '.join(fleet.names)})")
+    where = placement.bench_of(rt.redis, site)
+    if where is not None and where not in fleet.names:
+        where = None  # a bench the fleet file no longer declares: its listing is stale
+    if requested is not None and where is not None and requested != where:
+        raise InvalidInput(f"site {site} lives on bench {where}, not {requested}; "
+                           f"`jerpctl enqueue move {site} --to {requested}` moves it")
+    if requested is not None or where is not None:
+        return requested or where
+    single = fleet.single
+    if single is not None:
+        return single.name
+    if creates_site:
+        production = fleet.with_role("production")
+        if len(production) == 1:
+            return production[0].name
+        raise InvalidInput(f"site {site} is new: name the bench it goes on with --bench "
+                           f"({', '.join(b.name for b in production)})")
+    raise InvalidInput(f"site {site} is on no bench the fleet knows; `jerpctl sites --refresh` lists every "
+                       f"bench's sites again ({', '.join(fleet.names)})")
 
 
 #: how long asking the bench whether a site exists may take when a request is made

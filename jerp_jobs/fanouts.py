@@ -138,8 +138,9 @@ local function stop_pending()
 end
 local recorded = '0'
 if ARGV[1] ~= '' then
-  local child = redis.call('hmget', KEYS[5], 'site', 'state', 'error')
+  local child = redis.call('hmget', KEYS[5], 'site', 'state', 'error', 'bench')
   local site = child[1]
+  if not site or site == '' then site = child[4] end  -- a fan-out over benches: its children are benches
   local raw = site and site ~= '' and is_in(finals, child[2]) and redis.call('hget', KEYS[1], site)
   local entry = raw and cjson.decode(raw)
   if entry and entry.job_id == ARGV[1] and entry.state == '@RUNNING@' then

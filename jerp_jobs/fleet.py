@@ -13,7 +13,12 @@ backend service and its sites volume. Each bench has
   (the client certificate and its key), paths of readable files;
 - ``compose_project`` and ``backend_service`` (default: ``JERP_COMPOSE_PROJECT`` and
   ``JERP_BACKEND_SERVICE``);
-- ``sites_dir``: its sites folder as this bench's worker sees it (optional).
+- ``sites_dir``: its sites folder as this bench's worker sees it (optional);
+- ``concurrency``: how many of its sites a fan-out works on at once (default
+  ``JERP_FANOUT_CONCURRENCY``);
+- ``env_file``: the file holding this bench's own credentials (``MARIADB_ROOT_PASSWORD``,
+  ``FRAPPE_ADMIN_PASSWORD``, the NPM and Portainer secrets...), read by this bench's worker only;
+  no two benches name one file, and a staging bench shares no credential with a production one.
 
 They are declared in one TOML file named by ``JERP_FLEET_FILE``::
 
@@ -62,6 +67,8 @@ LOCAL = "local"
 QUEUE_PREFIX = "jerp.site."
 #: the queue of the implicit bench: the site queue of a single-host install (jerp_jobs.celery.SITE_QUEUE)
 SITE_QUEUE = "jerp.site"
+#: the control plane's queue (jerp_jobs.celery.CONTROL_QUEUE)
+CONTROL_QUEUE = "jerp.control"
 IMPLICIT_NAME = "default"
 DEFAULT_GROUP = "default"
 
@@ -72,7 +79,8 @@ _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TCP = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})/?")
 
-BENCH_KEYS = frozenset({"name", "role", "group", "docker", "tls", "compose_project", "backend_service", "sites_dir"})
+BENCH_KEYS = frozenset({"name", "role", "group", "docker", "tls", "compose_project", "backend_service", "sites_dir",
+                        "concurrency", "env_file"})
 TLS_KEYS = ("ca", "cert", "key")
 TOP_KEYS = frozenset({"bench"})
 
@@ -114,6 +122,10 @@ class Bench:
     queue: str
     tls: DockerTLS | None = None
     sites_dir: Path | None = None
+    #: sites a fan-out works on at once on this bench (None: JERP_FANOUT_CONCURRENCY)
+    concurrency: int | None = None
+    #: this bench's credentials (an env file read by its worker only)
+    env_file: Path | None = None
 
     @property
     def is_local(self) -> bool:
@@ -130,6 +142,7 @@ class Bench:
             "tls": None if self.tls is None else {k: str(getattr(self.tls, k)) for k in TLS_KEYS},
             "compose_project": self.compose_project, "backend_service": self.backend_service,
             "queue": self.queue, "sites_dir": None if self.sites_dir is None else str(self.sites_dir),
+            "concurrency": self.concurrency, "env_file": None if self.env_file is None else str(self.env_file),
         }
 
 
@@ -148,6 +161,34 @@ class Fleet:
     @property
     def names(self) -> list[str]:
         return [b.name for b in self.benches]
+
+    @property
+    def declared(self) -> bool:
+        """A fleet file declares it (benches have their own queues); False for a single host."""
+        return self.source is not None
+
+    @property
+    def single(self) -> Bench | None:
+        """The one bench of a fleet that has only one, else None."""
+        return self.benches[0] if len(self.benches) == 1 else None
+
+    def queue_of(self, name: str | None) -> str:
+        """The queue a step of a job on bench ``name`` is published on. A job on no bench (a
+        fan-out over several benches: bookkeeping only) goes to the control queue."""
+        if not name:
+            single = self.single
+            return single.queue if single is not None else CONTROL_QUEUE
+        return self.get(name).queue
+
+    def select(self, *, group: str | None = None, role: str | None = None) -> list[Bench]:
+        """The benches of ``group`` and ``role`` (either None: any), in the file's order;
+        InvalidInput naming the groups or roles there are when none matches."""
+        chosen = [b for b in self.benches if (group is None or b.group == group) and (role is None or b.role == role)]
+        if not chosen:
+            wanted = " and ".join(part for part in (group and f"group {group!r}", role and f"role {role!r}") if part)
+            groups = ", ".join(sorted({b.group for b in self.benches}))
+            raise InvalidInput(f"no bench of the fleet has {wanted} (groups: {groups})")
+        return chosen
 
     def get(self, name: str) -> Bench:
         for bench in self.benches:
@@ -232,6 +273,11 @@ def parse_fleet(data: Mapping[str, Any], path: Path, *, default_project: str = "
                                    f"already bench {places[place]!r}; one compose project is one bench",
                              bench=bench.name, field="compose_project")
         places[place] = bench.name
+        if bench.env_file is not None:
+            other = next((b for b in benches if b.env_file is not None and _same_file(b.env_file, bench.env_file)), None)
+            if other is not None:
+                raise FleetError(path, f"{str(bench.env_file)!r} is already the credentials of bench {other.name!r}; "
+                                       "credentials are never shared between benches", bench=bench.name, field="env_file")
         benches.append(bench)
     if not any(b.role == "production" for b in benches):
         raise FleetError(path, "no bench has role 'production'; a fleet has at least one production bench",
@@ -287,8 +333,22 @@ def _bench(entry: Mapping[str, Any], number: int, path: Path, base: Path, defaul
         if not text:
             raise fail("sites_dir", "empty; leave it out when the worker does not see the sites folder")
         folder = _path(text, base)
+    concurrency = entry.get("concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or concurrency < 1):
+        raise fail("concurrency", f"{concurrency!r} is not a number of sites at once (a whole number, at least 1)")
+    env_file = None
+    if "env_file" in entry:
+        text = _text(entry, "env_file", fail)
+        if not text:
+            raise fail("env_file", "empty; leave it out when the bench uses the worker's own environment")
+        env_file = _path(text, base)
+        if not env_file.is_file():
+            raise fail("env_file", f"{str(env_file)!r} is not a file" if env_file.exists()
+                       else f"{str(env_file)!r} does not exist")
     return Bench(name=name, role=role, group=group, docker=docker, compose_project=project,
-                 backend_service=service, queue=QUEUE_PREFIX + name, tls=tls, sites_dir=folder)
+                 backend_service=service, queue=QUEUE_PREFIX + name, tls=tls, sites_dir=folder,
+                 concurrency=concurrency, env_file=env_file)
 
 
 def _text(entry: Mapping[str, Any], field: str, fail: Any, default: str | None = None) -> str:
@@ -324,6 +384,84 @@ def _tls(value: Any, base: Path, fail: Any) -> DockerTLS:
     return DockerTLS(**files)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
 def _path(text: str, base: Path) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else base / path
+
+
+#: what a bench's env file may set: its credentials and where its database is
+BENCH_ENV_VARIABLES = frozenset({
+    "MARIADB_ROOT_PASSWORD", "FRAPPE_ADMIN_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "NPM_SECRET",
+    "NPM_URL", "NPM_IDENTITY", "PORTAINER_WEBHOOK_URL", "JERP_SMOKE_PASSWORD", "JERP_SMOKE_USER",
+    "JERP_FRONTEND_URL", "JERP_DB_HOST", "JERP_DB_PORT", "JERP_MANIFEST_KEY",
+})
+#: of these, the ones that are secrets: never the same value on two benches
+BENCH_SECRET_VARIABLES = frozenset({
+    "MARIADB_ROOT_PASSWORD", "FRAPPE_ADMIN_PASSWORD", "AWS_SECRET_ACCESS_KEY", "NPM_SECRET",
+    "PORTAINER_WEBHOOK_URL", "JERP_SMOKE_PASSWORD",
+})
+
+
+def bench_environment(bench: Bench) -> dict[str, str]:
+    """The variables of ``bench``'s env file (empty without one); FleetError naming the file
+    and the variable for one a bench's file may not set."""
+    if bench.env_file is None:
+        return {}
+    from jerp_jobs.envfile import parse_env_file
+
+    try:
+        values = parse_env_file(bench.env_file)
+    except OSError as exc:
+        raise FleetError(bench.env_file, f"the credentials file cannot be read: {exc.strerror or exc}",
+                         bench=bench.name, field="env_file") from None
+    unknown = sorted(set(values) - BENCH_ENV_VARIABLES)
+    if unknown:
+        raise FleetError(bench.env_file, f"sets {unknown[0]}, which is not a bench's own setting "
+                                         f"(a bench's file sets {', '.join(sorted(BENCH_ENV_VARIABLES))})",
+                         bench=bench.name, field="env_file")
+    return values
+
+
+def shared_credentials(fleet: Fleet) -> list[tuple[str, str, str]]:
+    """(variable, bench, other bench) for each secret two benches' env files give the same value,
+    among the files readable here (a file that is not is left out). Values are compared, never shown."""
+    seen: dict[tuple[str, str], str] = {}
+    shared: list[tuple[str, str, str]] = []
+    for bench in fleet:
+        if bench.env_file is None or not os.access(bench.env_file, os.R_OK):
+            continue
+        for variable, value in sorted(bench_environment(bench).items()):
+            if variable not in BENCH_SECRET_VARIABLES or not value:
+                continue
+            other = seen.setdefault((variable, value), bench.name)
+            if other != bench.name:
+                shared.append((variable, other, bench.name))
+    return shared
+
+
+def bench_overrides(bench: Bench) -> dict[str, Any]:
+    """The settings a worker of ``bench`` takes from the bench (its env file aside)."""
+    overrides: dict[str, Any] = {"compose_project": bench.compose_project, "backend_service": bench.backend_service,
+                                 "bench": bench.name}
+    if bench.sites_dir is not None:
+        overrides["sites_dir"] = bench.sites_dir
+    return overrides
+
+
+def bench_credentials(fleet: Fleet, bench: Bench) -> dict[str, str]:
+    """The variables of ``bench``'s env file; FleetError, naming the variable and both benches
+    (never the value), when another bench's file readable here gives a secret the same value."""
+    shared = [s for s in shared_credentials(fleet) if bench.name in s[1:]]
+    if shared:
+        variable, one, other = shared[0]
+        raise FleetError(bench.env_file or "", f"{variable} has the same value for benches {one!r} and {other!r}; "
+                                               "every bench has credentials of its own", bench=bench.name,
+                         field="env_file")
+    return bench_environment(bench)

@@ -196,29 +196,71 @@ def _site_rows(rt: Any, listing: SiteListing, now: float) -> list[dict[str, Any]
     marks = rt.sites.attention_marks()
     names = sorted(set(listing.sites) | set(marks))
     present = set(listing.sites)
-    script = rt.redis.register_script(keys.SITES_BACKUPS_OWNERS)
-    pipe = rt.redis.pipeline(transaction=False)
-    for start in range(0, len(names), 2000):
-        script(args=[LOCAL, OFFSITE, OWNER, "\n".join(names[start:start + 2000])], client=pipe)
-    pages = _in_thread(pipe.execute)  # Redis runs the scripts while the flags are read
+    pages = _backups_and_owners(rt, names)  # Redis runs the scripts while the flags are read
     flags = {site: _maintenance(os.path.join(folder, site, SITE_CONFIG)) for site in names if site in present}
-    replies = [entry for page in pages() for entry in json.loads(page)]
     rows = []
-    use_offsite = bool(rt.settings.s3_bucket)
-    for site, (local, offsite, owner) in zip(names, replies):
-        counted = offsite if use_offsite else local
-        fresh = freshness(float(counted) if counted else None, max_age_hours=rt.settings.backup_max_age_hours,
-                          now=now, offsite=use_offsite)
+    for site, reply in zip(names, pages()):
         exists = site in present
         maintenance = flags[site] if exists else None
         attention = marks.get(site)
         state = ("needs attention" if attention else "unreadable config" if maintenance is None and exists
                  else "in maintenance" if maintenance else "ok")
         rows.append({"site": site, "state": state, "exists": exists, "maintenance": maintenance,
-                     "attention": attention, "backup_age_hours": fresh["age_hours"],
-                     "backup_where": fresh["where"], "backup_stale": fresh["stale"],
-                     "owner_job": owner or None})
+                     "attention": attention, **_backup_columns(rt, reply, now)})
     return rows
+
+
+def fleet_site_states(rt: Any, fleet: Any, *, bench: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
+    """:func:`site_states` for a declared fleet: every site of the site-to-bench map (each
+    bench's last listing, jerp_jobs.placement), every site two benches list, every attention
+    mark, with its ``bench`` (``benches`` for a site on two); the maintenance flag read where the
+    bench's sites folder is visible here (else None). ``bench``: only that bench's sites."""
+    from jerp_jobs import placement
+
+    now = time.time() if now is None else now
+    where = placement.site_map(rt.redis)
+    clashes = placement.conflicts(rt.redis)
+    marks = rt.sites.attention_marks()
+    names = sorted(set(where) | set(clashes) | set(marks))
+    if bench is not None:
+        fleet.get(bench)
+        names = [s for s in names if where.get(s) == bench or bench in clashes.get(s, ())]
+    pages = _backups_and_owners(rt, names)
+    folders = {b.name: b.sites_dir for b in fleet if b.sites_dir is not None and b.sites_dir.is_dir()}
+    rows = []
+    for site, reply in zip(names, pages()):
+        home = where.get(site)
+        folder = folders.get(home or "")
+        maintenance = _maintenance(os.path.join(folder, site, SITE_CONFIG)) if folder is not None else None
+        attention = marks.get(site)
+        state = ("needs attention" if attention else "on two benches" if site in clashes
+                 else "unreadable config" if folder is not None and maintenance is None
+                 else "in maintenance" if maintenance else "ok")
+        rows.append({"site": site, "state": state, "exists": home is not None or site in clashes,
+                     "maintenance": maintenance, "attention": attention, "bench": home,
+                     "benches": clashes.get(site), **_backup_columns(rt, reply, now)})
+    return rows
+
+
+def _backups_and_owners(rt: Any, names: list[str]) -> Callable[[], Any]:
+    """(local backup time, off-site backup time, owning job) of each site of ``names``: one
+    script per 2,000 sites in one pipeline, run in a thread; returns what waits for the answer."""
+    script = rt.redis.register_script(keys.SITES_BACKUPS_OWNERS)
+    pipe = rt.redis.pipeline(transaction=False)
+    for start in range(0, len(names), 2000):
+        script(args=[LOCAL, OFFSITE, OWNER, "\n".join(names[start:start + 2000])], client=pipe)
+    pages = _in_thread(pipe.execute)
+    return lambda: [entry for page in pages() for entry in json.loads(page)]
+
+
+def _backup_columns(rt: Any, reply: Any, now: float) -> dict[str, Any]:
+    local, offsite, owner = reply
+    use_offsite = bool(rt.settings.s3_bucket)
+    counted = offsite if use_offsite else local
+    fresh = freshness(float(counted) if counted else None, max_age_hours=rt.settings.backup_max_age_hours,
+                      now=now, offsite=use_offsite)
+    return {"backup_age_hours": fresh["age_hours"], "backup_where": fresh["where"], "backup_stale": fresh["stale"],
+            "owner_job": owner or None}
 
 
 def _in_thread(call: Callable[[], Any]) -> Callable[[], Any]:

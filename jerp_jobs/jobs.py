@@ -437,6 +437,9 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
     notes: dict[str, str] = field(default_factory=dict)
+    #: the bench of the fleet the job runs on (its steps go to that bench's queue); None: a
+    #: fan-out over several benches, which only starts and follows their own fan-outs
+    bench: str | None = None
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -493,6 +496,7 @@ class JobStore:
         site: str | None = None,
         params: Mapping[str, Any] | None = None,
         parent: str | None = None,
+        bench: str | None = None,
     ) -> Job:
         params = dict(params or {})
         _refuse_secrets(params)
@@ -509,6 +513,7 @@ class JobStore:
             params=params,
             steps=[Step(name) for name in steps],
             parent=parent,
+            bench=bench,
         )
         key = self._key(job.id)
         mapping = {
@@ -521,6 +526,7 @@ class JobStore:
             "params": json.dumps(params, sort_keys=True),
             "plan": json.dumps(list(steps)),
             "parent": parent or "",
+            "bench": bench or "",
             "cancel_requested": "0",
         }
         mapping.update({f"step:{s.name}": json.dumps(asdict(s)) for s in job.steps})
@@ -559,6 +565,13 @@ class JobStore:
         if not kind:
             return None
         return as_text(kind), (as_text(site) if site else None) or None
+
+    def route(self, job_id: str) -> tuple[str, str | None, str | None] | None:
+        """The job's kind, site and bench (one HMGET; they never change); None when it is gone."""
+        kind, site, bench = self._r.hmget(self._key(job_id), "kind", "site", "bench")
+        if not kind:
+            return None
+        return as_text(kind), (as_text(site) or None) if site else None, (as_text(bench) or None) if bench else None
 
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(self._key(job_id)))
@@ -1125,4 +1138,5 @@ def _decode_fields(data: Mapping[str, str], job_id: str) -> Job:
         result=json.loads(data.get("result", "{}")),
         cancel_requested=data.get("cancel_requested") == "1",
         notes={k[5:]: v for k, v in data.items() if k.startswith("note:")},
+        bench=data.get("bench") or None,
     )

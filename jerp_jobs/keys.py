@@ -31,6 +31,13 @@ BACKUP_SITES = PREFIX + "backup-sites"
 # fan-outs (jerp_jobs.operations.fanout)
 FANOUT = PREFIX + "fanout:"  # per parent job: its children's entries, counts, pending and running sets
 
+# the fleet (jerp_jobs.placement): where each site lives
+SITE_BENCH = PREFIX + "fleet:site-bench"  # hash: site -> the bench it lives on
+BENCH_SITES = PREFIX + "fleet:bench-sites:"  # set per bench: the sites its last listing found
+BENCH_LISTED = PREFIX + "fleet:listed"  # hash: bench -> when its sites were last listed (epoch seconds)
+BENCH_LISTING = PREFIX + "fleet:listing:"  # per bench: the job id of its last list-sites job
+SITE_CONFLICT = PREFIX + "fleet:conflict"  # hash: site -> the benches that both list it (comma-separated)
+
 # releases (jerp_jobs.operations.release; read by jerp_jobs.releases)
 RELEASE_ACTIVE = PREFIX + "release:active"  # the job id of the release that holds the slot
 RELEASE_WAITING = PREFIX + "release:waiting"  # releases requested and not yet holding the slot

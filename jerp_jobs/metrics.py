@@ -253,7 +253,7 @@ def _queues(rt: Any, now: float) -> list[Metric]:
     depth = GaugeMetricFamily("jerp_queue_depth", "messages waiting in the broker queue", labels=["queue"])
     oldest = GaugeMetricFamily("jerp_queue_oldest_age_seconds", "age of the oldest waiting message (0: none)",
                                labels=["queue"])
-    for queue in observe.queues(rt.redis, now=now):
+    for queue in observe.queues(rt.redis, observe.queue_names(rt), now=now):
         depth.add_metric([queue.name], queue.depth)
         oldest.add_metric([queue.name], queue.oldest_age_s or 0.0)
     return [depth, oldest]

@@ -123,6 +123,17 @@ class QueueState:
     oldest_age_s: float | None = None
 
 
+def queue_names(rt: Any) -> list[str]:
+    """The queues to watch: a single host's two, or in a declared fleet the control queue and
+    each bench's queue (a bench whose worker is down shows as its queue's depth and age)."""
+    from jerp_jobs.fleet import load_fleet
+
+    fleet = load_fleet(rt.settings)
+    if not fleet.declared:
+        return list(QUEUES)
+    return [CONTROL_QUEUE, *(bench.queue for bench in fleet)]
+
+
 def queue_keys(queue: str) -> list[str]:
     """The broker lists of ``queue`` (kombu's Redis transport: one per priority step)."""
     return [queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]
@@ -351,8 +362,10 @@ class Overview:
 
 
 def overview(rt: Any, app: Any | None, *, timeout: float = DEFAULT_TIMEOUT_S, with_queues: bool = True,
-             names: Iterable[str] = QUEUES) -> Overview:
-    """Workers (None when no app is given), queues and Beat, as ``jerpctl workers`` shows them."""
+             names: Iterable[str] | None = None) -> Overview:
+    """Workers (None when no app is given), queues (default :func:`queue_names`) and Beat, as
+    ``jerpctl workers`` shows them."""
     now = time.time()
     found = workers(app, timeout=timeout, with_queues=with_queues) if app is not None else None
-    return Overview(at=now, workers=found, queues=queues(rt.redis, list(names), now=now), beat=beat(rt.redis))
+    listed = queue_names(rt) if names is None else list(names)
+    return Overview(at=now, workers=found, queues=queues(rt.redis, listed, now=now), beat=beat(rt.redis))

@@ -50,6 +50,8 @@ class ReadSettings:
     bench_user: str | None = None
     child_env_extra: list[str] = field(default_factory=list)
     sites_dir: Path | None = None
+    fleet_file: Path | None = None
+    bench: str | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def secret_values(self) -> list[str]:
@@ -118,6 +120,8 @@ _FIELDS: dict[str, Any] = {
     "bench_user": str,
     "child_env_extra": lambda v: _names(v, SECRET_VARIABLES),
     "sites_dir": _path,
+    "fleet_file": _path,
+    "bench": str,
 }
 
 

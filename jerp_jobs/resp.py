@@ -202,6 +202,9 @@ class _Commands:
     def sismember(self, key: Any, member: Any) -> Any:
         return self.execute_command("SISMEMBER", key, member)
 
+    def smembers(self, key: Any) -> Any:
+        return self.execute_command("SMEMBERS", key)
+
     def sadd(self, key: Any, *members: Any) -> Any:
         return self.execute_command("SADD", key, *members)
 

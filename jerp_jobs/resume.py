@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from jerp_jobs.jobs import Job, JobState, StepState
-from jerp_jobs.locks import bench_lock_name, site_lock_name
+from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
-from jerp_jobs.runner import fail_lost_step, finish_job, first_step, readvance, reconcile_children
+from jerp_jobs.runner import bench_lock_of, fail_lost_step, finish_job, first_step, readvance, reconcile_children
 from jerp_jobs.runtime import Runtime
 
 log = get_logger(__name__)
@@ -87,7 +87,7 @@ def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
         _reconcile_fanout(rt, job.id)
         return []
     scope = workflow.resolve(step.name).scope
-    lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_name(rt.settings.compose_project)
+    lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_of(rt, job)
     holder = rt.locks.holder(lock) or {}
     if holder.get("job_id") == job.id and holder.get("step") == step.name:
         return []  # a live worker runs it
@@ -151,8 +151,7 @@ def _reap(rt: Runtime, job: Job, now: float, fail_lost_step: Any, finish_job: An
     for step in job.steps:
         if step.state == StepState.RUNNING and not step.waiting:
             scope = workflow.resolve(step.name).scope
-            lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_name(
-                rt.settings.compose_project)
+            lock = site_lock_name(job.site) if scope == "site" and job.site else bench_lock_of(rt, job)
             if (rt.locks.holder(lock) or {}).get("job_id") != job.id:
                 fail_lost_step(rt, job.id, step.name, reason="its worker was lost and the job passed its deadline")
     log.error("job.past_deadline", job_id=job.id, kind=job.kind, site=job.site)

@@ -27,6 +27,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from jerp_jobs import placement
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound, LockBusy, LockLost, TransientError
 from jerp_jobs.executors.base import TAIL_LINES
 from jerp_jobs.jobs import FINAL_JOB_STATES, Job, JobState, Step, StepEnd, StepKeys, StepState
@@ -107,9 +108,7 @@ def _run_once(
     if job.site is None:
         workflow.admit(rt, job)
 
-    lock_name = site_lock_name(job.site) if spec.scope == "site" and job.site else bench_lock_name(
-        rt.settings.compose_project
-    )
+    lock_name = site_lock_name(job.site) if spec.scope == "site" and job.site else bench_lock_of(rt, job)
     keys = _step_keys(rt, job, lock_name, step)
     outcome, detail = rt.store.begin_step(job, fields, record, worker=worker, keys=keys,
                                           accept_attention=accept_attention)
@@ -397,6 +396,26 @@ def next_pending(workflow: Workflow, job: Job, *, after: str | None) -> str | No
     return None
 
 
+def bench_lock_of(rt: Runtime, job: Job) -> str:
+    """The lock of bench-wide steps of ``job``'s bench: one per bench of a declared fleet (so a
+    control-plane process names the same lock as the bench's worker), else the compose project's."""
+    fleet = rt.fleet
+    if fleet.declared and job.bench in fleet.names:
+        return bench_lock_name(f"fleet:{job.bench}")
+    return bench_lock_name(rt.settings.compose_project)
+
+
+def _place(rt: Runtime, job: Job, state: str) -> None:
+    """Keep the site-to-bench map true to what a job did: a site it created lives on its bench;
+    an offboarded site lives nowhere."""
+    if state != "succeeded" or not job.site or not job.bench or not rt.fleet.declared:
+        return
+    if job.kind == "provision" or (job.kind == "restore" and job.params.get("create")):
+        placement.assign(rt.redis, job.site, job.bench)
+    elif job.kind == "offboard" and job.params.get("confirm"):
+        placement.forget(rt.redis, job.site, job.bench)
+
+
 def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None, job: Job | None = None) -> None:
     """Give the job its final state, free its site, and tell its parent (a fan-out), if any.
     ``job``: the job as just read (read here when not given)."""
@@ -409,6 +428,10 @@ def finish_job(rt: Runtime, job_id: str, state: str, *, error: str | None = None
     if job.site is not None:
         rt.sites.release(job.site, job_id)
     log.info("job.end", job_id=job_id, state=state, site=job.site, error=error)
+    try:
+        _place(rt, job, state)
+    except Exception:  # noqa: BLE001 - the next listing of the bench records it
+        log.exception("job.placement_failed", job_id=job_id, site=job.site, bench=job.bench)
     try:
         rt.workflow(job.kind).on_end(rt, job)
     except Exception:  # noqa: BLE001 - the job has ended; what follows must not undo that

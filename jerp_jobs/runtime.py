@@ -19,6 +19,7 @@ import redis
 from jerp_jobs.executors import make_executor
 from jerp_jobs.executors.base import Executor
 from jerp_jobs.fanouts import FanoutStore
+from jerp_jobs.fleet import Fleet, load_fleet
 from jerp_jobs.jobs import JobStore
 from jerp_jobs.locks import LockManager
 from jerp_jobs.notify import site_attention
@@ -55,6 +56,7 @@ class Runtime:
 
     _platform: Platform | None = field(default=None, repr=False)
     _fanouts: FanoutStore | None = field(default=None, repr=False)
+    _fleet: Fleet | None = field(default=None, repr=False)
 
     def workflow(self, kind: str) -> Workflow:
         """The workflow of ``kind``; InvalidInput naming the known kinds if the catalog has none."""
@@ -70,6 +72,13 @@ class Runtime:
         """Mark ``site`` as needing attention (automation leaves it alone) and tell people."""
         self.sites.mark_attention(site, job_id=job_id, reason=reason)
         self.notify(*site_attention(site, job_id=job_id, reason=reason))
+
+    @property
+    def fleet(self) -> Fleet:
+        """The benches (JERP_FLEET_FILE; without it the one bench of this host), read once."""
+        if self._fleet is None:
+            self._fleet = load_fleet(self.settings)
+        return self._fleet
 
     @property
     def fanouts(self) -> FanoutStore:

@@ -11,6 +11,7 @@ Nothing here is read at import time: entry points call :func:`get_settings` when
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -85,6 +86,14 @@ class Settings(BaseSettings):
     fleet_file: Path | None = Field(
         None, description="the fleet file (TOML): the benches, their Docker hosts and roles (docs/fleet.md); "
         "unset: one bench, this host's"
+    )
+    bench: str | None = Field(
+        None, description="the bench of the fleet this worker serves: it consumes that bench's queue only, "
+        "with the bench's Docker endpoint and credentials (docs/fleet.md); unset: the control plane, or a single host"
+    )
+    fleet_list_minutes: float = Field(
+        15.0, ge=0, description="minutes between two listings of every bench's sites into the site-to-bench map "
+        "(a declared fleet; 0: only `jerpctl sites --refresh`)"
     )
     child_env_extra: Annotated[list[str], NoDecode] = Field(
         [], description="more variables the local executor passes from the worker's environment to bench"
@@ -283,4 +292,28 @@ def get_settings() -> Settings:
     """The process's settings, read on first use (at process start for every entry point),
     after the ``.env`` file (jerp_jobs.envfile: the environment wins over the file)."""
     load_env_file()
-    return load_settings()
+    settings = load_settings()
+    if settings.bench:
+        settings = for_bench(settings)
+    return settings
+
+
+def for_bench(settings: Settings) -> Settings:
+    """The settings of the worker of bench ``JERP_BENCH``: the bench's compose project, backend
+    service and sites folder (the fleet file), and its own credentials (its env file) written
+    into the process's environment over the worker's (boto3 reads AWS_* there) before the settings are read
+    again. ConfigError naming JERP_BENCH for a bench the fleet does not have."""
+    from jerp_jobs.fleet import bench_credentials, bench_overrides, load_fleet
+
+    fleet = load_fleet(settings)
+    if settings.bench not in fleet.names:
+        raise ConfigError("JERP_BENCH", f"{settings.bench!r} is not a bench of the fleet "
+                                        f"({', '.join(fleet.names)}; JERP_FLEET_FILE)")
+    bench = fleet.get(settings.bench)
+    overrides = bench_overrides(bench)
+    credentials = bench_credentials(fleet, bench)
+    if not credentials:
+        return settings.model_copy(update=overrides)
+    os.environ.update(credentials)
+    return load_settings(**overrides)
+    return settings

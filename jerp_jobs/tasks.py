@@ -52,6 +52,19 @@ def step(self: Any, *, job_id: str, step: str) -> str:
     Returns the last outcome (``advanced``, ``finished``...); raises :class:`StepFailed` when a
     step it ran failed or the job ended failed here (after the runner published what follows)."""
     rt = get_runtime()
+    elsewhere = _other_bench_queue(rt, job_id)
+    if elsewhere == "":
+        route = rt.store.route(job_id)
+        error = f"bench {route[2] if route else '?'} is not in the fleet (JERP_FLEET_FILE): no worker may run this job"
+        log.error("step.no_bench", error=error)
+        runner.finish_job(rt, job_id, "failed", error=error)
+        raise StepFailed(f"job {job_id} failed: {error}")
+    if elsewhere is not None:
+        # a step of another bench's job (a worker started with the wrong -Q, a fleet file
+        # changed): never run here, with this bench's Docker endpoint and credentials
+        log.warning("step.rerouted", queue=elsewhere, worker_bench=rt.settings.bench)
+        celery_dispatch(job_id, step, name=StepTaskNames(rt.store)(job_id, step), queue=elsewhere)
+        return "rerouted"
     inline_until = time.monotonic() + rt.settings.inline_steps_s
     worker = self.request.hostname or "?"
     current = step
@@ -82,6 +95,26 @@ def step(self: Any, *, job_id: str, step: str) -> str:
             return _outcome(rt, job_id, result.outcome, failed)
         current, known = result.next_step, result.known
         structlog.contextvars.bind_contextvars(step=current)
+
+
+def _other_bench_queue(rt: Any, job_id: str) -> str | None:
+    """The queue of the job's bench when this worker must not run it: a bench's worker runs
+    its own bench's jobs only, and in a declared fleet a worker of no bench (the control plane)
+    runs no bench's job. None: run it here (or the record is gone: the runner says so)."""
+    mine, fleet = rt.settings.bench, rt.fleet
+    if not mine and not fleet.declared:
+        return None
+    route = rt.store.route(job_id)
+    if route is None:
+        return None
+    bench = route[2]
+    if not bench:
+        return None if not mine or fleet.single is not None else fleet.queue_of(None)
+    if bench == mine:
+        return None
+    if bench not in fleet.names:
+        return ""  # no bench of the fleet takes it
+    return fleet.queue_of(bench)
 
 
 def _outcome(rt: Any, job_id: str, outcome: str, failed: str | None) -> str:
@@ -120,7 +153,8 @@ def child_done(*, parent_id: str, child_id: str) -> str:
 
 def _publish_later(rt: Any, job_id: str, name: str, *, countdown: float) -> None:
     """Publish a step that was run inline and must wait or try again, as its own message."""
-    celery_dispatch(job_id, name, name=StepTaskNames(rt.store)(job_id, name), countdown=countdown)
+    names = StepTaskNames(rt.store, fleet=rt.fleet)
+    celery_dispatch(job_id, name, name=names(job_id, name), countdown=countdown, queue=names.queue(job_id))
 
 
 @app.task(name="jerp.resume", queue=CONTROL_QUEUE)
@@ -183,6 +217,16 @@ def ship_binlogs() -> dict[str, Any]:
     done = ship_configured(rt.settings, rt.executor, rt.redis)
     log.info("pitr.shipped", **{k: v for k, v in done.items() if k != "newest"})
     return done
+
+
+@app.task(name="jerp.list_sites", queue=CONTROL_QUEUE)
+def list_sites() -> dict[str, str]:
+    """Beat, in a declared fleet: each bench lists its sites into the site-to-bench map (a
+    ``list-sites`` job on the bench's queue); a bench whose last listing has not ended (its
+    worker is down) is not asked again."""
+    from jerp_jobs.actions import start_listings
+
+    return start_listings(get_runtime(), actor="beat list-sites")
 
 
 @app.task(name="jerp.ping", queue=CONTROL_QUEUE)

@@ -285,9 +285,9 @@ def test_benches_lists_each_bench_its_worker_and_its_sites(fake_runtime: Runtime
     assert lines[0] == f"FLEET FILE {path}"
     prod = next(line for line in lines if line.startswith("prod-a"))
     assert prod.split() == ["prod-a", "production", "eu", "tcp://host-a.example.net:2376", "(TLS)",
-                            "jerp.site.prod-a", "alive", "2"]
+                            "jerp.site.prod-a", "alive", "2", "0"]
     staging = next(line for line in lines if line.startswith("staging-b"))
-    assert staging.split()[-2:] == ["none", "-"]
+    assert staging.split()[-3:] == ["none", "-", "0"]
     assert "no worker consumes the queue of: staging-b" in result.output
 
     data = json.loads(_invoke(rt, app, "--json", "benches").output)
@@ -308,7 +308,7 @@ def test_benches_without_a_fleet_file_shows_this_hosts_bench(fake_runtime: Runti
     assert result.exit_code == EXIT_OK, result.output
     assert "JERP_FLEET_FILE unset" in result.output
     row = next(line for line in result.output.splitlines() if line.startswith("default"))
-    assert row.split() == ["default", "production", "default", "local", SITE_QUEUE, "alive", "-"]
+    assert row.split() == ["default", "production", "default", "local", SITE_QUEUE, "alive", "-", "0"]
 
 
 def test_a_bad_fleet_file_is_a_usage_error_naming_it(fake_runtime: Runtime, tmp_path: Path) -> None:

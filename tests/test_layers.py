@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     }),
     ("store", {
         "jerp_jobs.jobs", "jerp_jobs.resp", "jerp_jobs.locks", "jerp_jobs.sitestate", "jerp_jobs.audit",
-        "jerp_jobs.freshness", "jerp_jobs.manifests", "jerp_jobs.releases", "jerp_jobs.fanouts",
+        "jerp_jobs.freshness", "jerp_jobs.manifests", "jerp_jobs.releases", "jerp_jobs.fanouts", "jerp_jobs.placement",
     }),
     ("adapters", {
         "jerp_jobs.executors", "jerp_jobs.executors._argv", "jerp_jobs.executors.base", "jerp_jobs.executors.docker",
@@ -212,4 +212,4 @@ def test_every_workflow_is_in_the_catalog(module: str, name: str, workflow: Work
 def test_the_catalog_holds_the_runbook_operations() -> None:
     assert {"provision", "backup", "backup-all", "restore", "migrate", "migrate-all", "drill", "release",
             "install-app", "install-app-all", "uninstall-app", "offboard", "restore-all", "rescan", "prune",
-            "clear-cache", "build-assets"} == set(catalog.CATALOG)
+            "clear-cache", "build-assets", "list-sites"} == set(catalog.CATALOG)

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Entrypoint of the jobs image. The first argument names the role of the container:
-#   worker          Celery worker for site work (queue jerp.site)
+#   worker          Celery worker for site work (queue jerp.site; with JERP_BENCH set, the
+#                   worker of that bench of the fleet: queue jerp.site.$JERP_BENCH only)
 #   worker-control  Celery worker for quick control tasks (queue jerp.control)
 #   beat            Celery Beat (celery-redbeat; run exactly one)
 #   flower          Flower, the Celery monitor, on port 5555
@@ -17,7 +18,13 @@ loglevel=${JERP_LOG_LEVEL:-INFO}
 
 case "$role" in
     worker)
-        exec celery -A jerp_jobs worker -Q jerp.site -n "site@%h" \
+        queue=jerp.site
+        name=site
+        if [ -n "${JERP_BENCH:-}" ]; then
+            queue=jerp.site.$JERP_BENCH
+            name=$JERP_BENCH
+        fi
+        exec celery -A jerp_jobs worker -Q "$queue" -n "$name@%h" \
             --concurrency "${JERP_WORKER_CONCURRENCY:-4}" \
             --without-mingle --without-gossip --loglevel "$loglevel" "$@"
         ;;

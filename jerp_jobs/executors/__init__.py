@@ -23,4 +23,10 @@ def make_executor(settings: Any) -> Executor:
     if settings.executor == "local":
         return LocalExecutor(settings.require_bench_dir(), pass_env=settings.child_env_extra,
                              user=settings.bench_user, bench_program=settings.bench_bin)
+    bench_name = getattr(settings, "bench", None)
+    if bench_name:  # a bench's worker: the bench's Docker endpoint (local, or tcp:// with TLS)
+        from jerp_jobs.executors.docker import bench_executor
+        from jerp_jobs.fleet import load_fleet
+
+        return bench_executor(load_fleet(settings).get(bench_name))
     return DockerExecutor(project=settings.compose_project, service=settings.backend_service)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jerp_jobs import bench, fanouts, keys
+from jerp_jobs import bench, fanouts, keys, placement
 from jerp_jobs.enqueue import start_job
 from jerp_jobs.errors import InvalidInput, JerpError, JobNotFound
 from jerp_jobs.fanouts import Next, SiteRun
@@ -109,8 +109,16 @@ def _fanout_lock(rt: Runtime, parent_id: str):  # type: ignore[no-untyped-def]
 
 def discover(ctx: StepContext) -> None:
     rt, params = ctx.runtime, ctx.params
-    found = params.get("sites") or (offsite_sites_smallest_first(ctx) if ctx.job.kind == "restore-all"
-                                    else discover_sites(ctx))
+    if params.get("benches"):
+        return _discover_benches(ctx)
+    if params.get("sites") or ctx.job.kind == "restore-all":
+        found = params.get("sites") or offsite_sites_smallest_first(ctx)
+    else:
+        found = discover_sites(ctx)
+        bench_name = ctx.job.bench or rt.fleet.benches[0].name
+        recorded = placement.record_listing(rt.redis, bench_name, found)
+        if recorded["conflicts"] or recorded["added"] or recorded["removed"]:
+            ctx.record(placement=recorded)
     sites = list(dict.fromkeys(validate_site_name(s) for s in found))
     if not sites:
         raise InvalidInput("the off-site store has no site to restore" if ctx.job.kind == "restore-all"
@@ -127,10 +135,14 @@ def discover(ctx: StepContext) -> None:
             raise InvalidInput(f"canary {canary} is not a site of the bench")
         sites = [canary] + [s for s in sites if s != canary]
     marks = rt.sites.attention_many(sites)
+    clashes = placement.conflicts(rt.redis) if rt.fleet.declared else {}
     entries: dict[str, dict[str, Any]] = {}
     for site in sites:
         attention = marks.get(site)
-        if attention:
+        if site in clashes:
+            entries[site] = {"state": SiteRun.SKIPPED,
+                             "reason": f"listed by benches {' and '.join(clashes[site])}: a site lives on one bench"}
+        elif attention:
             entries[site] = {"state": SiteRun.SKIPPED, "reason": f"needs attention: {attention.get('reason')}"}
         else:
             entries[site] = {"state": SiteRun.PENDING}
@@ -141,6 +153,15 @@ def discover(ctx: StepContext) -> None:
     rt.store.set_result(ctx.job.id, canary=canary, site_count=total)
     ctx.output.append(f"{total} sites" + (f" ({len(deferred)} over the per-run limit)" if deferred else "")
                       + (f", canary {canary}" if canary else ""))
+
+
+def _discover_benches(ctx: StepContext) -> None:
+    """A fan-out over several benches: each bench is one child, the same fan-out on that bench
+    (with its own discovery, canary and concurrency); all benches run at once."""
+    benches = [ctx.runtime.fleet.get(name).name for name in ctx.params["benches"]]
+    ctx.runtime.fanouts.set_many(ctx.job.id, {name: {"state": SiteRun.PENDING} for name in benches})
+    ctx.runtime.store.set_result(ctx.job.id, canary=None, site_count=len(benches), benches=benches)
+    ctx.output.append(f"{len(benches)} benches: {', '.join(benches)}")
 
 
 def offsite_sites_smallest_first(ctx: StepContext) -> list[str]:
@@ -208,6 +229,8 @@ def clear_canary_cache(ctx: StepContext) -> str | None:
 
 
 def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
+    if parent.params.get("benches"):
+        return _start_bench(rt, parent, site)
     kind = CHILD_KIND[parent.kind]
     canary = parent.result.get("canary")
     params: dict[str, Any] = {
@@ -230,15 +253,40 @@ def _start_child(rt: Runtime, parent: Job, site: str) -> dict[str, Any]:
     return entry
 
 
+def _start_bench(rt: Runtime, parent: Job, bench_name: str) -> dict[str, Any]:
+    """One bench of a fan-out over benches: the same fan-out, on that bench's queue."""
+    params = {k: v for k, v in parent.params.items() if k != "benches"}
+    entries: list[dict[str, Any]] = []
+
+    def enter(child: Job) -> None:
+        entries.append(rt.fanouts.child_started(parent.id, bench_name, child.id))
+
+    child = start_job(rt, parent.kind, params={**params, "bench": bench_name}, parent=parent.id, before_publish=enter)
+    log.info("fanout.bench_started", job_id=parent.id, bench=bench_name, child=child.id)
+    return entries[0]
+
+
+def concurrency_of(rt: Runtime, job: Job) -> int:
+    """How many children of fan-out ``job`` run at once: every bench of a fan-out over benches;
+    else the request's ``concurrency``, the bench's own (the fleet file), JERP_FANOUT_CONCURRENCY."""
+    if job.params.get("benches"):
+        return len(job.params["benches"])
+    if job.params.get("concurrency"):
+        return int(job.params["concurrency"])
+    declared = rt.fleet.get(job.bench).concurrency if job.bench and job.bench in rt.fleet.names else None
+    return declared or rt.settings.fanout_concurrency
+
+
 def _where(rt: Runtime, parent: Job, child_id: str | None, *, waiting: str | None) -> Next:
     """Record child ``child_id``'s end (None: none) and read what the parent's ``waiting`` step
     does next (one script: jerp_jobs.fanouts)."""
+    over_benches = bool(parent.params.get("benches"))
     return rt.fanouts.child_ended(
         parent.id, child_id, waiting=waiting, canary=parent.result.get("canary"),
-        attempts=int(parent.params.get("retries", 0)) if parent.kind == "backup-all" else 0,
+        attempts=int(parent.params.get("retries", 0)) if parent.kind == "backup-all" and not over_benches else 0,
         stop=parent.cancel_requested,
-        budget=int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS else None,
-        concurrency=int(parent.params.get("concurrency") or rt.settings.fanout_concurrency),
+        budget=int(parent.params.get("budget", 1)) if parent.kind in CANARY_KINDS and not over_benches else None,
+        concurrency=concurrency_of(rt, parent),
     )
 
 
@@ -334,6 +382,8 @@ def reconcile(rt: Runtime, parent_id: str) -> None:
 
 def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
     out = dict(params)
+    if out.get("benches") is not None:
+        raise InvalidInput("the benches of a fan-out are chosen by --group or --bench, not given")
     if out.get("concurrency") is not None and int(out["concurrency"]) < 1:
         raise InvalidInput("concurrency must be at least 1")
     if out.get("budget") is not None and int(out["budget"]) < 0:
@@ -405,7 +455,8 @@ def _publish_at_end(then: Any = None) -> Any:
 
 def _fanout(kind: str, table: dict[str, StepSpec], validate: Any, on_end: Any = None, **extra: Any) -> Workflow:
     """A fan-out workflow: its fixed steps, its children's ends settled by :func:`on_child_done`."""
-    return Workflow(kind=kind, needs_site=False, plan=lambda params: list(table),
+    return Workflow(kind=kind, needs_site=False,
+                    plan=lambda params: ["discover", "sites"] if params.get("benches") else list(table),
                     resolve=table_resolver(kind, table), validate=validate, on_child_done=on_child_done,
                     reconcile=reconcile, on_end=_publish_at_end(on_end), **extra)
 
