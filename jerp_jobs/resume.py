@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from jerp_jobs.errors import InvalidInput
 from jerp_jobs.jobs import Job, JobState, StepState
 from jerp_jobs.locks import site_lock_name
 from jerp_jobs.log import get_logger
@@ -64,11 +65,25 @@ def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
 
     if now - job.updated_at <= QUEUED_STRANDED_AFTER_S or any(s.attempts for s in job.steps):
         return []
+    queue = _queue_of(rt, job)
+    if queue is not None and rt.redis.llen(queue):
+        # its bench's queue holds messages nobody took yet (its worker is down or busy): the
+        # job's message waits among them; publishing it again would only pile up copies
+        rt.store.note(job.id, waiting_for=f"a worker of bench {job.bench}: {queue} has messages waiting")
+        return []
     step = first_step(rt, job.id)
     rt.store.note(job.id, resumed=f"step {step} published again: the job sat queued with no message")
     rt.dispatch(job.id, step)
     log.warning("job.republished", job_id=job.id, step=step)
     return [(job.id, step)]
+
+
+def _queue_of(rt: Runtime, job: Job) -> str | None:
+    """The broker list of the queue the job's steps go to (None when its bench is unknown)."""
+    try:
+        return rt.fleet.queue_of(job.bench)
+    except InvalidInput:
+        return None
 
 
 def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:

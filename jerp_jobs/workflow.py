@@ -269,8 +269,8 @@ class Routes:
     def on_failure(self, job: Job, step: str) -> Route:
         failure = job.result.get("failure") or {}
         if failure.get("step") == step and (step, failure.get("class")) in self.by_class:
-            return self.by_class[(step, failure["class"])]
-        return self.failure_route(step)
+            return _planned(job, self.by_class[(step, failure["class"])])
+        return _planned(job, self.failure_route(step))
 
     def on_cancel(self, job: Job, step: str | None) -> Route:
         if self.cancel_at == "started":
@@ -279,7 +279,7 @@ class Routes:
         if route is GO_ON:
             return next((s.name for s in job.steps
                          if s.state == StepState.PENDING and not self.resolve(s.name).recovery), None)
-        return route
+        return _planned(job, route)
 
     def final_state(self, job: Job) -> JobState:
         failed = {s.name for s in job.steps if s.state == StepState.FAILED}
@@ -293,6 +293,14 @@ class Routes:
         replaces one (a hook that reads job facts first, then the table)."""
         return {"routes": self, "on_failure": self.on_failure, "on_cancel": self.on_cancel,
                 "final_state": self.final_state, **override}
+
+
+def _planned(job: Job, route: Any) -> Route:
+    """``route``, or None (the job ends) when it leads to a step this job's plan does not have
+    (a fan-out over several benches plans no canary clean-up: each bench's fan-out does its own)."""
+    if route is None or any(s.name == route for s in job.steps):
+        return route
+    return None
 
 
 def _furthest_started(job: Job) -> str | None:
