@@ -431,3 +431,16 @@ def test_a_job_waiting_in_a_queue_nobody_takes_is_not_published_again(fleet_rt: 
 
     fleet_rt.redis.delete("jerp.site.prod-c")  # the queue is empty: the message was lost
     assert resume_stalled(fleet_rt, now=later + QUEUED_STRANDED_AFTER_S + 60) == [(job.id, runner.first_step(fleet_rt, job.id))]
+
+
+def test_the_dashboards_sites_page_shows_each_sites_bench(fleet_rt: Runtime) -> None:
+    from jerp_jobs.dashboard.views import sites_view
+
+    placement.record_listing(fleet_rt.redis, "prod-c", ["a0.example.com", "c0.example.com"])  # a0 on two benches
+    view = sites_view(fleet_rt)
+
+    rows = {row["site"]: row for row in view["rows"]}
+    assert view["fleet"] and view["problem"] is None
+    assert rows["c0.example.com"]["bench"] == "prod-c" and rows["b0.example.com"]["bench"] == "staging-b"
+    assert rows["a0.example.com"]["state"] == "on two benches" and rows["a0.example.com"]["benches"] == ["prod-a", "prod-c"]
+    assert "c1.example.com" not in rows  # gone from prod-c's listing, with no backup nor mark
