@@ -701,6 +701,10 @@ def status(obj: Ctx, job_id: str) -> None:
         click.echo(json.dumps(job.to_dict(), sort_keys=True))
         return
     click.echo(f"job {job.id}: {job.kind} {job.site or ''} — {_state(job.state)}")
+    if job.bench and job.bench != "default":  # a bench of a fleet (docs/fleet.md)
+        click.echo(f"bench {job.bench}")
+    elif job.params.get("benches"):
+        click.echo(f"benches {', '.join(job.params['benches'])}")
     click.echo(f"requested {_when(job.created_at)}, started {_when(job.started_at)}, ended {_when(job.ended_at)}")
     if job.error:
         click.echo(f"error: {job.error}")
