@@ -327,25 +327,15 @@ def _bench(entry: Mapping[str, Any], number: int, path: Path, base: Path, defaul
             raise fail("docker", f"{docker!r} is neither 'local' nor tcp://HOST:PORT")
         docker = f"tcp://{match['host'].lower()}:{int(match['port'])}"
         tls = _tls(tls_entry, base, fail)
-    folder = None
-    if "sites_dir" in entry:
-        text = _text(entry, "sites_dir", fail)
-        if not text:
-            raise fail("sites_dir", "empty; leave it out when the worker does not see the sites folder")
-        folder = _path(text, base)
+    folder = _optional_path(entry, "sites_dir", base, fail, "leave it out when the worker does not see the sites folder")
     concurrency = entry.get("concurrency")
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
                                     or concurrency < 1):
         raise fail("concurrency", f"{concurrency!r} is not a number of sites at once (a whole number, at least 1)")
-    env_file = None
-    if "env_file" in entry:
-        text = _text(entry, "env_file", fail)
-        if not text:
-            raise fail("env_file", "empty; leave it out when the bench uses the worker's own environment")
-        env_file = _path(text, base)
-        if not env_file.is_file():
-            raise fail("env_file", f"{str(env_file)!r} is not a file" if env_file.exists()
-                       else f"{str(env_file)!r} does not exist")
+    env_file = _optional_path(entry, "env_file", base, fail, "leave it out when the bench uses the worker's own environment")
+    if env_file is not None and not env_file.is_file():
+        raise fail("env_file", f"{str(env_file)!r} is not a file" if env_file.exists()
+                   else f"{str(env_file)!r} does not exist")
     return Bench(name=name, role=role, group=group, docker=docker, compose_project=project,
                  backend_service=service, queue=QUEUE_PREFIX + name, tls=tls, sites_dir=folder,
                  concurrency=concurrency, env_file=env_file)
@@ -382,6 +372,16 @@ def _tls(value: Any, base: Path, fail: Any) -> DockerTLS:
             raise fail(f"tls.{key}", f"{str(file)!r} cannot be read by this process")
         files[key] = file
     return DockerTLS(**files)
+
+
+def _optional_path(entry: Mapping[str, Any], field: str, base: Path, fail: Any, when_absent: str) -> Path | None:
+    """The path of ``field`` (relative to ``base``), None when it is left out; never empty."""
+    if field not in entry:
+        return None
+    text = _text(entry, field, fail)
+    if not text:
+        raise fail(field, f"empty; {when_absent}")
+    return _path(text, base)
 
 
 def _same_file(a: Path, b: Path) -> bool:

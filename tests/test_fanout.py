@@ -30,16 +30,21 @@ def _always(state: str) -> Outcome:
 
 
 def drive(rt: Runtime, outcome: Outcome, *, until: int = 100_000, on_end: Callable[[str], None] | None = None,
-          drop: Callable[[str], bool] = lambda child_id: False) -> list[str]:
-    """Run the parent's published steps; a child ends with ``outcome(child)`` (None: it stays
-    running) as soon as its first step is published. ``drop`` loses a child's notification.
-    Returns the ids of the children started, in order."""
+          drop: Callable[[str], bool] = lambda child_id: False,
+          played: Callable[[Job], bool] = lambda job: bool(job.parent),
+          sent: Callable[[str, str], None] | None = None) -> list[str]:
+    """Run the parent's published steps; a child (``played``: every job with a parent) ends with
+    ``outcome(child)`` (None: it stays running) as soon as its first step is published. ``drop``
+    loses a child's notification; ``sent`` sees every step published. Returns the ids of the
+    children started, in order."""
     started: list[str] = []
     for _ in range(until):
         if rt.dispatched:  # type: ignore[attr-defined]
             job_id, step = rt.dispatched.pop(0)  # type: ignore[attr-defined]
+            if sent is not None:
+                sent(job_id, step)
             job = rt.store.get(job_id)
-            if job.parent:
+            if played(job):
                 started.append(job_id)
                 state = outcome(job)
                 if state is not None:

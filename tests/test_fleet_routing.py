@@ -25,6 +25,7 @@ from jerp_jobs.jobs import Job
 from jerp_jobs.operations import fanout
 from jerp_jobs.runtime import Runtime
 from jerp_jobs.settings import for_bench, load_settings
+from tests.test_fanout import drive as fanout_drive
 
 FLEET = """
 [[bench]]
@@ -197,28 +198,14 @@ def test_group_is_only_for_fan_outs_and_must_name_a_group(fleet_rt: Runtime) -> 
 
 
 def drive(rt: Runtime, outcome: Callable[[Job], str | None]) -> list[tuple[str, str, str]]:
-    """Run every published step; a site child ends with ``outcome(child)`` as soon as its first
-    step is published (None: it stays running). Returns (job id, step, queue) of every step
-    published, the queue as the real transport would choose it."""
+    """Run every published step; a site's job ends with ``outcome(child)`` as soon as its first
+    step is published (a bench's fan-out runs its own steps). Returns (job id, step, queue) of
+    every step published, the queue as the real transport would choose it."""
     names = StepTaskNames(rt.store, fleet=rt.fleet)
     sent: list[tuple[str, str, str]] = []
-    for _ in range(100_000):
-        if rt.dispatched:  # type: ignore[attr-defined]
-            job_id, step = rt.dispatched.pop(0)  # type: ignore[attr-defined]
-            sent.append((job_id, step, names.queue(job_id)))
-            job = rt.store.get(job_id)
-            if job.parent and job.site:
-                state = outcome(job)
-                if state is not None:
-                    runner.finish_job(rt, job_id, state)
-            else:
-                runner.run_step(rt, job_id, step, worker="w1")
-        elif rt.notified:  # type: ignore[attr-defined]
-            parent, child = rt.notified.pop(0)  # type: ignore[attr-defined]
-            runner.child_done(rt, parent, child)
-        else:
-            return sent
-    raise AssertionError("the jobs did not settle")
+    fanout_drive(rt, outcome, played=lambda job: bool(job.parent and job.site),
+                 sent=lambda job_id, step: sent.append((job_id, step, names.queue(job_id))))
+    return sent
 
 
 @pytest.fixture
