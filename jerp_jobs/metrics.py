@@ -63,6 +63,7 @@ METRICS: dict[str, str] = {
     "jerp_queue_depth": "gauge",
     "jerp_queue_oldest_age_seconds": "gauge",
     "jerp_workers_alive": "gauge",
+    "jerp_queue_consumers": "gauge",
     "jerp_worker_active_tasks": "gauge",
     "jerp_beat_lock_held": "gauge",
     "jerp_beat_next_run_timestamp_seconds": "gauge",
@@ -129,7 +130,8 @@ class JerpCollector(Collector):
             ("pitr", lambda: _pitr(rt, now)),
         ]
         if self._celery_app is not None:
-            sections.append(("workers", lambda: _workers(self._celery_app(), rt.settings.worker_ping_timeout)))
+            sections.append(("workers", lambda: _workers(self._celery_app(), rt.settings.worker_ping_timeout,
+                                                         observe.queue_names(rt))))
         for name, read in sections:
             begun = time.monotonic()
             try:
@@ -290,14 +292,18 @@ def _release(rt: Any) -> list[Metric]:
     return [active, waiting, info, created]
 
 
-def _workers(app: Any, timeout: float) -> list[Metric]:
-    found = observe.workers(app, timeout=timeout)
+def _workers(app: Any, timeout: float, queues: list[str]) -> list[Metric]:
+    found = observe.workers(app, timeout=timeout, with_queues=True)
     alive = GaugeMetricFamily("jerp_workers_alive", "Celery workers that answered this scrape's broadcast")
     alive.add_metric([], len(found))
     tasks = GaugeMetricFamily("jerp_worker_active_tasks", "tasks the worker runs now", labels=["worker"])
     for worker in found:
         tasks.add_metric([worker.name], len(worker.tasks))
-    return [alive, tasks]
+    consumers = GaugeMetricFamily("jerp_queue_consumers", "workers that answered and consume the queue "
+                                  "(in a fleet: each bench's queue)", labels=["queue"])
+    for queue in queues:
+        consumers.add_metric([queue], sum(queue in (worker.queues or []) for worker in found))
+    return [alive, tasks, consumers]
 
 
 def _hash(client: Any, key: str) -> dict[str, str]:
