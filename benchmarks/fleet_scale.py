@@ -260,11 +260,15 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
     engine = Engine(control, workers)
     client = control.redis
     before = used_memory(client)
+    calls_before = redis_calls(client)
+    cpu0 = time.process_time()
     t0 = time.time()
     parent = submit(control, "backup-all", params=NIGHTLY, actor="beat nightly-backup")
     requested = time.time() - t0
     engine.run(timeout)
     elapsed = time.time() - t0
+    cpu = time.process_time() - cpu0
+    calls = redis_calls(client) - calls_before
     done = control.store.get(parent.id)
     after = used_memory(client)
     # the jobs: the request's, one per bench in a fleet, one per site
@@ -293,6 +297,8 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
         "all_children_published_s": max(engine.child_published_at) - t0 if engine.children else None,
         "elapsed_s": elapsed,
         "per_site_ms": elapsed / sites * 1000,
+        "cpu_per_site_ms": cpu / sites * 1000,
+        "redis_calls_per_site": calls / sites,
         **quarters(engine.child_published_at),
         "concurrency": concurrency, "max_running": engine.max_running,
         "max_running_fleet": engine.max_fleet_running,
@@ -307,6 +313,12 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
             "map_bytes": map_bytes, "map_bytes_per_site": map_bytes / sites,
         },
     }
+
+
+def redis_calls(client: Any) -> int:
+    """Commands the server has run so far (scripts' own commands included, INFO's excluded)."""
+    stats = client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
 
 
 def seed_backups(client: Any, sites: list[str]) -> int:
@@ -326,58 +338,95 @@ def seed_backups(client: Any, sites: list[str]) -> int:
     return used_memory(client) - before
 
 
-def time_cli(argv: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
-    """Median and spread of ``jerpctl argv`` as a cold process (one run first, unmeasured)."""
-    full = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0", **env}
-    first = subprocess.run([str(BIN / "jerpctl"), *argv], env=full, capture_output=True, text=True)
+def check_cli(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """One run of ``jerpctl argv`` (unmeasured: bytecode compiled, caches warm): its rows and exit."""
+    first = subprocess.run([str(BIN / "jerpctl"), *argv], env=env, capture_output=True, text=True)
     if first.returncode not in (0, 1) or not first.stdout.strip():
         raise RuntimeError(f"jerpctl {' '.join(argv)} failed (exit {first.returncode}): {first.stderr[-800:]}")
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([str(BIN / "jerpctl"), *argv], env=full, capture_output=True)
-        samples.append((time.perf_counter() - t0) * 1000)
     rows = len(json.loads(first.stdout)) if argv[0] == "--json" and argv[1] in ("sites", "jobs") else \
         len(first.stdout.strip().splitlines())
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "rows": rows, "exit": first.returncode}
+    return {"rows": rows, "exit": first.returncode}
 
 
-def time_dashboard(rt: Any, runs: int) -> dict[str, Any]:
-    """The dashboard's sites page, served by uvicorn on loopback and fetched logged in with httpx."""
-    import httpx
-    import uvicorn
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples)}
 
-    from jerp_jobs.dashboard.server import create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(rt, celery_app=None), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+def time_cli_in_turn(cases: dict[tuple[str, str], tuple[list[str], dict[str, str]]], runs: int
+                     ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each case (``jerpctl argv`` as a cold process) ``runs`` times, the cases taken in turn
+    within every run (the order rotating), so that a change of the machine's load falls on each
+    of them alike; median and spread in ms, with the rows and exit of a first unmeasured run."""
+    full = {key: (argv, {**os.environ, "PYTHONDONTWRITEBYTECODE": "0", **env}) for key, (argv, env) in cases.items()}
+    out = {key: check_cli(argv, env) for key, (argv, env) in full.items()}
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in full}
+    order = list(full)
+    for run in range(runs):
+        for offset in range(len(order)):
+            key = order[(run + offset) % len(order)]
+            argv, env = full[key]
+            t0 = time.perf_counter()
+            subprocess.run([str(BIN / "jerpctl"), *argv], env=env, capture_output=True)
+            samples[key].append((time.perf_counter() - t0) * 1000)
+    return {key: {**summary(samples[key]), **out[key]} for key in full}
+
+
+class Dashboard:
+    """The dashboard of ``rt``, served by uvicorn on loopback, and an httpx client logged in to it."""
+
+    def __init__(self, rt: Any) -> None:
+        import httpx
+        import uvicorn
+
+        from jerp_jobs.dashboard.server import create_app
+
+        port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(rt, celery_app=None), host="127.0.0.1", port=port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=base, headers={"Origin": base}, timeout=120)
+        answer = self.http.post("/login", data={"username": DASH_USER, "password": DASH_PASSWORD})
+        if answer.status_code != 303:
+            raise RuntimeError(f"dashboard login refused: {answer.status_code} {answer.text[:300]}")
+        self.page = self.get("/sites")
+        self.samples: list[float] = []
+
+    def get(self, path: str) -> Any:
+        page = self.http.get(path)
+        if page.status_code != 200:
+            raise RuntimeError(f"{path} answered {page.status_code}")
+        return page
+
+    def time_sites(self) -> None:
+        t0 = time.perf_counter()
+        self.page = self.get("/sites")
+        self.samples.append((time.perf_counter() - t0) * 1000)
+
+    def close(self) -> dict[str, Any]:
+        self.http.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        text = self.page.text
+        return {**summary(self.samples), "bytes": len(self.page.content), "rows": text.count("<tr") - 1,
+                "problem": "could not be asked" in text}
+
+
+def time_dashboards(runtimes: dict[str, Any], runs: int) -> dict[str, dict[str, Any]]:
+    """The sites page of each runtime's dashboard, ``runs`` times, the dashboards in turn."""
+    boards: dict[str, Dashboard] = {}
     try:
-        with httpx.Client(base_url=base, headers={"Origin": base}, timeout=120) as http:
-            answer = http.post("/login", data={"username": DASH_USER, "password": DASH_PASSWORD})
-            if answer.status_code != 303:
-                raise RuntimeError(f"dashboard login refused: {answer.status_code} {answer.text[:300]}")
-            page = http.get("/sites")
-            samples = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                page = http.get("/sites")
-                samples.append((time.perf_counter() - t0) * 1000)
-                if page.status_code != 200:
-                    raise RuntimeError(f"/sites answered {page.status_code}")
+        for name, rt in runtimes.items():
+            boards[name] = Dashboard(rt)
+        for _ in range(runs):
+            for board in boards.values():
+                board.time_sites()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    text = page.text
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "bytes": len(page.content), "rows": text.count("<tr") - 1,
-            "problem": "could not be asked" in text}
+        results = {name: board.close() for name, board in boards.items()}
+    return results
 
 
 def quiet() -> None:
@@ -390,13 +439,15 @@ def quiet() -> None:
 
 
 def scenario(name: str, url: str, work: Path, names: list[str], args: argparse.Namespace, *,
-             benches: int) -> dict[str, Any]:
-    """One scenario on an empty Redis: the backup-all, the memory, the listings."""
+             benches: int) -> tuple[dict[str, Any], dict[str, tuple[list[str], dict[str, str]]], Any]:
+    """One scenario on its own empty Redis database: the bench folders, the backup-all, the
+    memory. Returns its figures, its listing commands (label: argv, environment) and the
+    control plane's runtime (the dashboard's)."""
     import redis
 
     quiet()
     client = redis.Redis.from_url(url)
-    client.flushall()
+    client.flushdb()
     root = work / name
     fleet = benches > 0
     if fleet:
@@ -423,14 +474,15 @@ def scenario(name: str, url: str, work: Path, names: list[str], args: argparse.N
     env = {"JERP_BROKER_URL": url, "JERP_BACKEND_URL": url, "JERP_ENV_FILE": os.devnull, "JERP_EXECUTOR": "local",
            "JERP_WORKER_PING_TIMEOUT": str(args.ping_timeout)}
     if fleet:
-        cases = {"jerpctl sites (map; control plane sees no sites folder)": (["sites"], {"JERP_FLEET_FILE": str(control_file)}),
-                 "jerpctl sites (map; every sites folder visible)": (["sites"], {"JERP_FLEET_FILE": str(worker_file)}),
-                 "jerpctl --json sites (map)": (["--json", "sites"], {"JERP_FLEET_FILE": str(control_file)}),
-                 "jerpctl jobs": (["jobs"], {"JERP_FLEET_FILE": str(control_file)}),
-                 "jerpctl benches": (["benches"], {"JERP_FLEET_FILE": str(control_file)})}
+        control_env = {**env, "JERP_FLEET_FILE": str(control_file)}
+        cases = {"jerpctl sites (map; control plane sees no sites folder)": (["sites"], control_env),
+                 "jerpctl sites (map; every sites folder visible)": (["sites"], {**env, "JERP_FLEET_FILE": str(worker_file)}),
+                 "jerpctl --json sites (map)": (["--json", "sites"], control_env),
+                 "jerpctl jobs": (["jobs"], control_env),
+                 "jerpctl benches": (["benches"], control_env)}
     else:
-        bench_env = {"JERP_BENCH_DIR": str(folder.parent), "JERP_SITES_DIR": str(folder)}
-        if os.geteuid() == 0:
+        bench_env = {**env, "JERP_BENCH_DIR": str(folder.parent), "JERP_SITES_DIR": str(folder)}
+        if os.geteuid() == 0:  # bench refuses root: the local executor runs it as another user
             bench_env["JERP_BENCH_USER"] = "nobody"
             for p in (work, root, folder.parent):
                 p.chmod(0o755)
@@ -438,15 +490,21 @@ def scenario(name: str, url: str, work: Path, names: list[str], args: argparse.N
                  "jerpctl --json sites (sites folder)": (["--json", "sites"], bench_env),
                  "jerpctl jobs": (["jobs"], bench_env),
                  "jerpctl benches": (["benches"], bench_env)}
-    result["cli"] = {}
-    for label, (argv, extra) in cases.items():
-        result["cli"][label] = time_cli(argv, {**env, **extra}, args.runs)
-        log(f"{name}: {label}: {result['cli'][label]['median_ms']:.0f} ms")
-    result["dashboard_sites"] = time_dashboard(control, args.runs)  # the control plane's runtime
+    return result, cases, control
+
+
+def listings(scenarios: dict[str, tuple[dict[str, Any], dict[str, Any], Any]], runs: int) -> None:
+    """The listings of every scenario, timed in turn; into each scenario's figures."""
+    cases = {(name, label): case for name, (_, mine, _) in scenarios.items() for label, case in mine.items()}
+    log(f"{len(cases)} listing commands, {runs} runs each, in turn ...")
+    for (name, label), figures in time_cli_in_turn(cases, runs).items():
+        scenarios[name][0].setdefault("cli", {})[label] = figures
+        log(f"{name}: {label}: {figures['median_ms']:.0f} ms")
+    log("the dashboards' sites pages, in turn ...")
+    for name, figures in time_dashboards({name: rt for name, (_, _, rt) in scenarios.items()}, runs).items():
+        scenarios[name][0]["dashboard_sites"] = figures
+        log(f"{name}: dashboard /sites: {figures['median_ms']:.0f} ms")
     quiet()  # the dashboard configured its own logging
-    log(f"{name}: dashboard /sites: {result['dashboard_sites']['median_ms']:.0f} ms")
-    client.flushall()
-    return result
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -481,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer(work / "redis")
     names = site_names(args.sites)
     result: dict[str, Any] = {
-        "sites": args.sites, "runs": args.runs,
+        "sites": args.sites, "runs": args.runs, "ping_timeout": args.ping_timeout,
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                     "load": os.getloadavg()},
         "transport": "in-process: every published step recorded and run by the runtime of its job's bench "
@@ -491,9 +549,18 @@ def main(argv: list[str] | None = None) -> int:
         import redis
 
         result["machine"]["redis"] = redis.Redis.from_url(server.url()).info("server")["redis_version"]
-        result["fleet"] = scenario("fleet", server.url(), work, names, args, benches=args.benches)
+        # the server's first use (its script cache, Lua, the keyspace's tables) left out of the figures
+        warm = site_names(6)
+        for benches, db in ((3, 2), (0, 3)):
+            scenario(f"warm-up-{benches}", server.url(db), work, warm, args, benches=benches)
+            redis.Redis.from_url(server.url(db)).flushdb()
+        scenarios = {"fleet": scenario("fleet", server.url(0), work, names, args, benches=args.benches)}
         if not args.no_baseline:
-            result["one_bench"] = scenario("one-bench", server.url(), work, names, args, benches=0)
+            scenarios["one_bench"] = scenario("one-bench", server.url(1), work, names, args, benches=0)
+        listings(scenarios, args.runs)
+        for name, (figures, _, _) in scenarios.items():
+            result[name] = figures
+        result["machine"]["load_end"] = os.getloadavg()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -525,7 +592,8 @@ def print_report(r: dict[str, Any]) -> None:
 
     m = r["machine"]
     print(f"{r['sites']} sites; fleet of {f['benches']} benches; {m['cores']} cores, Python {m['python']}, "
-          f"Redis {m['redis']} (own server), load {m['load'][0]:.2f}")
+          f"Redis {m['redis']} (own server); load average "
+          f"(1 min) {m['load'][0]:.2f} at the start, {m.get('load_end', m['load'])[0]:.2f} at the end")
     print(f"transport: {r['transport']}")
     print(f"{'':<58}" + "".join(f"{name:>24}" for name, _ in cols))
     print("nightly backup-all: plan and enqueue")
@@ -535,6 +603,8 @@ def print_report(r: dict[str, Any]) -> None:
     row("  every site's child created and published", lambda x: s(x["backup_all"]["all_children_published_s"]))
     row("  backup-all ended", lambda x: s(x["backup_all"]["elapsed_s"]))
     row("  per site", lambda x: ms(x["backup_all"]["per_site_ms"]))
+    row("  this process's CPU per site (engine and client)", lambda x: ms(x["backup_all"]["cpu_per_site_ms"]))
+    row("  Redis commands per site (scripts' own included)", lambda x: f"{x['backup_all']['redis_calls_per_site']:.1f}")
     row("  per child, first quarter", lambda x: ms((x["backup_all"]["first_quarter_s_per_child"] or 0) * 1000))
     row("  per child, last quarter", lambda x: ms((x["backup_all"]["last_quarter_s_per_child"] or 0) * 1000))
     row("  state / children (distinct sites)",
@@ -549,7 +619,7 @@ def print_report(r: dict[str, Any]) -> None:
         ob = o["backup_all"]
         print("    one bench: " + ", ".join(f"{n}: {v} ({ob['concurrency'].get(n)})" for n, v in ob["max_running"].items()))
     print("Redis memory")
-    row("  used_memory growth of the run, per job", lambda x: kib(x["backup_all"]["memory"]["used_memory_per_job"]))
+    row("  used_memory growth of the backup-all, per job", lambda x: kib(x["backup_all"]["memory"]["used_memory_per_job"]))
     row("  jobs (parents + children)", lambda x: str(x["backup_all"]["memory"]["jobs"]))
     row("  a child's record (MEMORY USAGE, mean)", lambda x: kib(x["backup_all"]["memory"]["child_record_bytes"]))
     row("  a parent's record (MEMORY USAGE, mean)", lambda x: kib(x["backup_all"]["memory"]["parent_record_bytes"]))
@@ -559,7 +629,8 @@ def print_report(r: dict[str, Any]) -> None:
     row("  used_memory growth of the backup-all, total", lambda x: f"{x['backup_all']['memory']['used_memory_delta'] / 2**20:.2f} MiB")
     row("  one backup record per site (seeded), per site", lambda x: f"{x['backup_memory'] / r['sites']:.0f} B")
     row("  used_memory growth of everything, total", lambda x: f"{x['used_memory_total'] / 2**20:.2f} MiB")
-    print(f"listings (median of {r['runs']} cold runs; JERP_WORKER_PING_TIMEOUT for benches; rows)")
+    print(f"listings (median of {r['runs']} cold runs, all commands in turn; JERP_WORKER_PING_TIMEOUT "
+          f"{r['ping_timeout']} s for benches, which waits for two broadcasts)")
     for label, c in f["cli"].items():
         print(f"  fleet     {label:<56} {c['median_ms']:8.0f} ms  (min {c['min_ms']:.0f}, max {c['max_ms']:.0f}; "
               f"{c['rows']} lines, exit {c['exit']})")
@@ -568,7 +639,7 @@ def print_report(r: dict[str, Any]) -> None:
               f"{c['rows']} lines, exit {c['exit']})")
     for name, x in cols:
         d = x["dashboard_sites"]
-        print(f"  {name:<9} dashboard /sites (uvicorn, httpx){'':<23} {d['median_ms']:8.0f} ms  (min {d['min_ms']:.0f}, "
+        print(f"  {name:<9} dashboard /sites (uvicorn, httpx; in turn){'':<14} {d['median_ms']:8.0f} ms  (min {d['min_ms']:.0f}, "
               f"max {d['max_ms']:.0f}; {d['rows']} rows, {d['bytes'] / 1024:.0f} kB"
               + (", 'the bench could not be asked'" if d["problem"] else "") + ")")
 
