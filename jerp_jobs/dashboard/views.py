@@ -16,7 +16,7 @@ from typing import Any
 
 from jerp_jobs import observe
 from jerp_jobs.errors import JerpError
-from jerp_jobs.freshness import current_rpo, shipped_logs, site_states, sites_freshness
+from jerp_jobs.freshness import current_rpo, fleet_site_states, shipped_logs, site_states, sites_freshness
 from jerp_jobs.jobs import FINAL_JOB_STATES, JOB_STATES, Job, Step
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.drill import last_drills
@@ -177,13 +177,17 @@ def releases_list(rt: Runtime, *, limit: int = PAGE_SIZE) -> list[dict[str, Any]
 def sites_view(rt: Runtime, *, now: float | None = None) -> dict[str, Any]:
     """Every site: its state and attention mark (as ``jerpctl sites``), last local and off-site
     backup and their age against the RPO (``JERP_BACKUP_MAX_AGE_HOURS``, as ``jerpctl
-    backups``), its last drill and last migrate. When the bench cannot be asked (the dashboard
-    sees no executor), the sites known from the records are shown, with the reason."""
+    backups``), its last drill and last migrate. In a fleet (JERP_FLEET_FILE) the sites are those
+    of the site-to-bench map, each with its bench (as ``jerpctl sites``). When the bench cannot be
+    asked (the dashboard sees no executor), the sites known from the records are shown, with the
+    reason."""
     now = time.time() if now is None else now
     rpo = rt.settings.backup_max_age_hours
     problem = None
+    fleet = rt.fleet
     try:
-        states = {row["site"]: row for row in site_states(rt, now=now)}
+        found = fleet_site_states(rt, fleet, now=now) if fleet.declared else site_states(rt, now=now)
+        states = {row["site"]: row for row in found}
     except (JerpError, OSError) as exc:
         problem = f"the bench could not be asked for its sites ({exc}); sites known from the records are shown"
         marks = rt.sites.attention_marks()
@@ -217,6 +221,7 @@ def sites_view(rt: Runtime, *, now: float | None = None) -> dict[str, Any]:
             "pitr": _pitr_cell(offsite.get(site), behind, now) if pitr_on else None,
         })
     return {"rows": rows, "problem": problem, "rpo_hours": rpo, "offsite_on": offsite_on, "pitr_on": pitr_on,
+            "fleet": fleet.declared,
             "pitr_days": rt.settings.pitr_window_days, "ship_minutes": f"{rt.settings.binlog_ship_minutes:g}",
             "shipped_at": (shipped or {}).get("at"),
             "apps": sorted(bench_app_names(sites_root(rt.settings))), "tag": _current_tag(rt)}
