@@ -319,3 +319,21 @@ def test_a_bad_fleet_file_is_a_usage_error_naming_it(fake_runtime: Runtime, tmp_
 
     assert result.exit_code == EXIT_USAGE
     assert str(path) in result.output and "bench 'a'" in result.output and "'prod' is not a role" in result.output
+
+
+def test_on_a_single_bench_every_job_is_on_it_whatever_the_map_holds(fake_runtime: Runtime) -> None:
+    """One bench: a job is on it without reading its parent's record or the site-to-bench map
+    (left from a former fleet file here: a conflict and a bench the fleet no longer has)."""
+    from jerp_jobs import keys
+    from jerp_jobs.enqueue import create_job
+
+    rt = fake_runtime
+    rt.redis.hset(keys.SITE_CONFLICT, "a.example.com", "east,west")
+    rt.redis.hset(keys.SITE_BENCH, "b.example.com", "east")
+    parent = create_job(rt, "backup-all", params={"sites": ["a.example.com", "b.example.com"]})
+    child = create_job(rt, "backup", site="a.example.com", parent=parent.id)
+    assert parent.bench == child.bench == "default"
+    assert create_job(rt, "backup", site="b.example.com").bench == "default"
+    assert create_job(rt, "backup", site="a.example.com", params={"bench": "default"}).bench == "default"
+    with pytest.raises(InvalidInput, match="east"):
+        create_job(rt, "backup", site="a.example.com", params={"bench": "east"})
