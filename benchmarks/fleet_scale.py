@@ -268,7 +268,8 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
     engine.run(timeout)
     elapsed = time.time() - t0
     cpu = time.process_time() - cpu0
-    calls = redis_calls(client) - calls_before
+    calls_after = redis_calls(client)
+    calls, redis_cpu = calls_after[0] - calls_before[0], calls_after[1] - calls_before[1]
     done = control.store.get(parent.id)
     after = used_memory(client)
     # the jobs: the request's, one per bench in a fleet, one per site
@@ -299,6 +300,7 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
         "per_site_ms": elapsed / sites * 1000,
         "cpu_per_site_ms": cpu / sites * 1000,
         "redis_calls_per_site": calls / sites,
+        "redis_cpu_per_site_ms": redis_cpu * 1000 / sites,
         **quarters(engine.child_published_at),
         "concurrency": concurrency, "max_running": engine.max_running,
         "max_running_fleet": engine.max_fleet_running,
@@ -315,10 +317,13 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
     }
 
 
-def redis_calls(client: Any) -> int:
-    """Commands the server has run so far (scripts' own commands included, INFO's excluded)."""
+def redis_calls(client: Any) -> tuple[int, float]:
+    """Commands the server has run so far (scripts' own commands included, INFO's excluded) and
+    the CPU time it has used (user and system, seconds)."""
     stats = client.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
+    cpu = client.info("cpu")
+    return (sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"),
+            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
 
 
 def seed_backups(client: Any, sites: list[str]) -> int:
@@ -565,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        print(json.dumps(result, indent=2, default=str))
     else:
         print_report(result)
     ok = result["fleet"]["backup_all"]["state"] == "succeeded" and (
@@ -605,6 +610,7 @@ def print_report(r: dict[str, Any]) -> None:
     row("  per site", lambda x: ms(x["backup_all"]["per_site_ms"]))
     row("  this process's CPU per site (engine and client)", lambda x: ms(x["backup_all"]["cpu_per_site_ms"]))
     row("  Redis commands per site (scripts' own included)", lambda x: f"{x['backup_all']['redis_calls_per_site']:.1f}")
+    row("  the Redis server's CPU per site", lambda x: ms(x["backup_all"]["redis_cpu_per_site_ms"]))
     row("  per child, first quarter", lambda x: ms((x["backup_all"]["first_quarter_s_per_child"] or 0) * 1000))
     row("  per child, last quarter", lambda x: ms((x["backup_all"]["last_quarter_s_per_child"] or 0) * 1000))
     row("  state / children (distinct sites)",
