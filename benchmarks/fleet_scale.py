@@ -282,8 +282,8 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
     parent_bytes = sum(client.memory_usage(f"jerp:job:{p}", samples=0) or 0 for p in parents)
     leftover_fanout = sum(client.memory_usage(k, samples=0) or 0 for p in parents for k in _keys(p))
     map_keys = [keys.SITE_BENCH, keys.SITE_CONFLICT, keys.BENCH_LISTED,
-                *(keys.BENCH_SITES + name for name in workers)]
-    map_bytes = sum(client.memory_usage(k, samples=0) or 0 for k in map_keys) if workers else 0
+                *(keys.BENCH_SITES + name for name in control.fleet.names)]
+    map_bytes = sum(client.memory_usage(k, samples=0) or 0 for k in map_keys)  # one bench records its listing too
     child_bytes = record_bytes(control, engine.children)
     jobs = len(engine.children) + len(parents)
     discovered = max(engine.discovered_at.values()) - t0 if engine.discovered_at else None
@@ -302,6 +302,7 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
         "redis_calls_per_site": calls / sites,
         "redis_cpu_per_site_ms": redis_cpu * 1000 / sites,
         **quarters(engine.child_published_at),
+        "per_child_ms_by_tenth": tenths(engine.child_published_at),
         "concurrency": concurrency, "max_running": engine.max_running,
         "max_running_fleet": engine.max_fleet_running,
         "memory": {
@@ -315,6 +316,15 @@ def run_backup_all(control: Any, workers: dict[str, Any], sites: int, timeout: f
             "map_bytes": map_bytes, "map_bytes_per_site": map_bytes / sites,
         },
     }
+
+
+def tenths(times: list[float]) -> list[float]:
+    """ms per child over each tenth of the children (by their publication, in order)."""
+    times = sorted(times)
+    n = len(times) // 10
+    if n < 2:
+        return []
+    return [round((times[(k + 1) * n - 1] - times[k * n]) / (n - 1) * 1000, 2) for k in range(10)]
 
 
 def redis_calls(client: Any) -> tuple[int, float]:
@@ -613,6 +623,8 @@ def print_report(r: dict[str, Any]) -> None:
     row("  the Redis server's CPU per site", lambda x: ms(x["backup_all"]["redis_cpu_per_site_ms"]))
     row("  per child, first quarter", lambda x: ms((x["backup_all"]["first_quarter_s_per_child"] or 0) * 1000))
     row("  per child, last quarter", lambda x: ms((x["backup_all"]["last_quarter_s_per_child"] or 0) * 1000))
+    row("  per child, by tenth of the run",
+        lambda x: " ".join(f"{v:.1f}" for v in x["backup_all"]["per_child_ms_by_tenth"][::3]) + " ms (1st, 4th, 7th, 10th)")
     row("  state / children (distinct sites)",
         lambda x: f"{x['backup_all']['state']} {x['backup_all']['children']} ({x['backup_all']['distinct_sites']})")
     row("  most children running at once, whole fleet", lambda x: str(x["backup_all"]["max_running_fleet"]))
