@@ -623,8 +623,8 @@ def print_report(r: dict[str, Any]) -> None:
     row("  the Redis server's CPU per site", lambda x: ms(x["backup_all"]["redis_cpu_per_site_ms"]))
     row("  per child, first quarter", lambda x: ms((x["backup_all"]["first_quarter_s_per_child"] or 0) * 1000))
     row("  per child, last quarter", lambda x: ms((x["backup_all"]["last_quarter_s_per_child"] or 0) * 1000))
-    row("  per child, by tenth of the run",
-        lambda x: " ".join(f"{v:.1f}" for v in x["backup_all"]["per_child_ms_by_tenth"][::3]) + " ms (1st, 4th, 7th, 10th)")
+    row("  per child, tenths 1/4/7/10 of the run (ms)",
+        lambda x: "/".join(f"{v:.1f}" for v in x["backup_all"]["per_child_ms_by_tenth"][::3]) or "-")
     row("  state / children (distinct sites)",
         lambda x: f"{x['backup_all']['state']} {x['backup_all']['children']} ({x['backup_all']['distinct_sites']})")
     row("  most children running at once, whole fleet", lambda x: str(x["backup_all"]["max_running_fleet"]))
