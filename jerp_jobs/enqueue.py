@@ -83,6 +83,9 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
             raise InvalidInput(f"--group chooses the benches of a fan-out ({', '.join(sorted(FLEET_FANOUTS))}) "
                                f"and goes without --bench; {kind} does not take it")
         fleet.select(group=group)
+    single = fleet.single
+    if single is not None and group is None:
+        return single.name  # neither the parent's record nor the map can name another bench
     if parent is not None and requested is None:
         inherited = rt.store.route(parent)
         if inherited is not None and inherited[2]:
@@ -90,9 +93,6 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
     if site is None:
         if requested is not None:
             return requested
-        single = fleet.single
-        if single is not None and group is None:
-            return single.name
         if kind in FLEET_FANOUTS:
             return None
         raise InvalidInput(f"{kind} works on one bench: name it with --bench ({', '.join(fleet.names)})")
@@ -104,7 +104,6 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
                            f"`jerpctl enqueue move {site} --to {requested}` moves it")
     if requested is not None or where is not None:
         return requested or where
-    single = fleet.single
     if single is not None:
         return single.name
     if creates_site:

@@ -456,6 +456,33 @@ def test_the_sites_page_shows_each_sites_point_in_time_base_and_the_current_rpo(
     assert "no base" in two and "RPO" not in two
 
 
+def test_in_a_fleet_the_sites_page_lists_the_site_to_bench_map_with_each_sites_bench(rt: Runtime,
+                                                                                   tmp_path: Path) -> None:
+    """The control plane sees no bench's sites folder: the sites come from each bench's listing."""
+    from jerp_jobs import placement
+
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_text("".join(f'[[bench]]\nname = "{name}"\nrole = "production"\ncompose_project = "p-{name}"\n'
+                                  for name in ("east", "west")))
+    settings = rt.settings.model_copy(update={"fleet_file": fleet_file, "sites_dir": None, "bench_dir": None})
+    control = recording(build_runtime(settings, client=rt.redis, executor=FakeExecutor()))
+    placement.record_listing(rt.redis, "east", ["a.example.com", "both.example.com"])
+    placement.record_listing(rt.redis, "west", ["b.example.com", "both.example.com"])
+    with TestClient(dashboard_app.create_app(control, celery_app=None), base_url=BASE,
+                    follow_redirects=False) as client:
+        login(client, "bob")
+        page = client.get("/sites").text
+
+    def row(site: str) -> str:
+        return page.split(f'id="site-{site}"')[1].split("</tr>")[0]
+
+    assert "could not be asked" not in page and "<th>Bench</th>" in page
+    assert 'data-label="Bench">east<' in row("a.example.com") and "s-ok" in row("a.example.com")
+    assert 'data-label="Bench">west<' in row("b.example.com")
+    assert "east and west" in row("both.example.com") and "on two benches" in row("both.example.com")
+    assert SITES[0] not in page  # the control plane's own sites folder is no bench of the fleet
+
+
 def test_the_releases_and_fanouts_pages(client: TestClient, rt: Runtime) -> None:
     release = rt.store.create("release", ["deploy", "migrate-all"], params={"tag": "v1.2.3", "source": "operator"})
     rt.redis.zadd("jerp:releases", {release.id: release.created_at})

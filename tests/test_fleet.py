@@ -319,3 +319,41 @@ def test_a_bad_fleet_file_is_a_usage_error_naming_it(fake_runtime: Runtime, tmp_
 
     assert result.exit_code == EXIT_USAGE
     assert str(path) in result.output and "bench 'a'" in result.output and "'prod' is not a role" in result.output
+
+
+def test_on_a_single_bench_every_job_is_on_it_whatever_the_map_holds(fake_runtime: Runtime) -> None:
+    """One bench: a job is on it without reading its parent's record or the site-to-bench map
+    (left from a former fleet file here: a conflict and a bench the fleet no longer has)."""
+    from jerp_jobs import keys
+    from jerp_jobs.enqueue import create_job
+
+    rt = fake_runtime
+    rt.redis.hset(keys.SITE_CONFLICT, "a.example.com", "east,west")
+    rt.redis.hset(keys.SITE_BENCH, "b.example.com", "east")
+    parent = create_job(rt, "backup-all", params={"sites": ["a.example.com", "b.example.com"]})
+    child = create_job(rt, "backup", site="a.example.com", parent=parent.id)
+    assert parent.bench == child.bench == "default"
+    assert create_job(rt, "backup", site="b.example.com").bench == "default"
+    assert create_job(rt, "backup", site="a.example.com", params={"bench": "default"}).bench == "default"
+    with pytest.raises(InvalidInput, match="east"):
+        create_job(rt, "backup", site="a.example.com", params={"bench": "east"})
+
+
+def test_a_single_host_fanout_keeps_no_site_to_bench_map(tmp_path: Path, fake_redis: Any) -> None:
+    """Without a fleet file nothing reads the map: discovering the sites writes none of it."""
+    from jerp_jobs import runner
+    from jerp_jobs.bootstrap import build_runtime
+    from jerp_jobs.enqueue import create_job
+    from jerp_jobs.sites import BENCH_SITE_COUNT
+    from tests.conftest import recording
+    from tests.fake_executor import FakeExecutor
+    from tests.site_folders import make_site_folders
+
+    make_site_folders(tmp_path / "sites", ["a.example.com", "b.example.com"])
+    settings = load_settings(_env_file=None, broker_url="redis://127.0.0.1:1/0", executor="local", bench_dir=tmp_path)
+    rt = recording(build_runtime(settings, client=fake_redis, executor=FakeExecutor().on(BENCH_SITE_COUNT,
+                                                                                         output=[".."])))
+    job = create_job(rt, "backup-all")
+    assert runner.run_step(rt, job.id, "discover", worker="w1").outcome != "failed"
+    assert rt.store.get(job.id).result["site_count"] == 2
+    assert fake_redis.keys("jerp:fleet:*") == []

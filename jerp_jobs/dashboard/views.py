@@ -177,8 +177,10 @@ def releases_list(rt: Runtime, *, limit: int = PAGE_SIZE) -> list[dict[str, Any]
 def sites_view(rt: Runtime, *, now: float | None = None) -> dict[str, Any]:
     """Every site: its state and attention mark (as ``jerpctl sites``), last local and off-site
     backup and their age against the RPO (``JERP_BACKUP_MAX_AGE_HOURS``, as ``jerpctl
-    backups``), its last drill and last migrate. When the bench cannot be asked (the dashboard
-    sees no executor), the sites known from the records are shown, with the reason."""
+    backups``), its last drill and last migrate. In a fleet (JERP_FLEET_FILE) the sites are those
+    of the site-to-bench map, each with its bench (as ``jerpctl sites``). When the bench cannot be
+    asked (the dashboard sees no executor), the sites known from the records are shown, with the
+    reason."""
     now = time.time() if now is None else now
     rpo = rt.settings.backup_max_age_hours
     problem = None

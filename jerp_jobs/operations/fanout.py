@@ -115,10 +115,11 @@ def discover(ctx: StepContext) -> None:
         found = params.get("sites") or offsite_sites_smallest_first(ctx)
     else:
         found = discover_sites(ctx)
-        bench_name = ctx.job.bench or rt.fleet.benches[0].name
-        recorded = placement.record_listing(rt.redis, bench_name, found)
-        if recorded["conflicts"] or recorded["added"] or recorded["removed"]:
-            ctx.record(placement=recorded)
+        if rt.fleet.declared:  # the site-to-bench map of a fleet; a single host has no reader of it
+            bench_name = ctx.job.bench or rt.fleet.benches[0].name
+            recorded = placement.record_listing(rt.redis, bench_name, found)
+            if recorded["conflicts"] or recorded["added"] or recorded["removed"]:
+                ctx.record(placement=recorded)
     sites = list(dict.fromkeys(validate_site_name(s) for s in found))
     if not sites:
         raise InvalidInput("the off-site store has no site to restore" if ctx.job.kind == "restore-all"
