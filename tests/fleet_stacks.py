@@ -498,9 +498,10 @@ def build_fleet(folder: Path, client: docker.DockerClient, redis_url: str,
 @pytest.fixture(scope="module")
 def fleet_stacks(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
                  redis_url: str) -> Iterator[StackFleet]:
-    """Two stacks, ``prod-a`` (production) and ``staging-b`` (staging), each with its worker, and
-    the control worker; for the whole module (tests leave every worker running at their end)."""
-    fleet = build_fleet(tmp_path_factory.mktemp("stacks"), docker_client, redis_url, DEFAULT_BENCHES)
+    """Three stacks, ``prod-a`` and ``prod-c`` (production) and ``staging-b`` (staging), each with
+    its worker, and the control worker, for the whole module (:func:`ensure_workers` starts again
+    a worker a test stopped)."""
+    fleet = build_fleet(tmp_path_factory.mktemp("stacks"), docker_client, redis_url, THREE_BENCHES)
     try:
         yield fleet
     finally:
