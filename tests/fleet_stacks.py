@@ -416,6 +416,17 @@ class StackFleet:
         return wait_for(lambda: (j := self.job(job_id))["state"] in final and j, timeout=timeout, interval=0.5,
                         what=f"job {job_id} to end")
 
+    def runtime(self) -> Any:
+        """The control plane's runtime in this process (tests.conftest.recording: what it would
+        publish is recorded in ``rt.dispatched``, not sent); the caller closes ``rt.redis``."""
+        from jerp_jobs.bootstrap import build_runtime
+        from jerp_jobs.settings import load_settings
+        from tests.conftest import recording
+
+        settings = load_settings(_env_file=None, broker_url=self.redis_url, fleet_file=self.fleet_file,
+                                 executor="docker")
+        return recording(build_runtime(settings))
+
     def benches(self) -> dict[str, dict[str, Any]]:
         """``jerpctl --json benches``, by bench."""
         _, answer = self.json("benches")

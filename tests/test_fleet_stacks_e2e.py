@@ -13,11 +13,13 @@ bench's job that reaches another bench's queue is sent on to its own bench, neve
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
 import pytest
 
+from jerp_jobs.resume import resume_stalled
 from tests.docker_backend import BENCH_PATH
 from tests.fleet_stacks import CONTROL, Stack, StackFleet, ensure_workers, fleet_stacks  # noqa: F401 - the fixture
 from tests.workers import log_events, wait_for
@@ -121,6 +123,14 @@ def test_a_dead_benchs_job_waits_visibly_while_the_other_benches_go_on(fleet: St
     raw = b"".join(fleet.redis.lrange(b.queue, 0, -1))
     assert waiting.encode() in raw
     assert not any(s.root_password.encode() in raw or s.admin_password.encode() in raw for s in fleet.stacks.values())
+
+    # Beat's resume pass on the control plane, long after: the message waits, none is added
+    rt = fleet.runtime()
+    try:
+        assert resume_stalled(rt, now=time.time() + 3600) == [] and rt.dispatched == []
+    finally:
+        rt.redis.close()
+    assert fleet.benches()["staging-b"]["waiting"] == 1
 
     # the other benches go on meanwhile
     for other in _others(fleet, "staging-b"):
