@@ -27,9 +27,14 @@ proxies, containers (with their anonymous volumes), the sites volumes and the ne
 Use :func:`fleet_stacks` (a module-scoped fixture: import it into the test module) or build one
 with :func:`build_fleet` inside a ``with`` block. Scenarios act on it through
 :meth:`StackFleet.jerpctl` / :meth:`StackFleet.run_job` (jerpctl as the control plane runs it),
-:meth:`StackFleet.start_worker` / :meth:`StackFleet.kill_worker`, :meth:`StackFleet.write_env_file`
-(a bench's credentials), and per stack :meth:`Stack.new_site`, :meth:`Stack.has_site`,
-:meth:`Stack.sql`, :meth:`Stack.bench`.
+:meth:`StackFleet.start_worker` / :meth:`StackFleet.kill_worker` / :meth:`StackFleet.restart_worker`,
+:meth:`StackFleet.write_env_file` (a bench's credentials, with ``extra`` variables such as its
+Portainer webhook or frontend URL), :meth:`StackFleet.runtime` (the control plane's runtime in
+the test process), and per stack :meth:`Stack.new_site`, :meth:`Stack.has_site`,
+:meth:`Stack.backup_files`, :meth:`Stack.sql` / :meth:`Stack.databases` (its own MariaDB),
+:meth:`Stack.bench` (the bench inside its backend), :meth:`Stack.redeploy` (the backend
+recreated from another image, as a stack redeploy does) and :attr:`Stack.web_url` (its web
+server, for smoke checks).
 """
 
 from __future__ import annotations
@@ -130,10 +135,33 @@ class Stack:
     root_password: str
     admin_password: str
     db: Container
-    backend: Container
+    #: the backend container (:meth:`redeploy` makes it)
+    backend: Container = field(default=None)  # type: ignore[assignment]
     db_port: int = 0
     proxy: Proxy | None = None
     env_file: Path | None = None
+    client: Any = field(default=None, repr=False)
+
+    def redeploy(self, image: str, env: Mapping[str, str] | None = None) -> Container:
+        """(Re)create the stack's backend from ``image``, as a redeploy of the stack does: the same
+        name, compose labels, network and sites volume (the proxy finds it by its labels); its
+        web server (the stand-in's Frappe HTTP side) published on a free loopback port
+        (:attr:`web_url`)."""
+        if self.backend is not None:
+            _remove_container(self.client, self.backend.id)
+        self.backend = self.client.containers.run(
+            image, name=f"{self.project}-backend-1", detach=True, network=self.network,
+            labels=_labels(self.project, "backend"), volumes={self.volume: {"bind": SITES_PATH, "mode": "rw"}},
+            environment=dict(env or {}), ports={"8000/tcp": ("127.0.0.1", None)})
+        _wait_running(self.backend)
+        return self.backend
+
+    @property
+    def web_url(self) -> str:
+        """The stand-in web server of the backend, from this host (send the site as ``Host``)."""
+        self.backend.reload()
+        port = self.backend.attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
+        return f"http://127.0.0.1:{port}"
 
     @property
     def queue(self) -> str:
@@ -213,17 +241,15 @@ def _start_stack(client: docker.DockerClient, cleanup: ExitStack, folder: Path, 
     # the containers go before the volume and the network they use (callbacks run last in, first out)
     cleanup.callback(_quietly, volume.remove, force=True)
     cleanup.callback(_remove_container, client, db.id)
-    backend = client.containers.run(
-        naming.BACKEND_IMAGE, name=f"{project}-backend-1", detach=True, network=network.name,
-        labels=_labels(project, "backend"), volumes={volume.name: {"bind": SITES_PATH, "mode": "rw"}})
-    cleanup.callback(_remove_container, client, backend.id)
+    stack = Stack(bench_name=bench_name, role=role, project=project, network=network.name, volume=volume.name,
+                  sites_dir=sites, root_password=root_password,
+                  admin_password=f"admin-{bench_name}-{secrets.token_hex(6)}", db=db, client=client)
+    cleanup.callback(lambda: stack.backend is not None and _remove_container(client, stack.backend.id))
     try:
-        _wait_running(backend)
+        stack.redeploy(naming.BACKEND_IMAGE)
     except docker_sdk.errors.DockerException as exc:  # pragma: no cover - shown as the failure
         pytest.fail(f"the backend of {project} did not start: {exc}")
-    return Stack(bench_name=bench_name, role=role, project=project, network=network.name, volume=volume.name,
-                 sites_dir=sites, root_password=root_password, admin_password=f"admin-{bench_name}-{secrets.token_hex(6)}",
-                 db=db, backend=backend)
+    return stack
 
 
 def _wait_running(container: Container, limit: float = 30.0) -> None:
@@ -362,18 +388,27 @@ class StackFleet:
         worker.kill()
         worker.stop()  # closes its log
 
+    def restart_worker(self, bench_name: str) -> WorkerProcess:
+        """Stop the worker of ``bench_name`` (SIGTERM: it finishes what it runs) and start a new one."""
+        self.workers[bench_name].stop()
+        return self.start_worker(bench_name)
+
     def worker_name(self, bench_name: str) -> str:
         """The name the current worker of ``bench_name`` gives Celery (``name@host``)."""
         return f"{self.workers[bench_name].name}@{socket.gethostname()}"
 
     # credentials
 
-    def write_env_file(self, bench_name: str, values: Mapping[str, str] | None = None) -> Path:
+    def write_env_file(self, bench_name: str, values: Mapping[str, str] | None = None, *,
+                       extra: Mapping[str, str] | None = None) -> Path:
         """Write ``bench_name``'s env file: ``values``, by default the stack's own credentials
-        (the root password of its MariaDB, its admin password). A worker reads it at start."""
+        (the root password of its MariaDB, its admin password), with ``extra`` on top (e.g. its
+        PORTAINER_WEBHOOK_URL, JERP_FRONTEND_URL, NPM or S3 secrets). A worker reads it at start:
+        :meth:`restart_worker` after changing it."""
         stack = self.stacks[bench_name]
         if values is None:
             values = {"MARIADB_ROOT_PASSWORD": stack.root_password, "FRAPPE_ADMIN_PASSWORD": stack.admin_password}
+        values = {**values, **(extra or {})}
         path = stack.env_file or self.folder / f"{bench_name}.env"
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         path.chmod(0o600)

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from jerp_jobs.resume import resume_stalled
@@ -57,6 +58,11 @@ def test_each_job_runs_on_its_sites_bench_and_a_fleet_fanout_on_every_bench(flee
     for name, site in sites.items():  # each site's database on its own stack's MariaDB only
         db = fleet[name].site_config(site)["db_name"]
         assert db in fleet[name].databases() and not any(db in o.databases() for o in _others(fleet, name))
+
+    for name, site in sites.items():  # each backend serves its own sites only (its web server)
+        for stack in fleet.stacks.values():
+            answer = httpx.get(f"{stack.web_url}/api/method/ping", headers={"Host": site}, timeout=10)
+            assert answer.status_code == (200 if stack.bench_name == name else 404), (name, stack.bench_name)
 
     # each bench lists its own sites: the site-to-bench map
     listed = fleet.jerpctl("sites", "--refresh")
