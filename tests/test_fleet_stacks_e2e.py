@@ -217,6 +217,11 @@ def test_each_worker_holds_its_own_benchs_credentials(fleet: StackFleet) -> None
     rc, job = fleet.run_job("backup", made["staging-b"]["site"])
     assert rc == 0, (job.get("error"), fleet.logs())
     assert _step_workers(job) == {fleet.worker_name("staging-b")}
+    # no worker or proxy wrote a bench's secret in its log
+    for log in sorted(fleet.folder.glob("*.log")):
+        text = log.read_text(errors="replace")
+        for stack in fleet.stacks.values():
+            assert stack.root_password not in text and stack.admin_password not in text, log.name
 
 
 def test_a_step_published_on_another_benchs_queue_is_sent_to_its_own_bench(fleet: StackFleet) -> None:
