@@ -38,6 +38,16 @@ BENCH_LISTED = PREFIX + "fleet:listed"  # hash: bench -> when its sites were las
 BENCH_LISTING = PREFIX + "fleet:listing:"  # per bench: the job id of its last list-sites job
 SITE_CONFLICT = PREFIX + "fleet:conflict"  # hash: site -> the benches that both list it (comma-separated)
 
+# the broker's queues (kombu's Redis transport: a list per queue and priority step above 0; not
+# under jerp:, their names are the queues' own)
+BROKER_PRIORITY_SEP = "\x06\x16"
+BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def broker_queue_keys(queue: str) -> list[str]:
+    """The broker lists holding the messages waiting in ``queue``."""
+    return [queue if step == 0 else f"{queue}{BROKER_PRIORITY_SEP}{step}" for step in BROKER_PRIORITY_STEPS]
+
 # releases (jerp_jobs.operations.release; read by jerp_jobs.releases)
 RELEASE_ACTIVE = PREFIX + "release:active"  # the job id of the release that holds the slot
 RELEASE_WAITING = PREFIX + "release:waiting"  # releases requested and not yet holding the slot

@@ -45,8 +45,8 @@ from jerp_jobs.releases import active_release, list_releases, waiting_releases
 #: the queues of the project, in the order they are shown
 QUEUES: tuple[str, ...] = (SITE_QUEUE, CONTROL_QUEUE)
 #: kombu's Redis transport: separator between a queue's name and its priority step, and the steps
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (0, 3, 6, 9)
+_PRIORITY_SEP = keys.BROKER_PRIORITY_SEP
+_PRIORITY_STEPS = keys.BROKER_PRIORITY_STEPS
 #: how long a worker has to answer a broadcast unless the caller says
 DEFAULT_TIMEOUT_S = 1.0
 
@@ -136,7 +136,7 @@ def queue_names(rt: Any) -> list[str]:
 
 def queue_keys(queue: str) -> list[str]:
     """The broker lists of ``queue`` (kombu's Redis transport: one per priority step)."""
-    return [queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]
+    return keys.broker_queue_keys(queue)
 
 
 def queues(client: Any, names: Sequence[str] = QUEUES, *, now: float | None = None) -> list[QueueState]:

@@ -8,15 +8,22 @@ waits at the fence until any bench process the dead worker left behind has ended
 the step again (steps are written to be safe to repeat). Fan-outs waiting for children are
 reconciled with their children's records, in case a notification was lost.
 
+A step whose message still waits in its queue is not published again: nothing was lost, no
+worker has taken it yet — in a fleet, the bench's worker is down or busy while the control
+plane's Beat goes on, and a message per pass would pile up in that bench's queue.
+
 Beat runs it every ``JERP_RESUME_INTERVAL`` seconds; Redis redelivery after the visibility
 timeout remains the slower backstop.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
+from jerp_jobs import keys
 from jerp_jobs.errors import InvalidInput
 from jerp_jobs.jobs import Job, JobState, StepState
 from jerp_jobs.locks import site_lock_name
@@ -46,30 +53,86 @@ def resume_stalled(rt: Runtime, *, now: float | None = None) -> list[tuple[str, 
     """
     now = time.time() if now is None else now
     resumed: list[tuple[str, str]] = []
+    waiting = WaitingSteps(rt)
     for job in rt.store.list(state=JobState.RUNNING, limit=100_000):
         try:
-            resumed.extend(_resume_job(rt, job, now))
+            resumed.extend(_resume_job(rt, job, now, waiting))
         except Exception:  # noqa: BLE001 - a broken record must not stop the others
             log.exception("resume.job_failed", job_id=job.id)
     for job in rt.store.list(state=JobState.QUEUED, limit=100_000):
         try:
-            resumed.extend(_resume_queued(rt, job, now))
+            resumed.extend(_resume_queued(rt, job, now, waiting))
         except Exception:  # noqa: BLE001
             log.exception("resume.job_failed", job_id=job.id)
     return resumed
 
 
-def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
+#: at most this many messages of one broker list are read to find the steps waiting there
+WAITING_SCAN_LIMIT = 10_000
+
+
+class WaitingSteps:
+    """The (job id, step) of the step messages waiting in a job's queue (its bench's), each
+    queue read once per pass; a message that is not a step's, or not readable, is skipped."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._read: dict[str, set[tuple[str, str]]] = {}
+
+    def queue_of(self, job: Job) -> str | None:
+        try:
+            return self._rt.fleet.queue_of(job.bench)
+        except InvalidInput:  # a bench the fleet file no longer declares: the step task says so
+            return None
+
+    def has(self, job: Job, step: str | None = None) -> bool:
+        """Whether a message of ``job``'s ``step`` (any of its steps: None) waits in its queue."""
+        queue = self.queue_of(job)
+        if queue is None:
+            return False
+        if queue not in self._read:
+            self._read[queue] = waiting_steps(self._rt.redis, queue)
+        return any(found == job.id and (step is None or name == step) for found, name in self._read[queue])
+
+
+def waiting_steps(client: Any, queue: str) -> set[tuple[str, str]]:
+    """(job id, step) of every step message waiting in ``queue`` (the broker's lists)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys.broker_queue_keys(queue):
+        pipe.lrange(key, 0, WAITING_SCAN_LIMIT - 1)
+    found: set[tuple[str, str]] = set()
+    for raw in (m for messages in pipe.execute() for m in messages):
+        step = _step_of(raw)
+        if step is not None:
+            found.add(step)
+    return found
+
+
+def _step_of(raw: Any) -> tuple[str, str] | None:
+    """The job id and step of a step message (Celery's protocol 2 as kombu's Redis transport
+    keeps it: a JSON envelope, the body base64 JSON [args, kwargs, embed]); None otherwise."""
+    try:
+        envelope = json.loads(raw)
+        if envelope.get("headers", {}).get("task") != "jerp.step":
+            return None
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        kwargs = json.loads(body)[1]
+        job_id, step = kwargs["job_id"], kwargs["step"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return (job_id, step) if isinstance(job_id, str) and isinstance(step, str) else None
+
+
+def _resume_queued(rt: Runtime, job: Job, now: float, waiting: WaitingSteps) -> list[tuple[str, str]]:
     """A queued job that nothing touched for a while lost its message (a job waiting for its
-    site or the release slot notes it every few seconds): publish its first step again."""
+    site or the release slot notes it every few seconds): publish its first step again —
+    unless its message still waits in its queue."""
 
     if now - job.updated_at <= QUEUED_STRANDED_AFTER_S or any(s.attempts for s in job.steps):
         return []
-    queue = _queue_of(rt, job)
-    if queue is not None and rt.redis.llen(queue):
-        # its bench's queue holds messages nobody took yet (its worker is down or busy): the
-        # job's message waits among them; publishing it again would only pile up copies
-        rt.store.note(job.id, waiting_for=f"a worker of bench {job.bench}: {queue} has messages waiting")
+    if waiting.has(job):
         return []
     step = first_step(rt, job.id)
     rt.store.note(job.id, resumed=f"step {step} published again: the job sat queued with no message")
@@ -78,15 +141,7 @@ def _resume_queued(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
     return [(job.id, step)]
 
 
-def _queue_of(rt: Runtime, job: Job) -> str | None:
-    """The broker list of the queue the job's steps go to (None when its bench is unknown)."""
-    try:
-        return rt.fleet.queue_of(job.bench)
-    except InvalidInput:
-        return None
-
-
-def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
+def _resume_job(rt: Runtime, job: Job, now: float, waiting: WaitingSteps) -> list[tuple[str, str]]:
 
     workflow = rt.workflow(job.kind)
     running = [s for s in job.steps if s.state == StepState.RUNNING]
@@ -113,6 +168,8 @@ def _resume_job(rt: Runtime, job: Job, now: float) -> list[tuple[str, str]]:
         fail_lost_step(rt, job.id, step.name, reason=reason)
         log.error("step.given_up", job_id=job.id, step=step.name, attempts=step.attempts)
         return []
+    if waiting.has(job, step.name):
+        return []  # published again already; no worker of its queue has taken it yet
     when = time.strftime("%H:%M:%SZ", time.gmtime(now))
     rt.store.note(job.id, resumed=f"step {step.name} published again at {when}: its worker was lost")
     rt.dispatch(job.id, step.name)

@@ -301,8 +301,8 @@ def get_settings() -> Settings:
 def for_bench(settings: Settings) -> Settings:
     """The settings of the worker of bench ``JERP_BENCH``: the bench's compose project, backend
     service and sites folder (the fleet file), and its own credentials (its env file) written
-    into the process's environment over the worker's (boto3 reads AWS_* there) before the settings are read
-    again. ConfigError naming JERP_BENCH for a bench the fleet does not have."""
+    into the process's environment over the worker's (boto3 reads AWS_* there) before the
+    settings are read again. ConfigError naming JERP_BENCH for a bench the fleet does not have."""
     from jerp_jobs.fleet import bench_credentials, bench_overrides, load_fleet
 
     fleet = load_fleet(settings)
@@ -316,4 +316,3 @@ def for_bench(settings: Settings) -> Settings:
         return settings.model_copy(update=overrides)
     os.environ.update(credentials)
     return load_settings(**overrides)
-    return settings

@@ -406,20 +406,6 @@ def test_jerp_bench_must_be_a_bench_of_the_fleet(tmp_path: Path) -> None:
     assert load_fleet(settings).declared
 
 
-def test_a_job_waiting_in_a_queue_nobody_takes_is_not_published_again(fleet_rt: Runtime) -> None:
-    from jerp_jobs.resume import QUEUED_STRANDED_AFTER_S, resume_stalled
-
-    job = create_job(fleet_rt, "backup", site="c1.example.com")
-    later = job.created_at + QUEUED_STRANDED_AFTER_S + 60
-    fleet_rt.redis.lpush("jerp.site.prod-c", b"{}")  # its message, waiting for a worker of prod-c
-
-    assert resume_stalled(fleet_rt, now=later) == [] and fleet_rt.dispatched == []  # type: ignore[attr-defined]
-    assert "a worker of bench prod-c" in fleet_rt.store.get(job.id).notes["waiting_for"]
-
-    fleet_rt.redis.delete("jerp.site.prod-c")  # the queue is empty: the message was lost
-    assert resume_stalled(fleet_rt, now=later + QUEUED_STRANDED_AFTER_S + 60) == [(job.id, runner.first_step(fleet_rt, job.id))]
-
-
 def test_the_dashboards_sites_page_shows_each_sites_bench(fleet_rt: Runtime) -> None:
     from jerp_jobs.dashboard.views import sites_view
 

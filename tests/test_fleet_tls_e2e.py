@@ -26,6 +26,7 @@ import pytest
 from jerp_jobs.errors import ExecutorUnavailable
 from jerp_jobs.executors.docker import bench_client_factory, bench_executor
 from jerp_jobs.fleet import Bench, read_fleet_file
+from tests.fleet_stacks import make_ca, make_cert
 from tests.naming import BACKEND_IMAGE, unique_name
 from tests.private_redis import free_port
 
@@ -36,29 +37,6 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY_START_S = 30.0
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(folder: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            cwd=folder)
-
-
-def make_cert(folder: Path, ca: str, name: str, *, usage: str, alt_names: str | None = None) -> None:
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    lines = ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature",
-             f"extendedKeyUsage={usage}", "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid,issuer"]
-    if alt_names:
-        lines.append(f"subjectAltName={alt_names}")
-    (folder / f"{name}.ext").write_text("\n".join(lines) + "\n")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
-            "-CAcreateserial", "-out", f"{name}-cert.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
 
 
 @dataclass

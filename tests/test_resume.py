@@ -124,3 +124,66 @@ def test_a_queued_job_nothing_touched_for_minutes_is_published_again(fake_runtim
     assert resumed == [(job.id, "backup")] and fake_runtime.dispatched == [(job.id, "backup")]
     assert "published again" in fake_runtime.store.get(job.id).notes["resumed"]
 
+
+
+# -- a step whose message still waits in its queue (a bench whose worker is down) --------------
+
+def _fleet(rt: Runtime) -> Runtime:
+    """``rt`` in a declared fleet of two benches, SITE living on staging-b."""
+    from pathlib import Path
+
+    from jerp_jobs import placement
+    from jerp_jobs.fleet import Bench, Fleet
+
+    benches = tuple(Bench(name=name, role=role, group="default", docker="local", compose_project=name,
+                          backend_service="backend", queue=f"jerp.site.{name}")
+                    for name, role in (("prod-a", "production"), ("staging-b", "staging")))
+    rt._fleet = Fleet(benches=benches, source=Path("/etc/jerp/fleet.toml"))
+    placement.assign(rt.redis, SITE, "staging-b")
+    return rt
+
+
+def _waiting_message(rt: Runtime, queue: str, job_id: str, step: str) -> None:
+    """A step message as kombu's Redis transport keeps it in the queue's list (Celery protocol 2)."""
+    import base64
+    import json
+
+    body = json.dumps([[], {"job_id": job_id, "step": step}, {"callbacks": None, "errbacks": None, "chain": None,
+                                                               "chord": None}])
+    rt.redis.lpush(queue, json.dumps({
+        "body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": "jerp.step", "id": "t-1", "kwargsrepr": repr({"job_id": job_id})},
+        "properties": {"body_encoding": "base64", "delivery_info": {"exchange": queue, "routing_key": queue}},
+    }))
+
+
+def test_a_lost_step_is_published_again_once_while_its_bench_has_no_worker(fake_runtime: Runtime) -> None:
+    from jerp_jobs.resume import waiting_steps
+
+    rt = _fleet(fake_runtime)
+    job_id = _running(rt)
+    assert rt.store.get(job_id).bench == "staging-b"
+    assert resume_stalled(rt) == [(job_id, "backup")]  # the message went with the dead worker
+    # the step published again waits in staging-b's queue: no worker of staging-b took it
+    _waiting_message(rt, "jerp.site.staging-b", job_id, "backup")
+    assert waiting_steps(rt.redis, "jerp.site.staging-b") == {(job_id, "backup")}
+    for _ in range(3):  # every later pass of Beat's resume leaves it alone
+        assert resume_stalled(rt) == []
+    assert rt.dispatched == [(job_id, "backup")]
+    # another bench's queue, another step, or a message that is no step's do not count
+    rt.redis.delete("jerp.site.staging-b")
+    _waiting_message(rt, "jerp.site.prod-a", job_id, "backup")
+    _waiting_message(rt, "jerp.site.staging-b", job_id, "maintenance-off")
+    rt.redis.lpush("jerp.site.staging-b", b"not json", b'{"headers": {"task": "jerp.ping"}, "body": ""}')
+    assert resume_stalled(rt) == [(job_id, "backup")]
+
+
+def test_a_queued_job_whose_message_waits_in_its_benchs_queue_is_not_published_again(
+        fake_runtime: Runtime) -> None:
+    rt = _fleet(fake_runtime)
+    job = create_job(rt, "backup", site=SITE, params={})
+    _waiting_message(rt, "jerp.site.staging-b\x06\x163", job.id, "backup")  # a priority list of the queue
+    assert resume_stalled(rt, now=time.time() + 3600) == [] and rt.dispatched == []
+    rt.redis.delete("jerp.site.staging-b\x06\x163")
+    assert resume_stalled(rt, now=time.time() + 3600) == [(job.id, "backup")]
