@@ -328,6 +328,9 @@ def create_site(ctx: StepContext) -> str | None:
     restore has a site to restore into. An existing site is left to the normal restore."""
 
     if ctx.job.result.get("created_site") is None and site_exists(ctx, ctx.site):
+        if ctx.params.get("moving_from"):
+            raise InvalidInput(f"{ctx.site} exists on this bench already: a move from bench "
+                               f"{ctx.params['moving_from']} never restores over a site; nothing was changed")
         if ctx.params.get("from_site"):
             raise InvalidInput(f"{ctx.site} exists already: --as restores into a new site; choose another name")
         ctx.record(created_site=False)
