@@ -122,3 +122,30 @@ def test_a_site_moved_from_bench_a_to_bench_b_keeps_its_data_and_is_gone_from_a(
     assert not config_b.get("maintenance_mode")  # online on b
     assert placement.bench_of(real_redis, site) == "b"
     assert site not in placement.sites_on(real_redis, "a")
+
+
+def test_a_move_onto_a_bench_that_has_the_site_already_goes_back_and_touches_neither_copy(
+    fleet_env: dict[str, str], fleet_workers: dict[str, WorkerProcess], site: str, bench_dir: Path, bench_b: Path,
+    mariadb_root_password: str, real_redis: redis.Redis,
+) -> None:
+    db_a = site_db(bench_dir, site)
+    add_notes(mariadb_root_password, db_a, 7)
+    before = fingerprint(mariadb_root_password, db_a)
+    run_bench(bench_b, "new-site", site, "--db-root-password", mariadb_root_password, "--admin-password",
+              "Other-copy-1", "--mariadb-user-host-login-scope=%")  # a stray copy the map does not know of
+    db_b = site_db(bench_b, site)
+    stray = fingerprint(mariadb_root_password, db_b)
+    placement.assign(real_redis, site, "a")
+
+    rc, job = run_job(fleet_env, "move", site, "--to", "b", timeout=600)
+
+    assert rc == 1 and job["state"] == "failed", _logs(fleet_workers)
+    steps = {s["name"]: s["state"] for s in job["steps"]}
+    assert steps["restore-target"] == "failed" and "never restores over a site" in job["error"]
+    assert steps["abort-scheduler-resume"] == steps["abort-maintenance-off"] == "success"
+    assert all(steps[name] == "skipped" for name in ("verify-target", "switch-proxy", "switch-map", "drop-source"))
+    config_a = json.loads((bench_dir / "sites" / site / "site_config.json").read_text())
+    assert not config_a.get("maintenance_mode") and not config_a.get("pause_scheduler")  # a serves again
+    assert fingerprint(mariadb_root_password, db_a) == before
+    assert fingerprint(mariadb_root_password, db_b) == stray
+    assert placement.bench_of(real_redis, site) == "a"
