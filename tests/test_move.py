@@ -371,3 +371,31 @@ def test_a_bad_forward_host_or_port_is_refused_naming_the_field(tmp_path: Path, 
     with pytest.raises(FleetError) as caught:
         read_fleet_file(path)
     assert f"bench 'a', field '{field}'" in str(caught.value)
+
+
+def test_a_lost_notification_of_the_targets_restore_is_delivered_by_the_resumer(rt: Runtime) -> None:
+    from jerp_jobs.resume import resume_stalled
+
+    job = _move(rt)
+    for _ in range(100):  # run the move's steps; the restore ends, and its notification is lost
+        if not rt.dispatched:  # type: ignore[attr-defined]
+            break
+        job_id, step = rt.dispatched.pop(0)  # type: ignore[attr-defined]
+        child = rt.store.get(job_id)
+        if child.kind == "restore":
+            runner.finish_job(rt, job_id, restored(rt, child))
+        else:
+            runner.run_step(rt, job_id, step, worker="w1")
+    assert rt.notified  # type: ignore[attr-defined]
+    rt.notified.clear()  # type: ignore[attr-defined]
+    waiting = rt.store.get(job.id)
+    assert waiting.step("restore-target").state == StepState.RUNNING and waiting.step("restore-target").waiting
+
+    resume_stalled(rt)
+    assert rt.store.get(job.id).step("restore-target").state == StepState.SUCCESS
+    assert runner.child_done(rt, job.id, waiting.result["restore_job"]) is None  # a late duplicate: nothing
+    drive(rt, restored)
+
+    done = rt.store.get(job.id)
+    assert done.state == JobState.SUCCEEDED, done.error
+    assert placement.bench_of(rt.redis, SITE) == "b"
