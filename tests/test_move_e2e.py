@@ -88,6 +88,9 @@ def test_a_site_moved_from_bench_a_to_bench_b_keeps_its_data_and_is_gone_from_a(
     run_bench(bench_dir, "--site", site, "migrate")  # as a site in use is: the move's migrate on b changes nothing
     add_notes(mariadb_root_password, db_a, 25)
     before = fingerprint(mariadb_root_password, db_a)
+    key = "kQ3v-move-e2e-encryption-key-" + db_a  # what Frappe encrypts the site's password fields with
+    config_a = bench_dir / "sites" / site / "site_config.json"
+    config_a.write_text(json.dumps({**json.loads(config_a.read_text()), "encryption_key": key}))
     placement.assign(real_redis, site, "a")
 
     rc, job = run_job(fleet_env, "move", site, "--to", "b", timeout=600)
@@ -120,6 +123,12 @@ def test_a_site_moved_from_bench_a_to_bench_b_keeps_its_data_and_is_gone_from_a(
     assert db_a not in databases and db_b in databases
     config_b = json.loads((bench_b / "sites" / site / "site_config.json").read_text())
     assert not config_b.get("maintenance_mode")  # online on b
+    # the source's encryption_key came along (through the backup's copy of its config), never shown
+    assert config_b["encryption_key"] == key and config_b["db_name"] == db_b
+    assert {s["name"]: s["state"] for s in restore["steps"]}["carry-config"] == "success"
+    assert restore["result"]["carried_config"] == ["encryption_key"]
+    assert key not in json.dumps(restore) and key not in json.dumps(job) and key not in _logs(fleet_workers)
+    assert not list((bench_b / "sites" / site / "private").glob(".jerp-config-*"))
     assert placement.bench_of(real_redis, site) == "b"
     assert site not in placement.sites_on(real_redis, "a")
 
