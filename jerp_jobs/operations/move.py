@@ -15,7 +15,8 @@ move's claim of the site (no other job touches the site meanwhile, on either ben
   copied off-site, verified there.
 - ``restore-target``: a ``restore`` child on the target bench (``--from-offsite --create
   --verify``, at exactly this backup's stamp): the site is created there — never restored over a
-  site the target already has — restored, its tables and row counts checked against the
+  site the target already has — restored, given the source site's ``encryption_key`` (from the
+  backup's copy of its site_config.json: ``carry-config``), its tables and row counts checked against the
   backup's manifest and ``frappe.ping`` answered, then migrated and brought online there. The
   move waits for it without holding a worker.
 - ``verify-target``: that restore succeeded, restored this backup, and its checks found nothing.

@@ -23,6 +23,10 @@ restored database, and the scheduler-state step checks it is so and sets it back
 not (``bench scheduler enable|disable``). ``pause_scheduler`` (and ``disable_scheduler``) in
 site_config.json are neither read nor written: a restore does not replace site_config.json.
 
+The restore of a move (``moving_from``: jerp_jobs.operations.move) never restores over a site
+the bench has, and gives the site it created the source site's ``encryption_key``
+(``carry-config``).
+
 The restore workflow takes a safety backup of the current state first; if the restore or the
 migrate after it fails, that safety backup is restored, and if that fails too the site is
 marked as needing attention and left in maintenance.
