@@ -399,3 +399,22 @@ def test_a_lost_notification_of_the_targets_restore_is_delivered_by_the_resumer(
     done = rt.store.get(job.id)
     assert done.state == JobState.SUCCEEDED, done.error
     assert placement.bench_of(rt.redis, SITE) == "b"
+
+
+def test_the_carried_key_is_written_into_the_sites_config_keeping_the_rest_and_the_mode(tmp_path: Path) -> None:
+    import json
+    import stat
+
+    from jerp_jobs.operations.restore import update_site_config
+
+    folder = tmp_path / SITE
+    folder.mkdir()
+    config = folder / "site_config.json"
+    config.write_text(json.dumps({"db_name": "_b", "db_password": "pw", "encryption_key": "new-one"}))
+    config.chmod(0o640)
+
+    update_site_config(tmp_path, SITE, {"encryption_key": "the-sources"})
+
+    assert json.loads(config.read_text()) == {"db_name": "_b", "db_password": "pw", "encryption_key": "the-sources"}
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    assert [p.name for p in folder.iterdir()] == ["site_config.json"]  # no file left beside it
