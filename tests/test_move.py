@@ -242,6 +242,7 @@ def test_a_copy_of_another_backup_is_not_switched_to(rt: Runtime) -> None:
 
 
 def test_the_site_is_held_for_the_move_and_its_children_run_under_that_claim(rt: Runtime) -> None:
+    other = create_job(rt, "backup", site=SITE, params={})  # asked for before the move, not yet started
     job = _move(rt)
     seen: dict[str, Any] = {}
 
@@ -249,7 +250,6 @@ def test_the_site_is_held_for_the_move_and_its_children_run_under_that_claim(rt:
         if "other" in seen:
             return
         assert rt.sites.owner(SITE) == job.id  # the move holds the site while its child works
-        other = create_job(rt, "backup", site=SITE, params={})
         seen["other"] = other.id
         with pytest.raises(LockBusy) as caught:
             runner.run_step(rt, other.id, runner.first_step(rt, other.id), worker="w2")
@@ -418,3 +418,4 @@ def test_the_carried_key_is_written_into_the_sites_config_keeping_the_rest_and_t
     assert json.loads(config.read_text()) == {"db_name": "_b", "db_password": "pw", "encryption_key": "the-sources"}
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     assert [p.name for p in folder.iterdir()] == ["site_config.json"]  # no file left beside it
+
