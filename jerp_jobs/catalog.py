@@ -5,7 +5,7 @@ runtime; the engine itself knows no workflow."""
 
 from __future__ import annotations
 
-from jerp_jobs.operations import apps, backup, drill, fanout, fleetops, maintenance, migrate, offboard, offsite, provision, release, restore
+from jerp_jobs.operations import apps, backup, drill, fanout, fleetops, maintenance, migrate, move, offboard, offsite, provision, release, restore
 from jerp_jobs.workflow import Catalog
 
 CATALOG = Catalog(
@@ -28,5 +28,7 @@ CATALOG = Catalog(
         fanout.RESTORE_ALL_WORKFLOW,
         release.RELEASE,
         fleetops.LIST_SITES,
+        move.MOVE,
+        move.MOVE_DROP,
     ]
 )

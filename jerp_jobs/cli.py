@@ -300,6 +300,18 @@ def enqueue_offboard(obj: Ctx, site: str, dry_run: bool, confirm: bool, wait: bo
     _submit(obj, "offboard", site=site, params={"dry_run": dry_run, "confirm": confirm}, wait=wait)
 
 
+@enqueue.command("move")
+@SITE
+@click.option("--to", "to", required=True, metavar="BENCH", help="The bench of the fleet the site goes to.")
+@WAIT
+@click.pass_obj
+@_guard
+def enqueue_move(obj: Ctx, site: str, to: str, wait: bool) -> None:
+    """Move SITE to bench BENCH: a verified off-site backup in maintenance, restored and verified
+    on BENCH, the proxy host switched, then the site dropped on its old bench (docs/fleet.md)."""
+    _submit(obj, "move", site=site, params={"to": to}, wait=wait)
+
+
 @enqueue.command("migrate")
 @SITE
 @NO_BUILD

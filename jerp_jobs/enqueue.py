@@ -47,6 +47,7 @@ def create_job(
     params = workflow.validate(site, params, rt.settings)
     bench = choose_bench(rt, kind, site, params, requested=requested, group=group, parent=parent,
                          creates_site=site is not None and not workflow.site_must_exist(params))
+    workflow.check_bench(params, bench, rt.fleet)
     if bench is None and kind in FLEET_FANOUTS:
         if params.get("canary") or params.get("sites"):
             raise InvalidInput(f"{kind} over several benches takes no canary or list of sites (each bench "
@@ -99,7 +100,7 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
     where = placement.bench_of(rt.redis, site)
     if where is not None and where not in fleet.names:
         where = None  # a bench the fleet file no longer declares: its listing is stale
-    if requested is not None and where is not None and requested != where:
+    if requested is not None and where is not None and requested != where and not _moving_to(rt, parent, requested):
         raise InvalidInput(f"site {site} lives on bench {where}, not {requested}; "
                            f"`jerpctl enqueue move {site} --to {requested}` moves it")
     if requested is not None or where is not None:
@@ -114,6 +115,15 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
                            f"({', '.join(b.name for b in production)})")
     raise InvalidInput(f"site {site} is on no bench the fleet knows; `jerpctl sites --refresh` lists every "
                        f"bench's sites again ({', '.join(fleet.names)})")
+
+
+def _moving_to(rt: Runtime, parent: str | None, bench: str) -> bool:
+    """True for a child of a move of its site to ``bench`` (the move's own jobs on the target
+    bench: its restore there, or the drop of that copy when the move goes back)."""
+    if parent is None:
+        return False
+    job = rt.store.get(parent)
+    return job.kind == "move" and not job.finished and job.params.get("to") == bench
 
 
 #: how long asking the bench whether a site exists may take when a request is made

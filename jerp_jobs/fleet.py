@@ -18,7 +18,11 @@ backend service and its sites volume. Each bench has
   ``JERP_FANOUT_CONCURRENCY``);
 - ``env_file``: the file holding this bench's own credentials (``MARIADB_ROOT_PASSWORD``,
   ``FRAPPE_ADMIN_PASSWORD``, the NPM and Portainer secrets...), read by this bench's worker only;
-  no two benches name one file, and a staging bench shares no credential with a production one.
+  no two benches name one file, and a staging bench shares no credential with a production one;
+- ``npm_forward_host`` and ``npm_forward_port``: where Nginx Proxy Manager reaches this bench's
+  frontend (default: ``JERP_NPM_FORWARD_HOST`` and ``JERP_NPM_FORWARD_PORT``): a site's proxy
+  host forwards there, and a move to this bench points the proxy host there. Every process
+  reads them (the fleet file), unlike the env file.
 
 They are declared in one TOML file named by ``JERP_FLEET_FILE``::
 
@@ -80,7 +84,9 @@ _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TCP = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})/?")
 
 BENCH_KEYS = frozenset({"name", "role", "group", "docker", "tls", "compose_project", "backend_service", "sites_dir",
-                        "concurrency", "env_file"})
+                        "concurrency", "env_file", "npm_forward_host", "npm_forward_port"})
+#: what NPM accepts as a forward host: a host name or an IPv4/IPv6 address
+_FORWARD_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?")
 TLS_KEYS = ("ca", "cert", "key")
 TOP_KEYS = frozenset({"bench"})
 
@@ -126,6 +132,15 @@ class Bench:
     concurrency: int | None = None
     #: this bench's credentials (an env file read by its worker only)
     env_file: Path | None = None
+    #: where NPM reaches this bench's frontend (None: JERP_NPM_FORWARD_HOST / JERP_NPM_FORWARD_PORT)
+    npm_forward_host: str | None = None
+    npm_forward_port: int | None = None
+
+    def npm_forward(self, settings: Any) -> tuple[str, int]:
+        """(host, port) that a proxy host of a site on this bench forwards to: the bench's own
+        ``npm_forward_host`` / ``npm_forward_port``, else the settings'."""
+        return (self.npm_forward_host or settings.npm_forward_host,
+                self.npm_forward_port or int(settings.npm_forward_port))
 
     @property
     def is_local(self) -> bool:
@@ -143,6 +158,7 @@ class Bench:
             "compose_project": self.compose_project, "backend_service": self.backend_service,
             "queue": self.queue, "sites_dir": None if self.sites_dir is None else str(self.sites_dir),
             "concurrency": self.concurrency, "env_file": None if self.env_file is None else str(self.env_file),
+            "npm_forward_host": self.npm_forward_host, "npm_forward_port": self.npm_forward_port,
         }
 
 
@@ -336,9 +352,19 @@ def _bench(entry: Mapping[str, Any], number: int, path: Path, base: Path, defaul
     if env_file is not None and not env_file.is_file():
         raise fail("env_file", f"{str(env_file)!r} is not a file" if env_file.exists()
                    else f"{str(env_file)!r} does not exist")
+    forward_host = None
+    if "npm_forward_host" in entry:
+        forward_host = _text(entry, "npm_forward_host", fail)
+        if not _FORWARD_HOST.fullmatch(forward_host):
+            raise fail("npm_forward_host", f"{forward_host!r} is not a host name or address NPM can forward to")
+    forward_port = entry.get("npm_forward_port")
+    if forward_port is not None and (isinstance(forward_port, bool) or not isinstance(forward_port, int)
+                                     or not 0 < forward_port < 65536):
+        raise fail("npm_forward_port", f"{forward_port!r} is not a port (a whole number from 1 to 65535)")
     return Bench(name=name, role=role, group=group, docker=docker, compose_project=project,
                  backend_service=service, queue=QUEUE_PREFIX + name, tls=tls, sites_dir=folder,
-                 concurrency=concurrency, env_file=env_file)
+                 concurrency=concurrency, env_file=env_file, npm_forward_host=forward_host,
+                 npm_forward_port=forward_port)
 
 
 def _text(entry: Mapping[str, Any], field: str, fail: Any, default: str | None = None) -> str:

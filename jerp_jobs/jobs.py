@@ -256,10 +256,12 @@ return names
 #       step's JSON ("" when the step already ended: only the claim and the lock are checked),
 #       5 job state as read, 6 cancel flag as read, 7 now, 8 job TTL, 9 state index prefix,
 #       10 lock value, 11 lock TTL ms, 12 site owner TTL s ("0": no site), 13 an attention mark
-#       the caller accepts (its own), 14 job key prefix, 15 final job states, space-separated.
+#       the caller accepts (its own), 14 job key prefix, 15 final job states, space-separated,
+#       16 the job's parent ("" for none).
 # Returns {outcome, detail}: gone | finished STATE | changed (the record moved since it was
 # read: read again) | attention MARK | site-busy OWNER | lock-busy HOLDER | ended | started.
-# A site owned by a job that ended or expired is taken over.
+# A site owned by a job that ended or expired is taken over. A child works under its parent's
+# claim of the site (a move's restore on the target bench): the claim stays the parent's.
 _BEGIN_STEP = """
 local finals = ' ' .. ARGV[15] .. ' '
 local f = redis.call('hmget', KEYS[1], 'state', ARGV[2], 'cancel_requested', 'note:waiting_for', 'note:waiting_since')
@@ -272,7 +274,9 @@ if ARGV[12] ~= '0' then
   local mark = site[1]
   if mark and mark ~= ARGV[13] then return {'attention', mark} end
   local owner = site[2]
-  if owner and owner ~= ARGV[1] then
+  if owner and owner ~= ARGV[1] and ARGV[16] ~= '' and owner == ARGV[16] then
+    owner = ARGV[16]
+  elseif owner and owner ~= ARGV[1] then
     local other = redis.call('hget', ARGV[14] .. owner, 'state')
     if other and not string.find(finals, ' ' .. other .. ' ', 1, true) then return {'site-busy', owner} end
     owner = false
@@ -759,7 +763,7 @@ class JobStore:
         args = [job.id, field_name, fields.get(field_name, ""), started, job.state,
                 "1" if job.cancel_requested else "0", repr(now), self.ttl, JOBS_BY_STATE,
                 keys.lock_value, keys.lock_ttl_ms, keys.owner_ttl_s if keys.owner else 0, accept_attention,
-                JOB, " ".join(sorted(FINAL_JOB_STATES))]
+                JOB, " ".join(sorted(FINAL_JOB_STATES)), job.parent or ""]
         try:
             outcome, detail = self._begin_step(
                 keys=[job_key, keys.attention or job_key, keys.owner or job_key, keys.lock], args=args)

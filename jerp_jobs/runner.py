@@ -407,10 +407,12 @@ def bench_lock_of(rt: Runtime, job: Job) -> str:
 
 def _place(rt: Runtime, job: Job, state: str) -> None:
     """Keep the site-to-bench map true to what a job did: a site it created lives on its bench;
-    an offboarded site lives nowhere."""
+    an offboarded site lives nowhere. The restore of a move (``moving_from``) leaves the map to
+    its move, which switches it once the copy is verified and the proxy host points to it."""
     if state != "succeeded" or not job.site or not job.bench or not rt.fleet.declared:
         return
-    if job.kind == "provision" or (job.kind == "restore" and job.params.get("create")):
+    if job.kind == "provision" or (job.kind == "restore" and job.params.get("create")
+                                   and not job.params.get("moving_from")):
         placement.assign(rt.redis, job.site, job.bench)
     elif job.kind == "offboard" and job.params.get("confirm"):
         placement.forget(rt.redis, job.site, job.bench)

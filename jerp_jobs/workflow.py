@@ -336,6 +336,9 @@ class Workflow:
     #: True when a request with these (validated) parameters works on a site that must already
     #: exist: such a request for a site the bench does not have is refused before the job exists
     site_must_exist: Callable[[Mapping[str, Any]], bool] = lambda params: False
+    #: checks a request's (validated) parameters against the bench the job was given and the
+    #: fleet, before the job exists (InvalidInput if they do not fit: a move to its own bench)
+    check_bench: Callable[[Mapping[str, Any], str | None, Any], None] = lambda params, bench, fleet: None
     #: the tables behind ``on_failure``, ``on_cancel`` and ``final_state`` when the workflow has
     #: them (:class:`Routes`), for the checks that read every route without running a job
     routes: Routes | None = None

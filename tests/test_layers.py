@@ -212,4 +212,4 @@ def test_every_workflow_is_in_the_catalog(module: str, name: str, workflow: Work
 def test_the_catalog_holds_the_runbook_operations() -> None:
     assert {"provision", "backup", "backup-all", "restore", "migrate", "migrate-all", "drill", "release",
             "install-app", "install-app-all", "uninstall-app", "offboard", "restore-all", "rescan", "prune",
-            "clear-cache", "build-assets", "list-sites"} == set(catalog.CATALOG)
+            "clear-cache", "build-assets", "list-sites", "move", "move-drop"} == set(catalog.CATALOG)

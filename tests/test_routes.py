@@ -45,7 +45,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jerp_jobs"
 PARAMS: dict[str, list[dict[str, Any]]] = {
     "provision": [{"apps": []}, {"apps": ["erpnext", "hrms"]}],
     "migrate": [{"build_assets": True}, {"build_assets": False}],
-    "restore": [{}, {"from_offsite": True, "create": True, "verify": True}],
+    "restore": [{}, {"from_offsite": True, "create": True, "verify": True},
+                {"from_offsite": True, "create": True, "verify": True, "moving_from": "a"}],
     "offboard": [{"confirm": True}, {"dry_run": True}],
     "install-app": [{"app": "hrms"}],
     "uninstall-app": [{"app": "hrms"}],

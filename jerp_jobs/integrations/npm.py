@@ -259,6 +259,22 @@ class NpmClient:
                 log.warning("npm proxy host is disabled", npm_url=self.url, host_id=host.get("id"))
         return self._secure(host, body["meta"])
 
+    def point_proxy_host(self, domain: str, *, forward_host: str, forward_port: int) -> dict[str, Any]:
+        """Make the proxy host serving ``domain`` forward to ``forward_host:forward_port`` (a site
+        moved to another bench): its forward target changed with a ``PUT``, nothing else (its
+        certificate and SSL settings stay); a domain without a proxy host gets a new one
+        (:meth:`create_proxy_host`). Running it again changes nothing."""
+        host = self.find_proxy_host(domain)
+        if host is None:
+            return self.create_proxy_host(domain, forward_host=forward_host, forward_port=forward_port)
+        if host.get("forward_host") == forward_host and host.get("forward_port") == forward_port:
+            return host
+        updated = self._call("PUT", f"/nginx/proxy-hosts/{host['id']}",
+                             {"forward_host": forward_host, "forward_port": forward_port})
+        log.info("npm proxy host pointed", npm_url=self.url, domain=normalise_domain(domain), host_id=host["id"],
+                 forward=f"{forward_host}:{forward_port}")
+        return updated
+
     def delete_proxy_host(self, domain: str) -> dict[str, Any] | None:
         """Delete the proxy host serving ``domain``; returns the host deleted, None when there was none
         (already deleted: running it again is harmless)."""

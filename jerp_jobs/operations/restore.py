@@ -23,6 +23,10 @@ restored database, and the scheduler-state step checks it is so and sets it back
 not (``bench scheduler enable|disable``). ``pause_scheduler`` (and ``disable_scheduler``) in
 site_config.json are neither read nor written: a restore does not replace site_config.json.
 
+The restore of a move (``moving_from``: jerp_jobs.operations.move) never restores over a site
+the bench has, and gives the site it created the source site's ``encryption_key``
+(``carry-config``).
+
 The restore workflow takes a safety backup of the current state first; if the restore or the
 migrate after it fails, that safety backup is restored, and if that fails too the site is
 marked as needing attention and left in maintenance.
@@ -30,7 +34,11 @@ marked as needing attention and left in maintenance.
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from jerp_jobs import bench
@@ -39,6 +47,7 @@ from jerp_jobs.backupfiles import (
     check_archive,
     check_backup_path,
     digest,
+    give_to_owner,
     open_backup_file,
     remove_staged,
     require_sites_root,
@@ -49,6 +58,7 @@ from jerp_jobs.dumpstats import compare_stats, dump_stats
 from jerp_jobs.errors import CommandFailed, InvalidInput
 from jerp_jobs.jobs import Job, StepState
 from jerp_jobs.manifests import ManifestAltered, artifact, manifest_key, read_side, signature, trusted_manifest
+from jerp_jobs.offsite import offsite_stamp
 from jerp_jobs.operations.backup import local_manifests, take_backup
 from jerp_jobs.operations.common import (
     bench_apps,
@@ -61,7 +71,7 @@ from jerp_jobs.operations.common import (
 )
 from jerp_jobs.operations import pointintime
 from jerp_jobs.operations.offsite import choose_backup, fetch_offsite, normalise_at, store_for
-from jerp_jobs.sites import db_name_for, sites_dir
+from jerp_jobs.sites import SITE_CONFIG, db_name_for, sites_dir
 from jerp_jobs.workflow import GO_ON, CancelRoute, Routes, StepContext, StepSpec, Workflow, table_resolver
 
 BENCH_ROOT = "/home/frappe/frappe-bench/"
@@ -328,6 +338,9 @@ def create_site(ctx: StepContext) -> str | None:
     restore has a site to restore into. An existing site is left to the normal restore."""
 
     if ctx.job.result.get("created_site") is None and site_exists(ctx, ctx.site):
+        if ctx.params.get("moving_from"):
+            raise InvalidInput(f"{ctx.site} exists on this bench already: a move from bench "
+                               f"{ctx.params['moving_from']} never restores over a site; nothing was changed")
         if ctx.params.get("from_site"):
             raise InvalidInput(f"{ctx.site} exists already: --as restores into a new site; choose another name")
         ctx.record(created_site=False)
@@ -445,6 +458,68 @@ def restore(ctx: StepContext) -> None:
     restore_verified(ctx, _requested(ctx), expected=_fetched_sha(ctx), unverified=bool(ctx.params.get("unverified")))
 
 
+#: what a move carries from the source's site_config.json (the backup's copy) into the site it
+#: created on the target: the key Frappe encrypts password fields with
+CARRIED_CONFIG = ("encryption_key",)
+
+
+def carry_config(ctx: StepContext) -> str | None:
+    """A move's restore (``moving_from``): the site it created here gets the source site's
+    ``encryption_key``, so that the password fields of the restored database still decrypt. It
+    is read from the backup's own copy of site_config.json, fetched from off-site (verified,
+    decrypted) into a private folder and removed at once; the value goes into the site's
+    site_config.json, written by the worker: never into a command line, a log or the job record."""
+    if not ctx.job.result.get("created_site"):
+        return StepState.SKIPPED
+    root = require_sites_root(ctx.settings, "the site's config is written through it")
+    stamp = ctx.job.result["fetched"]["utc_timestamp"]
+    store = store_for(ctx)
+    manifest = choose_backup(store, ctx.site, stamp)
+    if offsite_stamp(manifest) != stamp or not any(a.get("kind") == "config" for a in manifest["artifacts"]):
+        ctx.output.append("the backup holds no copy of site_config.json: the site keeps the encryption_key it was "
+                          "created with")
+        return StepState.SKIPPED
+    with tempfile.TemporaryDirectory(prefix=".jerp-config-", dir=root / ctx.site / "private") as scratch:
+        paths = store.download_backup(ctx.site, stamp, Path(scratch), chosen=manifest,
+                                      require_signature=not ctx.params.get("unverified"), kinds={"config"})
+        try:
+            source = json.loads(paths["config"].read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandFailed(f"the backup's copy of site_config.json cannot be read: {type(exc).__name__}",
+                                exit_code=1) from None
+    carried = {k: source[k] for k in CARRIED_CONFIG if isinstance(source, dict) and isinstance(source.get(k), str)
+               and source[k]}
+    if not carried:
+        ctx.output.append("the source's site_config.json has no encryption_key: nothing to carry")
+        return StepState.SKIPPED
+    update_site_config(root, ctx.site, carried)
+    ctx.record(carried_config=sorted(carried))
+    ctx.output.append(f"carried {', '.join(sorted(carried))} over from the source's site_config.json")
+    return None
+
+
+def update_site_config(root: Path, site: str, values: dict[str, str]) -> None:
+    """Set ``values`` in ``<site>/site_config.json`` (the other keys kept), replaced at once
+    (a file beside it, renamed over it), with the file's owner and mode."""
+    path = root / site / SITE_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise CommandFailed(f"{site}/{SITE_CONFIG} is not a JSON object", exit_code=1)
+    config.update(values)
+    mode = path.stat().st_mode & 0o777
+    fd, name = tempfile.mkstemp(prefix=".site_config.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+        os.chmod(name, mode)
+        give_to_owner(name, root / site)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
 def migrate_after_restore(ctx: StepContext) -> None:
     ctx.run(bench.migrate(ctx.site, bench=ctx.bench))
 
@@ -467,6 +542,7 @@ STEPS: dict[str, StepSpec] = {
     "maintenance-on": StepSpec(maintenance_on),
     "safety-backup": StepSpec(safety_backup),
     "restore": StepSpec(restore),
+    "carry-config": StepSpec(carry_config, retries=3),
     "verify": StepSpec(verify_restored),
     "migrate": StepSpec(migrate_after_restore),
     "clear-cache": StepSpec(clear_cache),
@@ -485,6 +561,7 @@ STEPS: dict[str, StepSpec] = {
 OPTIONAL = {
     "create-site": lambda p: bool(p.get("create") or p.get("from_site")),
     "verify": lambda p: bool(p.get("verify")),
+    "carry-config": lambda p: bool(p.get("moving_from")),
     "pitr-prepare": lambda p: bool(p.get("to")),
     "pitr-replay": lambda p: bool(p.get("to")),
     "fetch-offsite": lambda p: not p.get("to"),
@@ -508,6 +585,7 @@ FAILURE_ROUTES: dict[str, str | None] = {
     "safety-backup": "abort-maintenance-off",
     # the database was changed: put the safety backup back
     "restore": "restore-safety-backup",
+    "carry-config": "restore-safety-backup",
     "verify": "restore-safety-backup",
     "migrate": "restore-safety-backup",
     # restored: still bring it online; the job ends failed
@@ -540,7 +618,7 @@ ROUTES = Routes(
     resolve=table_resolver("restore", STEPS),
     failure=FAILURE_ROUTES,
     cancel=CANCEL_ROUTES,
-    recoverable=frozenset({"restore", "verify", "migrate"}),
+    recoverable=frozenset({"restore", "carry-config", "verify", "migrate"}),
     recovered_by="recovered-maintenance-off",
 )
 
