@@ -199,6 +199,12 @@ class Fleet:
     def with_role(self, role: str) -> list[Bench]:
         return [b for b in self.benches if b.role == role]
 
+    @property
+    def staging(self) -> Bench | None:
+        """The staging bench releases and drills go to first: the first bench of role
+        ``staging`` in the file; None when the fleet has none (a single host has none)."""
+        return next((b for b in self.benches if b.role == "staging"), None)
+
     def in_group(self, group: str) -> list[Bench]:
         return [b for b in self.benches if b.group == group]
 
