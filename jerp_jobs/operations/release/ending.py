@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from jerp_jobs.errors import JerpError
 from jerp_jobs.jobs import Job, JobState, StepState
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.release.admission import leave
@@ -63,7 +62,7 @@ def _promote(rt: Runtime, job: Job, tag: str) -> None:
         return
     try:
         promoted = promote(rt, tag, source="auto", actor=f"job {job.id}")
-    except JerpError as exc:
+    except Exception as exc:  # noqa: BLE001 - the staging release ended well; an operator promotes it
         log.error("release.promote_failed", job_id=job.id, tag=tag, error=str(exc))
         rt.notify("release.failed", f"Release {tag} passed staging but was not promoted",
                   f"job {job.id}: {exc}; `jerpctl promote {tag}` tries again")
