@@ -406,12 +406,14 @@ def enqueue_restore_all(obj: Ctx, from_offsite: bool, at: str | None, concurrenc
 
 @enqueue.command("drill")
 @SITE
+@BENCH
 @WAIT
 @click.pass_obj
 @_guard
-def enqueue_drill(obj: Ctx, site: str, wait: bool) -> None:
-    """Restore SITE's latest off-site backup into a scratch site, verify it, drop it."""
-    _submit(obj, "drill", site=site, wait=wait)
+def enqueue_drill(obj: Ctx, site: str, bench: str | None, wait: bool) -> None:
+    """Restore SITE's latest off-site backup into a scratch site, verify it, drop it (on the
+    fleet's staging bench when it has one; --bench: a staging bench, or the site's own)."""
+    _submit(obj, "drill", site=site, bench=bench, wait=wait)
 
 
 @enqueue.command("prune")
@@ -467,6 +469,28 @@ def enqueue_rollback(obj: Ctx, wait: bool) -> None:
     _report(obj, request_release(obj.rt, None, source="operator", dedupe=False, rollback=True, actor=_actor()).job, wait=wait)
 
 
+@cli.command("promote")
+@click.argument("tag")
+@click.pass_obj
+@_guard
+def promote(obj: Ctx, tag: str) -> None:
+    """Release TAG, which passed the staging bench, to every production bench (one release each).
+
+    Refused (exit 2) for a tag that has not passed staging, or that is bad, or in a fleet
+    without a staging bench."""
+    from jerp_jobs.operations.release.requests import promote as promote_tag
+
+    promoted = promote_tag(obj.rt, tag, source="operator", actor=_actor())
+    if obj.as_json:
+        click.echo(json.dumps({"created": promoted.created, "jobs": [
+            {"job_id": j.id, "bench": j.bench, "state": j.state} for j in promoted.jobs]}, sort_keys=True))
+        return
+    if not promoted.created:
+        click.echo(f"{tag} is being promoted already:", err=True)
+    for job in promoted.jobs:
+        click.echo(f"{job.id} {job.bench}")
+
+
 @cli.command("releases")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.pass_obj
@@ -482,12 +506,13 @@ def releases(obj: Ctx, limit: int) -> None:
     if not rows:
         click.echo("no release yet")
         return
-    click.echo(f"{'JOB':<13} {'TAG':<16} {'FROM':<16} {'STATE':<12} {'REQUESTED':<20} {'TOOK':>8}  DETAIL")
+    click.echo(f"{'JOB':<13} {'TAG':<16} {'FROM':<16} {'STATE':<12} {'BENCH':<16} {'REQUESTED':<20} {'TOOK':>8}  DETAIL")
     for row in rows:
         took = f"{row['duration_s']:.0f}s" if row["duration_s"] is not None else "-"
         requested = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created_at"]))
+        bench = (row["bench"] or "-") + (f" ({row['stage']})" if row["stage"] else "")
         click.echo(f"{row['job_id']:<13} {row['tag'] or '?':<16} {row['previous_tag'] or '?':<16} "
-                   f"{_state(row['state']):<12} {requested:<20} {took:>8}  {row['detail'] or ''}")
+                   f"{_state(row['state']):<12} {bench:<16} {requested:<20} {took:>8}  {row['detail'] or ''}")
 
 
 def _release_row(job: Any) -> dict[str, Any]:
@@ -499,6 +524,9 @@ def _release_row(job: Any) -> dict[str, Any]:
         "rollback_to": job.result.get("rollback_to"),
         "state": job.state,
         "source": job.params.get("source"),
+        "bench": job.bench,
+        "stage": job.params.get("stage"),
+        "promoted_from": job.params.get("promoted_from"),
         "rollback": bool(job.params.get("rollback")),
         "created_at": job.created_at,
         "ended_at": (job.ended_at or job.updated_at) if ended else None,

@@ -63,6 +63,9 @@ def create_job(
 
 #: fan-outs that may run over several benches of the fleet at once (each bench its own fan-out)
 FLEET_FANOUTS = frozenset({"backup-all", "migrate-all", "install-app-all"})
+#: site jobs that run on a staging bench, not on their site's: they read only the site's off-site
+#: copy (a restore drill into a scratch site); the fleet's staging bench by default
+STAGING_KINDS = frozenset({"drill"})
 
 
 def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, Any], *, requested: Any,
@@ -70,7 +73,9 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
     """The bench a new job runs on (docs/fleet.md), or None for a fan-out over several benches.
 
     ``requested`` (``--bench``) must be a bench of the fleet; a site job runs on the bench its
-    site lives on (the site-to-bench map) and a request naming another bench is refused; a
+    site lives on (the site-to-bench map) and a request naming another bench is refused —
+    except a drill (:data:`STAGING_KINDS`), which runs on the fleet's staging bench when there
+    is one, or on the staging bench named, and only reads the site's off-site copy; a
     child runs where its parent does unless it names its bench (the children of a fan-out over
     benches); a new site goes to the bench named, or to the fleet's only production bench. A
     single-bench fleet needs none of this: every job is on its one bench."""
@@ -97,6 +102,12 @@ def choose_bench(rt: Runtime, kind: str, site: str | None, params: Mapping[str, 
         if kind in FLEET_FANOUTS:
             return None
         raise InvalidInput(f"{kind} works on one bench: name it with --bench ({', '.join(fleet.names)})")
+    if kind in STAGING_KINDS:
+        staging = fleet.staging
+        if requested is None and staging is not None:
+            return staging.name  # drills belong on staging: the site's own bench is never touched
+        if requested is not None and fleet.get(requested).role == "staging":
+            return requested
     where = placement.bench_of(rt.redis, site)
     if where is not None and where not in fleet.names:
         where = None  # a bench the fleet file no longer declares: its listing is stale

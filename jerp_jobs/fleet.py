@@ -215,6 +215,12 @@ class Fleet:
     def with_role(self, role: str) -> list[Bench]:
         return [b for b in self.benches if b.role == role]
 
+    @property
+    def staging(self) -> Bench | None:
+        """The staging bench releases and drills go to first: the first bench of role
+        ``staging`` in the file; None when the fleet has none (a single host has none)."""
+        return next((b for b in self.benches if b.role == "staging"), None)
+
     def in_group(self, group: str) -> list[Bench]:
         return [b for b in self.benches if b.group == group]
 
@@ -426,7 +432,7 @@ def _path(text: str, base: Path) -> Path:
 BENCH_ENV_VARIABLES = frozenset({
     "MARIADB_ROOT_PASSWORD", "FRAPPE_ADMIN_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "NPM_SECRET",
     "NPM_URL", "NPM_IDENTITY", "PORTAINER_WEBHOOK_URL", "JERP_SMOKE_PASSWORD", "JERP_SMOKE_USER",
-    "JERP_FRONTEND_URL", "JERP_DB_HOST", "JERP_DB_PORT", "JERP_MANIFEST_KEY",
+    "JERP_FRONTEND_URL", "JERP_DB_HOST", "JERP_DB_PORT", "JERP_MANIFEST_KEY", "JERP_BACKUP_AGE_IDENTITY_FILE",
 })
 #: of these, the ones that are secrets: never the same value on two benches
 BENCH_SECRET_VARIABLES = frozenset({

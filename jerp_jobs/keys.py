@@ -50,6 +50,8 @@ def broker_queue_keys(queue: str) -> list[str]:
 
 # releases (jerp_jobs.operations.release; read by jerp_jobs.releases)
 RELEASE_ACTIVE = PREFIX + "release:active"  # the job id of the release that holds the slot
+RELEASE_ACTIVE_ON = PREFIX + "release:active:"  # + bench: the slot of one bench of a declared fleet
+RELEASE_STAGED = PREFIX + "release:staged"  # tag -> its passed staging release (JSON); never expires
 RELEASE_WAITING = PREFIX + "release:waiting"  # releases requested and not yet holding the slot
 RELEASES = PREFIX + "releases"  # every release, scored by creation time
 RELEASE_GOOD = PREFIX + "release:good"  # tags that passed a release, newest first

@@ -304,7 +304,8 @@ class ReleaseView:
 
 def release(rt: Any) -> ReleaseView:
     newest = list_releases(rt, limit=1)
-    active = active_release(rt.redis)
+    fleet = getattr(rt, "fleet", None)
+    active = active_release(rt.redis, fleet.names if fleet is not None and fleet.declared else ())
     latest = None
     if newest:
         job = newest[0]

@@ -5,12 +5,17 @@ workflow (:mod:`jerp_jobs.operations.release`) writes these records, and reading
 none of it:
 
 - ``jerp:releases`` — every release job, scored by its creation time;
-- ``jerp:release:active`` — the job id of the release that holds the release slot;
-- ``jerp:release:waiting`` — the releases requested and not yet holding the slot.
+- ``jerp:release:active`` — the job id of the release that holds the release slot; in a
+  declared fleet each bench has its own slot, ``jerp:release:active:<bench>`` (two releases
+  never run on one bench at once; a staging release runs while production releases run);
+- ``jerp:release:waiting`` — the releases requested and not yet holding the slot;
+- ``jerp:release:staged`` — tag -> the staging release it passed (and the production releases
+  it was promoted by).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from jerp_jobs import keys
@@ -21,6 +26,8 @@ KIND = "release"
 INDEX = keys.RELEASES  # every release, scored by creation time
 ACTIVE = keys.RELEASE_ACTIVE  # the job id of the release that holds the slot
 WAITING_SET = keys.RELEASE_WAITING  # releases requested and not yet holding the slot
+ACTIVE_ON = keys.RELEASE_ACTIVE_ON  # + bench: the slot of one bench of a declared fleet
+STAGED = keys.RELEASE_STAGED  # tag -> the staging release it passed (JSON)
 
 
 class Records(Protocol):
@@ -46,10 +53,28 @@ def list_releases(rt: Records, *, limit: int = 20) -> list[Job]:
     return jobs
 
 
-def active_release(client: Any) -> str | None:
-    """The job id of the release that holds the slot, if any."""
-    value = client.get(ACTIVE)
-    return as_text(value) if value is not None else None
+def slot_key(bench: str | None, *, per_bench: bool) -> str:
+    """The release slot of ``bench``: the one slot of a single-host install, or the bench's own
+    in a declared fleet (``per_bench``)."""
+    return ACTIVE_ON + bench if per_bench and bench else ACTIVE
+
+
+def active_release(client: Any, benches: Sequence[str] = ()) -> str | None:
+    """The job id of the release that holds the slot, if any (of a single host; with
+    ``benches``, the first of those benches' slots that is held)."""
+    for key in (ACTIVE, *(ACTIVE_ON + b for b in benches)):
+        value = client.get(key)
+        if value is not None:
+            return as_text(value)
+    return None
+
+
+def active_releases(client: Any, benches: Sequence[str]) -> dict[str, str]:
+    """bench -> the job id of the release holding that bench's slot, for the benches whose slot is held."""
+    if not benches:
+        return {}
+    values = client.mget([ACTIVE_ON + b for b in benches])
+    return {b: as_text(v) for b, v in zip(benches, values, strict=True) if v is not None}
 
 
 def waiting_releases(client: Any) -> list[str]:

@@ -158,6 +158,14 @@ class Settings(BaseSettings):
         "backend", "scheduler", "queue-default", "queue-long", "queue-short", "websocket", "frontend",
     ]
     rollout_timeout: int = Field(600, ge=5, description="seconds a deploy may take to run the new image")
+    promote: Literal["auto", "manual"] = Field(
+        "auto", description="a fleet with a staging bench: a tag that passed staging goes to production at once "
+        "(auto) or by jerpctl promote TAG (manual)"
+    )
+    staging_drill_sample: int = Field(
+        2, ge=0, description="a staging release's restore drills: production sites whose latest off-site backup "
+        "is restored on staging (0: none)"
+    )
     frontend_url: str = "http://frontend:8080"
     smoke_user: str | None = None
     smoke_timeout: float = Field(30.0, gt=0)

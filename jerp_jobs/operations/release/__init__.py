@@ -3,7 +3,7 @@
 A release is a job of kind ``release`` (``params.tag``; a manual rollback has
 ``params.rollback`` and finds its tag when it starts). Its steps:
 
-    record -> deploy -> rollout -> migrate -> smoke -> finish
+    record -> deploy -> rollout -> migrate -> smoke [-> drill] -> finish
               (on failure) rollback-deploy -> rollback-rollout -> rollback-migrate
                            -> rollback-smoke -> rollback-finish
 
@@ -11,8 +11,14 @@ Any failure after ``record`` sends the job down the rollback path, which deploys
 tag, migrates and smoke-tests again; the release then ends ``rolled-back`` with the reason. If
 the rollback fails too, the release ends ``failed`` and says so loudly.
 
-One release at a time: a release holds the release slot (``jerp:release:active``) from its
-first step to its end; others wait, queued. A newer request supersedes the releases still
+One release at a time: a release holds the release slot (``jerp:release:active``; in a declared
+fleet its bench's, ``jerp:release:active:<bench>``) from its first step to its end; others wait,
+queued.
+
+Staging first: in a fleet with a staging bench a request starts the release there (with
+``drill``: restore drills of production's off-site backups on staging); once it passes, the tag
+is promoted — one release per production bench — automatically (``JERP_PROMOTE=auto``) or by
+``jerpctl promote TAG`` (:func:`promote`); a staging failure stops it before production moves. A newer request supersedes the releases still
 waiting that were requested before it (they end ``superseded``, naming the newer one).
 
 The parts, each importing only the ones above it:
@@ -40,13 +46,15 @@ from jerp_jobs.operations.release.requests import (
     LATEST,
     REQUESTED,
     Declined,
+    Promoted,
     Requested,
     delivery_answer,
+    promote,
     remember_delivery,
     request_release,
 )
 from jerp_jobs.operations.release.steps import finish, on_child_done, reconcile, record, rollback_finish
-from jerp_jobs.operations.release.tags import BAD, GOOD, GOOD_KEPT
+from jerp_jobs.operations.release.tags import BAD, GOOD, GOOD_KEPT, STAGED
 from jerp_jobs.operations.release.workflow import RELEASE, ROUTES, STEPS
 from jerp_jobs.releases import ACTIVE, INDEX, KIND, WAITING_SET, list_releases, requested_at
 
@@ -63,10 +71,12 @@ __all__ = [
     "LATEST",
     "RELEASE",
     "REQUESTED",
+    "STAGED",
     "ROUTES",
     "STEPS",
     "WAITING_SET",
     "Declined",
+    "Promoted",
     "Requested",
     "admit",
     "delivery_answer",
@@ -74,6 +84,7 @@ __all__ = [
     "list_releases",
     "on_child_done",
     "on_end",
+    "promote",
     "reconcile",
     "record",
     "remember_delivery",

@@ -2,8 +2,11 @@
 supersedes the waiting releases requested before it.
 
 A release holds the slot (``jerp:release:active``) from its first step to its end; until then it
-is in the waiting set (``jerp:release:waiting``). Taking the slot and superseding happen under
-the admission lock, so that a request and an admission never cross.
+is in the waiting set (``jerp:release:waiting``). In a declared fleet the slot is the release's
+bench's (``jerp:release:active:<bench>``): one release at a time on each bench, so a staging
+release runs while the production benches run theirs, and a newer request supersedes only the
+waiting releases of its own bench. Taking the slot and superseding happen under the admission
+lock, so that a request and an admission never cross.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from jerp_jobs import keys
 from jerp_jobs.errors import JobNotFound, LockBusy
-from jerp_jobs.jobs import Job, JobState
+from jerp_jobs.jobs import Job, JobState, as_text
 from jerp_jobs.log import get_logger
-from jerp_jobs.releases import ACTIVE, WAITING_SET, active_release, requested_at, waiting_releases
+from jerp_jobs.releases import WAITING_SET, requested_at, slot_key, waiting_releases
 from jerp_jobs.runner import finish_job
 
 if TYPE_CHECKING:
@@ -27,24 +30,35 @@ ADMISSION = "release-admission"
 _FREE_SLOT = keys.COMPARE_AND_DELETE
 
 
-def waiting(rt: Runtime) -> list[str]:
-    return waiting_releases(rt.redis)
+def waiting(rt: Runtime, bench: str | None = None) -> list[str]:
+    """The releases waiting for a slot; with ``bench`` (a declared fleet), those of that bench."""
+    found = waiting_releases(rt.redis)
+    if bench is None or not rt.fleet.declared:
+        return found
+    routes = {job_id: rt.store.route(job_id) for job_id in found}
+    return [job_id for job_id, route in routes.items() if route is None or route[2] == bench]
 
 
-def active(rt: Runtime) -> str | None:
-    return active_release(rt.redis)
+def slot(rt: Runtime, bench: str | None) -> str:
+    """The key of the release slot ``bench``'s releases take."""
+    return slot_key(bench, per_bench=rt.fleet.declared)
+
+
+def active(rt: Runtime, bench: str | None = None) -> str | None:
+    value = rt.redis.get(slot(rt, bench))
+    return as_text(value) if value is not None else None
 
 
 def supersede(rt: Runtime, job_id: str, *, by: Job, newer_than: float | None) -> None:
     """End a release that is still waiting for the slot (call under the admission lock) when it
     was requested before ``newer_than`` (None: an operator's request supersedes every one)."""
-    if active(rt) == job_id:
-        return  # it started: it runs to its end
     try:
         job = rt.store.get(job_id)
     except JobNotFound:
         rt.redis.srem(WAITING_SET, job_id)
         return
+    if active(rt, job.bench) == job_id:
+        return  # it started: it runs to its end
     if job.finished:
         rt.redis.srem(WAITING_SET, job_id)
         return
@@ -58,11 +72,11 @@ def supersede(rt: Runtime, job_id: str, *, by: Job, newer_than: float | None) ->
 
 def admit(rt: Runtime, job: Job) -> None:
     """Take the release slot before any step of ``job`` runs; LockBusy keeps it waiting."""
-    holder = active(rt)
+    holder = active(rt, job.bench)
     if holder == job.id:
         return
     with rt.locks.hold(ADMISSION, wait=5, poll=0.01, job_id=job.id, step="admit"):
-        holder = active(rt)
+        holder = active(rt, job.bench)
         if holder is not None and holder != job.id:
             try:
                 holder_done = rt.store.get(holder).finished
@@ -70,11 +84,11 @@ def admit(rt: Runtime, job: Job) -> None:
                 holder_done = True
             if not holder_done:
                 raise LockBusy("the release slot", {"job_id": holder})
-        rt.redis.set(ACTIVE, job.id)
+        rt.redis.set(slot(rt, job.bench), job.id)
         rt.redis.srem(WAITING_SET, job.id)
 
 
 def leave(rt: Runtime, job: Job) -> None:
     """``job`` ended: it waits no more, and frees the slot if it holds it (never a successor's)."""
     rt.redis.srem(WAITING_SET, job.id)
-    rt.redis.eval(_FREE_SLOT, 1, ACTIVE, job.id)
+    rt.redis.eval(_FREE_SLOT, 1, slot(rt, job.bench), job.id)

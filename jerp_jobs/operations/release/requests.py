@@ -9,6 +9,12 @@ was superseded or deleted. A hook's request must also be newer than the newest r
 (``jerp:release:latest``): an announcement made before it, arriving late, would undo it. Only
 an operator (``jerpctl enqueue release TAG``) starts a tag again. What each delivery was
 answered is kept under ``jerp:release:delivery:<id>``.
+
+In a fleet with a staging bench every request — a hook's, ``jerpctl enqueue release TAG``, a
+rollback — starts the release on the staging bench (``params.stage`` ``staging``); production
+moves only by :func:`promote` (``JERP_PROMOTE=auto`` when the staging release succeeds, or
+``jerpctl promote TAG``): one release per production bench (``params.stage`` ``production``),
+each with its bench's slot. Without a staging bench a request is today's release.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from jerp_jobs import keys
 from jerp_jobs.enqueue import create_job, publish
-from jerp_jobs.errors import InvalidInput, JobNotFound
+from jerp_jobs.errors import BrokerUnavailable, InvalidInput, JobNotFound
 from jerp_jobs.hooks import format_time, validate_tag
 from jerp_jobs.jobs import Job, as_text
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.release.admission import ADMISSION, supersede, waiting
+from jerp_jobs.operations.release.tags import bad_tags, note_promoted, staged
 from jerp_jobs.releases import INDEX, KIND, WAITING_SET
 
 if TYPE_CHECKING:
@@ -94,9 +101,12 @@ def request_release(
                                           "delivery": delivery}.items() if v})
         if rollback:
             params["rollback"] = True
+        staging = rt.fleet.staging
+        if staging is not None:  # staging first: production moves once it passed there (promote)
+            params.update(stage="staging", bench=staging.name)
         hook = f"webhook {source}" + (f" delivery {delivery}" if delivery else "")
         job = create_job(rt, KIND, params=params, actor=actor or hook)
-        for waiting_id in waiting(rt):
+        for waiting_id in waiting(rt, job.bench):
             supersede(rt, waiting_id, by=job, newer_than=at if dedupe else None)
         undo = _record_request(rt, job, tag=tag, at=at, source=source, now=now)
         pipe = rt.redis.pipeline()
@@ -115,6 +125,66 @@ def request_release(
     publish(rt, job, undo=take_back)
     log.info("release.requested", job_id=job.id, tag=tag, source=source, rollback=rollback, requested_at=at)
     return Requested(rt.store.get(job.id), created=True)
+
+
+@dataclass(frozen=True)
+class Promoted:
+    jobs: list[Job]
+    created: bool  # False: the answer is the production releases already promoting the tag
+
+
+def promote(rt: Runtime, tag: str | None, *, source: str, actor: str | None = None) -> Promoted:
+    """Start the production releases of ``tag``, which passed staging: one per production bench
+    of the fleet, each waiting for its bench's release slot, each superseding its bench's
+    releases still waiting. InvalidInput when the fleet has no staging bench, or ``tag`` is bad
+    or never passed staging. While the releases of an earlier promotion of ``tag`` have not
+    ended, the answer is those (``created`` False)."""
+    tag = validate_tag(tag)
+    fleet = rt.fleet
+    staging = fleet.staging
+    if staging is None:
+        raise InvalidInput("promote takes a tag that passed the staging bench to production, and this fleet has no "
+                           f"staging bench: a release goes straight to production (jerpctl enqueue release {tag})")
+    if tag in rt.settings.mutable_tags:
+        raise InvalidInput(f"{tag} is a moving tag (JERP_MUTABLE_TAGS): promote the immutable tag that passed staging")
+    now = time.time()
+    created: list[Job] = []
+    with rt.locks.hold(ADMISSION, wait=5, poll=0.01, step="promote"):
+        if tag in bad_tags(rt):
+            raise InvalidInput(f"tag {tag} is bad (a release of it failed or was rolled back from): it is never "
+                               "promoted; release a fixed tag")
+        record = staged(rt, tag)
+        if record is None:
+            raise InvalidInput(f"tag {tag} has not passed staging: `jerpctl enqueue release {tag}` releases it on "
+                               f"the staging bench {staging.name} first, and it is promoted once it passed there")
+        live = [job for job in (_job(rt, job_id) for job_id in record.get("promoted") or [])
+                if job is not None and not job.finished]
+        if live:
+            return Promoted(live, created=False)
+        for bench in fleet.with_role("production"):
+            params: dict[str, Any] = {"source": source, "requested_at": now, "tag": tag, "stage": "production",
+                                      "promoted_from": record.get("job"), "bench": bench.name}
+            job = create_job(rt, KIND, params=params, actor=actor or f"promote {source}")
+            for waiting_id in waiting(rt, bench.name):
+                supersede(rt, waiting_id, by=job, newer_than=now)
+            pipe = rt.redis.pipeline()
+            pipe.sadd(WAITING_SET, job.id)
+            pipe.zadd(INDEX, {job.id: job.created_at})
+            pipe.execute()
+            created.append(job)
+        note_promoted(rt, tag, [job.id for job in created])
+    unsent: list[BrokerUnavailable] = []
+    for job in created:  # each bench's release on its own: one that cannot be sent fails alone
+        try:
+            publish(rt, job)
+        except BrokerUnavailable as exc:
+            unsent.append(exc)
+            continue
+        log.info("release.promoted", job_id=job.id, tag=tag, bench=job.bench, source=source,
+                 staged_by=record.get("job"))
+    if unsent:
+        raise unsent[0]
+    return Promoted([rt.store.get(job.id) for job in created], created=True)
 
 
 def _answer_for_hook(

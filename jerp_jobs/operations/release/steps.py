@@ -8,8 +8,13 @@
   never from the deploy's answer — and a site answers ``ping``.
 - ``migrate`` is a child ``migrate-all`` job (canary first, failure budget); ``smoke`` runs
   the smoke checks on every site it migrated.
-- ``finish`` remembers the tag as good. The rollback path runs the same steps on the tag to
-  go back to (``rollback=True``).
+- ``drill`` (a release on the staging bench only, ``params.stage`` ``staging``): restore drills
+  of a sample of production sites (``JERP_STAGING_DRILL_SAMPLE``, those drilled longest ago)
+  into scratch sites of the staging bench — child ``drill`` jobs on the staging bench, reading
+  only the sites' latest off-site copies; any that fails sends the release back.
+- ``finish`` remembers the tag as good — or, on the staging bench, as passed staging (it is
+  promoted to production from there). The rollback path runs the same steps on the tag to go
+  back to (``rollback=True``).
 
 Every step reaches the platform (Portainer or the Docker API, the backend's containers, the
 smoke checks) through the runtime's adapter only (:func:`_platform`).
@@ -21,12 +26,15 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from jerp_jobs import placement
 from jerp_jobs.enqueue import publish, start_job
 from jerp_jobs.errors import DeployBusy, DeployError, InvalidInput, JerpError, JobNotFound, SmokeFailed
 from jerp_jobs.jobs import Job, JobState, StepState
 from jerp_jobs.log import get_logger
 from jerp_jobs.operations.common import discover_sites
-from jerp_jobs.operations.release.tags import bad_tags, good_tags, remember_bad, remember_good
+from jerp_jobs.operations.drill import last_drills
+from jerp_jobs.operations.offsite import offsite_sites
+from jerp_jobs.operations.release.tags import bad_tags, good_tags, remember_bad, remember_good, remember_staged
 from jerp_jobs.platform import Platform
 from jerp_jobs.runner import complete_waiting_step
 from jerp_jobs.workflow import WAITING, StepContext
@@ -38,6 +46,13 @@ log = get_logger(__name__)
 
 #: the fields of the release's result that name its migrate-all children, by migrate step
 CHILD_FIELDS = (("migrate", "migrate_job"), ("rollback-migrate", "rollback_migrate_job"))
+#: the field of the release's result that maps each drilled site to its drill job (staging only)
+DRILL_FIELD = "drill_jobs"
+
+
+def on_staging(job: Job) -> bool:
+    """A release on the staging bench of a fleet (the first stage of a staging-first release)."""
+    return job.params.get("stage") == "staging"
 
 
 def _platform(rt: Runtime) -> Platform:
@@ -196,9 +211,81 @@ def smoke(ctx: StepContext, *, rollback: bool) -> str | None:
     return None
 
 
+def drill_sample(rt: Runtime) -> list[str]:
+    """The production sites a staging release drills: those with an off-site copy that live on
+    a production bench, drilled longest ago first (never drilled first), at most
+    ``JERP_STAGING_DRILL_SAMPLE``."""
+    size = rt.settings.staging_drill_sample
+    if size <= 0 or not rt.settings.s3_bucket:
+        return []
+    production = {b.name for b in rt.fleet.with_role("production")}
+    on_production = [site for site, bench in placement.benches_of(rt.redis, offsite_sites(rt.redis)).items()
+                     if bench in production]
+    drills = last_drills(rt.redis)
+    return sorted(on_production, key=lambda s: (drills.get(s, {}).get("at", 0.0), s))[:size]
+
+
+def drill(ctx: StepContext) -> str | None:
+    """Restore drills of a sample of production's latest off-site backups on this (staging)
+    bench, as child drill jobs; waits for them all; fails naming every drill that failed."""
+    rt, job = ctx.runtime, ctx.job
+    with rt.locks.hold(f"release-children:{job.id}", wait=60, poll=0.01, job_id=job.id, step=ctx.step):
+        result = rt.store.get(job.id).result
+        sample = result.get("drill_sites")
+        if sample is None:
+            if not rt.settings.s3_bucket:
+                ctx.output.append("no off-site store (JERP_S3_BUCKET unset): no backup to drill")
+                return StepState.SKIPPED
+            sample = drill_sample(rt)
+            ctx.record(drill_sites=sample, **{DRILL_FIELD: {}})
+            if not sample:
+                ctx.output.append("no production site has an off-site copy to drill"
+                                  if rt.settings.staging_drill_sample else "JERP_STAGING_DRILL_SAMPLE is 0: no drill")
+                return StepState.SKIPPED
+        started: dict[str, str] = dict(result.get(DRILL_FIELD) or {})
+        missing = [site for site in sample if site not in started]
+        for site in missing:
+            def enter(found: Job, site: str = site) -> None:  # in the release before it can end
+                started[site] = found.id
+                ctx.record(**{DRILL_FIELD: dict(started)})
+
+            found = start_job(rt, "drill", site=site, params={"bench": job.bench}, parent=job.id,
+                              before_publish=enter)
+            ctx.output.append(f"drilling {site}'s latest off-site backup on bench {job.bench} (job {found.id})")
+            log.info("release.drill_started", job_id=job.id, site=site, child=found.id)
+        if missing:
+            return WAITING
+    children = [child(rt, child_id) for child_id in started.values()]
+    for found in children:
+        if found is not None and found.state == JobState.QUEUED and all(s.attempts == 0 for s in found.steps):
+            publish(rt, found)  # its first message may never have gone out
+    if any(found is not None and not found.finished for found in children):
+        return WAITING
+    _drills_outcome(rt, started)
+    ctx.output.append(f"{len(started)} restore drill(s) passed: {', '.join(sorted(started))}")
+    return None
+
+
+def _drills_outcome(rt: Runtime, started: Mapping[str, str]) -> None:
+    """JerpError naming every drill of ``started`` (site -> job) that did not succeed."""
+    failed = []
+    for site, child_id in sorted(started.items()):
+        found = child(rt, child_id)
+        if found is None:
+            failed.append(f"{site} (job {child_id}: its record is gone)")
+        elif found.state != JobState.SUCCEEDED:
+            failed.append(f"{site} (job {found.id} {found.state}: {found.error or 'see the job'})")
+    if failed:
+        raise JerpError(f"{len(failed)} of {len(started)} restore drills on staging failed: " + "; ".join(failed))
+
+
 def finish(ctx: StepContext) -> None:
     rt = ctx.runtime
     tag = _target(ctx, rollback=False)
+    if on_staging(ctx.job):
+        remember_staged(rt, tag, job_id=ctx.job.id, bench=ctx.job.bench)
+        ctx.output.append(f"{tag} passed staging on bench {ctx.job.bench}")
+        return
     remember_good(rt, tag)
     ctx.output.append(f"{tag} is live")
 
@@ -222,6 +309,9 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
         parent = rt.store.get(parent_id)
         if parent.finished:
             return None
+        drills: dict[str, str] = parent.result.get(DRILL_FIELD) or {}
+        if child_id in drills.values():
+            return _drill_done(rt, parent, drills)
         for step, field in CHILD_FIELDS:
             if parent.result.get(field) != child_id:
                 continue
@@ -236,10 +326,31 @@ def on_child_done(rt: Runtime, parent_id: str, child_id: str) -> Any:
     return None
 
 
+def _drill_done(rt: Runtime, parent: Job, drills: Mapping[str, str]) -> Any:
+    """One of the release's drills ended: end the waiting ``drill`` step once they all have
+    (call under the release's children lock)."""
+    waiting_step = parent.step("drill")
+    if waiting_step.state != StepState.RUNNING or set(drills) != set(parent.result.get("drill_sites") or ()):
+        return None  # the step is not waiting, or is still starting its drills: it sees their ends itself
+    children = [child(rt, child_id) for child_id in drills.values()]
+    if any(found is not None and not found.finished for found in children):
+        return None
+    try:
+        _drills_outcome(rt, drills)
+    except JerpError as exc:
+        return complete_waiting_step(rt, parent.id, "drill", StepState.FAILED, error=str(exc))
+    return complete_waiting_step(rt, parent.id, "drill", StepState.SUCCESS)
+
+
 def reconcile(rt: Runtime, parent_id: str) -> None:
-    """Deliver the end of a migrate-all child whose notification was lost."""
+    """Deliver the end of a migrate-all or drill child whose notification was lost."""
     parent = rt.store.get(parent_id)
     for _, field in CHILD_FIELDS:
         found = child(rt, parent.result.get(field))
         if found is not None and found.finished:
             on_child_done(rt, parent_id, found.id)
+    for child_id in (parent.result.get(DRILL_FIELD) or {}).values():
+        found = child(rt, child_id)
+        if found is not None and found.finished:
+            on_child_done(rt, parent_id, found.id)
+            break  # one call settles the step from every drill's end

@@ -1,6 +1,6 @@
 """The release as a workflow: its steps, where a failure or a cancel sends it, how it ends.
 
-    record -> deploy -> rollout -> migrate -> smoke -> finish
+    record -> deploy -> rollout -> migrate -> smoke [-> drill] -> finish
               (on failure) rollback-deploy -> rollback-rollout -> rollback-migrate
                            -> rollback-smoke -> rollback-finish
 
@@ -10,6 +10,10 @@ deploys the previous tag, migrates and smoke-tests again; the release then ends
 release cancelled once its new tag may have been asked for goes back too (its ``deploy``
 started: the cancel routes are read at the furthest step that started). A manual rollback
 (``params.rollback``) has no way further back: it ends where it fails or is cancelled.
+
+``drill`` is planned for a release on the staging bench only (``params.stage`` ``staging``:
+restore drills of production's off-site backups on staging); a release on a production bench
+(``stage`` ``production``, promoted) and a single host's release have today's steps.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from jerp_jobs.operations.release.admission import admit
 from jerp_jobs.operations.release.ending import on_end
 from jerp_jobs.operations.release.steps import (
     deploy,
+    drill,
     finish,
     migrate,
     on_child_done,
@@ -59,36 +64,60 @@ STEPS: dict[str, StepSpec] = {
     "rollback-finish": StepSpec(rollback_finish, scope="bench", recovery=True, last=True),
 }
 
+#: the steps of a release on the staging bench: ``drill`` (restore drills of production's
+#: off-site backups on staging) before ``finish``
+def _with_drill(steps: dict[str, StepSpec]) -> dict[str, StepSpec]:
+    out: dict[str, StepSpec] = {}
+    for name, spec in steps.items():
+        if name == "finish":
+            out["drill"] = StepSpec(drill, scope="bench")
+        out[name] = spec
+    return out
+
+
+STAGING_STEPS = _with_drill(STEPS)
+
 # -- where a failure or a cancel sends the job -----------------------------------------------------
 
 NORMAL = ("record", "deploy", "rollout", "migrate", "smoke", "finish")
 ROLLBACK = tuple(name for name in STEPS if STEPS[name].recovery)
-#: the steps from which the new tag may have been asked for: their failure goes back to the previous tag
-ASKED = NORMAL[1:]
 
-ROUTES = Routes(
-    resolve=table_resolver(KIND, STEPS),
-    # a failed step -> where the release goes (None: it ends there)
-    failure={
-        "record": None,  # nothing was asked of the platform yet
-        **dict.fromkeys(ASKED, "rollback-deploy"),
-        **dict.fromkeys(ROLLBACK),  # the rollback failed too: the release ends failed
-    },
-    failure_otherwise=None,  # a step this version does not have
-    # the furthest step that started (it ended, runs, or was tried: a deploy waiting for its
-    # retry) -> where a cancelled release goes: once the new tag may have been asked for, the
-    # previous tag goes back
-    cancel_at="started",
-    cancel={
-        None: None,
-        "record": None,  # nothing asked of the platform: the release just ends
-        **dict.fromkeys((*ASKED, *ROLLBACK), "rollback-deploy"),
-    },
-    # a release sent down the rollback path (by a failure or a cancel) that got there ends rolled-back
-    recoverable=frozenset(ASKED),
-    recovered_by="rollback-finish",
-    recovered_state=JobState.ROLLED_BACK,
-)
+
+def _routes(table: dict[str, StepSpec]) -> Routes:
+    """The routes of a release whose steps are ``table``."""
+    # the steps from which the new tag may have been asked for: their failure goes back to the previous tag
+    asked = [name for name in table if name != "record" and not table[name].recovery]
+    return Routes(
+        resolve=table_resolver(KIND, STAGING_STEPS),
+        # a failed step -> where the release goes (None: it ends there)
+        failure={
+            "record": None,  # nothing was asked of the platform yet
+            **dict.fromkeys(asked, "rollback-deploy"),
+            **dict.fromkeys(ROLLBACK),  # the rollback failed too: the release ends failed
+        },
+        failure_otherwise=None,  # a step this version does not have
+        # the furthest step that started (it ended, runs, or was tried: a deploy waiting for its
+        # retry) -> where a cancelled release goes: once the new tag may have been asked for, the
+        # previous tag goes back
+        cancel_at="started",
+        cancel={
+            None: None,
+            "record": None,  # nothing asked of the platform: the release just ends
+            **dict.fromkeys((*asked, *ROLLBACK), "rollback-deploy"),
+        },
+        # a release sent down the rollback path (by a failure or a cancel) that got there ends rolled-back
+        recoverable=frozenset(asked),
+        recovered_by="rollback-finish",
+        recovered_state=JobState.ROLLED_BACK,
+    )
+
+
+#: a release's routes (a single host's, a production bench's)
+ROUTES = _routes(STEPS)
+#: the routes of a release on the staging bench: its ``drill`` too
+STAGING_ROUTES = _routes(STAGING_STEPS)
+#: the steps from which the new tag may have been asked for
+ASKED = tuple(sorted(ROUTES.recoverable, key=NORMAL.index))
 
 
 def _manual_rollback(job: Job) -> bool:
@@ -97,15 +126,37 @@ def _manual_rollback(job: Job) -> bool:
     return bool(job.params.get("rollback"))
 
 
+def routes_of(job: Job) -> Routes:
+    """The route table of ``job``: the staging one for a release on the staging bench."""
+    return STAGING_ROUTES if job.params.get("stage") == "staging" else ROUTES
+
+
 def _on_failure(job: Job, step: str) -> str | None:
-    return None if _manual_rollback(job) else ROUTES.on_failure(job, step)
+    return None if _manual_rollback(job) else routes_of(job).on_failure(job, step)
 
 
 def _on_cancel(job: Job, step: str | None) -> str | None:
-    return None if _manual_rollback(job) else ROUTES.on_cancel(job, step)
+    return None if _manual_rollback(job) else routes_of(job).on_cancel(job, step)
+
+
+def _final_state(job: Job) -> JobState:
+    return routes_of(job).final_state(job)
+
+
+STAGES = ("staging", "production")
+
+
+def plan(params: dict[str, Any]) -> list[str]:
+    """Every step; the drill only on the staging bench."""
+    return list(STAGING_STEPS if params.get("stage") == "staging" else STEPS)
 
 
 def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    stage = params.get("stage")
+    if stage is not None and stage not in STAGES:
+        raise InvalidInput(f"a release's stage is {' or '.join(STAGES)}, not {stage!r}")
+    if stage == "production" and params.get("rollback"):
+        raise InvalidInput("a rollback goes to the staging bench first; production takes the tag it passed there")
     if params.get("rollback"):
         if params.get("tag"):
             raise InvalidInput("a rollback finds its tag itself; it takes none")
@@ -117,9 +168,9 @@ def _validate(site: str | None, params: dict[str, Any], settings: Any) -> dict[s
 RELEASE = Workflow(
     kind=KIND,
     needs_site=False,
-    plan=lambda params: list(STEPS),
+    plan=plan,
     resolve=ROUTES.resolve,
-    **ROUTES.hooks(on_failure=_on_failure, on_cancel=_on_cancel),
+    **ROUTES.hooks(on_failure=_on_failure, on_cancel=_on_cancel, final_state=_final_state),
     admit=admit,
     on_end=on_end,
     on_child_done=on_child_done,
