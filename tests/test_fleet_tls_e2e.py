@@ -26,7 +26,7 @@ import pytest
 from jerp_jobs.errors import ExecutorUnavailable
 from jerp_jobs.executors.docker import bench_client_factory, bench_executor
 from jerp_jobs.fleet import Bench, read_fleet_file
-from tests.fleet_stacks import make_ca, make_cert
+from tests.fleet_stacks import Proxy, make_ca, make_cert
 from tests.naming import BACKEND_IMAGE, unique_name
 from tests.private_redis import free_port
 
@@ -57,16 +57,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     make_ca(folder, "other-ca")
     make_cert(folder, "other-ca", "stranger", usage="clientAuth")
     return Certs(folder)
-
-
-@dataclass
-class Proxy:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture
