@@ -138,6 +138,8 @@ class Stack:
     #: the backend container (:meth:`redeploy` makes it)
     backend: Container = field(default=None)  # type: ignore[assignment]
     db_port: int = 0
+    #: the loopback port of the backend's web server, kept across redeploys (:attr:`web_url`)
+    web_port: int = 0
     proxy: Proxy | None = None
     env_file: Path | None = None
     client: Any = field(default=None, repr=False)
@@ -145,23 +147,31 @@ class Stack:
     def redeploy(self, image: str, env: Mapping[str, str] | None = None) -> Container:
         """(Re)create the stack's backend from ``image``, as a redeploy of the stack does: the same
         name, compose labels, network and sites volume (the proxy finds it by its labels); its
-        web server (the stand-in's Frappe HTTP side) published on a free loopback port
-        (:attr:`web_url`)."""
+        web server (the stand-in's Frappe HTTP side) published on a loopback port of its own,
+        the same one after every redeploy (:attr:`web_url`, the bench's frontend URL)."""
+        from tests.private_redis import free_port
+
         if self.backend is not None:
             _remove_container(self.client, self.backend.id)
+        if not self.web_port:
+            self.web_port = free_port()
         self.backend = self.client.containers.run(
             image, name=f"{self.project}-backend-1", detach=True, network=self.network,
             labels=_labels(self.project, "backend"), volumes={self.volume: {"bind": SITES_PATH, "mode": "rw"}},
-            environment=dict(env or {}), ports={"8000/tcp": ("127.0.0.1", None)})
+            environment=dict(env or {}), ports={"8000/tcp": ("127.0.0.1", self.web_port)})
         _wait_running(self.backend)
         return self.backend
 
     @property
     def web_url(self) -> str:
         """The stand-in web server of the backend, from this host (send the site as ``Host``)."""
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def image(self) -> str:
+        """The image reference the backend runs (as it was created with)."""
         self.backend.reload()
-        port = self.backend.attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
-        return f"http://127.0.0.1:{port}"
+        return self.backend.attrs["Config"]["Image"]
 
     @property
     def queue(self) -> str:
@@ -344,6 +354,9 @@ class StackFleet:
     stacks: dict[str, Stack]
     fleet_file: Path
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
+    #: settings of the whole fleet on top of :attr:`env` (the off-site store, the release image...):
+    #: set before the workers start
+    extra_env: dict[str, str] = field(default_factory=dict)
     _cleanup: ExitStack = field(default_factory=ExitStack)
     _generation: dict[str, int] = field(default_factory=dict)
 
@@ -355,7 +368,7 @@ class StackFleet:
         """The control plane's environment (jerpctl, the control worker): no bench, no credentials."""
         return {"JERP_BROKER_URL": self.redis_url, "JERP_FLEET_FILE": str(self.fleet_file),
                 "JERP_EXECUTOR": "docker", "JERP_LOCK_TTL": "10", "JERP_INSTALL_APPS": "erpnext",
-                "JERP_WORKER_PING_TIMEOUT": "2"}
+                "JERP_WORKER_PING_TIMEOUT": "2", **self.extra_env}
 
     def worker_env(self, bench_name: str) -> dict[str, str]:
         return {**self.env, "JERP_BENCH": bench_name}
@@ -381,6 +394,12 @@ class StackFleet:
         if wait:
             worker.wait_ready()
         return worker
+
+    def start_workers(self) -> None:
+        """A worker for every bench and the control worker, started together."""
+        started = [self.start_worker(name, wait=False) for name in [*self.stacks, CONTROL]]
+        for worker in started:
+            worker.wait_ready()
 
     def kill_worker(self, bench_name: str) -> None:
         """SIGKILL the worker of ``bench_name`` (main process and pool), as a crash would."""
@@ -532,9 +551,7 @@ def build_fleet(folder: Path, client: docker.DockerClient, redis_url: str,
         cleanup.callback(flush.close)
         cleanup.callback(flush.flushdb)  # after the workers stopped (last in, first out)
         if workers:
-            started = [fleet.start_worker(name, wait=False) for name in [*stacks, CONTROL]]
-            for worker in started:
-                worker.wait_ready()
+            fleet.start_workers()
         return fleet
     except BaseException:
         cleanup.close()
