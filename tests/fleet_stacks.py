@@ -31,7 +31,7 @@ with :func:`build_fleet` inside a ``with`` block. Scenarios act on it through
 :meth:`StackFleet.write_env_file` (a bench's credentials, with ``extra`` variables such as its
 Portainer webhook or frontend URL), :meth:`StackFleet.runtime` (the control plane's runtime in
 the test process), and per stack :meth:`Stack.new_site`, :meth:`Stack.has_site`,
-:meth:`Stack.backup_files`, :meth:`Stack.sql` / :meth:`Stack.databases` (its own MariaDB),
+:meth:`Stack.backup_files`, :meth:`Stack.sql` / :meth:`Stack.databases` / :meth:`Stack.fingerprint` (its own MariaDB),
 :meth:`Stack.bench` (the bench inside its backend), :meth:`Stack.redeploy` (the backend
 recreated from another image, as a stack redeploy does) and :attr:`Stack.web_url` (its web
 server, for smoke checks).
@@ -215,6 +215,14 @@ class Stack:
 
     def databases(self) -> set[str]:
         return {row[0] for row in self.sql("SHOW DATABASES")}
+
+    def fingerprint(self, database: str) -> dict[str, tuple[str, str]]:
+        """Every table of ``database`` with its row count and CHECKSUM TABLE: equal fingerprints, equal data."""
+        result = {}
+        for (table,) in self.sql("SHOW TABLES", database):
+            count = self.sql(f"SELECT COUNT(*) FROM `{table}`", database)[0][0]
+            result[table] = (count, self.sql(f"CHECKSUM TABLE `{table}`", database)[0][1])
+        return result
 
 
 def _labels(project: str, service: str | None = None) -> dict[str, str]:
@@ -495,10 +503,14 @@ class StackFleet:
         self._cleanup.close()
 
 
-def write_fleet_file(path: Path, certs: Path, stacks: Sequence[Stack]) -> Path:
+def write_fleet_file(path: Path, certs: Path, stacks: Sequence[Stack],
+                     extra: Mapping[str, Mapping[str, str | int]] | None = None) -> Path:
+    """The fleet file declaring ``stacks``; ``extra`` adds keys of a bench (bench name -> key ->
+    value, e.g. its ``npm_forward_host``). Workers read it at start."""
     parts = []
     for stack in stacks:
         assert stack.proxy is not None and stack.env_file is not None
+        keys = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (extra or {}).get(stack.bench_name, {}).items())
         parts.append(f"""
 [[bench]]
 name = "{stack.bench_name}"
@@ -510,7 +522,7 @@ backend_service = "backend"
 sites_dir = "{stack.sites_dir}"
 env_file = "{stack.env_file}"
 concurrency = 2
-
+{keys}
 [bench.tls]
 ca = "{certs / 'ca.pem'}"
 cert = "{certs / f'client-{stack.bench_name}-cert.pem'}"

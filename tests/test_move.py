@@ -233,6 +233,70 @@ def test_a_copy_that_does_not_verify_is_dropped_on_the_target_before_the_source_
     assert placement.bench_of(rt.redis, SITE) == "a"
 
 
+def restore_left_copy(rt: Runtime, child: Job) -> str:
+    """The target's restore as it ends when it failed and could not drop the site it made."""
+    rt.store.set_result(child.id, created_site=True)
+    return JobState.FAILED
+
+
+def test_a_copy_the_target_cannot_drop_is_left_unserved_the_site_marked_and_the_source_reopened(rt: Runtime) -> None:
+    from tests.fake_executor import Rule
+
+    rt.executor.rules.insert(0, Rule(lambda argv: "drop-site" in argv, exit_code=1,  # type: ignore[attr-defined]
+                                     output="pymysql.err.OperationalError: Unknown server host 'db'"))
+    job = _move(rt)
+    drive(rt, restore_left_copy)
+
+    done = rt.store.get(job.id)
+    assert done.state == JobState.FAILED
+    states = _states(done)
+    assert states["restore-target"] == states["drop-target"] == StepState.FAILED
+    drop = rt.store.get(done.result["drop_job"])
+    assert (drop.kind, drop.bench, drop.state) == ("move-drop", "b", JobState.FAILED)
+    # the way back goes on: the copy recorded, the site marked, the source back online as found
+    assert states["target-copy-left"] == states["abort-scheduler-resume"] == states["abort-maintenance-off"] == \
+        StepState.SUCCESS
+    assert states["mark-attention"] == StepState.SKIPPED
+    assert done.result["target_copy_left"]["bench"] == "b"
+    mark = rt.sites.attention(SITE)
+    assert mark is not None and mark["job_id"] == job.id
+    assert "the copy of shop.example.com on bench b could not be dropped" in mark["reason"]
+    assert "where the site is back online" in mark["reason"] and "bench drop-site shop.example.com" in mark["reason"]
+    commands = [" ".join(c) for c in _commands(rt.executor)]  # type: ignore[arg-type]
+    assert any("set-maintenance-mode off" in c for c in commands) and any("scheduler resume" in c for c in commands)
+    assert placement.bench_of(rt.redis, SITE) == "a"
+    assert rt.sites.owner(SITE) is None
+
+
+def test_a_copy_left_on_the_target_while_the_proxy_may_send_the_site_there_keeps_the_source_closed(
+    rt: Runtime,
+) -> None:
+    from jerp_jobs.workflow import StepContext
+
+    job = _move(rt)
+    rt.store.set_result(job.id, proxy_points_to="b")
+    ctx = StepContext(runtime=rt, job=rt.store.get(job.id), step="target-copy-left")
+    with pytest.raises(Exception, match="the source stays in maintenance"):
+        move.target_copy_left(ctx)
+    assert rt.sites.attention(SITE) is None
+
+
+def test_a_restore_of_a_move_leaves_its_undropped_copy_to_the_move_and_marks_nothing() -> None:
+    from jerp_jobs.jobs import Step
+    from jerp_jobs.operations import restore
+
+    def child(job_id: str, params: dict[str, Any]) -> Job:
+        return Job(id=job_id, kind="restore", site=SITE, state="running", created_at=0.0, updated_at=0.0,
+                   params=params, steps=[Step(name) for name in restore.RESTORE.plan(params)],
+                   result={"created_site": True})
+
+    moving = child("c1", {"from_offsite": True, "create": True, "moving_from": "a"})
+    alone = child("c2", {"from_offsite": True, "create": True})
+    assert restore.RESTORE.on_failure(moving, "drop-created-site") is None
+    assert restore.RESTORE.on_failure(alone, "drop-created-site") == "mark-attention"
+    assert restore.RESTORE.on_failure(moving, "restore") == "drop-created-site"
+
+
 def test_a_copy_of_another_backup_is_not_switched_to(rt: Runtime) -> None:
     job = _move(rt)
     drive(rt, lambda rt, child: restored(rt, child, stamp="20261201_000000"))

@@ -29,8 +29,11 @@ move's claim of the site (no other job touches the site meanwhile, on either ben
 A failure before the proxy host was switched goes back: the proxy host points to the source
 again, the target's copy is dropped (a ``move-drop`` child on the target; a failed restore
 drops the copy it made itself), and the source comes out of maintenance as it was found. The
-site is never online on both benches: the source stays in maintenance until the target's copy
-is gone. A failure of a way back leaves the site in maintenance, marked as needing attention.
+site is never served by both benches: the source reopens only once the proxy host and the map
+point to it and the target's copy is dropped — or, when that copy cannot be dropped (the
+target's database server is down...), once it is recorded there, unserved, and the site marked
+as needing attention naming it (``target-copy-left``). Any other failure of a way back leaves
+the site in maintenance, marked as needing attention.
 A failure after the switch leaves the site served by the target and says what is left to do.
 """
 
@@ -210,6 +213,26 @@ def drop_target(ctx: StepContext) -> str:
     return _start_child(ctx, DROP_KIND, {}, "drop_job")
 
 
+def target_copy_left(ctx: StepContext) -> None:
+    """Going back, the target's copy could not be dropped: it is left there, unserved — the proxy
+    host and the map point to the source — and the site is marked as needing attention, saying
+    where the copy is; the way back goes on and the source serves the site again."""
+    source, target = _benches(ctx)
+    if ctx.job.result.get("proxy_points_to") == target.name or ctx.job.result.get("map_switched"):
+        raise JerpError(f"the proxy host or the map may send {ctx.site} to bench {target.name}: the source stays "
+                        "in maintenance")
+    failed = ctx.runtime.store.get(ctx.job.id).step("drop-target")
+    reason = (f"move job {ctx.job.id}: the copy of {ctx.site} on bench {target.name} could not be dropped "
+              f"({failed.error or 'see the job'}); it is not served (the proxy host and the map point to bench "
+              f"{source.name}, where the site is back online). Drop it on bench {target.name} "
+              f"(bench drop-site {ctx.site}, and archived/sites/{ctx.site} there), then `jerpctl sites --refresh` "
+              f"and `jerpctl site clear-attention {ctx.site}`")
+    ctx.runtime.mark_attention(ctx.site, job_id=ctx.job.id, reason=reason)
+    ctx.record(target_copy_left={"bench": target.name, "error": failed.error}, needs_attention=reason)
+    ctx.output.append(f"the copy on bench {target.name} is left there, unserved; the site is marked as needing "
+                      f"attention and comes back online on bench {source.name}")
+
+
 def _child_error(child: Job) -> str:
     return f"{child.kind} job {child.id} on bench {child.bench} ended {child.state}: {child.error or 'see the job'}"
 
@@ -331,6 +354,8 @@ STEPS: dict[str, StepSpec] = {
     # source out of maintenance as it was found
     "proxy-back": StepSpec(proxy_back, recovery=True, retries=2, then="drop-target"),
     "drop-target": StepSpec(drop_target, recovery=True, then="abort-scheduler-resume"),
+    # the target's copy could not be dropped: left there unserved, the site marked; the source reopens
+    "target-copy-left": StepSpec(target_copy_left, recovery=True, then="abort-scheduler-resume"),
     "abort-scheduler-resume": StepSpec(scheduler_as_found, recovery=True, then="abort-maintenance-off"),
     "abort-maintenance-off": StepSpec(maintenance_as_found, recovery=True, last=True),
     "mark-attention": StepSpec(mark_attention, recovery=True, last=True),
@@ -341,7 +366,7 @@ BEFORE_TARGET = ("maintenance-on", "scheduler-pause", "backup", "upload-offsite"
 #: a copy may exist on the target, the proxy host may point to it: the whole way back
 BEFORE_SWITCH = ("verify-target", "switch-proxy")
 AFTER_SWITCH = ("switch-map", "drop-source")
-RECOVERY = ("proxy-back", "drop-target", "abort-scheduler-resume", "abort-maintenance-off")
+RECOVERY = ("proxy-back", "drop-target", "target-copy-left", "abort-scheduler-resume", "abort-maintenance-off")
 
 ROUTES = Routes(
     resolve=table_resolver(KIND, STEPS),
@@ -354,6 +379,8 @@ ROUTES = Routes(
         # the target serves the site: the job ends failed, saying what is left
         **{name: None for name in AFTER_SWITCH},
         **{name: "mark-attention" for name in RECOVERY},
+        # the copy on the target stays, unserved: marked, and the source reopens
+        "drop-target": "target-copy-left",
         "mark-attention": None,
     },
     cancel={

@@ -624,6 +624,10 @@ ROUTES = Routes(
 
 
 def _on_failure(job: Job, step: str) -> str | None:
+    if step == "drop-created-site" and job.params.get("moving_from"):
+        # a move's copy on its target: the move, which holds the site, drops it or marks the site
+        # (jerp_jobs/operations/move.py); a mark here would stop the move's way back to its source
+        return None
     if job.result.get("created_site") and step not in _NOT_DROPPED_AFTER:
         return "drop-created-site"  # a site this job created could not be restored: drop it again
     return ROUTES.on_failure(job, step)
