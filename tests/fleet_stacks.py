@@ -48,7 +48,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -501,6 +501,45 @@ class StackFleet:
 
     def close(self) -> None:
         self._cleanup.close()
+
+
+@dataclass(frozen=True)
+class OffsiteStore:
+    """A bucket of the test S3 server with age encryption, for a fleet (:func:`offsite_store`)."""
+
+    bucket: str
+    #: the fleet-wide settings: the bucket, its endpoint, the age recipient (``StackFleet.extra_env``)
+    env: dict[str, str]
+    identity_file: Path
+
+    def bench_env(self, bench_name: str) -> dict[str, str]:
+        """A bench's own S3 key and the age identity that reads the copies back (its env file's ``extra``)."""
+        return {"AWS_ACCESS_KEY_ID": f"key-{bench_name}",
+                "AWS_SECRET_ACCESS_KEY": f"secret-{bench_name}-{secrets.token_hex(6)}",
+                "JERP_BACKUP_AGE_IDENTITY_FILE": str(self.identity_file)}
+
+
+@contextmanager
+def offsite_store(folder: Path, s3_server: Any) -> Iterator[OffsiteStore]:
+    """A fresh bucket on ``s3_server`` (tests/s3_server.py) and an age identity in ``folder``;
+    the bucket is emptied and removed at the end."""
+    import pyrage
+
+    from tests.s3_server import _remove_bucket
+
+    s3 = s3_server.client()
+    bucket = f"fleet-{secrets.token_hex(6)}"
+    s3.create_bucket(Bucket=bucket)
+    identity = pyrage.x25519.Identity.generate()
+    identity_file = folder / "age-identity.txt"
+    identity_file.write_text(str(identity) + "\n")
+    identity_file.chmod(0o600)
+    env = {"JERP_S3_BUCKET": bucket, "JERP_S3_PREFIX": "backups", "JERP_S3_ENDPOINT_URL": s3_server.endpoint_url,
+           "JERP_S3_REGION": s3_server.region, "JERP_BACKUP_AGE_RECIPIENTS": str(identity.to_public())}
+    try:
+        yield OffsiteStore(bucket, env, identity_file)
+    finally:
+        _remove_bucket(s3, bucket)
 
 
 def write_fleet_file(path: Path, certs: Path, stacks: Sequence[Stack],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,8 @@ import pytest
 from jerp_jobs import placement
 from tests.docker_backend import BENCH_PATH
 from tests.fake_npm import FakeNpm
-from tests.fleet_stacks import CONTROL, StackFleet, _wait_for_db, build_fleet, write_fleet_file
-from tests.s3_server import S3Server, _remove_bucket
+from tests.fleet_stacks import CONTROL, StackFleet, _wait_for_db, build_fleet, offsite_store, write_fleet_file
+from tests.s3_server import S3Server
 
 pytestmark = [pytest.mark.services, pytest.mark.docker]
 
@@ -63,38 +64,19 @@ def move_npm() -> Iterator[FakeNpm]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, redis_url: str, s3_server: S3Server,
           move_npm: FakeNpm) -> Iterator[MoveFleet]:
-    import pyrage
-
     folder = tmp_path_factory.mktemp("fleet-move")
-    s3 = s3_server.client()
-    bucket = f"move-{secrets.token_hex(6)}"
-    s3.create_bucket(Bucket=bucket)
-    identity = pyrage.x25519.Identity.generate()
-    identity_file = folder / "age-identity.txt"
-    identity_file.write_text(str(identity) + "\n")
-    identity_file.chmod(0o600)
-    fleet = None
-    try:
+    with offsite_store(folder, s3_server) as offsite, ExitStack() as cleanup:
         fleet = build_fleet(folder, docker_client, redis_url, BENCHES, workers=False)
-        fleet.extra_env.update({
-            "JERP_S3_BUCKET": bucket, "JERP_S3_PREFIX": "backups", "JERP_S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "JERP_S3_REGION": s3_server.region, "JERP_BACKUP_AGE_RECIPIENTS": str(identity.to_public()),
-            # one NPM in front of the fleet
-            "NPM_URL": move_npm.url, "NPM_IDENTITY": move_npm.identity, "NPM_SECRET": move_npm.secret,
-        })
+        cleanup.callback(fleet.close)
+        # the off-site store and one NPM in front of the fleet
+        fleet.extra_env.update({**offsite.env, "NPM_URL": move_npm.url, "NPM_IDENTITY": move_npm.identity,
+                                "NPM_SECRET": move_npm.secret})
         for name in fleet.stacks:  # each bench's own S3 key; the age identity to read the copies back
-            fleet.write_env_file(name, extra={
-                "AWS_ACCESS_KEY_ID": f"key-{name}", "AWS_SECRET_ACCESS_KEY": f"secret-{name}-{secrets.token_hex(6)}",
-                "JERP_BACKUP_AGE_IDENTITY_FILE": str(identity_file),
-            })
+            fleet.write_env_file(name, extra=offsite.bench_env(name))
         write_fleet_file(fleet.fleet_file, fleet.certs, list(fleet.stacks.values()), extra={
             name: {"npm_forward_host": host, "npm_forward_port": port} for name, (host, port) in FORWARD.items()})
         fleet.start_workers()
-        yield MoveFleet(fleet, move_npm, bucket)
-    finally:
-        if fleet is not None:
-            fleet.close()
-        _remove_bucket(s3, bucket)
+        yield MoveFleet(fleet, move_npm, offsite.bucket)
 
 
 def _workers(job: dict[str, Any]) -> set[str]:

@@ -22,13 +22,14 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
 from tests import naming
-from tests.fleet_stacks import CONTROL, THREE_BENCHES, Stack, StackFleet, build_fleet
-from tests.s3_server import S3Server, _remove_bucket
+from tests.fleet_stacks import CONTROL, THREE_BENCHES, Stack, StackFleet, build_fleet, offsite_store
+from tests.s3_server import S3Server
 from tests.standin.portainer import Portainer
 from tests.workers import wait_for
 
@@ -86,28 +87,19 @@ def _tag_images(repo: str) -> list[str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, redis_url: str,
           s3_server: S3Server) -> Iterator[ReleaseFleet]:
-    import pyrage
-
     folder = tmp_path_factory.mktemp("fleet-release")
     repo = naming.image_repo(f"fleet-release-{secrets.token_hex(3)}")
-    images = _tag_images(repo)
-    s3 = s3_server.client()
-    bucket = f"fleet-{secrets.token_hex(6)}"
-    s3.create_bucket(Bucket=bucket)
-    identity = pyrage.x25519.Identity.generate()
-    identity_file = folder / "age-identity.txt"
-    identity_file.write_text(str(identity) + "\n")
-    identity_file.chmod(0o600)
-    portainers: dict[str, Portainer] = {}
-    fleet = None
-    try:
+    with ExitStack() as cleanup:  # undone last to first: Portainers, workers and stacks, bucket, images
+        images = _tag_images(repo)
+        cleanup.callback(subprocess.run, ["docker", "rmi", *images], capture_output=True)
+        offsite = cleanup.enter_context(offsite_store(folder, s3_server))
         fleet = build_fleet(folder, docker_client, redis_url, THREE_BENCHES, workers=False)
+        cleanup.callback(fleet.close)
         fleet.extra_env.update({
             "JERP_RELEASE_IMAGE": repo, "JERP_PROMOTE": "manual", "JERP_STAGING_DRILL_SAMPLE": "2",
-            "JERP_ROLLOUT_TIMEOUT": "120", "JERP_SMOKE_TIMEOUT": "30",
-            "JERP_S3_BUCKET": bucket, "JERP_S3_PREFIX": "backups", "JERP_S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "JERP_S3_REGION": s3_server.region, "JERP_BACKUP_AGE_RECIPIENTS": str(identity.to_public()),
+            "JERP_ROLLOUT_TIMEOUT": "120", "JERP_SMOKE_TIMEOUT": "30", **offsite.env,
         })
+        portainers: dict[str, Portainer] = {}
         smoke_passwords = {}
         sites = {}
         for name, stack in fleet.stacks.items():
@@ -115,14 +107,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, redis_ur
                 stack.redeploy(f"{repo}:{overrides['REGISTRY_IMAGE_TAG']}")
 
             portainers[name] = Portainer(redeploy).start()
+            cleanup.callback(portainers[name].stop, timeout=120)
             stack.redeploy(f"{repo}:r1")  # every bench on the release r1
             smoke_passwords[name] = f"smoke-{name}-{secrets.token_hex(6)}"
             # each bench's own credentials: its Portainer, smoke password and S3 key
             fleet.write_env_file(name, extra={
                 "PORTAINER_WEBHOOK_URL": portainers[name].webhook_url, "JERP_FRONTEND_URL": stack.web_url,
                 "JERP_SMOKE_USER": SMOKE_USER, "JERP_SMOKE_PASSWORD": smoke_passwords[name],
-                "AWS_ACCESS_KEY_ID": f"key-{name}", "AWS_SECRET_ACCESS_KEY": f"secret-{name}-{secrets.token_hex(6)}",
-                "JERP_BACKUP_AGE_IDENTITY_FILE": str(identity_file),
+                **offsite.bench_env(name),
             })
             sites[name] = stack.new_site("rel")
         world = ReleaseFleet(fleet, repo, portainers, smoke_passwords, sites)
@@ -136,13 +128,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, redis_ur
             assert rc == 0 and job["bench"] == name, (job.get("error"), fleet.logs())
             assert "upload-offsite" in {s["name"] for s in job["steps"] if s["state"] == "success"}, job["steps"]
         yield world
-    finally:
-        for portainer in portainers.values():
-            portainer.stop(timeout=120)
-        if fleet is not None:
-            fleet.close()
-        _remove_bucket(s3, bucket)
-        subprocess.run(["docker", "rmi", *images], capture_output=True)
 
 
 def _workers(job: dict[str, Any]) -> set[str]:
