@@ -110,12 +110,15 @@ def site_db(bench_dir: Path, site: str) -> str:
 
 def fingerprint(root_password: str, database: str) -> dict[str, tuple[str, str]]:
     """Every table with its row count and CHECKSUM TABLE: equal fingerprints, equal data."""
-    tables = [row[0] for row in sql(root_password, "SHOW TABLES", database)]
+    return fingerprint_with(lambda query, db: sql(root_password, query, db), database)
+
+
+def fingerprint_with(query: Callable[[str, str], list[list[str]]], database: str) -> dict[str, tuple[str, str]]:
+    """:func:`fingerprint` of ``database`` on the server ``query(sql, database)`` answers for."""
     result = {}
-    for table in tables:
-        count = sql(root_password, f"SELECT COUNT(*) FROM `{table}`", database)[0][0]
-        checksum = sql(root_password, f"CHECKSUM TABLE `{table}`", database)[0][1]
-        result[table] = (count, checksum)
+    for (table,) in query("SHOW TABLES", database):
+        count = query(f"SELECT COUNT(*) FROM `{table}`", database)[0][0]
+        result[table] = (count, query(f"CHECKSUM TABLE `{table}`", database)[0][1])
     return result
 
 
@@ -128,8 +131,13 @@ def rows_digest(root_password: str, database: str, table: str, columns: str) -> 
 
 
 def add_notes(root_password: str, database: str, n: int, prefix: str = "note") -> None:
+    sql(root_password, notes_insert(n, prefix), database)
+
+
+def notes_insert(n: int, prefix: str = "note") -> str:
+    """The INSERT of ``n`` Note rows (customer data) that :func:`add_notes` runs."""
     values = ",".join(f"('{prefix}-{i}', 'customer data {i}', 'content {i}')" for i in range(n))
-    sql(root_password, f"INSERT INTO `tabNote` (name, title, content) VALUES {values}", database)
+    return f"INSERT INTO `tabNote` (name, title, content) VALUES {values}"
 
 
 def site_config(bench_dir: Path, site: str) -> dict:

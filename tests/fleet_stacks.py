@@ -218,11 +218,9 @@ class Stack:
 
     def fingerprint(self, database: str) -> dict[str, tuple[str, str]]:
         """Every table of ``database`` with its row count and CHECKSUM TABLE: equal fingerprints, equal data."""
-        result = {}
-        for (table,) in self.sql("SHOW TABLES", database):
-            count = self.sql(f"SELECT COUNT(*) FROM `{table}`", database)[0][0]
-            result[table] = (count, self.sql(f"CHECKSUM TABLE `{table}`", database)[0][1])
-        return result
+        from tests.e2e_support import fingerprint_with
+
+        return fingerprint_with(self.sql, database)
 
 
 def _labels(project: str, service: str | None = None) -> dict[str, str]:

@@ -33,6 +33,7 @@ import pytest
 
 from jerp_jobs import placement
 from tests.docker_backend import BENCH_PATH
+from tests.e2e_support import notes_insert
 from tests.fake_npm import FakeNpm
 from tests.fleet_stacks import CONTROL, StackFleet, _wait_for_db, build_fleet, offsite_store, write_fleet_file
 from tests.s3_server import S3Server
@@ -49,43 +50,30 @@ FORWARD = {SOURCE: ("frontend-a.internal", 8080), TARGET: ("frontend-c.internal"
 class MoveFleet:
     fleet: StackFleet
     npm: FakeNpm
-    bucket: str
 
 
 @pytest.fixture(scope="module")
-def move_npm() -> Iterator[FakeNpm]:
-    npm = FakeNpm().start()
-    try:
-        yield npm
-    finally:
-        npm.stop()
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, redis_url: str, s3_server: S3Server,
-          move_npm: FakeNpm) -> Iterator[MoveFleet]:
+def world(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, redis_url: str,
+          s3_server: S3Server) -> Iterator[MoveFleet]:
     folder = tmp_path_factory.mktemp("fleet-move")
     with offsite_store(folder, s3_server) as offsite, ExitStack() as cleanup:
+        npm = FakeNpm().start()
+        cleanup.callback(npm.stop)
         fleet = build_fleet(folder, docker_client, redis_url, BENCHES, workers=False)
         cleanup.callback(fleet.close)
         # the off-site store and one NPM in front of the fleet
-        fleet.extra_env.update({**offsite.env, "NPM_URL": move_npm.url, "NPM_IDENTITY": move_npm.identity,
-                                "NPM_SECRET": move_npm.secret})
+        fleet.extra_env.update({**offsite.env, "NPM_URL": npm.url, "NPM_IDENTITY": npm.identity,
+                                "NPM_SECRET": npm.secret})
         for name in fleet.stacks:  # each bench's own S3 key; the age identity to read the copies back
             fleet.write_env_file(name, extra=offsite.bench_env(name))
         write_fleet_file(fleet.fleet_file, fleet.certs, list(fleet.stacks.values()), extra={
             name: {"npm_forward_host": host, "npm_forward_port": port} for name, (host, port) in FORWARD.items()})
         fleet.start_workers()
-        yield MoveFleet(fleet, move_npm, offsite.bucket)
+        yield MoveFleet(fleet, npm)
 
 
 def _workers(job: dict[str, Any]) -> set[str]:
     return {s["worker"] for s in job["steps"] if s.get("worker")}
-
-
-def _add_notes(fleet: StackFleet, bench: str, database: str, n: int) -> None:
-    values = ",".join(f"('note-{i}', 'customer data {i}', 'content {i}')" for i in range(n))
-    fleet[bench].sql(f"INSERT INTO `tabNote` (name, title, content) VALUES {values}", database)
 
 
 def test_a_site_moved_between_two_hosts_lands_in_the_target_stack_and_leaves_the_source(world: MoveFleet) -> None:
@@ -94,7 +82,7 @@ def test_a_site_moved_between_two_hosts_lands_in_the_target_stack_and_leaves_the
     site = source.new_site("mv")
     db_source = source.site_config(site)["db_name"]
     source.bench("--site", site, "migrate")  # as a site in use is: the move's migrate on the target changes nothing
-    _add_notes(fleet, SOURCE, db_source, 40)
+    source.sql(notes_insert(40), db_source)
     before = source.fingerprint(db_source)
     key = f"mv-{secrets.token_hex(16)}"  # what Frappe encrypts the site's password fields with
     config = source.sites_dir / site / "site_config.json"
@@ -161,7 +149,7 @@ def test_a_move_whose_target_host_loses_its_database_goes_back_and_the_source_se
     source, target = fleet[SOURCE], fleet[TARGET]
     site = source.new_site("mvf")
     db_source = source.site_config(site)["db_name"]
-    _add_notes(fleet, SOURCE, db_source, 12)
+    source.sql(notes_insert(12), db_source)
     before = source.fingerprint(db_source)
     host, port = FORWARD[SOURCE]
     proxy_host = npm.add_host(site, forward_host=host, forward_port=port)
