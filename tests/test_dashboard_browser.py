@@ -137,6 +137,8 @@ def test_an_operator_follows_and_acts_in_the_browser(
     driver.find_element(By.ID, "username").send_keys("olga")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "password").send_keys("wrong-password")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    # the click submits the form; the answer is a new page, loaded after click() has returned
+    _until(driver, lambda d: d.find_elements(By.ID, "login-error"), "the login page's answer to a wrong password")
     assert "wrong password" in driver.find_element(By.ID, "login-error").text  # type: ignore[attr-defined]
     driver.find_element(By.ID, "username").send_keys("olga")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
